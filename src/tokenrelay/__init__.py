@@ -1,0 +1,3 @@
+"""tokenrelay: a streaming LLM gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,116 @@
+"""Server-sent events: one incremental parser shared by every reader, and the frame writer.
+
+Follows the WHATWG event-stream grammar: CRLF, CR or LF line endings (also split across
+network chunks), multi-line ``data:``, comment lines, ``id`` and ``retry``, a leading BOM. Lines
+are split as bytes and decoded only when complete, so a UTF-8 character cut in two by the network
+is never mangled.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_BOM = b"\xef\xbb\xbf"
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+class SSEEvent(NamedTuple):
+    event: str
+    data: str
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEParser:
+    """Feed it raw bytes as they arrive; it returns each event the moment its blank line lands."""
+
+    __slots__ = ("_after_cr", "_data", "_event", "_id", "_partial", "_retry", "_started")
+
+    def __init__(self) -> None:
+        self._partial = b""
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+        self._after_cr = False
+        self._started = False
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if not chunk:
+            return []
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]  # the LF of a CRLF whose CR ended the previous chunk
+        self._after_cr = chunk[-1:] == b"\r"
+        if b"\r" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if self._partial:
+            chunk = self._partial + chunk
+        if not self._started:
+            if len(chunk) < 3 and _BOM.startswith(chunk):
+                self._partial = chunk
+                return []
+            self._started = True
+            if chunk.startswith(_BOM):
+                chunk = chunk[3:]
+        lines = chunk.split(b"\n")
+        self._partial = lines.pop()
+        events: list[SSEEvent] = []
+        for line in lines:
+            if not line:
+                if self._data:
+                    events.append(
+                        SSEEvent(
+                            self._event or "message", "\n".join(self._data), self._id, self._retry
+                        )
+                    )
+                    self._data = []
+                self._event = ""
+                self._retry = None
+                continue
+            self._line(line)
+        return events
+
+    def _line(self, line: bytes) -> None:
+        colon = line.find(b":")
+        if colon == 0:
+            return  # comment, e.g. a keep-alive
+        if colon < 0:
+            name, value = line, b""
+        else:
+            name = line[:colon]
+            value = line[colon + 1 :]
+            if value[:1] == b" ":
+                value = value[1:]
+        if name == b"data":
+            self._data.append(value.decode("utf-8", "replace"))
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif name == b"id":
+            if b"\0" not in value:
+                self._id = value.decode("utf-8", "replace")
+        elif name == b"retry" and value.isdigit():
+            self._retry = int(value)
+
+    @property
+    def pending(self) -> bool:
+        """True when bytes of an unfinished event are held (the stream ended mid-event)."""
+        return bool(self._partial or self._data)
+
+
+def frame(data: bytes, event: str | None = None) -> bytes:
+    """One SSE frame. ``data`` must be a single line (JSON from msgspec always is)."""
+    if event is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def frame_text(data: str, event: str | None = None) -> bytes:
+    """A frame for text that may contain line breaks: each line becomes its own ``data:`` line."""
+    body = b"\n".join(b"data: " + line.encode() for line in _LINE_BREAK.split(data))
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + body + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"

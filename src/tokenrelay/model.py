@@ -1,0 +1,289 @@
+"""The normalized request and the closed set of stream events every dialect maps to and from.
+
+Everything between a front dialect and a provider speaks only these types, which is what keeps
+N client dialects times M upstream dialects at N + M modules.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+Role = Literal["user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "stop_sequence"]
+
+
+# --- request -----------------------------------------------------------------------------------
+
+
+class TextPart(msgspec.Struct, frozen=True):
+    text: str
+
+
+class ImagePart(msgspec.Struct, frozen=True):
+    """An image given either by URL or inline as base64 data with its media type."""
+
+    url: str | None = None
+    data: str | None = None
+    media_type: str | None = None
+
+
+class ToolCallPart(msgspec.Struct, frozen=True):
+    """A call the assistant made; ``arguments`` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+class ToolResultPart(msgspec.Struct, frozen=True):
+    tool_call_id: str
+    content: str
+    is_error: bool = False
+
+
+class ThinkingPart(msgspec.Struct, frozen=True):
+    """Extended-thinking text an assistant turn carried; only Anthropic can take it back."""
+
+    text: str
+    signature: str | None = None
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
+
+
+class Message(msgspec.Struct, frozen=True):
+    role: Role
+    content: list[Part]
+
+
+class Tool(msgspec.Struct, frozen=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """One generation request, whatever dialect it arrived in.
+
+    ``model`` is what the client asked for: a route name or a provider model. ``system`` is the
+    client's own system prompt, kept apart so a route can refuse it. ``extra`` holds fields only the
+    origin ``dialect`` understands; they pass through to an upstream of the same dialect and make a
+    cross-dialect translation fail loudly instead of being dropped.
+    """
+
+    dialect: str
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = msgspec.field(default_factory=list)
+    tools: list[Tool] = msgspec.field(default_factory=list)
+    tool_choice: str | None = None  # "auto" | "none" | "required" | a tool name
+    stream: bool = True
+    include_usage: bool = False
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def prompt_text(self) -> str:
+        """All user-visible text of the prompt, for estimates and screening."""
+        chunks = [self.system] if self.system else []
+        for message in self.messages:
+            for part in message.content:
+                if isinstance(part, TextPart):
+                    chunks.append(part.text)
+                elif isinstance(part, ToolResultPart):
+                    chunks.append(part.content)
+        return "\n".join(chunks)
+
+
+# --- stream events -----------------------------------------------------------------------------
+
+
+class TextDelta(msgspec.Struct, frozen=True):
+    text: str
+
+
+class ThinkingDelta(msgspec.Struct, frozen=True):
+    text: str = ""
+    signature: str | None = None
+
+
+class ToolCallDelta(msgspec.Struct, frozen=True):
+    """A piece of a tool call. ``index`` counts tool calls in the response from 0; ``id`` and
+    ``name`` arrive with the first piece, ``arguments`` is a fragment of JSON text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """Token counts known so far; ``None`` means this event did not report that count.
+
+    ``input_tokens`` is the whole prompt including cached tokens (OpenAI's convention, and what
+    pricing needs); ``output_tokens`` includes reasoning tokens.
+    """
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class Finish(msgspec.Struct, frozen=True):
+    reason: FinishReason = "stop"
+    stop_sequence: str | None = None
+
+
+class Error(msgspec.Struct, frozen=True):
+    """A failure, before or during a stream. ``type`` is one of ``ERROR_STATUS``'s keys."""
+
+    type: str
+    message: str
+    status: int = 500
+    retry_after: float | None = None
+
+
+Event = TextDelta | ThinkingDelta | ToolCallDelta | Usage | Finish | Error
+CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta)
+
+ERROR_STATUS: dict[str, int] = {
+    "invalid_request": 400,
+    "authentication": 401,
+    "permission": 403,
+    "not_found": 404,
+    "request_too_large": 413,
+    "unsupported_media_type": 415,
+    "unprocessable": 422,
+    "rate_limit": 429,
+    "api_error": 500,
+    "upstream_unavailable": 502,
+    "overloaded": 529,
+    "timeout": 504,
+}
+
+
+class GatewayError(Exception):
+    """A failure with an HTTP status, rendered in the client's dialect by the front."""
+
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        status: int | None = None,
+        *,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+        self.status = status if status is not None else ERROR_STATUS.get(type, 500)
+        self.param = param
+        self.retry_after = retry_after
+
+    def to_event(self) -> Error:
+        return Error(self.type, self.message, self.status, self.retry_after)
+
+    @classmethod
+    def from_event(cls, error: Error) -> GatewayError:
+        return cls(error.type, error.message, error.status, retry_after=error.retry_after)
+
+
+# --- accumulation ------------------------------------------------------------------------------
+
+
+class ToolCall(msgspec.Struct):
+    id: str
+    name: str
+    arguments: str = ""
+
+
+class Completion(msgspec.Struct):
+    """A whole response: what a non-streaming answer holds, built by folding events."""
+
+    text: str = ""
+    thinking: str = ""
+    thinking_signature: str | None = None
+    tool_calls: list[ToolCall] = msgspec.field(default_factory=list)
+    usage: Usage = msgspec.field(default_factory=Usage)
+    finish: Finish | None = None
+    error: Error | None = None
+
+    def events(self) -> list[Event]:
+        """The events that would stream this completion, in a canonical order."""
+        out: list[Event] = []
+        if self.thinking or self.thinking_signature:
+            out.append(ThinkingDelta(self.thinking, self.thinking_signature))
+        if self.text:
+            out.append(TextDelta(self.text))
+        for index, call in enumerate(self.tool_calls):
+            out.append(ToolCallDelta(index, call.id, call.name, call.arguments))
+        out.append(self.usage)
+        if self.error is not None:
+            out.append(self.error)
+        else:
+            out.append(self.finish or Finish())
+        return out
+
+
+def merge_usage(old: Usage, new: Usage) -> Usage:
+    """Later reports win field by field; a field a report leaves out keeps its earlier value."""
+    return Usage(
+        new.input_tokens if new.input_tokens is not None else old.input_tokens,
+        new.output_tokens if new.output_tokens is not None else old.output_tokens,
+        new.cache_read_tokens if new.cache_read_tokens is not None else old.cache_read_tokens,
+        new.cache_write_tokens if new.cache_write_tokens is not None else old.cache_write_tokens,
+        new.reasoning_tokens if new.reasoning_tokens is not None else old.reasoning_tokens,
+    )
+
+
+class Accumulator:
+    """Folds stream events into a ``Completion``; the gateway keeps one per request for metering."""
+
+    __slots__ = ("_text", "_thinking", "completion", "content_events")
+
+    def __init__(self) -> None:
+        self.completion = Completion()
+        self._text: list[str] = []
+        self._thinking: list[str] = []
+        self.content_events = 0
+
+    def add(self, event: Event) -> None:
+        completion = self.completion
+        if isinstance(event, TextDelta):
+            self._text.append(event.text)
+            self.content_events += 1
+        elif isinstance(event, ThinkingDelta):
+            self._thinking.append(event.text)
+            if event.signature:
+                completion.thinking_signature = event.signature
+            self.content_events += 1
+        elif isinstance(event, ToolCallDelta):
+            calls = completion.tool_calls
+            while len(calls) <= event.index:
+                calls.append(ToolCall(id="", name=""))
+            call = calls[event.index]
+            if event.id:
+                call.id = event.id
+            if event.name:
+                call.name = event.name
+            call.arguments += event.arguments
+            self.content_events += 1
+        elif isinstance(event, Usage):
+            completion.usage = merge_usage(completion.usage, event)
+        elif isinstance(event, Finish):
+            completion.finish = event
+        elif isinstance(event, Error):
+            completion.error = event
+
+    def result(self) -> Completion:
+        self.completion.text = "".join(self._text)
+        self.completion.thinking = "".join(self._thinking)
+        return self.completion

@@ -1,0 +1,190 @@
+"""Upstream adapters: a provider is a dialect plus a base URL, credentials and one shared pool.
+
+Each upstream stream is read as raw chunks (``iter_any``) through our own SSE parser, so an event is
+handed on the moment its bytes arrive and no line-length limit of the HTTP client applies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tokenrelay import dialects
+from tokenrelay.dialects.sse import SSEParser
+from tokenrelay.model import Error, Event, Request
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from tokenrelay.settings import ProviderSettings, TargetSettings
+
+log = logging.getLogger("tokenrelay.providers")
+
+_PATHS = {"anthropic": "/v1/messages", "openai": "/chat/completions"}
+_MAX_ERROR_BODY = 65_536
+
+
+class UpstreamPool:
+    """The process's one HTTP client: pooled keep-alive connections to every upstream."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class Provider:
+    """One configured upstream API; ``stream`` yields batches of normalized events."""
+
+    def __init__(
+        self, name: str, settings: ProviderSettings, pool: UpstreamPool, idle_timeout: float
+    ) -> None:
+        self.name = name
+        self.kind = settings.kind
+        self.dialect = dialects.get(settings.kind)
+        self.settings = settings
+        self.url = (settings.base_url or "").rstrip("/") + _PATHS[settings.kind]
+        self._pool = pool
+        self._idle_timeout = idle_timeout
+        self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)
+        self._headers = self._base_headers()
+
+    def _base_headers(self) -> dict[str, str]:
+        headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "accept-encoding": "identity",
+            "user-agent": "tokenrelay",
+        }
+        key = self.settings.resolved_key()
+        if self.kind == "anthropic":
+            headers["anthropic-version"] = self.settings.anthropic_version
+            if key:
+                headers["x-api-key"] = key
+        elif key:
+            headers["authorization"] = f"Bearer {key}"
+        headers.update({name.lower(): value for name, value in self.settings.headers.items()})
+        return headers
+
+    def build_body(self, request: Request, target: TargetSettings) -> bytes:
+        """The upstream body; raises ``GatewayError`` 400 when the request cannot be translated."""
+        body = self.dialect.encode_request(request, target.model, stream=True)
+        if target.params:
+            merged: dict[str, Any] = msgspec.json.decode(body)
+            merged.update(target.params)
+            body = msgspec.json.encode(merged)
+        return body
+
+    def build_headers(
+        self, target: TargetSettings, client_headers: Mapping[str, str]
+    ) -> dict[str, str]:
+        headers = dict(self._headers)
+        if target.headers:
+            headers.update({name.lower(): value for name, value in target.headers.items()})
+        if self._forward:
+            for name, value in client_headers.items():
+                if name.startswith(self._forward):
+                    headers[name] = value
+        return headers
+
+    async def stream(
+        self, body: bytes, headers: Mapping[str, str]
+    ) -> AsyncGenerator[list[Event], None]:
+        """Events in the batches the network delivered them. Failures become an ``Error`` event;
+        closing the generator early closes the upstream connection (no reuse of a half-read
+        response), which is what stops the provider generating."""
+        import aiohttp
+
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.settings.connect_timeout, sock_read=self._idle_timeout
+        )
+        try:
+            response = await self._pool.session.post(
+                self.url, data=body, headers=headers, timeout=timeout
+            )
+        except (aiohttp.ClientError, OSError) as exc:
+            yield [
+                Error("upstream_unavailable", f"could not reach {self.name}: {_describe(exc)}", 502)
+            ]
+            return
+        except TimeoutError:
+            yield [
+                Error(
+                    "timeout",
+                    f"{self.name} did not answer within {self.settings.connect_timeout:g}s",
+                    504,
+                )
+            ]
+            return
+        finished = False
+        try:
+            if response.status != 200:
+                raw = await response.content.read(_MAX_ERROR_BODY)
+                yield [self.dialect.parse_error(response.status, raw, response.headers)]
+                finished = True
+                return
+            if response.content_type == "application/json":
+                raw = await response.read()
+                yield self.dialect.parse_response(raw).events()
+                finished = True
+                return
+            parser = SSEParser()
+            reader = self.dialect.stream_reader()
+            async for chunk in response.content.iter_any():
+                batch: list[Event] = []
+                for sse in parser.feed(chunk):
+                    batch.extend(reader.feed(sse))
+                if batch:
+                    yield batch
+                if reader.done:
+                    finished = True
+                    return
+            yield [
+                Error(
+                    "upstream_unavailable", f"{self.name} closed the stream before it finished", 502
+                )
+            ]
+        except TimeoutError:
+            yield [Error("timeout", f"{self.name} sent nothing for {self._idle_timeout:g}s", 504)]
+        except (aiohttp.ClientError, OSError) as exc:
+            yield [
+                Error(
+                    "upstream_unavailable",
+                    f"lost the connection to {self.name}: {_describe(exc)}",
+                    502,
+                )
+            ]
+        finally:
+            if finished and response.content.is_eof():
+                response.release()  # back to the pool for the next request
+            else:
+                response.close()  # a half-read response is never reused
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def build_providers(
+    settings: Mapping[str, ProviderSettings], pool: UpstreamPool, idle_timeout: float
+) -> dict[str, Provider]:
+    return {
+        name: Provider(name, provider, pool, idle_timeout) for name, provider in settings.items()
+    }

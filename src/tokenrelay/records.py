@@ -1,0 +1,82 @@
+"""What one request did, handed to listeners (metering, audit, metrics) after it ended.
+
+Listeners run once per request, never per token, and must not block: a listener that writes to a
+database queues the record and returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tokenrelay.model import Usage
+from tokenrelay.router import Attempt
+
+Outcome = Literal["completed", "error", "aborted", "rejected"]
+
+log = logging.getLogger("tokenrelay.requests")
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    request_id: str
+    dialect: str
+    route: str
+    outcome: Outcome
+    status: int
+    provider: str | None = None
+    model: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    content_events: int = 0
+    finish_reason: str | None = None
+    error_type: str | None = None
+    ttft_ms: float | None = None
+    duration_ms: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+Listener = Callable[[StreamRecord], None]
+
+
+class Listeners:
+    """Fans a finished request's record out; one failing listener never hides it from the rest."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def remove(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+
+    def emit(self, record: StreamRecord) -> None:
+        for listener in self._listeners:
+            try:
+                listener(record)
+            except Exception:
+                log.exception("request listener %r failed", listener)
+
+
+def log_record(record: StreamRecord) -> None:
+    """One compact line per request (never the prompt or the answer)."""
+    usage = record.usage
+    log.info(
+        "%s %s route=%s provider=%s model=%s status=%d ttft_ms=%s duration_ms=%.1f "
+        "tokens_in=%s tokens_out=%s attempts=%d%s",
+        record.request_id,
+        record.outcome,
+        record.route,
+        record.provider,
+        record.model,
+        record.status,
+        f"{record.ttft_ms:.1f}" if record.ttft_ms is not None else "-",
+        record.duration_ms,
+        usage.input_tokens,
+        usage.output_tokens,
+        len(record.attempts),
+        f" error={record.error_type}" if record.error_type else "",
+    )

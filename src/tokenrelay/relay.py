@@ -1,0 +1,370 @@
+"""The streaming endpoint, as a plain ASGI callable: read and check the body, parse it in the
+front dialect, route it, hold the head until the first content event, then relay every upstream
+event to the client the moment it arrives.
+
+A client that goes away cancels the relay at once (a watcher task listens for
+``http.disconnect``), which closes the upstream connection so nothing keeps generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tokenrelay import dialects
+from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request
+from tokenrelay.records import Outcome, StreamRecord
+from tokenrelay.router import RouteFailed
+
+if TYPE_CHECKING:
+    from tokenrelay.app import Gateway
+    from tokenrelay.router import Attempt, OpenStream
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = logging.getLogger("tokenrelay.relay")
+
+_ID_PREFIX = {"anthropic": "msg_", "openai": "chatcmpl-", "generate": ""}
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class ClientGone(Exception):
+    """The client disconnected before the request body was complete."""
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    declared = _header(scope, b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        "request_too_large", f"the request body is larger than the limit of {limit} bytes", 413
+    )
+
+
+def check_content_type(scope: Scope) -> None:
+    content_type = (_header(scope, b"content-type") or "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        shown = content_type or "none"
+        raise GatewayError(
+            "unsupported_media_type",
+            f"send the body as JSON with the header 'Content-Type: application/json' (got {shown})",
+            415,
+        )
+
+
+class RelayEndpoint:
+    """One front dialect's endpoint: ``/v1/messages``, ``/v1/chat/completions`` or
+    ``/api/generate``."""
+
+    def __init__(self, gateway: Gateway, dialect: str) -> None:
+        self.gateway = gateway
+        self.dialect_name = dialect
+        self.dialect = dialects.get(dialect)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request_id = os.urandom(12).hex()
+        gateway = self.gateway
+        try:
+            body = await read_body(scope, receive, gateway.settings.max_body_bytes)
+            check_content_type(scope)
+            request = self.dialect.parse_request(body)
+            route = gateway.router.resolve(request)
+        except ClientGone:
+            return
+        except GatewayError as error:
+            await self._send_error(send, error, request_id)
+            gateway.listeners.emit(
+                StreamRecord(
+                    request_id,
+                    self.dialect_name,
+                    "",
+                    "rejected",
+                    error.status,
+                    error_type=error.type,
+                    duration_ms=_ms(started),
+                )
+            )
+            return
+        call = _Call(self, scope, receive, send, request, route.name, request_id, started)
+        await call.run(route)
+
+    async def _send_error(
+        self,
+        send: Send,
+        error: GatewayError,
+        request_id: str,
+        attempts: list[Attempt] | None = None,
+    ) -> None:
+        headers = [(b"content-type", b"application/json"), *self._id_headers(request_id)]
+        if error.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        if attempts:
+            headers.append((b"x-tokenrelay-attempts", _attempts_header(attempts)))
+        if self.gateway.demo:
+            headers.append((b"x-tokenrelay-demo", b"true"))
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.dialect.encode_error(error)})
+
+    def _id_headers(self, request_id: str) -> list[tuple[bytes, bytes]]:
+        value = request_id.encode()
+        return [(b"x-request-id", value), (b"request-id", value)]
+
+
+class _Call:
+    """One request in flight; its fields become the ``StreamRecord`` when it ends."""
+
+    def __init__(
+        self,
+        endpoint: RelayEndpoint,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        route: str,
+        request_id: str,
+        started: float,
+    ) -> None:
+        self.endpoint = endpoint
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.request = request
+        self.route = route
+        self.request_id = request_id
+        self.started = started
+        self.accumulator = Accumulator()
+        self.opened: OpenStream | None = None
+        self.head_sent = False
+        self.finished = False
+        self.ttft_ms: float | None = None
+        self.status = 200
+        self.attempts: list[Attempt] = []
+
+    async def run(self, route: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_disconnect(task, gone))
+        outcome: Outcome = "error"
+        error_type: str | None = None
+        try:
+            outcome, error_type = await self._serve(route)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise  # the server is shutting down, not the client leaving
+            task.uncancel()
+            outcome, error_type = "aborted", "client_disconnected"
+        except OSError:  # the transport broke under a send
+            outcome, error_type = "aborted", "client_disconnected"
+        except Exception:
+            log.exception("request %s failed inside the gateway", self.request_id)
+            error_type = "internal"
+            await self._fail_internally()
+        finally:
+            self.finished = True
+            watcher.cancel()
+            if self.opened is not None:
+                await self.opened.events.aclose()
+        self._emit(outcome, error_type)
+
+    async def _watch_disconnect(self, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                break
+        if not self.finished:
+            gone.set()
+            task.cancel()
+
+    async def _serve(self, route: Any) -> tuple[Outcome, str | None]:
+        endpoint = self.endpoint
+        headers = _client_headers(self.scope)
+        try:
+            opened = await endpoint.gateway.router.open_stream(route, self.request, headers)
+        except RouteFailed as error:
+            self.attempts = error.attempts
+            self.status = error.status
+            await endpoint._send_error(self.send, error, self.request_id, error.attempts)
+            return "error", error.type
+        except GatewayError as error:
+            self.status = error.status
+            await endpoint._send_error(self.send, error, self.request_id)
+            return "error", error.type
+        self.opened = opened
+        self.attempts = opened.attempts
+        if self.request.stream:
+            return await self._stream(opened)
+        return await self._respond_whole(opened)
+
+    def _head(self, content_type: bytes, opened: OpenStream) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"content-type", content_type),
+            *self.endpoint._id_headers(self.request_id),
+            (b"x-tokenrelay-route", self.route.encode()),
+            (b"x-tokenrelay-provider", opened.provider.name.encode()),
+            (b"x-tokenrelay-model", opened.target.model.encode()),
+            (b"x-tokenrelay-attempts", _attempts_header(opened.attempts)),
+        ]
+        if self.endpoint.gateway.demo:
+            headers.append((b"x-tokenrelay-demo", b"true"))
+        return headers
+
+    async def _stream(self, opened: OpenStream) -> tuple[Outcome, str | None]:
+        dialect = self.endpoint.dialect
+        writer = dialect.stream_writer(
+            self.request,
+            id=_ID_PREFIX[self.endpoint.dialect_name] + self.request_id,
+            model=opened.target.model,
+        )
+        accumulate = self.accumulator.add
+        send = self.send
+        head = self._head(dialect.CONTENT_TYPE.encode(), opened)
+        head.extend(_STREAM_HEADERS)
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        self.head_sent = True
+        self.ttft_ms = _ms(self.started)
+        error: Error | None = None
+        batch: list[Event] = opened.pending
+        events = opened.events
+        while True:
+            out = []
+            for event in batch:
+                accumulate(event)
+                if type(event) is Error:
+                    error = event
+                data = writer.write(event)
+                if data:
+                    out.append(data)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if error is not None:
+                break
+            try:
+                batch = await anext(events)
+            except StopAsyncIteration:
+                break
+        self.finished = True
+        await send({"type": "http.response.body", "body": writer.close(), "more_body": False})
+        if error is not None:
+            return "error", error.type
+        return "completed", None
+
+    async def _respond_whole(self, opened: OpenStream) -> tuple[Outcome, str | None]:
+        """A non-streaming answer: the upstream still streams (one code path, first-token
+        failover, usage always reported); the events are folded into one JSON body."""
+        for event in opened.pending:
+            self.accumulator.add(event)
+        async for batch in opened.events:
+            for event in batch:
+                self.accumulator.add(event)
+        completion = self.accumulator.result()
+        endpoint = self.endpoint
+        self.finished = True
+        if completion.error is not None:
+            error = GatewayError.from_event(completion.error)
+            error.status = 502 if error.status < 500 else error.status
+            self.status = error.status
+            await endpoint._send_error(self.send, error, self.request_id, opened.attempts)
+            return "error", error.type
+        body = endpoint.dialect.encode_response(
+            completion,
+            id=_ID_PREFIX[endpoint.dialect_name] + self.request_id,
+            model=opened.target.model,
+        )
+        head = self._head(b"application/json", opened)
+        await self.send({"type": "http.response.start", "status": 200, "headers": head})
+        await self.send({"type": "http.response.body", "body": body})
+        self.head_sent = True
+        self.ttft_ms = _ms(self.started)
+        return "completed", None
+
+    async def _fail_internally(self) -> None:
+        error = GatewayError(
+            "api_error", f"the gateway failed on this request (request id {self.request_id})", 500
+        )
+        self.status = 500
+        try:
+            if not self.head_sent:
+                await self.endpoint._send_error(self.send, error, self.request_id)
+            else:
+                writer = self.endpoint.dialect.stream_writer(
+                    self.request, id=self.request_id, model=""
+                )
+                body = writer.write(error.to_event())
+                await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        except (OSError, RuntimeError):
+            pass  # the client is gone as well; the log line above has the traceback
+
+    def _emit(self, outcome: Outcome, error_type: str | None) -> None:
+        completion = self.accumulator.completion
+        opened = self.opened
+        record = StreamRecord(
+            request_id=self.request_id,
+            dialect=self.endpoint.dialect_name,
+            route=self.route,
+            outcome=outcome,
+            status=self.status,
+            provider=opened.provider.name if opened else None,
+            model=opened.target.model if opened else None,
+            usage=completion.usage,
+            content_events=self.accumulator.content_events,
+            finish_reason=completion.finish.reason if completion.finish else None,
+            error_type=error_type,
+            ttft_ms=self.ttft_ms,
+            duration_ms=_ms(self.started),
+            attempts=self.attempts,
+            metadata=self.request.metadata,
+        )
+        self.endpoint.gateway.listeners.emit(record)
+
+
+def _client_headers(scope: Scope) -> dict[str, str]:
+    return {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+
+
+def _attempts_header(attempts: list[Attempt]) -> bytes:
+    return ", ".join(
+        f"{a.provider}/{a.model};outcome={a.outcome};ms={a.ms:.0f}" for a in attempts
+    ).encode()
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
+
+
+def encode_json(data: Any) -> bytes:
+    return msgspec.json.encode(data)

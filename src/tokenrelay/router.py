@@ -1,0 +1,202 @@
+"""Which upstream serves a request: route resolution, the route's prompt policy, and the attempt
+loop that holds the response head until the first content event is in hand.
+
+Before the first token a failing target is passed over for the next one; after it, the response is
+committed and a failure becomes an in-band error. (Deadlines, retries, circuit breaking and hedging
+build on ``open_stream``.)
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+
+from tokenrelay.model import CONTENT_EVENTS, Error, Event, Finish, GatewayError, Request
+from tokenrelay.providers import Provider
+from tokenrelay.settings import RouteSettings, Settings, TargetSettings
+
+# Model names that belong to a provider when no route has that name.
+_PROVIDER_MODELS = (
+    (re.compile(r"claude-"), "anthropic"),
+    (re.compile(r"(gpt-|chatgpt-|o\d)"), "openai"),
+)
+# Errors that would fail the same way on any target: return them to the client at once.
+_FINAL_STATUSES = frozenset({400, 413, 415, 422})
+
+
+@dataclass(slots=True)
+class Route:
+    name: str
+    settings: RouteSettings
+    targets: list[tuple[TargetSettings, Provider]]
+    configured: bool = True  # False for a provider model asked for by name
+
+
+class RouteFailed(GatewayError):
+    """Every target failed before the first token; carries the attempts for the response head."""
+
+    attempts: list[Attempt]
+
+
+@dataclass(slots=True)
+class Attempt:
+    provider: str
+    model: str
+    outcome: str  # "ok" or the normalized error type
+    status: int
+    ms: float
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """A stream whose first content event has arrived: ``pending`` holds every event so far."""
+
+    provider: Provider
+    target: TargetSettings
+    events: AsyncGenerator[list[Event], None]
+    pending: list[Event]
+    attempts: list[Attempt] = field(default_factory=list)
+    first_event_at: float = 0.0
+
+
+class Router:
+    def __init__(self, settings: Settings, providers: Mapping[str, Provider]) -> None:
+        self._settings = settings
+        self._providers = providers
+        self.routes = {
+            name: Route(
+                name,
+                route,
+                [(t, providers[t.provider]) for t in route.targets if t.provider in providers],
+            )
+            for name, route in settings.routes.items()
+        }
+
+    def resolve(self, request: Request) -> Route:
+        """The route for ``request.model``, with the route's system prompt and token policy
+        applied to ``request``. Raises ``GatewayError`` 404 or 400 in plain words."""
+        route = self.routes.get(request.model) or self._provider_route(request.model)
+        if route is None:
+            raise GatewayError(
+                "not_found",
+                f"model {request.model!r} is neither a route nor a model of a configured "
+                f"provider; routes: {', '.join(sorted(self.routes)) or 'none'}",
+                404,
+                param="model",
+            )
+        if not route.targets:
+            raise GatewayError(
+                "api_error",
+                f"route {route.name!r} has no configured provider; set ANTHROPIC_API_KEY or "
+                "OPENAI_API_KEY, or configure the route's providers",
+                503,
+            )
+        _apply_policy(route, request)
+        return route
+
+    def _provider_route(self, model: str) -> Route | None:
+        if not self._settings.allow_provider_models:
+            return None
+        provider_name, sep, rest = model.partition("/")
+        if sep and provider_name in self._providers and rest:
+            target = TargetSettings(provider=provider_name, model=rest)
+        else:
+            owner = next((p for pattern, p in _PROVIDER_MODELS if pattern.match(model)), None)
+            if owner is None or owner not in self._providers:
+                return None
+            target = TargetSettings(provider=owner, model=model)
+        settings = RouteSettings(targets=[target], system=None, allow_client_system=True)
+        return Route(model, settings, [(target, self._providers[target.provider])], False)
+
+    async def open_stream(
+        self, route: Route, request: Request, headers: Mapping[str, str]
+    ) -> OpenStream:
+        """Try the route's targets in order until one produces content; raise ``GatewayError``
+        with the most telling status when none does."""
+        attempts: list[Attempt] = []
+        errors: list[Error] = []
+        for target, provider in route.targets:
+            body = provider.build_body(request, target)
+            started = time.perf_counter()
+            events = provider.stream(body, provider.build_headers(target, headers))
+            try:
+                pending, error = await _until_content(events)
+            except BaseException:
+                await events.aclose()
+                raise
+            ms = (time.perf_counter() - started) * 1000
+            if error is None:
+                attempts.append(Attempt(provider.name, target.model, "ok", 200, ms))
+                return OpenStream(provider, target, events, pending, attempts, time.perf_counter())
+            await events.aclose()
+            attempts.append(Attempt(provider.name, target.model, error.type, error.status, ms))
+            errors.append(error)
+            if error.status in _FINAL_STATUSES:
+                break
+        raise _summarize(errors, attempts)
+
+
+async def _until_content(
+    events: AsyncGenerator[list[Event], None],
+) -> tuple[list[Event], Error | None]:
+    """Read until a content event, a finish, or an error arrives."""
+    pending: list[Event] = []
+    async for batch in events:
+        for position, event in enumerate(batch):
+            if isinstance(event, Error):
+                return pending, event
+            if isinstance(event, (*CONTENT_EVENTS, Finish)):
+                pending.extend(batch[position:])
+                return pending, None
+            pending.append(event)
+    return pending, Error("upstream_unavailable", "the upstream stream was empty", 502)
+
+
+def _summarize(errors: list[Error], attempts: list[Attempt]) -> RouteFailed:
+    last = errors[-1]
+    if last.status in _FINAL_STATUSES or len(errors) == 1:
+        error = RouteFailed(last.type, last.message, last.status, retry_after=last.retry_after)
+    elif all(e.status == 429 for e in errors):
+        waits = [e.retry_after for e in errors if e.retry_after is not None]
+        error = RouteFailed(
+            "rate_limit",
+            "every provider of this route is rate limited; retry later",
+            429,
+            retry_after=min(waits) if waits else None,
+        )
+    else:
+        tried = "; ".join(
+            f"{a.provider}: {e.message}" for a, e in zip(attempts, errors, strict=True)
+        )
+        status = 504 if all(e.status == 504 for e in errors) else 503
+        kind = "overloaded" if status == 503 else "timeout"
+        error = RouteFailed(kind, f"no provider answered ({tried})", status)
+    error.attempts = attempts
+    return error
+
+
+def _apply_policy(route: Route, request: Request) -> None:
+    settings = route.settings
+    if request.system is not None and not settings.allow_client_system:
+        raise GatewayError(
+            "invalid_request",
+            f"route {route.name!r} has its own system prompt and does not accept one from the "
+            "client; send the instructions as a user message instead",
+            400,
+            param="system",
+        )
+    parts = [text for text in (settings.system, request.system) if text]
+    request.system = "\n\n".join(parts) if parts else None
+    if request.max_tokens is None:
+        if route.configured:
+            request.max_tokens = settings.max_tokens
+    elif settings.max_tokens_limit is not None and request.max_tokens > settings.max_tokens_limit:
+        raise GatewayError(
+            "invalid_request",
+            f"max tokens {request.max_tokens} is above route {route.name!r}'s limit of "
+            f"{settings.max_tokens_limit}; ask for fewer",
+            400,
+            param="max_tokens",
+        )

@@ -1,0 +1,225 @@
+"""One ``Settings`` object: built-in defaults, then an optional TOML file, then ``TOKENRELAY_*``
+environment variables, so a deployment needs no file at all.
+
+Nested keys use a double underscore: ``TOKENRELAY_ROUTES__FAST__TARGETS="openai:gpt-4o-mini"``
+sets ``routes.fast.targets``. Values are read as JSON when they parse as JSON, else as strings.
+Provider keys and base URLs also honour the official SDKs' ``ANTHROPIC_API_KEY``,
+``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+ENV_PREFIX = "TOKENRELAY_"
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
+DEFAULT_OPENAI_MODEL = "gpt-4o"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names the file or variable to fix."""
+
+
+class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """An upstream API. ``kind`` is the dialect it speaks; any OpenAI-compatible server is
+    ``kind = "openai"`` with its own ``base_url``."""
+
+    kind: Literal["anthropic", "openai"]
+    base_url: str | None = None
+    api_key: str | None = None
+    api_key_env: str | None = None  # read the key from this variable instead
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
+    anthropic_version: str = "2023-06-01"
+    connect_timeout: float = 10.0
+
+    def resolved_key(self) -> str | None:
+        return self.api_key or None
+
+
+class TargetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One place a route can send a request: a provider, a model, and body fields to add."""
+
+    provider: str
+    model: str
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A name clients ask for, mapped to targets and a server-side system prompt.
+
+    ``allow_client_system`` is off by default: a client-supplied system prompt is refused, not
+    merged, because the article's ``systemPrompt`` field lets any caller rewrite the instructions.
+    """
+
+    targets: list[TargetSettings]
+    system: str | None = DEFAULT_SYSTEM_PROMPT
+    allow_client_system: bool = False
+    max_tokens: int = 1024  # used when the client does not say
+    max_tokens_limit: int | None = None  # a client asking for more is refused
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    host: str = "127.0.0.1"
+    port: int = 8787
+    workers: int = 1
+    log_level: str = "info"
+    max_body_bytes: int = 1_048_576
+    idle_timeout: float = 60.0  # no upstream event for this long ends a stream
+    shutdown_grace: float = 30.0
+    demo: bool | None = None  # None: demo mode exactly when no provider is configured
+    allow_provider_models: bool = True  # let `model` name a provider model, not only a route
+    providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
+    routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
+    simulator: dict[str, Any] = msgspec.field(default_factory=dict)  # demo-mode knobs
+
+    def configured_providers(self) -> list[str]:
+        """Providers that can be called: a key, or an explicit base URL (local servers)."""
+        return [
+            name
+            for name, provider in self.providers.items()
+            if provider.resolved_key() or (provider.base_url and name not in _BUILTIN)
+        ]
+
+    @property
+    def demo_mode(self) -> bool:
+        return self.demo if self.demo is not None else not self.configured_providers()
+
+
+_BUILTIN = ("anthropic", "openai")
+
+
+def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
+    return {
+        "providers": {
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com",
+                "api_key_env": "ANTHROPIC_API_KEY",
+            },
+            "openai": {
+                "kind": "openai",
+                "base_url": environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
+                "api_key_env": "OPENAI_API_KEY",
+            },
+        },
+        "routes": {
+            "default": {
+                "targets": [
+                    {"provider": "anthropic", "model": DEFAULT_ANTHROPIC_MODEL},
+                    {"provider": "openai", "model": DEFAULT_OPENAI_MODEL},
+                ],
+                "system": DEFAULT_SYSTEM_PROMPT,
+                "max_tokens_limit": 4096,
+            }
+        },
+    }
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{name}: {key} is set both as a value and as a section")
+        node[path[-1]] = _env_value(raw)
+    return tree
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def _target(value: Any) -> Any:
+    """Accept ``"provider:model"`` as a short form of ``{"provider": ..., "model": ...}``."""
+    if isinstance(value, str):
+        provider, sep, model = value.strip().partition(":")
+        if not sep or not provider or not model:
+            raise ConfigError(f"target {value!r} must look like 'provider:model'")
+        return {"provider": provider, "model": model}
+    return value
+
+
+def _normalize(data: dict[str, Any]) -> dict[str, Any]:
+    for name, route in (data.get("routes") or {}).items():
+        if not isinstance(route, dict):
+            raise ConfigError(f"routes.{name} must be a table")
+        targets = route.get("targets")
+        if isinstance(targets, str):
+            targets = [part for part in targets.split(",") if part.strip()]
+        if isinstance(targets, list):
+            route["targets"] = [_target(target) for target in targets]
+    return data
+
+
+def load(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings; a bad value raises ``ConfigError`` naming where it came from."""
+    environ = os.environ if environ is None else environ
+    data = _defaults(environ)
+    path = path or environ.get(ENV_PREFIX + "CONFIG")
+    source = "defaults"
+    if path:
+        source = str(path)
+        try:
+            file_data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _merge(data, file_data)
+    overrides = _env_overrides(environ)
+    if overrides:
+        source += " + TOKENRELAY_* environment"
+    _merge(data, overrides)
+    try:
+        settings = msgspec.convert(_normalize(data), Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting ({source}): {exc}") from None
+    for provider in settings.providers.values():
+        if not provider.api_key and provider.api_key_env:
+            provider.api_key = environ.get(provider.api_key_env) or None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    for name, route in settings.routes.items():
+        if not route.targets:
+            raise ConfigError(f"route {name!r} has no targets")
+        for target in route.targets:
+            if target.provider not in settings.providers:
+                known = ", ".join(sorted(settings.providers))
+                raise ConfigError(
+                    f"route {name!r} names provider {target.provider!r}; known providers: {known}"
+                )
+    if not 0 <= settings.port <= 65535:
+        raise ConfigError(f"port {settings.port} is out of range")
+    if settings.max_body_bytes < 1024:
+        raise ConfigError("max_body_bytes must be at least 1024")

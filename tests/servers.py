@@ -1,0 +1,165 @@
+"""Real servers for tests: the gateway in-process under uvicorn on a loopback port, or as a
+``tokenrelay serve`` child process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Mapping
+
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+
+from tokenrelay.app import Gateway, create_app
+from tokenrelay.records import StreamRecord
+from tokenrelay.settings import load
+
+
+class _QuietServer(uvicorn.Server):
+    """Leaves the test process's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningGateway:
+    def __init__(self, app: Starlette, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.records: list[StreamRecord] = []
+        self.gateway: Gateway = app.state.gateway
+        self.gateway.listeners.add(self.records.append)
+
+    async def wait_record(self, request_id: str, within: float = 5.0) -> StreamRecord:
+        """The record of a request, once the gateway has finished with it."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for record in self.records:
+                if record.request_id == request_id:
+                    return record
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"no record for request {request_id}")
+
+
+@contextlib.asynccontextmanager
+async def gateway_server(environ: Mapping[str, str]) -> AsyncIterator[RunningGateway]:
+    """A gateway built from ``environ`` exactly as ``tokenrelay serve`` would build it."""
+    settings = load(environ=environ)
+    app = create_app(settings)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, lifespan="on", http="httptools", access_log=False, log_level="warning"
+    )
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield RunningGateway(app, port)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    """The process environment without provider keys, base URLs or TOKENRELAY_* settings."""
+    drop = ("ANTHROPIC_", "OPENAI_", "TOKENRELAY_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(extra)
+    return env
+
+
+class ServeProcess:
+    """``tokenrelay serve`` as a child process, waited on until /healthz answers."""
+
+    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "tokenrelay", "serve", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(
+            command, env=dict(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.started = time.monotonic()
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"tokenrelay serve exited: {self.proc.stdout.read()}")  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise AssertionError("tokenrelay serve did not become ready")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            output, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            output, _ = self.proc.communicate()
+        return self.proc.returncode, output
+
+
+ROUTE_SYSTEM = "You are the support assistant of Acme."
+
+
+def gateway_environ(sim_url: str) -> dict[str, str]:
+    """Test routes over the simulator: one per provider, one that fails over, one rate limited,
+    one whose provider is unreachable."""
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    flaky = [
+        {"provider": "anthropic", "model": "claude-sonnet-4-5", "headers": {"x-sim-fault": "529"}},
+        {"provider": "openai", "model": "gpt-4o"},
+    ]
+    limited = [
+        {"provider": "anthropic", "model": "claude-sonnet-4-5", "headers": {"x-sim-fault": "429"}},
+    ]
+    return {
+        "TOKENRELAY_PROVIDERS__ANTHROPIC__BASE_URL": sim_url,
+        "TOKENRELAY_PROVIDERS__ANTHROPIC__API_KEY": "test-anthropic-key",
+        "TOKENRELAY_PROVIDERS__ANTHROPIC__FORWARD_HEADERS": '["x-sim-"]',
+        "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": sim_url + "/v1",
+        "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "test-openai-key",
+        "TOKENRELAY_PROVIDERS__OPENAI__FORWARD_HEADERS": '["x-sim-"]',
+        "TOKENRELAY_PROVIDERS__DEAD__KIND": "openai",
+        "TOKENRELAY_PROVIDERS__DEAD__BASE_URL": dead,
+        "TOKENRELAY_PROVIDERS__DEAD__CONNECT_TIMEOUT": "2",
+        "TOKENRELAY_ROUTES__DEFAULT__SYSTEM": ROUTE_SYSTEM,
+        "TOKENRELAY_ROUTES__AN__TARGETS": "anthropic:claude-sonnet-4-5",
+        "TOKENRELAY_ROUTES__OA__TARGETS": "openai:gpt-4o",
+        "TOKENRELAY_ROUTES__OPEN__TARGETS": "anthropic:claude-sonnet-4-5",
+        "TOKENRELAY_ROUTES__OPEN__ALLOW_CLIENT_SYSTEM": "true",
+        "TOKENRELAY_ROUTES__FLAKY__TARGETS": msgspec.json.encode(flaky).decode(),
+        "TOKENRELAY_ROUTES__LIMITED__TARGETS": msgspec.json.encode(limited).decode(),
+        "TOKENRELAY_ROUTES__DOWN__TARGETS": "dead:some-model",
+        "TOKENRELAY_MAX_BODY_BYTES": "4096",
+    }
