@@ -134,7 +134,7 @@ ROUTE_SYSTEM = "You are the support assistant of Acme."
 
 def gateway_environ(sim_url: str) -> dict[str, str]:
     """Test routes over the simulator: one per provider, one that fails over, one rate limited,
-    one whose provider is unreachable."""
+    one whose provider is unreachable, one failing mid-stream, one slow enough to abort."""
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     flaky = [
         {"provider": "anthropic", "model": "claude-sonnet-4-5", "headers": {"x-sim-fault": "529"}},
@@ -142,6 +142,16 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
     ]
     limited = [
         {"provider": "anthropic", "model": "claude-sonnet-4-5", "headers": {"x-sim-fault": "429"}},
+    ]
+    midfail = [
+        {"provider": "openai", "model": "gpt-4o", "headers": {"x-sim-fault": "error_after"}},
+    ]
+    slow = [
+        {
+            "provider": "anthropic",
+            "model": "claude-sonnet-4-5",
+            "headers": {"x-sim-tokens": "500", "x-sim-token-delay-ms": "20"},
+        },
     ]
     return {
         "TOKENRELAY_PROVIDERS__ANTHROPIC__BASE_URL": sim_url,
@@ -161,5 +171,7 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
         "TOKENRELAY_ROUTES__FLAKY__TARGETS": msgspec.json.encode(flaky).decode(),
         "TOKENRELAY_ROUTES__LIMITED__TARGETS": msgspec.json.encode(limited).decode(),
         "TOKENRELAY_ROUTES__DOWN__TARGETS": "dead:some-model",
+        "TOKENRELAY_ROUTES__MIDFAIL__TARGETS": msgspec.json.encode(midfail).decode(),
+        "TOKENRELAY_ROUTES__SLOW__TARGETS": msgspec.json.encode(slow).decode(),
         "TOKENRELAY_MAX_BODY_BYTES": "4096",
     }

@@ -71,7 +71,7 @@ def _body(prompt: str, route: str, max_tokens: int | None) -> bytes:
         model=route,
         messages=[Message("user", [TextPart(prompt)])],
         max_tokens=max_tokens,
-        extra={"include": ["usage", "finish"]},
+        front_options={"include": ["usage", "finish"]},
     )
     return generate.encode_request(request, route, stream=True)
 

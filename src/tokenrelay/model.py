@@ -86,6 +86,7 @@ class Request(msgspec.Struct, kw_only=True):
     stream: bool = True
     include_usage: bool = False
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    front_options: dict[str, Any] = msgspec.field(default_factory=dict)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
     def prompt_text(self) -> str:

@@ -104,7 +104,7 @@ def parse_request(body: bytes) -> Request:
         temperature=None if temperature is None else float(temperature),
         stream=stream,
         include_usage="usage" in include,
-        extra={"include": include} if include else {},
+        front_options={"include": include} if include else {},
     )
 
 
@@ -134,7 +134,7 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
         body["systemPrompt"] = request.system
     if request.temperature is not None:
         body["temperature"] = request.temperature
-    include = list(request.extra.get("include", []))
+    include = list(request.front_options.get("include", []))
     if request.include_usage and "usage" not in include:
         include.append("usage")
     if include:
@@ -185,7 +185,7 @@ class GenerateWriter:
 
 
 def stream_writer(request: Request, *, id: str, model: str) -> GenerateWriter:
-    include = set(request.extra.get("include", ()))
+    include = set(request.front_options.get("include", ()))
     if request.include_usage:
         include.add("usage")
     return GenerateWriter(frozenset(include))
