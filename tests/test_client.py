@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import pytest_asyncio
 
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tokenrelay.client import AsyncClient, Client, GatewayRequestError
@@ -16,7 +17,7 @@ from tokenrelay.client import AsyncClient, Client, GatewayRequestError
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(scope="module", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gw(simulator: Any) -> AsyncIterator[RunningGateway]:
     async with gateway_server(gateway_environ(simulator.url)) as running:
         yield running

@@ -13,6 +13,7 @@ import anthropic
 import msgspec
 import openai
 import pytest
+import pytest_asyncio
 
 from tests.servers import ROUTE_SYSTEM, RunningGateway, gateway_environ, gateway_server
 from tokenrelay.dialects.sse import SSEParser
@@ -20,13 +21,13 @@ from tokenrelay.dialects.sse import SSEParser
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(scope="module", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gw(simulator: Any) -> AsyncIterator[RunningGateway]:
     async with gateway_server(gateway_environ(simulator.url)) as running:
         yield running
 
 
-@pytest.fixture(scope="module", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
