@@ -33,7 +33,7 @@ from tokenrelay.model import TextDelta
 SIM_KNOBS = {"ttft_ms": 20, "tokens": 64, "token_delay_ms": 5}
 BODY = msgspec.json.encode(
     {
-        "model": "gpt-4o",
+        "model": "gpt-5.5",
         "stream": True,
         "messages": [{"role": "user", "content": "Explain server-sent events in one paragraph."}],
     }

@@ -137,19 +137,19 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
     one whose provider is unreachable, one failing mid-stream, one slow enough to abort."""
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     flaky = [
-        {"provider": "anthropic", "model": "claude-sonnet-4-5", "headers": {"x-sim-fault": "529"}},
-        {"provider": "openai", "model": "gpt-4o"},
+        {"provider": "anthropic", "model": "claude-sonnet-5-5", "headers": {"x-sim-fault": "529"}},
+        {"provider": "openai", "model": "gpt-5.5"},
     ]
     limited = [
-        {"provider": "anthropic", "model": "claude-sonnet-4-5", "headers": {"x-sim-fault": "429"}},
+        {"provider": "anthropic", "model": "claude-sonnet-5-5", "headers": {"x-sim-fault": "429"}},
     ]
     midfail = [
-        {"provider": "openai", "model": "gpt-4o", "headers": {"x-sim-fault": "error_after"}},
+        {"provider": "openai", "model": "gpt-5.5", "headers": {"x-sim-fault": "error_after"}},
     ]
     slow = [
         {
             "provider": "anthropic",
-            "model": "claude-sonnet-4-5",
+            "model": "claude-sonnet-5-5",
             "headers": {"x-sim-tokens": "500", "x-sim-token-delay-ms": "20"},
         },
     ]
@@ -164,9 +164,9 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
         "TOKENRELAY_PROVIDERS__DEAD__BASE_URL": dead,
         "TOKENRELAY_PROVIDERS__DEAD__CONNECT_TIMEOUT": "2",
         "TOKENRELAY_ROUTES__DEFAULT__SYSTEM": ROUTE_SYSTEM,
-        "TOKENRELAY_ROUTES__AN__TARGETS": "anthropic:claude-sonnet-4-5",
-        "TOKENRELAY_ROUTES__OA__TARGETS": "openai:gpt-4o",
-        "TOKENRELAY_ROUTES__OPEN__TARGETS": "anthropic:claude-sonnet-4-5",
+        "TOKENRELAY_ROUTES__AN__TARGETS": "anthropic:claude-sonnet-5-5",
+        "TOKENRELAY_ROUTES__OA__TARGETS": "openai:gpt-5.5",
+        "TOKENRELAY_ROUTES__OPEN__TARGETS": "anthropic:claude-sonnet-5-5",
         "TOKENRELAY_ROUTES__OPEN__ALLOW_CLIENT_SYSTEM": "true",
         "TOKENRELAY_ROUTES__FLAKY__TARGETS": msgspec.json.encode(flaky).decode(),
         "TOKENRELAY_ROUTES__LIMITED__TARGETS": msgspec.json.encode(limited).decode(),

@@ -87,7 +87,7 @@ def test_ask_prints_the_answer_then_stats(demo: ServeProcess) -> None:
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.split()) >= 30
     assert re.search(
-        r"provider anthropic \(demo simulator\) · model claude-sonnet-4-5 · first token \d+ ms",
+        r"provider anthropic \(demo simulator\) · model claude-sonnet-5-5 · first token \d+ ms",
         result.stderr,
     )
     assert "tokens in" in result.stderr and "out 40" in result.stderr
@@ -153,7 +153,7 @@ def test_simulate_serves_until_stopped() -> None:
                 time.sleep(0.05)
         _, data = post_stream(
             f"http://127.0.0.1:{port}/v1/chat/completions",
-            {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
+            {"model": "gpt-5.5", "stream": True, "messages": [{"role": "user", "content": "Hi"}]},
         )
         texts = [json.loads(d)["choices"][0]["delta"].get("content") for d in data[:-1]]
         assert len([t for t in texts if t]) == 3

@@ -30,7 +30,7 @@ async def test_sync_client_streams_text_and_reports_the_answer(gw: RunningGatewa
 
     texts, info = await asyncio.to_thread(ask)
     assert len(texts) == 20 and "".join(texts).strip()
-    assert info.provider == "anthropic" and info.model == "claude-sonnet-4-5"
+    assert info.provider == "anthropic" and info.model == "claude-sonnet-5-5"
     assert info.request_id and info.ttft_s is not None and info.duration_s >= info.ttft_s
     assert info.usage.output_tokens == 20 and info.usage.input_tokens
     assert info.finish is not None and info.finish.reason == "stop" and info.error is None

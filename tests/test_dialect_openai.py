@@ -39,7 +39,7 @@ TOOL = {"type": "function", "function": {"name": "weather", "parameters": {"type
 
 
 def body(**fields: Any) -> bytes:
-    return msgspec.json.encode({"model": "gpt-4o", "messages": [USER], **fields})
+    return msgspec.json.encode({"model": "gpt-5.5", "messages": [USER], **fields})
 
 
 def parsed(**fields: Any) -> Request:
@@ -132,7 +132,7 @@ def test_parses_a_conversation() -> None:
 
 def test_encode_round_trips_and_always_asks_for_usage() -> None:
     request = parsed(messages=CONVERSATION, max_tokens=9, tools=[TOOL], tool_choice="required")
-    sent = msgspec.json.decode(dialect.encode_request(request, "gpt-4o", stream=True))
+    sent = msgspec.json.decode(dialect.encode_request(request, "gpt-5.5", stream=True))
     assert sent["messages"][0] == {"role": "system", "content": "Be brief.\n\nUse tools."}
     assert sent["messages"][1]["content"][1]["image_url"]["url"] == "data:image/png;base64,iVBO"
     assert sent["messages"][2]["content"] is None and sent["messages"][2]["reasoning_content"]
@@ -141,14 +141,14 @@ def test_encode_round_trips_and_always_asks_for_usage() -> None:
     again = dialect.parse_request(msgspec.json.encode(sent))
     assert again.messages == request.messages and again.system == request.system
     assert again.tools == request.tools and again.tool_choice == "required"
-    quiet = msgspec.json.decode(dialect.encode_request(request, "gpt-4o", stream=False))
+    quiet = msgspec.json.decode(dialect.encode_request(request, "gpt-5.5", stream=False))
     assert "stream" not in quiet and "stream_options" not in quiet
 
 
 REASONING = ["o1", "o3-mini", "o4-mini-2025-04-16", "gpt-5-nano", "openai/o3"]
 
 
-@pytest.mark.parametrize("model", [*REASONING, "gpt-4o", "llama3.2", "ollama", "qwen/qwen3"])
+@pytest.mark.parametrize("model", [*REASONING, "gpt-5.5", "llama3.2", "ollama", "qwen/qwen3"])
 def test_reasoning_models_get_max_completion_tokens(model: str) -> None:
     sent = msgspec.json.decode(dialect.encode_request(parsed(max_tokens=5), model, stream=True))
     key, other = ("max_completion_tokens", "max_tokens")[:: 1 if model in REASONING else -1]
@@ -158,21 +158,21 @@ def test_reasoning_models_get_max_completion_tokens(model: str) -> None:
 def test_what_cannot_be_translated_is_refused() -> None:
     foreign = Request(dialect="anthropic", model="m", messages=[], extra={"top_k": 5})
     with pytest.raises(GatewayError, match=r"'top_k' cannot be sent .* served by anthropic"):
-        dialect.encode_request(foreign, "gpt-4o", stream=True)
+        dialect.encode_request(foreign, "gpt-5.5", stream=True)
     thought = Message("assistant", [ThinkingPart("because"), TextPart("Hi")])
     foreign = Request(dialect="anthropic", model="m", messages=[thought])
     with pytest.raises(GatewayError, match="thinking") as raised:
-        dialect.encode_request(foreign, "gpt-4o", stream=True)
+        dialect.encode_request(foreign, "gpt-5.5", stream=True)
     assert raised.value.status == 400
     foreign.messages = [Message("assistant", [ThinkingPart("", "sig"), TextPart("Hi")])]
-    sent = msgspec.json.decode(dialect.encode_request(foreign, "gpt-4o", stream=True))
+    sent = msgspec.json.decode(dialect.encode_request(foreign, "gpt-5.5", stream=True))
     assert sent["messages"] == [{"role": "assistant", "content": "Hi"}]
 
 
 def test_tool_results_from_another_dialect_become_tool_messages() -> None:
     turn = Message("user", [ToolResultPart("c1", "boom", is_error=True), TextPart("and?")])
     request = Request(dialect="anthropic", model="m", messages=[turn], metadata={"user_id": "u"})
-    sent = msgspec.json.decode(dialect.encode_request(request, "gpt-4o", stream=True))
+    sent = msgspec.json.decode(dialect.encode_request(request, "gpt-5.5", stream=True))
     assert sent["messages"] == [
         {"role": "tool", "tool_call_id": "c1", "content": "Error: boom"},
         {"role": "user", "content": "and?"},
@@ -184,7 +184,7 @@ def test_strict_tools_pass_through_whole() -> None:
     strict = {"type": "function", "function": {"name": "f", "parameters": {}, "strict": True}}
     request = parsed(tools=[strict])
     assert request.extra == {"tools": [strict]}
-    sent = msgspec.json.decode(dialect.encode_request(request, "gpt-4o", stream=True))
+    sent = msgspec.json.decode(dialect.encode_request(request, "gpt-5.5", stream=True))
     assert sent["tools"] == [strict]
 
 
@@ -206,7 +206,7 @@ STREAM: list[Event] = [
 
 def write(events: list[Event], include_usage: bool = True) -> bytes:
     request = parsed(stream=True, stream_options={"include_usage": include_usage})
-    writer = dialect.stream_writer(request, id="chatcmpl-1", model="gpt-4o")
+    writer = dialect.stream_writer(request, id="chatcmpl-1", model="gpt-5.5")
     out = b"".join(writer.write(event) for event in events) + writer.close()
     assert writer.close() == b""
     return out
@@ -231,7 +231,7 @@ def test_writer_shapes_match_openai() -> None:
     assert first["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}
     for chunk in data[:-1]:
         assert chunk["object"] == "chat.completion.chunk" and chunk["id"] == "chatcmpl-1"
-        assert chunk["created"] == first["created"] and chunk["model"] == "gpt-4o"
+        assert chunk["created"] == first["created"] and chunk["model"] == "gpt-5.5"
     for chunk in [first, *middle, finish]:
         assert chunk["usage"] is None and chunk["choices"][0]["logprobs"] is None
     assert middle[0]["choices"][0]["delta"] == {"reasoning_content": "Let me"}
@@ -342,7 +342,7 @@ def test_parse_error_takes_the_status_first() -> None:
 def test_whole_response_round_trip() -> None:
     calls = [ToolCall("c1", "weather", "{}")]
     completion = Completion("", "t", None, calls, Usage(10, 4, 2, None, 1), Finish("tool_calls"))
-    raw = dialect.encode_response(completion, id="chatcmpl-9", model="gpt-4o")
+    raw = dialect.encode_response(completion, id="chatcmpl-9", model="gpt-5.5")
     assert msgspec.json.decode(raw)["choices"][0]["message"]["content"] is None
     back = dialect.parse_response(raw)
     assert (back.text, back.thinking, back.tool_calls) == ("", "t", completion.tool_calls)
@@ -361,7 +361,7 @@ def sdk(raw: bytes, status: int = 200, content_type: str = dialect.CONTENT_TYPE)
     return openai.OpenAI(api_key="x", base_url="http://test/v1", http_client=client, max_retries=0)
 
 
-ASK: dict[str, Any] = {"model": "gpt-4o", "messages": [USER], "tools": [TOOL]}
+ASK: dict[str, Any] = {"model": "gpt-5.5", "messages": [USER], "tools": [TOOL]}
 
 
 def test_the_sdk_streams_our_chunks() -> None:
@@ -404,7 +404,7 @@ def test_the_sdk_raises_on_our_error_chunk() -> None:
 
 def test_the_sdk_reads_a_whole_response() -> None:
     completion = Completion(text="Sunny.", usage=Usage(10, 2, 4), finish=Finish("stop"))
-    raw = dialect.encode_response(completion, id="chatcmpl-9", model="gpt-4o")
+    raw = dialect.encode_response(completion, id="chatcmpl-9", model="gpt-5.5")
     answer = sdk(raw, content_type="application/json").chat.completions.create(**ASK)
     assert answer.id == "chatcmpl-9" and answer.choices[0].message.content == "Sunny."
     assert answer.choices[0].finish_reason == "stop" and answer.usage

@@ -59,7 +59,7 @@ async def test_generate_streams_the_article_protocol(
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["x-accel-buffering"] == "no"
         assert response.headers["x-tokenrelay-provider"] == "anthropic"
-        assert response.headers["x-tokenrelay-model"] == "claude-sonnet-4-5"
+        assert response.headers["x-tokenrelay-model"] == "claude-sonnet-5-5"
         request_id = response.headers["x-request-id"]
         data = await sse_data(response)
     assert data[-1] == "[DONE]"
@@ -134,7 +134,7 @@ async def test_openai_sdk_streams_through_an_anthropic_route(gw: RunningGateway)
 async def test_openai_sdk_provider_model_and_whole_response(gw: RunningGateway) -> None:
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
     completion = await client.chat.completions.create(
-        model="gpt-4o",
+        model="gpt-5.5",
         messages=[
             {"role": "system", "content": "Answer in English."},  # allowed on a provider model
             {"role": "user", "content": "Tell me about relays"},
@@ -143,7 +143,7 @@ async def test_openai_sdk_provider_model_and_whole_response(gw: RunningGateway) 
     assert completion.choices[0].message.content
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     raw = await client.chat.completions.with_raw_response.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        model="gpt-5.5", messages=[{"role": "user", "content": "hi"}]
     )
     assert raw.headers["x-tokenrelay-provider"] == "openai"
     await client.close()
@@ -152,7 +152,7 @@ async def test_openai_sdk_provider_model_and_whole_response(gw: RunningGateway) 
 async def test_anthropic_sdk_streams_and_gets_usage(gw: RunningGateway) -> None:
     client = anthropic.AsyncAnthropic(base_url=gw.url, api_key="unused", max_retries=0)
     async with client.messages.stream(
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-5-5",
         max_tokens=64,
         system="Be concise.",
         messages=[{"role": "user", "content": "Tell me about relays"}],
@@ -207,7 +207,13 @@ async def test_client_abort_closes_the_upstream_within_100ms(
     record = await gw.wait_record(request_id)
     assert record.outcome == "aborted"
     assert record.content_events >= 3
-    assert record.usage.input_tokens  # partial usage reaches the metering hook
+    # What the upstream reported before the drop reaches the metering hook: Anthropic sends the
+    # input count in message_start; OpenAI reports nothing until its final chunk, so metering
+    # estimates from the content events counted here.
+    if route == "an":
+        assert record.usage.input_tokens
+    else:
+        assert record.usage.input_tokens is None
 
 
 # --- failures before and after the first token -------------------------------------------------
@@ -223,8 +229,8 @@ async def test_failover_before_the_first_token(
         assert response.headers["x-tokenrelay-provider"] == "openai"
         attempts = response.headers["x-tokenrelay-attempts"]
         data = await sse_data(response)
-    assert "anthropic/claude-sonnet-4-5;outcome=overloaded" in attempts
-    assert "openai/gpt-4o;outcome=ok" in attempts
+    assert "anthropic/claude-sonnet-5-5;outcome=overloaded" in attempts
+    assert "openai/gpt-5.5;outcome=ok" in attempts
     assert data[-1] == "[DONE]" and len(data) > 1
 
 

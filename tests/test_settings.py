@@ -15,8 +15,8 @@ def test_defaults_need_no_file_and_run_in_demo_mode() -> None:
     assert settings.demo_mode
     route = settings.routes["default"]
     assert [(t.provider, t.model) for t in route.targets] == [
-        ("anthropic", "claude-sonnet-4-5"),
-        ("openai", "gpt-4o"),
+        ("anthropic", "claude-sonnet-5-5"),
+        ("openai", "gpt-5.5"),
     ]
     assert not route.allow_client_system
 
@@ -37,7 +37,7 @@ def test_sdk_variables_configure_providers() -> None:
 def test_environment_sets_nested_values_with_types() -> None:
     environ = {
         "TOKENRELAY_PORT": "9000",
-        "TOKENRELAY_ROUTES__FAST__TARGETS": "openai:gpt-4o-mini, anthropic:claude-haiku-4-5",
+        "TOKENRELAY_ROUTES__FAST__TARGETS": "openai:gpt-5.5-mini, anthropic:claude-haiku-4-5",
         "TOKENRELAY_ROUTES__FAST__ALLOW_CLIENT_SYSTEM": "true",
         "TOKENRELAY_PROVIDERS__LOCAL__KIND": "openai",
         "TOKENRELAY_PROVIDERS__LOCAL__BASE_URL": "http://127.0.0.1:11434/v1",
@@ -46,7 +46,7 @@ def test_environment_sets_nested_values_with_types() -> None:
     assert settings.port == 9000
     fast = settings.routes["fast"]
     assert [(t.provider, t.model) for t in fast.targets] == [
-        ("openai", "gpt-4o-mini"),
+        ("openai", "gpt-5.5-mini"),
         ("anthropic", "claude-haiku-4-5"),
     ]
     assert fast.allow_client_system is True

@@ -1,7 +1,7 @@
 """One ``Settings`` object: built-in defaults, then an optional TOML file, then ``TOKENRELAY_*``
 environment variables, so a deployment needs no file at all.
 
-Nested keys use a double underscore: ``TOKENRELAY_ROUTES__FAST__TARGETS="openai:gpt-4o-mini"``
+Nested keys use a double underscore: ``TOKENRELAY_ROUTES__FAST__TARGETS="openai:gpt-5.4-mini"``
 sets ``routes.fast.targets``. Values are read as JSON when they parse as JSON, else as strings.
 Provider keys and base URLs also honour the official SDKs' ``ANTHROPIC_API_KEY``,
 ``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
@@ -18,8 +18,8 @@ from typing import Any, Literal
 import msgspec
 
 ENV_PREFIX = "TOKENRELAY_"
-DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-4-5"
-DEFAULT_OPENAI_MODEL = "gpt-4o"
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
+DEFAULT_OPENAI_MODEL = "gpt-5.5"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 

@@ -1,0 +1,758 @@
+"""A wire-exact stand-in for the Anthropic Messages and OpenAI Chat Completions APIs, with fault
+injection, for tests, demos and benchmarks.
+
+It reads requests and writes responses through the same dialect modules the gateway uses (front,
+provider, simulator and client share one codec per API), so whatever the simulator says is what
+the dialect believes the real API says.
+
+Knobs (``SimulatorSettings``) are server defaults; every one but ``api_key`` can be overridden per
+request with an ``x-sim-<knob>`` header (``_`` written as ``-``) or a ``?<knob>=`` query parameter
+(the query wins). ``GET /stats`` reports requests, completed responses, tokens sent, the last
+requests received and every client disconnect with its ``time.monotonic()``.
+
+Faults (``fault``): ``429``, ``500``, ``503``, ``529``, ``401``, ``400`` answer at once with that
+status and the dialect's error body (``retry-after`` on 429/503/529, plus ``retry-after-ms`` for
+OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overloaded error;
+``error_before_content`` sends the 200 head then the error; ``hang_before_first_byte`` never
+answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
+connection with an RST after ``fault_after`` tokens.
+
+Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import re
+import signal
+import socket
+import struct
+import sys
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import msgspec
+
+from tokenrelay.model import (
+    Completion,
+    Error,
+    Event,
+    Finish,
+    FinishReason,
+    GatewayError,
+    Request,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from tokenrelay.dialects import Dialect
+
+__all__ = ["FAULTS", "RunningSimulator", "SimulatorSettings", "create_app", "run", "start"]
+
+
+class SimulatorSettings(msgspec.Struct, kw_only=True):
+    """Server-wide defaults of every knob; see the module docstring for per-request overrides."""
+
+    ttft_ms: float = 150
+    tokens: int = 60
+    token_delay_ms: float = 25
+    text: str | None = None
+    fault: str | None = None
+    fault_after: int = 3
+    retry_after: float = 1
+    thinking_tokens: int = 0
+    tool: str | None = None
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    api_key: str | None = None
+
+
+# fault -> (model error type, status, message); these answer at once, before any byte of a stream
+STATUS_FAULTS: dict[str, tuple[str, int, str]] = {
+    "429": ("rate_limit", 429, "simulated rate limit"),
+    "500": ("api_error", 500, "simulated internal server error"),
+    "503": ("upstream_unavailable", 503, "simulated service unavailable"),
+    "529": ("overloaded", 529, "simulated overload"),
+    "401": ("authentication", 401, "simulated authentication failure: invalid API key"),
+    "400": ("invalid_request", 400, "simulated invalid request"),
+}
+_RETRY_AFTER_STATUSES = frozenset({429, 503, 529})
+STREAM_FAULTS = (
+    "error_after",
+    "error_before_content",
+    "hang_before_first_byte",
+    "hang_mid",
+    "reset",
+)
+FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
+_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset"})
+
+_MAX_LAST_REQUESTS = 50
+_MAX_BODY = 32 * 1024 * 1024
+
+# --- knobs ---------------------------------------------------------------------------------------
+
+
+def _float(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise ValueError
+    return number
+
+
+def _int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError
+    return number
+
+
+def _optional(value: str) -> str | None:
+    return value or None
+
+
+def _fault(value: str) -> str | None:
+    if not value or value.lower() == "none":
+        return None
+    if value not in FAULTS:
+        raise ValueError
+    return value
+
+
+_KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
+    "ttft_ms": (_float, "a number of milliseconds >= 0"),
+    "tokens": (_int, "an integer >= 0"),
+    "token_delay_ms": (_float, "a number of milliseconds >= 0"),
+    "text": (_optional, "a string"),
+    "fault": (_fault, "one of " + ", ".join(FAULTS) + " (or empty for none)"),
+    "fault_after": (_int, "an integer >= 0"),
+    "retry_after": (_float, "a number of seconds >= 0"),
+    "thinking_tokens": (_int, "an integer >= 0"),
+    "tool": (_optional, 'a tool name, or "auto" for the first tool of the request'),
+    "cache_read_tokens": (_int, "an integer >= 0"),
+    "cache_write_tokens": (_int, "an integer >= 0"),
+}
+_HEADER_KNOBS = {"x-sim-" + name.replace("_", "-"): name for name in _KNOBS}
+
+
+def _validate(settings: SimulatorSettings) -> None:
+    """Refuse server defaults a request could not have set (a typo in ``--fault`` fails at once)."""
+    for name, (parse, kind) in _KNOBS.items():
+        value = getattr(settings, name)
+        if value is None or (isinstance(value, str) and name != "fault"):
+            continue
+        try:
+            parse(str(value))
+        except ValueError:
+            raise ValueError(f"simulator setting {name}={value!r}: must be {kind}") from None
+
+
+# --- deterministic text --------------------------------------------------------------------------
+
+_WORD_TEXT = (
+    "the stream of tokens arrives one at a time from the model while the gateway relays each "
+    "piece to the client without waiting for the rest so a reader sees words appear as soon as "
+    "they exist and can stop the answer early when it has seen enough every event carries a small "
+    "delta of text usage counts finish reasons and errors travel in the same channel a careful "
+    "server flushes each chunk at once keeps the connection open sends the first byte quickly and "
+    "notices when the listener leaves latency throughput buffering backpressure retries failover "
+    "timeouts limits metering caching signals protocols messages requests responses headers bodies "
+    "events lines frames bytes sockets queues tasks loops timers clocks budgets quotas prompts "
+    "answers questions examples details reasons results patterns choices systems networks models "
+    "providers routes targets clients servers simple clear fast steady quiet bright useful gentle "
+    "careful honest modern robust"
+)
+_WORDS = tuple(_WORD_TEXT.split())
+_SENTENCE = 12  # words per simulated sentence
+
+
+def _word_stream(seed: int, count: int) -> list[str]:
+    """``count`` words picked by a 64-bit LCG seeded from ``seed``; same seed, same words."""
+    state = (seed * 2654435761 + 1) & 0xFFFFFFFFFFFFFFFF
+    n = len(_WORDS)
+    out = []
+    for _ in range(count):
+        state = (state * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+        out.append(_WORDS[(state >> 33) % n])
+    return out
+
+
+def _sentences(words: list[str]) -> list[str]:
+    """Word tokens with their leading space, sentences capitalized and ended with a period."""
+    tokens = []
+    last = len(words) - 1
+    for i, word in enumerate(words):
+        if i % _SENTENCE == 0:
+            word = word.capitalize()
+        if i == last or i % _SENTENCE == _SENTENCE - 1:
+            word += "."
+        tokens.append(word if i == 0 else " " + word)
+    return tokens
+
+
+@functools.lru_cache(maxsize=256)
+def _generated_text(seed: int, count: int) -> tuple[TextDelta, ...]:
+    return tuple(TextDelta(token) for token in _sentences(_word_stream(seed, count)))
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_text(text: str) -> tuple[TextDelta, ...]:
+    return tuple(TextDelta(token) for token in re.findall(r"\s*\S+|\s+$", text))
+
+
+@functools.lru_cache(maxsize=256)
+def _thinking(seed: int, count: int) -> tuple[tuple[ThinkingDelta, ...], str]:
+    words = _sentences(_word_stream(seed ^ 0x7468696E6B, count))
+    signature = f"sim_sig_{zlib.crc32(''.join(words).encode()):08x}{seed:08x}"
+    return tuple(ThinkingDelta(word) for word in words), signature
+
+
+# --- one response, planned before the first byte -------------------------------------------------
+
+
+class _Flavor(NamedTuple):
+    """What differs between the two simulated APIs besides the dialect's own codec."""
+
+    dialect: Dialect
+    request_id_header: str
+    message_id_prefix: str
+    tool_id_prefix: str
+    usage_first: bool  # Anthropic reports input usage in message_start, before any content
+    retry_after_ms: bool  # OpenAI also sends retry-after-ms
+
+
+class _Plan:
+    """Every content event of one answer, in order: thinking tokens, the thinking signature, text
+    tokens, tool-call pieces. Only thinking and text deltas count as tokens."""
+
+    __slots__ = (
+        "events",
+        "finish",
+        "signature",
+        "text",
+        "text_tokens",
+        "thinking",
+        "thinking_tokens",
+        "tool_call",
+        "usage_first",
+        "usage_last",
+    )
+
+    def __init__(
+        self, request: Request, knobs: SimulatorSettings, flavor: _Flavor, serial: int
+    ) -> None:
+        prompt = request.prompt_text()
+        seed = zlib.crc32(prompt.encode())
+        text = (
+            _fixed_text(knobs.text)
+            if knobs.text is not None
+            else _generated_text(seed, knobs.tokens)
+        )
+        budget = request.max_tokens if request.max_tokens is not None else sys.maxsize
+        thinking: tuple[ThinkingDelta, ...] = ()
+        self.signature: str | None = None
+        if knobs.thinking_tokens:
+            thinking, self.signature = _thinking(seed, knobs.thinking_tokens)
+        thinking_n = min(len(thinking), budget)
+        text_n = min(len(text), budget - thinking_n)
+        truncated = thinking_n < len(thinking) or text_n < len(text)
+        self.thinking = thinking[:thinking_n]
+        self.text = text[:text_n] if text_n < len(text) else text
+        self.thinking_tokens = thinking_n
+        self.text_tokens = text_n
+        events: list[Event] = list(self.thinking)
+        if self.signature is not None:
+            events.append(ThinkingDelta("", self.signature))
+        events.extend(self.text)
+        self.tool_call: ToolCall | None = None
+        finish: FinishReason = "length" if truncated else "stop"
+        if knobs.tool is not None and not truncated:
+            name = knobs.tool
+            if name == "auto":
+                if not request.tools:
+                    raise GatewayError(
+                        "invalid_request",
+                        "simulator knob tool=auto needs a request with tools",
+                        400,
+                        param="tool",
+                    )
+                name = request.tools[0].name
+            call_id = f"{flavor.tool_id_prefix}{serial}"
+            query = " ".join(_word_stream(seed ^ 0x746F6F6C, 4))
+            arguments = msgspec.json.encode({"query": query}).decode()
+            self.tool_call = ToolCall(call_id, name, arguments)
+            events.append(ToolCallDelta(0, call_id, name))
+            cut = len(arguments) // 3
+            for piece in (arguments[:cut], arguments[cut : 2 * cut], arguments[2 * cut :]):
+                events.append(ToolCallDelta(0, arguments=piece))
+            finish = "tool_calls"
+        self.events = events
+        self.finish = Finish(finish)
+        cache_read, cache_write = knobs.cache_read_tokens, knobs.cache_write_tokens
+        input_tokens = max(1, len(prompt) // 4) + cache_read + cache_write
+        self.usage_first = Usage(
+            input_tokens=input_tokens,
+            output_tokens=0,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+        )
+        self.usage_last = Usage(
+            input_tokens=input_tokens,
+            output_tokens=thinking_n + text_n,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=thinking_n or None,
+        )
+
+    def tokens_in(self, events: int) -> int:
+        """How many tokens the first ``events`` content events hold."""
+        thinking = self.thinking_tokens
+        if events <= thinking:
+            return events
+        if self.signature is not None:
+            events -= 1
+        return thinking + max(0, min(events - thinking, self.text_tokens))
+
+    def events_for(self, tokens: int) -> int:
+        """How many content events carry the first ``tokens`` tokens (all of them if more)."""
+        thinking = self.thinking_tokens
+        if tokens >= thinking + self.text_tokens:
+            return len(self.events)
+        if tokens <= thinking:
+            return tokens
+        return tokens + (1 if self.signature is not None else 0)
+
+    def completion(self) -> Completion:
+        return Completion(
+            text="".join(delta.text for delta in self.text),
+            thinking="".join(delta.text for delta in self.thinking),
+            thinking_signature=self.signature,
+            tool_calls=[self.tool_call] if self.tool_call is not None else [],
+            usage=self.usage_last,
+            finish=self.finish,
+        )
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+class _Stats:
+    __slots__ = ("completed", "disconnects", "last_requests", "requests", "tokens_sent")
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self.completed = 0
+        self.tokens_sent = 0
+        # (path, headers, raw body): decoded only when someone asks, off the hot path
+        self.last_requests: deque[tuple[str, Mapping[str, str], bytes]] = deque(
+            maxlen=_MAX_LAST_REQUESTS
+        )
+        self.disconnects: list[dict[str, Any]] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "completed": self.completed,
+            "tokens_sent": self.tokens_sent,
+            "last_requests": [
+                {
+                    "path": path,
+                    "headers": {name.lower(): value for name, value in headers.items()},
+                    "body": _json_or_text(body),
+                }
+                for path, headers, body in self.last_requests
+            ],
+            "disconnects": [dict(item) for item in self.disconnects],
+        }
+
+
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body.decode("utf-8", "replace")
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if value == int(value) else str(value)
+
+
+# --- the server ----------------------------------------------------------------------------------
+
+
+class _Simulator:
+    def __init__(self, settings: SimulatorSettings) -> None:
+        from tokenrelay import dialects
+
+        _validate(settings)
+        self.settings = settings
+        self.stats = _Stats()
+        self.serial = 0
+        self.anthropic = _Flavor(
+            dialects.get("anthropic"), "request-id", "msg_sim_", "toolu_sim_", True, False
+        )
+        self.openai = _Flavor(
+            dialects.get("openai"), "x-request-id", "chatcmpl-sim", "call_sim_", False, True
+        )
+
+    # routes
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self.anthropic)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self.openai)
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return _json(b'{"status":"ok"}')
+
+    async def get_stats(self, request: web.Request) -> web.StreamResponse:
+        return _json(msgspec.json.encode(self.stats.snapshot()))
+
+    async def reset_stats(self, request: web.Request) -> web.StreamResponse:
+        self.stats = _Stats()
+        return _json(b'{"status":"reset"}')
+
+    # one API request
+
+    def _knobs(self, request: web.Request) -> SimulatorSettings:
+        """The server defaults with this request's ``x-sim-*`` headers and knob queries applied."""
+        given: dict[str, str] = {}
+        for name, value in request.headers.items():
+            if name[:6].lower() == "x-sim-":
+                lower = name.lower()
+                knob = _HEADER_KNOBS.get(lower)
+                if knob is None:
+                    hint = (
+                        "api_key is a server setting, not a per-request knob"
+                        if lower == "x-sim-api-key"
+                        else "the knobs are " + ", ".join(_HEADER_KNOBS)
+                    )
+                    raise GatewayError(
+                        "invalid_request",
+                        f"unknown simulator header {lower}: {hint}",
+                        400,
+                        param=lower,
+                    )
+                given[knob] = value
+        if request.query_string:
+            query = request.query
+            for knob in _KNOBS:
+                if knob in query:
+                    given[knob] = query[knob]
+        if not given:
+            return self.settings
+        changes = {}
+        for knob, value in given.items():
+            parse, kind = _KNOBS[knob]
+            try:
+                changes[knob] = parse(value.strip())
+            except ValueError:
+                raise GatewayError(
+                    "invalid_request",
+                    f"simulator knob {knob}={value!r} is invalid: it must be {kind}",
+                    400,
+                    param=knob,
+                ) from None
+        return msgspec.structs.replace(self.settings, **changes)
+
+    def _authorized(self, request: web.Request) -> bool:
+        key = self.settings.api_key
+        if key is None:
+            return True
+        headers = request.headers
+        return headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key
+
+    def _error(
+        self, flavor: _Flavor, error: GatewayError, request_id: str, retry_after: float | None
+    ) -> web.Response:
+        from aiohttp import web
+
+        headers = {flavor.request_id_header: request_id}
+        if retry_after is not None:
+            headers["retry-after"] = _seconds(retry_after)
+            if flavor.retry_after_ms:
+                headers["retry-after-ms"] = str(round(retry_after * 1000))
+        return web.Response(
+            status=error.status,
+            body=flavor.dialect.encode_error(error),
+            headers=headers,
+            content_type="application/json",
+        )
+
+    async def _serve(self, http: web.Request, flavor: _Flavor) -> web.StreamResponse:
+        stats = self.stats
+        path = http.path
+        stats.requests[path] = stats.requests.get(path, 0) + 1
+        self.serial += 1
+        serial = self.serial
+        request_id = f"req_sim_{serial:012d}"
+        body = await http.read()
+        stats.last_requests.append((path, http.headers, body))
+        if not self._authorized(http):
+            error = GatewayError("authentication", "invalid API key (simulator)", 401)
+            return self._error(flavor, error, request_id, None)
+        try:
+            knobs = self._knobs(http)
+            request = flavor.dialect.parse_request(body)
+            fault = knobs.fault
+            if fault is not None and fault in STATUS_FAULTS:
+                kind, status, message = STATUS_FAULTS[fault]
+                retry = knobs.retry_after if status in _RETRY_AFTER_STATUSES else None
+                error = GatewayError(kind, message, status, retry_after=retry)
+                return self._error(flavor, error, request_id, retry)
+            plan = _Plan(request, knobs, flavor, serial)
+        except GatewayError as exc:
+            return self._error(flavor, exc, request_id, exc.retry_after)
+        message_id = f"{flavor.message_id_prefix}{serial:012d}"
+        if request.stream:
+            return await self._stream(http, flavor, request, knobs, plan, request_id, message_id)
+        return await self._whole(http, flavor, request, knobs, plan, request_id, message_id)
+
+    def _disconnected(self, path: str, tokens: int) -> None:
+        self.stats.disconnects.append(
+            {"path": path, "at_monotonic": time.monotonic(), "tokens_sent": tokens}
+        )
+
+    async def _whole(
+        self,
+        http: web.Request,
+        flavor: _Flavor,
+        request: Request,
+        knobs: SimulatorSettings,
+        plan: _Plan,
+        request_id: str,
+        message_id: str,
+    ) -> web.StreamResponse:
+        from aiohttp import web
+
+        fault = knobs.fault
+        try:
+            if fault == "hang_before_first_byte":
+                await asyncio.get_running_loop().create_future()
+            await asyncio.sleep(knobs.ttft_ms / 1000)
+            if fault == "hang_mid":
+                await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            self._disconnected(http.path, 0)
+            raise
+        if fault == "reset":
+            _reset(http)
+            return web.Response()
+        if fault in ("error_after", "error_before_content"):
+            error = GatewayError("overloaded", "simulated overload", 529)
+            return self._error(flavor, error, request_id, knobs.retry_after)
+        body = flavor.dialect.encode_response(plan.completion(), id=message_id, model=request.model)
+        self.stats.completed += 1
+        self.stats.tokens_sent += plan.tokens_in(len(plan.events))
+        return web.Response(
+            body=body,
+            headers={flavor.request_id_header: request_id},
+            content_type="application/json",
+        )
+
+    async def _stream(
+        self,
+        http: web.Request,
+        flavor: _Flavor,
+        request: Request,
+        knobs: SimulatorSettings,
+        plan: _Plan,
+        request_id: str,
+        message_id: str,
+    ) -> web.StreamResponse:
+        from aiohttp import web
+
+        fault = knobs.fault
+        events = plan.events
+        if fault == "error_before_content":
+            events = []
+        elif fault in _MID_FAULTS:
+            events = events[: plan.events_for(knobs.fault_after)]
+        writer = flavor.dialect.stream_writer(request, id=message_id, model=request.model)
+        write = writer.write
+        response = web.StreamResponse(
+            headers={
+                "content-type": flavor.dialect.CONTENT_TYPE,
+                "cache-control": "no-cache",
+                flavor.request_id_header: request_id,
+            }
+        )
+        loop = asyncio.get_running_loop()
+        sleep = asyncio.sleep
+        send = response.write
+        step = knobs.token_delay_ms / 1000
+        written = 0
+        try:
+            if fault == "hang_before_first_byte":
+                await loop.create_future()
+            await response.prepare(http)
+            due = loop.time() + knobs.ttft_ms / 1000
+            if flavor.usage_first:
+                data = write(plan.usage_first)
+                if data:
+                    await send(data)
+            for event in events:
+                wait = due - loop.time()
+                await sleep(wait if wait > 0 else 0)
+                await send(write(event))
+                written += 1
+                due += step
+            if fault is None:
+                if not events:  # nothing to say (tokens=0): the end still comes after ttft
+                    await sleep(max(0.0, due - loop.time()))
+                await send(write(plan.usage_last) + write(plan.finish) + writer.close())
+                self.stats.completed += 1
+            elif fault == "error_after" or fault == "error_before_content":
+                wait = due - loop.time()
+                await sleep(wait if wait > 0 else 0)
+                sent = plan.tokens_in(written)
+                error = Error("overloaded", f"simulated overload after {sent} tokens", 529)
+                await send(write(error) + writer.close())
+            elif fault == "hang_mid":
+                await loop.create_future()
+            elif fault == "reset":
+                _reset(http)
+        except asyncio.CancelledError:
+            self._disconnected(http.path, plan.tokens_in(written))
+            self.stats.tokens_sent += plan.tokens_in(written)
+            raise
+        except ConnectionResetError:
+            self._disconnected(http.path, plan.tokens_in(written))
+        self.stats.tokens_sent += plan.tokens_in(written)
+        return response
+
+
+def _reset(http: web.Request) -> None:
+    """Abort the connection with a TCP RST instead of an orderly close."""
+    transport = http.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def _json(body: bytes) -> web.Response:
+    from aiohttp import web
+
+    return web.Response(body=body, content_type="application/json")
+
+
+# --- public API ----------------------------------------------------------------------------------
+
+
+def create_app(settings: SimulatorSettings | None = None) -> web.Application:
+    """The simulator as an aiohttp application (serve it with ``handler_cancellation=True`` so a
+    client that leaves cancels its handler, which is how disconnects are seen)."""
+    return _build(settings)[0]
+
+
+def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simulator]:
+    from aiohttp import web
+
+    simulator = _Simulator(settings or SimulatorSettings())
+    app = web.Application(client_max_size=_MAX_BODY)
+    app.router.add_post("/v1/messages", simulator.messages)
+    app.router.add_post("/v1/chat/completions", simulator.chat_completions)
+    app.router.add_get("/healthz", simulator.healthz)
+    app.router.add_get("/stats", simulator.get_stats)
+    app.router.add_post("/stats/reset", simulator.reset_stats)
+    return app, simulator
+
+
+class RunningSimulator:
+    """A simulator serving on a loopback port; ``url`` has no trailing slash."""
+
+    def __init__(self, runner: web.AppRunner, simulator: _Simulator, host: str, port: int) -> None:
+        self._runner = runner
+        self._simulator = simulator
+        self.host = host
+        self.port = port
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+
+    @property
+    def settings(self) -> SimulatorSettings:
+        return self._simulator.settings
+
+    def stats(self) -> dict[str, Any]:
+        """What ``GET /stats`` would answer, read straight from memory."""
+        return self._simulator.stats.snapshot()
+
+    def reset_stats(self) -> None:
+        self._simulator.stats = _Stats()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def start(
+    settings: SimulatorSettings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    shutdown_timeout: float = 2.0,
+) -> RunningSimulator:
+    """Serve the simulator on ``host:port`` (port 0: a free one) in the running event loop."""
+    from aiohttp import web
+
+    app, simulator = _build(settings)
+    runner = web.AppRunner(
+        app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = int(runner.addresses[0][1])
+    return RunningSimulator(runner, simulator, host, bound)
+
+
+def run(
+    settings: SimulatorSettings | None = None, host: str = "127.0.0.1", port: int = 8790
+) -> None:
+    """Serve until Ctrl-C or SIGTERM (``tokenrelay simulate``); uses uvloop when installed."""
+
+    async def serve() -> None:
+        simulator = await start(settings, host, port)
+        print(f"tokenrelay simulator listening on {simulator.url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await simulator.stop()
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with (
+        asyncio.Runner(loop_factory=loop_factory) as runner,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
+        runner.run(serve())
