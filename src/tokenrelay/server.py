@@ -3,8 +3,13 @@ no access log (the gateway logs one line per request itself), no proxy-header tr
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
+
+import uvicorn
 
 from tokenrelay.settings import Settings
 
@@ -32,15 +37,32 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
     }
 
 
-def run(settings: Settings) -> None:
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would end "killed by
+    signal"; an orderly, drained stop exits 0 instead, as supervisors expect."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        handled = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def run(settings: Settings) -> None:
     configure_logging(settings.log_level)
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Each worker builds its own app from the same environment.
         uvicorn.run("tokenrelay.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
-    else:
-        from tokenrelay.app import create_app
+        return
+    from tokenrelay.app import create_app
 
-        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+    config = uvicorn.Config(create_app(settings), **options)  # type: ignore[arg-type]
+    server = _Server(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # could not bind or start; uvicorn has logged why
