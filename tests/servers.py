@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 
 import msgspec
 import uvicorn
-from starlette.applications import Starlette
 
-from tokenrelay.app import Gateway, create_app
+from tokenrelay.app import Dispatch, Gateway, create_app
 from tokenrelay.records import StreamRecord
 from tokenrelay.settings import load
 
@@ -38,7 +37,7 @@ def free_port() -> int:
 
 
 class RunningGateway:
-    def __init__(self, app: Starlette, port: int) -> None:
+    def __init__(self, app: Dispatch, port: int) -> None:
         self.app = app
         self.port = port
         self.url = f"http://127.0.0.1:{port}"

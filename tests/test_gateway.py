@@ -306,6 +306,40 @@ async def test_stream_is_relayed_as_it_arrives(
     assert arrivals[-1] - arrivals[0] >= 0.2
 
 
+async def test_a_stream_that_stalls_midway_ends_with_a_timeout_error(simulator: Any) -> None:
+    environ = {**gateway_environ(simulator.url), "TOKENRELAY_IDLE_TIMEOUT": "0.3"}
+    headers = {"x-sim-fault": "hang_mid", "x-sim-fault-after": "3"}
+    async with gateway_server(environ) as gateway, aiohttp.ClientSession() as own:
+        started = time.monotonic()
+        body = {"prompt": "stall", "route": "an"}
+        async with own.post(gateway.url + "/api/generate", json=body, headers=headers) as response:
+            assert response.status == 200
+            data = await sse_data(response)
+        elapsed = time.monotonic() - started
+        texts = [item for item in data if item.startswith('{"text"')]
+        assert len(texts) == 3
+        error = msgspec.json.decode(data[-2])["error"]
+        assert error["type"] == "timeout" and "0.3s" in error["message"]
+        assert data[-1] == "[DONE]"
+        assert 0.3 <= elapsed < 2.0
+        record = await gateway.wait_record(response.headers["x-request-id"])
+        assert record.outcome == "error" and record.error_type == "timeout"
+
+
+async def test_an_upstream_that_never_answers_is_a_504_in_the_client_dialect(
+    simulator: Any,
+) -> None:
+    environ = {**gateway_environ(simulator.url), "TOKENRELAY_IDLE_TIMEOUT": "0.3"}
+    headers = {"x-sim-fault": "hang_before_first_byte"}
+    body = {"model": "an", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with gateway_server(environ) as gateway, aiohttp.ClientSession() as own:
+        url = gateway.url + "/v1/chat/completions"
+        async with own.post(url, json=body, headers=headers) as response:
+            assert response.status == 504
+            payload = await response.json()
+    assert payload["error"]["message"].startswith("anthropic did not answer within 0.3s")
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 

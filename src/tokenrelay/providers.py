@@ -6,6 +6,7 @@ handed on the moment its bytes arrive and no line-length limit of the HTTP clien
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -112,28 +113,26 @@ class Provider:
         response), which is what stops the provider generating."""
         import aiohttp
 
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.settings.connect_timeout, sock_read=self._idle_timeout
-        )
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout)
         try:
-            response = await self._pool.session.post(
-                self.url, data=body, headers=headers, timeout=timeout
-            )
+            async with asyncio.timeout(self._idle_timeout):
+                response = await self._pool.session.post(
+                    self.url, data=body, headers=headers, timeout=timeout
+                )
+        except TimeoutError as exc:  # first: it is an OSError too
+            if isinstance(exc, aiohttp.ClientError):  # the connect timeout
+                waited = f"could not connect within {self.settings.connect_timeout:g}s"
+            else:
+                waited = f"did not answer within {self._idle_timeout:g}s"
+            yield [Error("timeout", f"{self.name} {waited}", 504)]
+            return
         except (aiohttp.ClientError, OSError) as exc:
             yield [
                 Error("upstream_unavailable", f"could not reach {self.name}: {_describe(exc)}", 502)
             ]
             return
-        except TimeoutError:
-            yield [
-                Error(
-                    "timeout",
-                    f"{self.name} did not answer within {self.settings.connect_timeout:g}s",
-                    504,
-                )
-            ]
-            return
         finished = False
+        watch = _IdleWatch(response, self._idle_timeout)
         try:
             if response.status != 200:
                 raw = await response.content.read(_MAX_ERROR_BODY)
@@ -147,7 +146,9 @@ class Provider:
                 return
             parser = SSEParser()
             reader = self.dialect.stream_reader()
+            clock = watch.clock
             async for chunk in response.content.iter_any():
+                watch.last = clock()
                 batch: list[Event] = []
                 for sse in parser.feed(chunk):
                     batch.extend(reader.feed(sse))
@@ -172,10 +173,36 @@ class Provider:
                 )
             ]
         finally:
+            watch.cancel()
             if finished and response.content.is_eof():
                 response.release()  # back to the pool for the next request
             else:
                 response.close()  # a half-read response is never reused
+
+
+class _IdleWatch:
+    """Ends a stream that goes quiet for ``idle`` seconds. A chunk only stores the time; the one
+    timer re-arms itself lazily, which costs far less than re-scheduling a timeout per chunk."""
+
+    __slots__ = ("_handle", "_idle", "_loop", "_response", "clock", "last")
+
+    def __init__(self, response: aiohttp.ClientResponse, idle: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._response = response
+        self._idle = idle
+        self.clock = self._loop.time
+        self.last = self.clock()
+        self._handle = self._loop.call_at(self.last + idle, self._check)
+
+    def _check(self) -> None:
+        due = self.last + self._idle
+        if self.clock() >= due:
+            self._response.content.set_exception(TimeoutError())
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def _describe(exc: BaseException) -> str:
