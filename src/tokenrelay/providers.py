@@ -33,6 +33,7 @@ class UpstreamPool:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._draining: set[asyncio.Task[None]] = set()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -45,7 +46,20 @@ class UpstreamPool:
             )
         return self._session
 
+    def recycle(self, response: aiohttp.ClientResponse) -> None:
+        """Return a finished response's connection to the pool. The end of the body (the last
+        chunk of a chunked response) often lands just after the final event; it is read in the
+        background, off the client's path, rather than dropping a warm connection."""
+        if response.content.is_eof():
+            response.release()
+        else:
+            task = asyncio.create_task(_drain(response))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
     async def close(self) -> None:
+        for task in list(self._draining):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -174,8 +188,8 @@ class Provider:
             ]
         finally:
             watch.cancel()
-            if finished and response.content.is_eof():
-                response.release()  # back to the pool for the next request
+            if finished:
+                self._pool.recycle(response)
             else:
                 response.close()  # a half-read response is never reused
 
@@ -203,6 +217,20 @@ class _IdleWatch:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+async def _drain(response: aiohttp.ClientResponse, limit: int = 65_536) -> None:
+    try:
+        async with asyncio.timeout(1.0):
+            while not response.content.is_eof() and limit > 0:
+                limit -= len(await response.content.readany())
+    except Exception:
+        response.close()
+        return
+    if response.content.is_eof():
+        response.release()
+    else:
+        response.close()
 
 
 def _describe(exc: BaseException) -> str:
