@@ -105,7 +105,7 @@ def test_parses_every_field_into_the_normalized_request() -> None:
 def test_request_round_trip_merges_tool_results_back_into_the_user_turn() -> None:
     request = dialect.parse_request(body(**FULL))
     sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
-    expected = {**FULL, "model": "claude-opus-4", "max_tokens": 100, "system": "Be brief."}
+    expected = {**FULL, "model": "claude-opus-4", "max_tokens": 100}  # cache_control kept
     assert sent == expected
     again = dialect.parse_request(msgspec.json.encode(sent))
     assert again.messages == request.messages and again.extra == request.extra
@@ -468,3 +468,142 @@ def test_sdk_raises_the_class_for_the_status(
         client.messages.create(**ASK)
     assert raised.value.type == dialect.ERROR_TYPES[error.type]
     assert raised.value.api_message == error.message
+
+
+# --- prompt caching ----------------------------------------------------------------------------
+
+EPHEMERAL = {"type": "ephemeral"}
+HOUR = {"type": "ephemeral", "ttl": "1h"}
+CACHING = {
+    "system": [
+        {"type": "text", "text": "You are Claude Code."},
+        {"type": "text", "text": "Project rules.", "cache_control": HOUR},
+    ],
+    "messages": [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look:", "cache_control": EPHEMERAL},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "iVBO"},
+                    "cache_control": EPHEMERAL,
+                },
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "tool_use",
+                    "id": "t1",
+                    "name": "weather",
+                    "input": {"city": "Paris"},
+                    "cache_control": EPHEMERAL,
+                }
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "t1",
+                    "content": "18C",
+                    "cache_control": EPHEMERAL,
+                },
+                {"type": "text", "text": "Thanks"},
+            ],
+        },
+    ],
+    "tools": [
+        {"name": "time", "input_schema": {"type": "object"}},
+        {"name": "weather", "input_schema": WEATHER, "cache_control": EPHEMERAL},
+    ],
+}
+
+
+def test_cache_control_is_parsed_onto_parts_tools_and_the_system_prompt() -> None:
+    request = dialect.parse_request(body(**CACHING))
+    assert request.system == "You are Claude Code.\nProject rules."
+    assert request.system_cache_control == HOUR
+    assert request.messages[0].content == [
+        TextPart("Look:", EPHEMERAL),
+        ImagePart(data="iVBO", media_type="image/png", cache_control=EPHEMERAL),
+    ]
+    assert request.messages[1].content == [
+        ToolCallPart("t1", "weather", '{"city":"Paris"}', EPHEMERAL)
+    ]
+    assert request.messages[2].content == [ToolResultPart("t1", "18C", False, EPHEMERAL)]
+    assert request.messages[3].content == [TextPart("Thanks")]
+    assert request.tools == [
+        Tool("time", None, {"type": "object"}),
+        Tool("weather", None, WEATHER, EPHEMERAL),
+    ]
+
+
+def test_cache_control_round_trips_to_the_same_places() -> None:
+    request = dialect.parse_request(body(**CACHING))
+    sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
+    # the system blocks are joined into one, which carries the last breakpoint at its end
+    system = {"type": "text", "text": "You are Claude Code.\nProject rules.", "cache_control": HOUR}
+    assert sent["system"] == [system]
+    assert sent["messages"] == CACHING["messages"]
+    assert sent["tools"] == CACHING["tools"]
+    again = dialect.parse_request(msgspec.json.encode(sent))
+    assert again.messages == request.messages and again.tools == request.tools
+    assert again.system_cache_control == HOUR
+
+
+def test_cache_control_inside_tool_result_content_is_kept_on_the_result() -> None:
+    content = [{"type": "text", "text": "18C", "cache_control": EPHEMERAL}]
+    block = {"type": "tool_result", "tool_use_id": "t1", "content": content}
+    request = dialect.parse_request(body(messages=msg([block])))
+    assert request.messages == [Message("tool", [ToolResultPart("t1", "18C", False, EPHEMERAL)])]
+
+
+def test_a_route_system_prefix_keeps_the_system_breakpoint_at_the_end() -> None:
+    request = dialect.parse_request(body(**CACHING))
+    request.system = "ROUTE\n\n" + (request.system or "")  # what the router does
+    sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
+    text = "ROUTE\n\nYou are Claude Code.\nProject rules."
+    assert sent["system"] == [{"type": "text", "text": text, "cache_control": HOUR}]
+
+
+def test_a_system_prompt_without_a_breakpoint_stays_a_string() -> None:
+    system = [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]
+    request = dialect.parse_request(body(system=system))
+    assert request.system_cache_control is None
+    sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
+    assert sent["system"] == "A\nB"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"messages": msg([{"type": "text", "text": "x", "cache_control": "yes"}])}, "messages.0"),
+        ({"system": [{"type": "text", "text": "x", "cache_control": 1}]}, "system.0"),
+        ({"tools": [{"name": "f", "input_schema": {}, "cache_control": []}]}, "tools.0"),
+    ],
+)
+def test_a_malformed_cache_control_is_a_400(fields: dict[str, Any], param: str) -> None:
+    with pytest.raises(GatewayError) as raised:
+        dialect.parse_request(body(**fields))
+    assert raised.value.status == 400
+    assert raised.value.param is not None
+    assert raised.value.param.startswith(param) and raised.value.param.endswith("cache_control")
+
+
+def test_the_openai_dialect_ignores_cache_control() -> None:
+    from tokenrelay import dialects
+
+    request = dialect.parse_request(body(**CACHING))
+    sent = dialects.get("openai").encode_request(request, "gpt-4o", stream=True)
+    assert b"cache_control" not in sent and b"ephemeral" not in sent
+    decoded = msgspec.json.decode(sent)
+    assert decoded["model"] == "gpt-4o"
+    assert decoded["messages"][0] == {
+        "role": "system",
+        "content": "You are Claude Code.\nProject rules.",
+    }
+    assert [tool["function"]["name"] for tool in decoded["tools"]] == ["time", "weather"]

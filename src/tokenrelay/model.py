@@ -18,29 +18,47 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "stop_s
 
 
 class TextPart(msgspec.Struct, frozen=True):
+    """Text. ``cache_control`` is an Anthropic prompt-caching breakpoint after this block; other
+    dialects cache automatically, so their encoders ignore it (it is not an error)."""
+
     text: str
+    cache_control: dict[str, Any] | None = None
 
 
 class ImagePart(msgspec.Struct, frozen=True):
-    """An image given either by URL or inline as base64 data with its media type."""
+    """An image given either by URL or inline as base64 data with its media type.
+
+    ``cache_control`` is an Anthropic prompt-caching breakpoint after this block; other dialects
+    cache automatically, so their encoders ignore it (it is not an error).
+    """
 
     url: str | None = None
     data: str | None = None
     media_type: str | None = None
+    cache_control: dict[str, Any] | None = None
 
 
 class ToolCallPart(msgspec.Struct, frozen=True):
-    """A call the assistant made; ``arguments`` is the JSON text of the arguments object."""
+    """A call the assistant made; ``arguments`` is the JSON text of the arguments object.
+
+    ``cache_control`` is an Anthropic prompt-caching breakpoint after this block; other dialects
+    cache automatically, so their encoders ignore it (it is not an error).
+    """
 
     id: str
     name: str
     arguments: str
+    cache_control: dict[str, Any] | None = None
 
 
 class ToolResultPart(msgspec.Struct, frozen=True):
+    """A tool's answer. ``cache_control`` is an Anthropic prompt-caching breakpoint after this
+    block; other dialects cache automatically, so their encoders ignore it (it is not an error)."""
+
     tool_call_id: str
     content: str
     is_error: bool = False
+    cache_control: dict[str, Any] | None = None
 
 
 class ThinkingPart(msgspec.Struct, frozen=True):
@@ -59,9 +77,13 @@ class Message(msgspec.Struct, frozen=True):
 
 
 class Tool(msgspec.Struct, frozen=True):
+    """A tool definition. ``cache_control`` is an Anthropic prompt-caching breakpoint after this
+    tool; other dialects cache automatically, so their encoders ignore it (it is not an error)."""
+
     name: str
     description: str | None = None
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})
+    cache_control: dict[str, Any] | None = None
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -70,13 +92,16 @@ class Request(msgspec.Struct, kw_only=True):
     ``model`` is what the client asked for: a route name or a provider model. ``system`` is the
     client's own system prompt, kept apart so a route can refuse it. ``extra`` holds fields only the
     origin ``dialect`` understands; they pass through to an upstream of the same dialect and make a
-    cross-dialect translation fail loudly instead of being dropped.
+    cross-dialect translation fail loudly instead of being dropped. ``system_cache_control`` is an
+    Anthropic prompt-caching breakpoint at the end of the system prompt; other dialects cache
+    automatically, so their encoders ignore it (it is not an error).
     """
 
     dialect: str
     model: str
     messages: list[Message]
     system: str | None = None
+    system_cache_control: dict[str, Any] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None

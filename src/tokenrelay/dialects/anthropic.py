@@ -14,9 +14,12 @@ Conventions other modules rely on:
 - ``max_tokens`` is required on ``/v1/messages``, as the real API requires it; other top-level
   fields this module does not model (``top_k``, ``thinking``, ...) go to ``Request.extra``, and so
   does a ``tools`` list holding server tools or a ``tool_choice`` with options beyond its type.
-- ``cache_control`` and ``citations`` on blocks have no place in the normalized request and are
-  dropped: they change cost, not what the model is asked. Blocks that change what is asked and
-  cannot be represented (documents, images inside tool results, file sources) get a 400.
+- ``cache_control`` (prompt-caching breakpoints) on text, image, tool_use and tool_result blocks
+  and on tools is kept on the part or tool and written back, so caching survives the gateway;
+  breakpoints on ``system`` blocks become one ``Request.system_cache_control`` at the end of the
+  joined system prompt. Other dialects ignore these fields. ``citations`` on blocks have no place
+  in the normalized request and are dropped. Blocks that change what is asked and cannot be
+  represented (documents, images inside tool results, file sources) get a 400.
 """
 
 from __future__ import annotations
@@ -127,20 +130,37 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _text_of(value: Any, path: str) -> str:
-    """A string, or a list of text blocks joined by newlines (``system``, tool result content)."""
+def _cache_control(block: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """A block's or tool's prompt-caching breakpoint, passed on as given (e.g. with a ``ttl``)."""
+    value = block.get("cache_control")
+    if value is not None and not isinstance(value, dict):
+        raise _invalid(f"{path}.cache_control", "Input should be a valid dictionary")
+    return value
+
+
+def _text_of(value: Any, path: str) -> tuple[str, dict[str, Any] | None]:
+    """A string, or a list of text blocks joined by newlines (``system``, tool result content),
+    with the ``cache_control`` of the last block that has one.
+
+    The joined text is one block on the way out, so only a breakpoint at its end can be kept: one
+    on an earlier block moves to the end, which caches a longer prefix. For ``system`` that is also
+    what keeps the breakpoint useful behind a route: the router puts the route's system prompt
+    before the client's, and a breakpoint at the end of the whole covers both.
+    """
     if isinstance(value, str):
-        return value
+        return value, None
     if not isinstance(value, list):
         raise _invalid(path, "Input should be a string or a list of text blocks")
     texts = []
+    cache_control = None
     for i, block in enumerate(value):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise _invalid(f"{path}.{i}", "only text blocks are supported here")
         if not isinstance(block.get("text"), str):
             raise _invalid(f"{path}.{i}.text", "Input should be a valid string")
         texts.append(block["text"])
-    return "\n".join(texts)
+        cache_control = _cache_control(block, f"{path}.{i}") or cache_control
+    return "\n".join(texts), cache_control
 
 
 def _field(block: dict[str, Any], key: str, path: str, kind: type = str) -> Any:
@@ -162,9 +182,11 @@ def _image(block: dict[str, Any], path: str) -> ImagePart:
         return ImagePart(
             data=_field(source, "data", f"{path}.source"),
             media_type=_field(source, "media_type", f"{path}.source"),
+            cache_control=_cache_control(block, path),
         )
     if kind == "url":
-        return ImagePart(url=_field(source, "url", f"{path}.source"))
+        url = _field(source, "url", f"{path}.source")
+        return ImagePart(url=url, cache_control=_cache_control(block, path))
     raise _invalid(f"{path}.source.type", "use 'base64' or 'url' (file sources are not supported)")
 
 
@@ -173,7 +195,7 @@ def _part(block: Any, role: str, path: str) -> Part:
         raise _invalid(path, "Input should be a valid dictionary")
     kind = block.get("type")
     if kind == "text":
-        return TextPart(_field(block, "text", path))
+        return TextPart(_field(block, "text", path), _cache_control(block, path))
     if kind == "image":
         return _image(block, path)
     if kind == "tool_use":
@@ -181,7 +203,12 @@ def _part(block: Any, role: str, path: str) -> Part:
         if not isinstance(tool_input, dict):
             raise _invalid(f"{path}.input", "Input should be a valid dictionary")
         arguments = _encode(tool_input).decode()
-        return ToolCallPart(_field(block, "id", path), _field(block, "name", path), arguments)
+        return ToolCallPart(
+            _field(block, "id", path),
+            _field(block, "name", path),
+            arguments,
+            _cache_control(block, path),
+        )
     if kind == "tool_result":
         if role != "user":
             raise _invalid(f"{path}.type", "tool_result blocks belong in a user message")
@@ -189,8 +216,12 @@ def _part(block: Any, role: str, path: str) -> Part:
         is_error = block.get("is_error", False)
         if not isinstance(is_error, bool):
             raise _invalid(f"{path}.is_error", "Input should be a valid boolean")
+        text, inner_cache_control = _text_of(content, f"{path}.content")
         return ToolResultPart(
-            _field(block, "tool_use_id", path), _text_of(content, f"{path}.content"), is_error
+            _field(block, "tool_use_id", path),
+            text,
+            is_error,
+            _cache_control(block, path) or inner_cache_control,
         )
     if kind == "thinking":
         return ThinkingPart(_field(block, "thinking", path), _field(block, "signature", path))
@@ -250,7 +281,8 @@ def _tools(value: Any, extra: dict[str, Any]) -> list[Tool]:
         if description is not None and not isinstance(description, str):
             raise _invalid(f"{path}.description", "Input should be a valid string")
         schema = _field(raw, "input_schema", path, dict)
-        tools.append(Tool(_field(raw, "name", path), description, schema))
+        name = _field(raw, "name", path)
+        tools.append(Tool(name, description, schema, _cache_control(raw, path)))
     return tools
 
 
@@ -297,8 +329,12 @@ def parse_request(body: bytes) -> Request:
     messages = _messages(data.get("messages"))
     extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
     system = data.get("system")
+    system_cache_control = None
     if system is not None:
-        system = _text_of(system, "system")
+        # blocks are joined, so the last breakpoint moves to the end of the system prompt; the
+        # router later puts a route's system prompt before this one, and the breakpoint at the
+        # end still covers both
+        system, system_cache_control = _text_of(system, "system")
     numbers: dict[str, float | None] = {}
     for key in ("temperature", "top_p"):
         value = data.get(key)
@@ -330,6 +366,7 @@ def parse_request(body: bytes) -> Request:
         model=model,
         messages=messages,
         system=system,
+        system_cache_control=system_cache_control,
         max_tokens=max_tokens,
         temperature=numbers["temperature"],
         top_p=numbers["top_p"],
@@ -340,6 +377,14 @@ def parse_request(body: bytes) -> Request:
         extra=extra,
         metadata=metadata,
     )
+
+
+def _with_cache_control(
+    block: dict[str, Any], cache_control: dict[str, Any] | None
+) -> dict[str, Any]:
+    if cache_control is not None:
+        block["cache_control"] = cache_control
+    return block
 
 
 def _image_json(part: ImagePart) -> dict[str, Any]:
@@ -362,11 +407,12 @@ def _image_json(part: ImagePart) -> dict[str, Any]:
 
 def _block_json(part: Part) -> dict[str, Any] | None:
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text}
+        return _with_cache_control({"type": "text", "text": part.text}, part.cache_control)
     if isinstance(part, ImagePart):
-        return _image_json(part)
+        return _with_cache_control(_image_json(part), part.cache_control)
     if isinstance(part, ToolCallPart):
-        return {"type": "tool_use", "id": part.id, "name": part.name, "input": _input(part)}
+        call = {"type": "tool_use", "id": part.id, "name": part.name, "input": _input(part)}
+        return _with_cache_control(call, part.cache_control)
     if isinstance(part, ToolResultPart):
         block: dict[str, Any] = {
             "type": "tool_result",
@@ -375,7 +421,7 @@ def _block_json(part: Part) -> dict[str, Any] | None:
         }
         if part.is_error:
             block["is_error"] = True
-        return block
+        return _with_cache_control(block, part.cache_control)
     signature = part.signature
     if signature is None:
         return None  # unsigned thinking (another provider's) cannot be verified; the API refuses it
@@ -424,6 +470,14 @@ def _messages_json(messages: list[Message]) -> list[dict[str, Any]]:
     return out
 
 
+def _tool_json(tool: Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        out["description"] = tool.description
+    out["input_schema"] = tool.parameters
+    return _with_cache_control(out, tool.cache_control)
+
+
 def _tool_choice_json(choice: str) -> dict[str, str]:
     if choice == "required":
         return {"type": "any"}
@@ -454,7 +508,12 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         "messages": _messages_json(request.messages),
     }
-    if request.system:
+    if request.system and request.system_cache_control is not None:
+        # a breakpoint needs the block form; written whatever the origin, as only this dialect
+        # sets it
+        system = {"type": "text", "text": request.system}
+        body["system"] = [_with_cache_control(system, request.system_cache_control)]
+    elif request.system:
         body["system"] = request.system
     if request.temperature is not None:
         body["temperature"] = request.temperature
@@ -463,12 +522,7 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if request.stop:
         body["stop_sequences"] = request.stop
     if request.tools:
-        body["tools"] = [
-            {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
-            if tool.description is not None
-            else {"name": tool.name, "input_schema": tool.parameters}
-            for tool in request.tools
-        ]
+        body["tools"] = [_tool_json(tool) for tool in request.tools]
     if request.tool_choice is not None:
         body["tool_choice"] = _tool_choice_json(request.tool_choice)
     if "user_id" in request.metadata:

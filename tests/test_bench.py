@@ -1,0 +1,28 @@
+"""The benchmark harness still runs end to end (a smoke run: small counts, no timing asserted;
+speed lives in BENCHMARKS.md, not in tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.servers import clean_environ
+
+BENCH = Path(__file__).parent.parent / "bench" / "run.py"
+
+
+def test_bench_quick_run_completes_with_no_failed_stream() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--levels", "1,10"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_environ(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1") and "|" in line]
+    assert len(rows) == 2  # concurrency 1 and 10
+    assert all(line.rstrip().endswith("| 0 / 0 |") for line in rows)  # no failed stream
+    assert "abort: the simulator saw the upstream close" in result.stdout
+    assert "cold start" in result.stdout
