@@ -8,6 +8,9 @@ build on ``open_stream``.)
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import re
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -24,6 +27,10 @@ _PROVIDER_MODELS = (
 )
 # Errors that would fail the same way on any target: return them to the client at once.
 _FINAL_STATUSES = frozenset({400, 413, 415, 422})
+# A target that refuses our key is misconfigured: never retried, loudly logged, passed over.
+_AUTH_STATUSES = frozenset({401, 403})
+
+log = logging.getLogger("tokenrelay.router")
 
 
 @dataclass(slots=True)
@@ -113,29 +120,88 @@ class Router:
     async def open_stream(
         self, route: Route, request: Request, headers: Mapping[str, str]
     ) -> OpenStream:
-        """Try the route's targets in order until one produces content; raise ``GatewayError``
-        with the most telling status when none does."""
+        """Try the route's targets in order, each with its retries, until one produces content
+        within its first-token deadline; raise ``RouteFailed`` with the most telling status when
+        none does or the route's budget runs out."""
+        settings = route.settings
+        started = time.perf_counter()
         attempts: list[Attempt] = []
         errors: list[Error] = []
         for target, provider in route.targets:
             body = provider.build_body(request, target)
-            started = time.perf_counter()
-            events = provider.stream(body, provider.build_headers(target, headers))
-            try:
-                pending, error = await _until_content(events)
-            except BaseException:
-                await events.aclose()
-                raise
-            ms = (time.perf_counter() - started) * 1000
-            if error is None:
-                attempts.append(Attempt(provider.name, target.model, "ok", 200, ms))
-                return OpenStream(provider, target, events, pending, attempts, time.perf_counter())
-            await events.aclose()
-            attempts.append(Attempt(provider.name, target.model, error.type, error.status, ms))
-            errors.append(error)
-            if error.status in _FINAL_STATUSES:
-                break
+            upstream_headers = provider.build_headers(target, headers)
+            deadline = target.first_token_timeout or settings.first_token_timeout
+            for retry in range(settings.retries + 1):
+                remaining = settings.budget - (time.perf_counter() - started)
+                if remaining <= 0:
+                    break
+                attempt_started = time.perf_counter()
+                limit = min(deadline, remaining)
+                stream, error = await _attempt(provider, body, upstream_headers, limit)
+                ms = (time.perf_counter() - attempt_started) * 1000
+                if stream is not None:
+                    attempts.append(Attempt(provider.name, target.model, "ok", 200, ms))
+                    events, pending = stream
+                    now = time.perf_counter()
+                    return OpenStream(provider, target, events, pending, attempts, now)
+                assert error is not None
+                attempts.append(Attempt(provider.name, target.model, error.type, error.status, ms))
+                errors.append(error)
+                if error.status in _FINAL_STATUSES:
+                    raise _summarize(errors, attempts)
+                if error.status in _AUTH_STATUSES:
+                    log.error(
+                        "CONFIGURATION ERROR: %s refused our credentials (%d: %s); check its API "
+                        "key. Moving on to the next target.",
+                        provider.name,
+                        error.status,
+                        error.message,
+                    )
+                    break
+                if retry == settings.retries:
+                    break
+                wait = _backoff(settings.retry_backoff, retry, error.retry_after)
+                left = settings.budget - (time.perf_counter() - started)
+                if wait >= left:
+                    break  # the upstream asks for longer than we may wait: next target
+                await asyncio.sleep(wait)
+        if not errors:
+            errors.append(Error("timeout", f"route {route.name!r} spent its budget", 504))
         raise _summarize(errors, attempts)
+
+
+Events = AsyncGenerator[list[Event], None]
+
+
+async def _attempt(
+    provider: Provider, body: bytes, headers: Mapping[str, str], limit: float
+) -> tuple[tuple[Events, list[Event]], None] | tuple[None, Error]:
+    """One try: the stream and its events so far if content arrived within ``limit`` seconds,
+    else the error that ended it. The limit covers connect, the response head and the first
+    content event; a slow but healthy generation is never cut off after that."""
+    events = provider.stream(body, headers)
+    try:
+        async with asyncio.timeout(limit):
+            pending, error = await _until_content(events)
+    except TimeoutError:
+        await events.aclose()
+        return None, Error("timeout", f"{provider.name} sent no token within {limit:g}s", 504)
+    except BaseException:
+        await events.aclose()
+        raise
+    if error is not None:
+        await events.aclose()
+        return None, error
+    return (events, pending), None
+
+
+def _backoff(base: float, retry: int, retry_after: float | None) -> float:
+    """Seconds before retry ``retry + 1``: what the upstream asked for, else jittered
+    exponential backoff (full jitter around the doubling, so retries from many requests
+    spread out instead of arriving together)."""
+    if retry_after is not None:
+        return retry_after
+    return float(base * 2**retry * random.uniform(0.5, 1.5))
 
 
 async def _until_content(
@@ -155,24 +221,29 @@ async def _until_content(
 
 
 def _summarize(errors: list[Error], attempts: list[Attempt]) -> RouteFailed:
+    """One error for the client from every failed attempt: the upstream's own status and words
+    when they all agree, else a 503 (or 504 when all timed out) listing each distinct failure."""
     last = errors[-1]
-    if last.status in _FINAL_STATUSES or len(errors) == 1:
+    failed = [a for a in attempts if a.outcome != "ok"]
+    pairs = zip(failed, errors, strict=False)  # strict fails only for a budget spent untried
+    distinct = list(dict.fromkeys(f"{a.provider}: {e.message}" for a, e in pairs)) or [last.message]
+    tries = f" ({len(errors)} attempts)" if len(errors) > 1 else ""
+    if last.status in _FINAL_STATUSES:
         error = RouteFailed(last.type, last.message, last.status, retry_after=last.retry_after)
     elif all(e.status == 429 for e in errors):
         waits = [e.retry_after for e in errors if e.retry_after is not None]
-        error = RouteFailed(
-            "rate_limit",
-            "every provider of this route is rate limited; retry later",
-            429,
-            retry_after=min(waits) if waits else None,
+        message = (
+            last.message + tries
+            if len(distinct) == 1
+            else "every provider of this route is rate limited; retry later"
         )
+        error = RouteFailed("rate_limit", message, 429, retry_after=min(waits) if waits else None)
+    elif len(distinct) == 1:
+        error = RouteFailed(last.type, last.message + tries, last.status)
     else:
-        tried = "; ".join(
-            f"{a.provider}: {e.message}" for a, e in zip(attempts, errors, strict=True)
-        )
         status = 504 if all(e.status == 504 for e in errors) else 503
         kind = "overloaded" if status == 503 else "timeout"
-        error = RouteFailed(kind, f"no provider answered ({tried})", status)
+        error = RouteFailed(kind, f"no provider answered ({'; '.join(distinct)})", status)
     error.attempts = attempts
     return error
 

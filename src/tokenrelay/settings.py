@@ -51,6 +51,7 @@ class TargetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    first_token_timeout: float | None = None  # overrides the route's for this target
 
 
 class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -65,6 +66,11 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     allow_client_system: bool = False
     max_tokens: int = 1024  # used when the client does not say
     max_tokens_limit: int | None = None  # a client asking for more is refused
+    # Failover before the first token (after it, a failure is an in-band error event).
+    first_token_timeout: float = 5.0  # connect + response head + first content, per attempt
+    retries: int = 1  # extra tries of the same target before moving on
+    retry_backoff: float = 0.2  # seconds, doubled per retry, jittered ±50 %
+    budget: float = 20.0  # total seconds spent on failed attempts before giving up
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
