@@ -136,8 +136,11 @@ class Router:
                 if remaining <= 0:
                     break
                 attempt_started = time.perf_counter()
-                limit = min(deadline, remaining)
-                stream, error = await _attempt(provider, body, upstream_headers, limit)
+                if remaining < deadline:
+                    limit, why = remaining, f"the route's budget of {settings.budget:g}s ran out"
+                else:
+                    limit, why = deadline, f"no token within {deadline:g}s"
+                stream, error = await _attempt(provider, body, upstream_headers, limit, why)
                 ms = (time.perf_counter() - attempt_started) * 1000
                 if stream is not None:
                     attempts.append(Attempt(provider.name, target.model, "ok", 200, ms))
@@ -174,7 +177,7 @@ Events = AsyncGenerator[list[Event], None]
 
 
 async def _attempt(
-    provider: Provider, body: bytes, headers: Mapping[str, str], limit: float
+    provider: Provider, body: bytes, headers: Mapping[str, str], limit: float, why: str
 ) -> tuple[tuple[Events, list[Event]], None] | tuple[None, Error]:
     """One try: the stream and its events so far if content arrived within ``limit`` seconds,
     else the error that ended it. The limit covers connect, the response head and the first
@@ -185,7 +188,7 @@ async def _attempt(
             pending, error = await _until_content(events)
     except TimeoutError:
         await events.aclose()
-        return None, Error("timeout", f"{provider.name} sent no token within {limit:g}s", 504)
+        return None, Error("timeout", f"{provider.name}: {why}", 504)
     except BaseException:
         await events.aclose()
         raise
