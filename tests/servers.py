@@ -173,4 +173,7 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
         "TOKENRELAY_ROUTES__MIDFAIL__TARGETS": msgspec.json.encode(midfail).decode(),
         "TOKENRELAY_ROUTES__SLOW__TARGETS": msgspec.json.encode(slow).decode(),
         "TOKENRELAY_MAX_BODY_BYTES": "4096",
+        # Faults here are injected per target, so one provider:model fails on one route and
+        # works on the next; a shared breaker would trip across tests. test_failover enables it.
+        "TOKENRELAY_BREAKER__ENABLED": "false",
     }

@@ -155,3 +155,23 @@ async def test_a_connection_reset_before_content_fails_over(gw: RunningGateway) 
     assert response.status == 200 and body.endswith(b"data: [DONE]\n\n")
     assert response.headers["x-tokenrelay-provider"] == "openai"
     assert attempts(response)[0][1] == "outcome=upstream_unavailable"
+
+
+async def test_a_failing_target_is_skipped_once_its_circuit_opens(simulator: Any) -> None:
+    environ = {
+        **gateway_environ(simulator.url),
+        **route("tripping", [faulty(CLAUDE, fault=529), GPT], retries=0),
+        "TOKENRELAY_BREAKER__ENABLED": "true",
+        "TOKENRELAY_BREAKER__FAILURES": "2",
+        "TOKENRELAY_BREAKER__COOLDOWN": "60",
+    }
+    async with gateway_server(environ) as gateway:
+        seen = []
+        for _ in range(3):
+            response, _ = await generate(gateway, "tripping")
+            assert response.headers["x-tokenrelay-provider"] == "openai"
+            seen.append([a[1] for a in attempts(response)])
+        assert seen[:2] == [["outcome=overloaded", "outcome=ok"]] * 2
+        assert seen[2] == ["outcome=circuit_open", "outcome=ok"]  # not even tried
+        states = await gateway.gateway.router.breaker.snapshot()
+        assert states == {"anthropic:claude-sonnet-5-5": "open", "openai:gpt-5.5": "closed"}

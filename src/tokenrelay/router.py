@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
+from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.model import CONTENT_EVENTS, Error, Event, Finish, GatewayError, Request
 from tokenrelay.providers import Provider
 from tokenrelay.settings import RouteSettings, Settings, TargetSettings
@@ -69,9 +70,15 @@ class OpenStream:
 
 
 class Router:
-    def __init__(self, settings: Settings, providers: Mapping[str, Provider]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: Mapping[str, Provider],
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self._settings = settings
         self._providers = providers
+        self.breaker = breaker or CircuitBreaker(settings.breaker)
         self.routes = {
             name: Route(
                 name,
@@ -131,9 +138,15 @@ class Router:
             body = provider.build_body(request, target)
             upstream_headers = provider.build_headers(target, headers)
             deadline = target.first_token_timeout or settings.first_token_timeout
+            key = f"{provider.name}:{target.model}"
             for retry in range(settings.retries + 1):
                 remaining = settings.budget - (time.perf_counter() - started)
                 if remaining <= 0:
+                    break
+                if not await self.breaker.allow(key):
+                    attempts.append(Attempt(provider.name, target.model, "circuit_open", 503, 0.0))
+                    message = f"{provider.name} is skipped for now: it kept failing"
+                    errors.append(Error("overloaded", message, 503))
                     break
                 attempt_started = time.perf_counter()
                 if remaining < deadline:
@@ -143,6 +156,7 @@ class Router:
                 stream, error = await _attempt(provider, body, upstream_headers, limit, why)
                 ms = (time.perf_counter() - attempt_started) * 1000
                 if stream is not None:
+                    await self.breaker.success(key)
                     attempts.append(Attempt(provider.name, target.model, "ok", 200, ms))
                     events, pending = stream
                     now = time.perf_counter()
@@ -152,6 +166,7 @@ class Router:
                 errors.append(error)
                 if error.status in _FINAL_STATUSES:
                     raise _summarize(errors, attempts)
+                await self.breaker.failure(key)
                 if error.status in _AUTH_STATUSES:
                     log.error(
                         "CONFIGURATION ERROR: %s refused our credentials (%d: %s); check its API "

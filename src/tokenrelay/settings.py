@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from tokenrelay.breaker import BreakerSettings
+
 ENV_PREFIX = "TOKENRELAY_"
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 DEFAULT_OPENAI_MODEL = "gpt-5.5"
@@ -83,6 +85,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace: float = 30.0
     demo: bool | None = None  # None: demo mode exactly when no provider is configured
     allow_provider_models: bool = True  # let `model` name a provider model, not only a route
+    breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     simulator: dict[str, Any] = msgspec.field(default_factory=dict)  # demo-mode knobs
