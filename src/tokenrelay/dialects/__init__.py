@@ -71,6 +71,24 @@ def get(name: str) -> Dialect:
     return module
 
 
+def decode_body(body: bytes) -> object:
+    """A request body's JSON; a 400 that says whether the bytes are not UTF-8 or not JSON."""
+    import msgspec
+
+    try:
+        return msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise GatewayError(
+                "invalid_request", "the request body is not valid UTF-8", 400
+            ) from None
+        raise GatewayError(
+            "invalid_request", f"the request body is not valid JSON: {exc}", 400
+        ) from None
+
+
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     """Seconds to wait, from ``retry-after-ms`` (OpenAI's) or ``retry-after`` (delta seconds)."""
     for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):

@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import retry_after_seconds
+from tokenrelay.dialects import decode_body, retry_after_seconds
 from tokenrelay.dialects.sse import SSEEvent, frame
 from tokenrelay.model import (
     ERROR_STATUS,
@@ -302,18 +302,7 @@ def _tool_choice(value: Any, extra: dict[str, Any]) -> str:
 
 def parse_request(body: bytes) -> Request:
     """A client's ``POST /v1/messages``; every problem is a 400 naming the field."""
-    try:
-        data = _decode(body)
-    except msgspec.DecodeError as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise GatewayError(
-                "invalid_request", "the request body is not valid UTF-8", 400
-            ) from None
-        raise GatewayError(
-            "invalid_request", f"the request body is not valid JSON: {exc}", 400
-        ) from None
+    data = decode_body(body)
     if not isinstance(data, dict):
         raise GatewayError(
             "invalid_request", "the request body must be a JSON object with model and messages", 400

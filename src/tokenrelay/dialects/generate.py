@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import retry_after_seconds
+from tokenrelay.dialects import decode_body, retry_after_seconds
 from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     Completion,
@@ -47,14 +47,7 @@ def _invalid(message: str, param: str | None = None, status: int = 422) -> Gatew
 
 
 def parse_request(body: bytes) -> Request:
-    try:
-        data = _decode(body)
-    except msgspec.DecodeError as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _invalid("the request body is not valid UTF-8", status=400) from None
-        raise _invalid(f"the request body is not valid JSON: {exc}", status=400) from None
+    data = decode_body(body)
     if not isinstance(data, dict):
         raise _invalid('the request body must be a JSON object like {"prompt": "..."}')
     unknown = sorted(set(data) - set(FIELDS))

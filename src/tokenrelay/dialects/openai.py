@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import retry_after_seconds
+from tokenrelay.dialects import decode_body, retry_after_seconds
 from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     ERROR_STATUS,
@@ -124,14 +124,7 @@ def parse_request(body: bytes) -> Request:
     """A client's body. ``system`` and ``developer`` messages, wherever they stand, are joined with
     a blank line into ``Request.system``; ``user`` becomes ``metadata["user_id"]``; fields this
     gateway does not model go to ``extra`` (sent on only to OpenAI-compatible upstreams)."""
-    try:
-        data = _decode(body)
-    except msgspec.DecodeError as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _invalid("the request body is not valid UTF-8") from None
-        raise _invalid(f"the request body is not valid JSON: {exc}") from None
+    data = decode_body(body)
     if not isinstance(data, dict):
         raise _invalid('the request body must be a JSON object like {"model": ..., "messages": []}')
     model = data.get("model")
