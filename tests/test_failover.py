@@ -55,6 +55,12 @@ async def gw(simulator: Any) -> AsyncIterator[RunningGateway]:
             budget=0.5,
         ),
         **route("reset", [faulty(CLAUDE, fault="reset", fault_after=0), GPT], retries=0),
+        **route(
+            "hang",
+            [faulty(CLAUDE, fault="hang_before_first_byte"), GPT],
+            first_token_timeout=0.3,
+            retries=0,
+        ),
     }
     async with gateway_server(environ) as running:
         yield running
@@ -85,6 +91,24 @@ async def test_first_token_deadline_moves_on_to_the_next_target(gw: RunningGatew
         "outcome=ok",
     ]
     assert elapsed < 2.0  # not the 3 s the slow target would have taken
+
+
+async def test_a_hanging_primary_is_answered_by_the_fallback_just_after_the_deadline(
+    gw: RunningGateway, simulator: Any
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        await http.post(simulator.url + "/stats/reset")
+        started = time.monotonic()
+        response = await http.post(gw.url + "/api/generate", json={"prompt": "hi", "route": "hang"})
+        first_byte = time.monotonic() - started
+        await response.read()
+        async with http.get(simulator.url + "/stats") as stats:
+            closed = [d for d in (await stats.json())["disconnects"] if d["path"] == "/v1/messages"]
+    assert response.headers["x-tokenrelay-provider"] == "openai"
+    # the 0.3 s deadline, then the fallback's own first token (5 ms) and a few ms of ours;
+    # the bound is loose because CI machines are noisy, BENCHMARKS.md has the exact figure
+    assert 0.3 <= first_byte < 0.55
+    assert closed, "the hanging primary's connection was left open"
 
 
 async def test_a_slow_generation_is_never_cut_off_after_its_first_token(
@@ -125,7 +149,7 @@ async def test_an_error_event_before_any_content_fails_over(gw: RunningGateway) 
 async def test_a_refused_key_is_logged_loudly_and_not_retried(
     gw: RunningGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="tokenrelay.router"):
+    with caplog.at_level(logging.ERROR, logger="tokenrelay.failover"):
         response, _ = await generate(gw, "badkey")
     assert response.headers["x-tokenrelay-provider"] == "openai"
     assert [a[1] for a in attempts(response)] == ["outcome=authentication", "outcome=ok"]

@@ -563,6 +563,7 @@ async def test_api_key_is_enforced() -> None:
         ("/v1/chat/completions", {}, "?ttft_ms=nan", "ttft_ms"),
         ("/v1/chat/completions", {"x-sim-fault": "meltdown"}, "", "error_before_content"),
         ("/v1/chat/completions", {"x-sim-colour": "blue"}, "", "x-sim-colour"),
+        ("/v1/chat/completions", {"x-sim-slow-fraction": "1.5"}, "", "from 0 to 1"),
     ],
 )
 async def test_bad_knobs_are_a_400_in_the_dialect(
@@ -594,6 +595,19 @@ async def test_query_knobs_override(
     ) as response:
         texts = openai_texts(await read_events(response))
     assert len(texts) == 2
+
+
+async def test_slow_fraction_delays_that_share_of_first_tokens(
+    simulator: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    body = {**OPENAI_BODY, "stream": True}
+    url = simulator.url + "/v1/chat/completions?tokens=1&ttft_ms=0&slow_ttft_ms=150"
+    for fraction, slow in (("1", True), ("0", False)):
+        started = time.perf_counter()
+        async with http.post(url + "&slow_fraction=" + fraction, json=body) as response:
+            await read_events(response)
+        elapsed = time.perf_counter() - started
+        assert (elapsed >= 0.15) is slow, (fraction, elapsed)
 
 
 async def test_bad_bodies_are_refused_like_the_real_apis(

@@ -128,6 +128,8 @@ def ask(prompt: str, url: str, route: str, max_tokens: int | None, api_key: str 
 )
 @click.option("--fault-after", type=int, help="Tokens before a mid-stream fault.")
 @click.option("--retry-after", type=float, help="Seconds in retry-after on 429/529.")
+@click.option("--slow-fraction", type=float, help="Share of requests (0-1) made slow, at random.")
+@click.option("--slow-ttft-ms", type=float, help="Delay before the first token of a slow request.")
 @click.option("--api-key", help="Require this key, as the real APIs do.")
 def simulate(host: str, port: int, **knobs: object) -> None:
     """Serve wire-exact Anthropic and OpenAI APIs on loopback, with fault injection.

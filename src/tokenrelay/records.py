@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tokenrelay.failover import Attempt
 from tokenrelay.model import Usage
-from tokenrelay.router import Attempt
 
 Outcome = Literal["completed", "error", "aborted", "rejected"]
 

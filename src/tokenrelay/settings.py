@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -73,6 +73,10 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retries: int = 1  # extra tries of the same target before moving on
     retry_backoff: float = 0.2  # seconds, doubled per retry, jittered ±50 %
     budget: float = 20.0  # total seconds spent on failed attempts before giving up
+    # Hedging: start the next target when the current one has no token after a delay.
+    hedge: bool = False
+    hedge_delay: float | None = None  # seconds; None: the target's recent hedge_quantile
+    hedge_quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.95
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

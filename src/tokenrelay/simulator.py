@@ -15,7 +15,9 @@ status and the dialect's error body (``retry-after`` on 429/503/529, plus ``retr
 OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overloaded error;
 ``error_before_content`` sends the 200 head then the error; ``hang_before_first_byte`` never
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
-connection with an RST after ``fault_after`` tokens.
+connection with an RST after ``fault_after`` tokens. ``slow_fraction`` of requests, drawn at
+random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a primary that is
+slow now and then, for hedging).
 
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import random
 import re
 import signal
 import socket
@@ -76,6 +79,8 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
     tool: str | None = None
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
+    slow_fraction: float = 0  # this share of requests, drawn at random, waits slow_ttft_ms
+    slow_ttft_ms: float = 1000
     api_key: str | None = None
 
 
@@ -119,6 +124,13 @@ def _int(value: str) -> int:
     return number
 
 
+def _fraction(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise ValueError
+    return number
+
+
 def _optional(value: str) -> str | None:
     return value or None
 
@@ -143,6 +155,8 @@ _KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
     "tool": (_optional, 'a tool name, or "auto" for the first tool of the request'),
     "cache_read_tokens": (_int, "an integer >= 0"),
     "cache_write_tokens": (_int, "an integer >= 0"),
+    "slow_fraction": (_fraction, "a number from 0 to 1"),
+    "slow_ttft_ms": (_float, "a number of milliseconds >= 0"),
 }
 _HEADER_KNOBS = {"x-sim-" + name.replace("_", "-"): name for name in _KNOBS}
 
@@ -157,6 +171,13 @@ def _validate(settings: SimulatorSettings) -> None:
             parse(str(value))
         except ValueError:
             raise ValueError(f"simulator setting {name}={value!r}: must be {kind}") from None
+
+
+def _maybe_slow(knobs: SimulatorSettings) -> SimulatorSettings:
+    """``slow_fraction`` of requests, drawn at random, get ``slow_ttft_ms`` as their ttft_ms."""
+    if knobs.slow_fraction and random.random() < knobs.slow_fraction:
+        return msgspec.structs.replace(knobs, ttft_ms=knobs.slow_ttft_ms)
+    return knobs
 
 
 # --- deterministic text --------------------------------------------------------------------------
@@ -453,7 +474,7 @@ class _Simulator:
                 if knob in query:
                     given[knob] = query[knob]
         if not given:
-            return self.settings
+            return _maybe_slow(self.settings)
         changes = {}
         for knob, value in given.items():
             parse, kind = _KNOBS[knob]
@@ -466,7 +487,7 @@ class _Simulator:
                     400,
                     param=knob,
                 ) from None
-        return msgspec.structs.replace(self.settings, **changes)
+        return _maybe_slow(msgspec.structs.replace(self.settings, **changes))
 
     def _authorized(self, request: web.Request) -> bool:
         key = self.settings.api_key

@@ -1,0 +1,54 @@
+"""Recent time to first token per target, for hedging's "no token by its p95 yet" trigger.
+
+Only attempts that produced content are observed. An attempt cancelled because a hedge won is
+not: its time is unknown (only that it was slow), and counting it at the moment it was cancelled
+would pin the percentile at wherever the hedge delay happened to start.
+
+The statistics live behind ``LatencyStats`` so that a shared store (Redis, the scale-out issue)
+can pool what every instance sees.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+
+class LatencyStats(Protocol):
+    def observe(self, key: str, seconds: float) -> None:
+        """Record one attempt's time from its start to its first content event."""
+
+    def quantile(self, key: str, q: float, min_samples: int) -> float | None:
+        """The ``q`` quantile of the recent observations, or ``None`` below ``min_samples``."""
+
+
+class LocalLatencyStats:
+    """The last ``window`` observations per key, in process. A quantile is recomputed only
+    after ``refresh`` new observations, so asking on every request costs a dict lookup."""
+
+    def __init__(self, window: int = 256, refresh: int = 16) -> None:
+        self._window = window
+        self._refresh = refresh
+        self._samples: dict[str, deque[float]] = {}
+        self._counts: dict[str, int] = {}  # observations ever, per key
+        self._cache: dict[tuple[str, float], tuple[int, float]] = {}  # (count then, value)
+
+    def observe(self, key: str, seconds: float) -> None:
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = deque(maxlen=self._window)
+        samples.append(seconds)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def quantile(self, key: str, q: float, min_samples: int) -> float | None:
+        samples = self._samples.get(key)
+        if samples is None or len(samples) < min_samples:
+            return None
+        count = self._counts[key]
+        cached = self._cache.get((key, q))
+        if cached is not None and count - cached[0] < self._refresh:
+            return cached[1]
+        ordered = sorted(samples)
+        value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        self._cache[(key, q)] = (count, value)
+        return value
