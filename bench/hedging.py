@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import msgspec
+
 from run import (
     HEADERS,
     SIM_KNOBS,

@@ -484,6 +484,7 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
             f"{names} cannot be sent to an Anthropic model; remove them or use a route served "
             f"by {request.dialect}",
             400,
+            param=min(request.extra),  # the first name of the message, for an OpenAI client
         )
     if request.temperature is not None and request.temperature > 1:
         raise GatewayError(
