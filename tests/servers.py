@@ -19,11 +19,20 @@ import uvicorn
 
 from tokenrelay.app import Dispatch, Gateway, create_app
 from tokenrelay.records import StreamRecord
+from tokenrelay.server import _Server
 from tokenrelay.settings import load
 
 
 class _QuietServer(uvicorn.Server):
     """Leaves the test process's signal handlers alone."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _QuietDrainingServer(_Server):
+    """``tokenrelay serve``'s server (it drains the gateway on shutdown), minus the signals."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -44,6 +53,7 @@ class RunningGateway:
         self.records: list[StreamRecord] = []
         self.gateway: Gateway = app.state.gateway
         self.gateway.listeners.add(self.records.append)
+        self.server: uvicorn.Server | None = None
 
     async def wait_record(self, request_id: str, within: float = 5.0) -> StreamRecord:
         """The record of a request, once the gateway has finished with it."""
@@ -57,8 +67,12 @@ class RunningGateway:
 
 
 @contextlib.asynccontextmanager
-async def gateway_server(environ: Mapping[str, str]) -> AsyncIterator[RunningGateway]:
-    """A gateway built from ``environ`` exactly as ``tokenrelay serve`` would build it."""
+async def gateway_server(
+    environ: Mapping[str, str], *, drains: bool = False
+) -> AsyncIterator[RunningGateway]:
+    """A gateway built from ``environ`` exactly as ``tokenrelay serve`` would build it; with
+    ``drains``, under the server ``tokenrelay serve`` runs, so ``running.server.should_exit = True``
+    starts the shutdown a signal would."""
     settings = load(environ=environ)
     app = create_app(settings)
     sock = socket.socket()
@@ -68,14 +82,16 @@ async def gateway_server(environ: Mapping[str, str]) -> AsyncIterator[RunningGat
     config = uvicorn.Config(
         app, lifespan="on", http="httptools", access_log=False, log_level="warning"
     )
-    server = _QuietServer(config)
+    server = (_QuietDrainingServer if drains else _QuietServer)(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
             task.result()
         await asyncio.sleep(0.005)
+    running = RunningGateway(app, port)
+    running.server = server
     try:
-        yield RunningGateway(app, port)
+        yield running
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 10)

@@ -7,11 +7,13 @@ so no middleware or response class sits between an upstream event and the client
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.applications import Starlette
@@ -26,6 +28,9 @@ from tokenrelay.records import Listeners, log_record
 from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
 from tokenrelay.router import Router
 from tokenrelay.settings import Settings, load
+
+if TYPE_CHECKING:
+    from tokenrelay.relay import _Call
 
 log = logging.getLogger("tokenrelay")
 WEB = Path(__file__).parent / "web"
@@ -42,6 +47,11 @@ class Gateway:
         self.demo = settings.demo_mode
         self.simulator: Any = None
         self._router: Router | None = None
+        # Shutdown: ``draining`` refuses new streams; ``calls`` are the requests being relayed
+        # (one add and one discard per request, nothing per token), what ``drain`` waits for.
+        self.draining = False
+        self.calls: set[_Call] = set()
+        self._idle: asyncio.Event | None = None  # set when the last call ends, while draining
 
     @property
     def router(self) -> Router:
@@ -82,6 +92,47 @@ class Gateway:
             targets = " -> ".join(f"{t.provider}:{t.model}" for t, _ in route.targets) or "none"
             log.info("route %s: %s", name, targets)
 
+    def untrack(self, call: _Call) -> None:
+        self.calls.discard(call)
+        if self._idle is not None and not self.calls:
+            self._idle.set()
+
+    async def drain(
+        self,
+        grace: float | None,
+        *,
+        finish: float = 2.0,
+        cut_short: Callable[[], bool] | None = None,
+    ) -> int:
+        """Refuse new streams, and give the ones in flight up to ``grace`` seconds (``None``: no
+        limit) to end; then interrupt the rest, which end with an explicit error in their client's
+        dialect (or a 503 when their head was not sent yet) and close their upstream, and wait up
+        to ``finish`` seconds for them to write it. ``cut_short`` ends the grace early (a second
+        Ctrl-C). Returns how many streams were interrupted."""
+        self.draining = True
+        if self.calls:
+            shown = "no limit" if grace is None else f"up to {grace:g} s"
+            log.info("draining: %d stream(s) in flight get %s to finish", len(self.calls), shown)
+            await self._wait_idle(grace, cut_short)
+        remaining = [call for call in self.calls if call.interrupt()]
+        if remaining:
+            log.warning(
+                "shutdown grace is over: %d stream(s) end with an in-band error", len(remaining)
+            )
+            await self._wait_idle(finish, None)
+        return len(remaining)
+
+    async def _wait_idle(self, seconds: float | None, cut_short: Callable[[], bool] | None) -> None:
+        loop = asyncio.get_running_loop()
+        idle = self._idle = asyncio.Event()
+        end = math.inf if seconds is None else loop.time() + seconds
+        while self.calls and not (cut_short is not None and cut_short()):
+            left = end - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(idle.wait(), min(left, 0.1))
+
     async def stop(self) -> None:
         await self.pool.close()
         if self.simulator is not None:
@@ -105,6 +156,12 @@ def create_app(settings: Settings | None = None) -> Dispatch:
 
     async def healthz(request: HTTPRequest) -> Response:
         return JSONResponse({"status": "ok", "version": __version__, "demo": gateway.demo})
+
+    async def readyz(request: HTTPRequest) -> Response:
+        if gateway.draining:
+            headers = {"retry-after": "1", "connection": "close"}
+            return JSONResponse({"status": "draining"}, status_code=503, headers=headers)
+        return JSONResponse({"status": "ready"})
 
     async def models(request: HTTPRequest) -> Response:
         data = [
@@ -138,6 +195,7 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
         Route("/v1/models", models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
         Route("/", page, methods=["GET"]),
     ]
     app = Starlette(

@@ -14,7 +14,9 @@ from typing import Literal
 from tokenrelay.failover import Attempt
 from tokenrelay.model import Usage
 
-Outcome = Literal["completed", "error", "aborted", "rejected"]
+# "interrupted": the gateway was shutting down and its grace ran out before the stream ended;
+# the client got an in-band error (or a 503 before the head), error_type "shutting_down".
+Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted"]
 
 log = logging.getLogger("tokenrelay.requests")
 

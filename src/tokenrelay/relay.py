@@ -3,7 +3,9 @@ front dialect, route it, hold the head until the first content event, then relay
 event to the client the moment it arrives.
 
 A client that goes away cancels the relay at once (a watcher task listens for
-``http.disconnect``), which closes the upstream connection so nothing keeps generating.
+``http.disconnect``), which closes the upstream connection so nothing keeps generating. A server
+shutting down cancels it too, once its grace is over; then the client gets an explicit error in
+its dialect and the request still gets its record.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tokenrelay.router import RouteFailed
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
+    from tokenrelay.dialects import StreamWriter
     from tokenrelay.router import Attempt, OpenStream
 
 Scope = MutableMapping[str, Any]
@@ -35,6 +38,16 @@ log = logging.getLogger("tokenrelay.relay")
 
 _ID_PREFIX = {"anthropic": "msg_", "openai": "chatcmpl-", "generate": ""}
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is draining for a restart: a 503 the client should retry (elsewhere), or the
+    in-band error that ends a stream the shutdown grace did not cover."""
+
+    record_type = "shutting_down"
+
+    def __init__(self, message: str = "the gateway is shutting down; retry") -> None:
+        super().__init__("overloaded", message, 503, retry_after=1)
 
 
 class ClientGone(Exception):
@@ -100,6 +113,8 @@ class RelayEndpoint:
         gateway = self.gateway
         try:
             body = await read_body(scope, receive, gateway.settings.max_body_bytes)
+            if gateway.draining:
+                raise ShuttingDown
             check_content_type(scope)
             request = self.dialect.parse_request(body)
             route = gateway.router.resolve(request)
@@ -114,7 +129,9 @@ class RelayEndpoint:
                     "",
                     "rejected",
                     error.status,
-                    error_type=error.type,
+                    error_type=(
+                        ShuttingDown.record_type if isinstance(error, ShuttingDown) else error.type
+                    ),
                     duration_ms=_ms(started),
                 )
             )
@@ -136,6 +153,8 @@ class RelayEndpoint:
             headers.append((b"x-tokenrelay-attempts", _attempts_header(attempts)))
         if self.gateway.demo:
             headers.append((b"x-tokenrelay-demo", b"true"))
+        if self.gateway.draining:
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.dialect.encode_error(error)})
 
@@ -168,6 +187,8 @@ class _Call:
         self.started = started
         self.accumulator = Accumulator()
         self.opened: OpenStream | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.writer: StreamWriter | None = None  # a streamed answer's, from its head on
         self.head_sent = False
         self.finished = False
         self.ttft_ms: float | None = None
@@ -175,31 +196,69 @@ class _Call:
         self.attempts: list[Attempt] = []
 
     async def run(self, route: Any) -> None:
-        task = asyncio.current_task()
+        task = self.task = asyncio.current_task()
         assert task is not None
+        gateway = self.endpoint.gateway
         gone = asyncio.Event()
         watcher = asyncio.create_task(self._watch_disconnect(task, gone))
         outcome: Outcome = "error"
         error_type: str | None = None
+        gateway.calls.add(self)  # no await since the endpoint checked `draining`
         try:
-            outcome, error_type = await self._serve(route)
-        except asyncio.CancelledError:
-            if not gone.is_set():
-                raise  # the server is shutting down, not the client leaving
-            task.uncancel()
-            outcome, error_type = "aborted", "client_disconnected"
-        except OSError:  # the transport broke under a send
-            outcome, error_type = "aborted", "client_disconnected"
-        except Exception:
-            log.exception("request %s failed inside the gateway", self.request_id)
-            error_type = "internal"
-            await self._fail_internally()
+            try:
+                outcome, error_type = await self._serve(route)
+            except asyncio.CancelledError:
+                task.uncancel()
+                if gone.is_set():
+                    outcome, error_type = "aborted", "client_disconnected"
+                else:
+                    # Not the client: the server is shutting down and its grace is over (the
+                    # gateway's drain interrupted us, or uvicorn cancelled us as a last resort).
+                    outcome, error_type = "interrupted", ShuttingDown.record_type
+                    await self._end_for_shutdown()
+            except OSError:  # the transport broke under a send
+                outcome, error_type = "aborted", "client_disconnected"
+            except Exception:
+                log.exception("request %s failed inside the gateway", self.request_id)
+                error_type = "internal"
+                await self._fail_internally()
+            finally:
+                self.finished = True
+                watcher.cancel()
+                if self.opened is not None:
+                    await self.opened.events.aclose()
         finally:
-            self.finished = True
-            watcher.cancel()
-            if self.opened is not None:
-                await self.opened.events.aclose()
-        self._emit(outcome, error_type)
+            gateway.untrack(self)
+            self._emit(outcome, error_type)
+
+    def interrupt(self) -> bool:
+        """End this call now because the gateway is shutting down: it closes its upstream and
+        writes an explicit error in the client's dialect. False when it is already ending."""
+        if self.finished or self.task is None:
+            return False
+        self.task.cancel()
+        return True
+
+    async def _end_for_shutdown(self) -> None:
+        self.finished = True  # from here on a client leaving must not cancel this write
+        if self.opened is not None:
+            await self.opened.events.aclose()  # stop the upstream generating first
+        try:
+            if not self.head_sent:
+                error = ShuttingDown()
+                self.status = error.status
+                await self.endpoint._send_error(self.send, error, self.request_id, self.attempts)
+            elif self.writer is not None:
+                error = ShuttingDown(
+                    "the gateway is shutting down and ended this stream before it finished "
+                    f"(request id {self.request_id}); retry the request"
+                )
+                event = error.to_event()
+                self.accumulator.add(event)
+                body = self.writer.write(event) + self.writer.close()
+                await self.send({"type": "http.response.body", "body": body, "more_body": False})
+        except (OSError, RuntimeError):
+            pass  # the client is gone too, or the response could not be ended; the record says so
 
     async def _watch_disconnect(self, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
         while True:
@@ -245,7 +304,7 @@ class _Call:
 
     async def _stream(self, opened: OpenStream) -> tuple[Outcome, str | None]:
         dialect = self.endpoint.dialect
-        writer = dialect.stream_writer(
+        writer = self.writer = dialect.stream_writer(
             self.request,
             id=_ID_PREFIX[self.endpoint.dialect_name] + self.request_id,
             model=opened.target.model,

@@ -1,17 +1,37 @@
 """Runs the app under uvicorn with the choices the dependency study measured: uvloop, httptools,
-no access log (the gateway logs one line per request itself), no proxy-header trust."""
+no access log (the gateway logs one line per request itself), no proxy-header trust.
+
+Shutdown (SIGTERM or SIGINT, in every worker): stop accepting, give the streams in flight
+``shutdown_grace`` seconds to end, then end the rest with an explicit error in their client's
+dialect, close their upstreams, and exit 0. uvicorn on its own would cancel them after the grace,
+cutting each stream short with no error event.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import multiprocess
 
 from tokenrelay.settings import Settings
+
+if TYPE_CHECKING:
+    from tokenrelay.app import Gateway
+
+log = logging.getLogger("tokenrelay.server")
+# After the drain, what uvicorn still waits for anything else open (a page download, a stream
+# writing its final error to a slow reader) before it cancels it as a last resort.
+_LAST_RESORT_WAIT = 2
+# How long the interrupted streams get to write their error event.
+_FINISH_WAIT = 2.0
 
 
 def configure_logging(level: str) -> None:
@@ -32,14 +52,53 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "access_log": False,
         "proxy_headers": False,  # X-Forwarded-For is trusted only from configured proxies
         "server_header": False,
+        # For an app without a gateway; _Server drains the gateway with the same grace itself.
         "timeout_graceful_shutdown": settings.shutdown_grace,
         "log_level": settings.log_level,
     }
 
 
+def find_gateway(app: object) -> Gateway | None:
+    """The gateway behind an ASGI app, through any wrappers that keep the wrapped app in
+    ``.app`` (uvicorn's own middlewares, ours, most third-party ones)."""
+    from tokenrelay.app import Gateway
+
+    for _ in range(32):
+        gateway = getattr(getattr(app, "state", None), "gateway", None)
+        if isinstance(gateway, Gateway):
+            return gateway
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return None
+
+
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM after its graceful shutdown, so the process would end "killed by
-    signal"; an orderly, drained stop exits 0 instead, as supervisors expect."""
+    """Drains the gateway before uvicorn's own shutdown (see the module's docstring).
+
+    uvicorn also re-raises SIGTERM after its graceful shutdown, so the process would end "killed
+    by signal"; an orderly, drained stop exits 0 instead, as supervisors expect."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        gateway = find_gateway(self.config.loaded_app)
+        if gateway is not None and not self.force_exit:
+            log.info("shutting down: no new connections; draining the streams in flight")
+            gateway.draining = True  # before anything can yield: no new stream starts from here
+            for server in self.servers:
+                server.close()
+            for sock in sockets or []:
+                sock.close()
+            # As uvicorn does: idle keep-alive connections close now, busy ones after their
+            # response, so a client's next request goes to a fresh connection (another instance).
+            for connection in list(self.server_state.connections):
+                connection.shutdown()
+            await gateway.drain(
+                gateway.settings.shutdown_grace,
+                finish=_FINISH_WAIT,
+                cut_short=lambda: self.force_exit,  # a second Ctrl-C
+            )
+            self.config.timeout_graceful_shutdown = _LAST_RESORT_WAIT
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -52,12 +111,46 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+class _WorkerProcess(multiprocess.Process):
+    """A worker when ``workers > 1``: it runs ``_Server``, so it drains as a single process does,
+    and sets up the gateway's logging, which a spawned process starts without."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = _Server(config=self.config)
+        return self._server
+
+    def target(self, sockets: list[socket.socket] | None = None) -> None:
+        configure_logging(str(self.config.log_level or "info"))
+        super().target(sockets)
+
+
+def _run_workers(config: uvicorn.Config) -> None:
+    """What ``uvicorn.run(..., workers=N)`` does, with ``_WorkerProcess`` as the worker. The
+    supervisor SIGTERMs every worker on SIGTERM or SIGINT and waits for them to drain."""
+    sock = config.bind_socket()
+    # The supervisor builds each worker (at start, on a restart, on SIGTTIN) from its module's
+    # `Process`, with no hook to give it another class; the swap lasts while it runs.
+    original = multiprocess.Process
+    multiprocess.Process = _WorkerProcess  # type: ignore[misc]
+    try:
+        supervisor = multiprocess.Multiprocess(config, sockets=[sock])
+        supervisor.run()
+    finally:
+        multiprocess.Process = original  # type: ignore[misc]
+        sock.close()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit(3)  # a worker could not start; it has logged why
+
+
 def run(settings: Settings) -> None:
     configure_logging(settings.log_level)
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Each worker builds its own app from the same environment.
-        uvicorn.run("tokenrelay.app:create_app", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+        factory = "tokenrelay.app:create_app"
+        _run_workers(uvicorn.Config(factory, factory=True, workers=settings.workers, **options))  # type: ignore[arg-type]
         return
     from tokenrelay.app import create_app
 
