@@ -607,3 +607,20 @@ def test_the_openai_dialect_ignores_cache_control() -> None:
         "content": "You are Claude Code.\nProject rules.",
     }
     assert [tool["function"]["name"] for tool in decoded["tools"]] == ["time", "weather"]
+
+
+def test_an_assistant_turn_left_empty_is_not_sent() -> None:
+    # An OpenAI-compatible model's reasoning has no signature, so it cannot go to Anthropic;
+    # an assistant turn that held nothing else would be an empty turn, which Anthropic refuses.
+    request = Request(
+        dialect="openai",
+        model="m",
+        messages=[
+            Message("user", [TextPart("first")]),
+            Message("assistant", [ThinkingPart("mulling", "")]),
+            Message("user", [TextPart("second")]),
+        ],
+    )
+    sent = msgspec.json.decode(dialect.encode_request(request, "m", stream=True))
+    assert [m["role"] for m in sent["messages"]] == ["user", "user"]
+    assert all(m["content"] for m in sent["messages"])

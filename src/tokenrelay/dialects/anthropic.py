@@ -412,7 +412,7 @@ def _block_json(part: Part) -> dict[str, Any] | None:
             block["is_error"] = True
         return _with_cache_control(block, part.cache_control)
     signature = part.signature
-    if signature is None:
+    if not signature:
         return None  # unsigned thinking (another provider's) cannot be verified; the API refuses it
     if signature.startswith(REDACTED):
         return {"type": "redacted_thinking", "data": signature[len(REDACTED) :]}
@@ -448,7 +448,11 @@ def _messages_json(messages: list[Message]) -> list[dict[str, Any]]:
     for message in messages:
         blocks = [block for part in message.content if (block := _block_json(part)) is not None]
         if message.role == "assistant":
-            out.append({"role": "assistant", "content": blocks})
+            # An assistant turn left empty (an OpenAI-compatible model's unsigned reasoning is
+            # all it held) is refused by Anthropic; without it the user turns around it merge,
+            # as Anthropic merges consecutive same-role turns itself.
+            if blocks:
+                out.append({"role": "assistant", "content": blocks})
             merging = False
         elif merging:
             out[-1]["content"].extend(blocks)
