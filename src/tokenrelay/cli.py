@@ -1,12 +1,21 @@
-"""``tokenrelay serve | ask | simulate``. Subcommands import what they need when they run, so
+"""``tokenrelay serve | ask | simulate | keys``. Subcommands import what they need when they run, so
 ``--help`` and ``ask`` stay fast."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+if TYPE_CHECKING:
+    from tokenrelay.gate.keys import KeyRecord, KeyStore
+    from tokenrelay.settings import Settings
+
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,3 +148,218 @@ def simulate(host: str, port: int, **knobs: object) -> None:
 
     given = {name: value for name, value in knobs.items() if value is not None}
     simulator.run(simulator.SimulatorSettings(**given), host=host, port=port)  # type: ignore[arg-type]
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+_FORMAT = click.option(
+    "--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True
+)
+_DATABASE = click.option(
+    "--database-url",
+    envvar="TOKENRELAY_DATABASE_URL",
+    help="sqlite:///file.db, a file path or postgresql://... "
+    "[default: $TOKENRELAY_DATABASE_URL, else the config file's, else sqlite:///tokenrelay.db]",
+)
+_CONFIG = click.option("--config", type=click.Path(dir_okay=False), help="TOML config file.")
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys. Only a key's SHA-256 is stored, in the database the
+    gateway uses (SQLite file tokenrelay.db in the working directory unless configured)."""
+
+
+def _settings(config: str | None) -> Settings:
+    from tokenrelay.settings import ConfigError, load
+
+    try:
+        return load(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _database_url(given: str | None, config: str | None, *, must_exist: bool) -> str:
+    """The URL to use, said on stderr so a key is never created in a database the gateway
+    does not read; with ``must_exist``, a SQLite file that is not there is an error."""
+    from tokenrelay.store import DEFAULT_DATABASE_URL, display_url, parse_url
+
+    # Settings.database_url is the top-level setting the ledger shares; before it is wired in,
+    # the default applies.
+    url: str = given or getattr(_settings(config), "database_url", None) or DEFAULT_DATABASE_URL
+    try:
+        backend, target = parse_url(url)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"database: {display_url(url)}", err=True)
+    if must_exist and backend == "sqlite" and target != ":memory:" and not os.path.exists(target):
+        raise click.ClickException(
+            f"no database at {os.path.abspath(target)}: no key was created there. Run from the "
+            "directory the gateway runs in, or pass --database-url (or TOKENRELAY_DATABASE_URL)."
+        )
+    return url
+
+
+def _with_store(url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
+    """Run ``action`` on a key store over the migrated database at ``url``."""
+    import asyncio
+
+    from tokenrelay.gate.keys import AmbiguousKey, KeyNotFound, KeyStore
+    from tokenrelay.store import DatabaseError, open_database
+
+    async def run() -> T:
+        async with await open_database(url) as db:
+            return await action(KeyStore(db))
+
+    try:
+        return asyncio.run(run())
+    except (DatabaseError, KeyNotFound, AmbiguousKey, ValueError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+        raise click.ClickException(message) from None
+
+
+def _when(timestamp: float | None, separator: str = " ") -> str:
+    import datetime
+
+    if timestamp is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime(f"%Y-%m-%d{separator}%H:%M:%SZ")
+
+
+def _key_json(record: KeyRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "prefix": record.prefix,
+        "user": record.user,
+        "org": record.org,
+        "routes": sorted(record.routes) if record.routes is not None else None,
+        "rpm": record.rpm,
+        "name": record.name,
+        "created_at": _when(record.created_at, "T"),
+        "revoked_at": _when(record.revoked_at, "T") if record.revoked_at is not None else None,
+    }
+
+
+def _key_row(record: KeyRecord) -> list[str]:
+    routes = ",".join(sorted(record.routes)) if record.routes is not None else "*"
+    return [
+        record.id,
+        record.prefix,
+        record.user or "-",
+        record.org or "-",
+        routes or "(none)",
+        str(record.rpm) if record.rpm is not None else "-",
+        _when(record.created_at),
+        _when(record.revoked_at),
+        record.name or "",
+    ]
+
+
+def _table(rows: list[list[str]]) -> str:
+    header = ["ID", "PREFIX", "USER", "ORG", "ROUTES", "RPM", "CREATED", "REVOKED", "NAME"]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    )
+
+
+def _echo_json(value: object) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+@keys.command("create")
+@click.option("--user", required=True, help="The user the key acts for (recorded in the ledger).")
+@click.option("--org", help="The user's organization.")
+@click.option(
+    "--routes",
+    multiple=True,
+    help="A route the key may use; repeat or comma-separate. Default: every route.",
+)
+@click.option("--rpm", type=click.IntRange(min=1), help="The key's own requests per minute.")
+@click.option("--name", help="A note to tell keys apart in listings.")
+@_DATABASE
+@_CONFIG
+@_FORMAT
+def keys_create(
+    user: str,
+    org: str | None,
+    routes: tuple[str, ...],
+    rpm: int | None,
+    name: str | None,
+    database_url: str | None,
+    config: str | None,
+    fmt: str,
+) -> None:
+    """Create a key and print its secret, once: only its SHA-256 hash is stored."""
+    url = _database_url(database_url, config, must_exist=False)
+    allowed = [part.strip() for value in routes for part in value.split(",") if part.strip()]
+    if allowed:
+        with contextlib.suppress(click.ClickException):
+            unknown = sorted(set(allowed) - set(_settings(config).routes))
+            if unknown:
+                click.echo(f"warning: no route named {', '.join(unknown)} is configured", err=True)
+
+    async def create(store: KeyStore) -> tuple[KeyRecord, str]:
+        key_id, secret = await store.create(user, org, allowed or None, rpm, name)
+        return await store.find(key_id), secret
+
+    record, secret = _with_store(url, create)
+    click.echo(
+        "Copy the key now: tokenrelay stores only its SHA-256 hash and cannot show it again.",
+        err=True,
+    )
+    if fmt == "json":
+        _echo_json({**_key_json(record), "secret": secret})
+    else:
+        click.echo(_table([_key_row(record)]))
+        click.echo(f"\n{secret}")
+
+
+@keys.command("list")
+@click.option("--active", is_flag=True, help="Leave revoked keys out.")
+@_DATABASE
+@_CONFIG
+@_FORMAT
+def keys_list(active: bool, database_url: str | None, config: str | None, fmt: str) -> None:
+    """List keys: id, prefix, user, org, routes, rpm, created, revoked (never a secret)."""
+    url = _database_url(database_url, config, must_exist=True)
+
+    async def list_keys(store: KeyStore) -> list[KeyRecord]:
+        return await store.list(include_revoked=not active)
+
+    records = _with_store(url, list_keys)
+    if fmt == "json":
+        _echo_json([_key_json(record) for record in records])
+    elif records:
+        click.echo(_table([_key_row(record) for record in records]))
+    else:
+        click.echo("no keys", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key")
+@_DATABASE
+@_CONFIG
+@_FORMAT
+def keys_revoke(key: str, database_url: str | None, config: str | None, fmt: str) -> None:
+    """Revoke KEY, given by its id, its prefix or the secret itself. Running gateways stop
+    accepting it within their key cache TTL (5 s by default)."""
+    url = _database_url(database_url, config, must_exist=True)
+
+    async def revoke(store: KeyStore) -> tuple[KeyRecord, bool]:
+        before = await store.find(key)
+        return await store.revoke(before.id), before.revoked_at is not None
+
+    record, already = _with_store(url, revoke)
+    if fmt == "json":
+        _echo_json(_key_json(record))
+    elif already:
+        click.echo(
+            f"{record.id} ({record.prefix}) was already revoked at {_when(record.revoked_at)}"
+        )
+    else:
+        click.echo(f"revoked {record.id} ({record.prefix}, user {record.user or '-'})")

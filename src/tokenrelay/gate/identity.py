@@ -1,0 +1,249 @@
+"""Who is asking: an API key, a JWT from the application in front, or an anonymous client IP.
+
+Credentials arrive as ``Authorization: Bearer <token>`` (the OpenAI SDK) or ``x-api-key``
+(the Anthropic SDK). A token with two dots is a JWT when JWTs are configured; one starting
+``trk_`` is one of our keys. Any other token (the ``api_key="unused"`` an SDK insists on) is
+ignored on a route open to anonymous callers, so SDKs work unchanged; a bad key or JWT of ours is
+always a 401, so a typo is not silently served as anonymous.
+
+An anonymous caller is its IP. ``X-Forwarded-For`` counts only when the peer is a configured
+proxy, and then the client is the right-most hop that is not a proxy: the hops to its left are
+whatever the client chose to send (the article's ``split(',')[0]`` lets anyone pick their own
+rate-limit key).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
+
+import msgspec
+
+from tokenrelay.gate.jwt_auth import JWTSettings, JWTVerifier
+from tokenrelay.gate.keys import KEY_PREFIX, PREFIX_LENGTH, KeyStore
+from tokenrelay.model import GatewayError
+
+log = logging.getLogger("tokenrelay.identity")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+UNKNOWN_IP = "unknown"  # no usable peer address (a Unix socket): such callers share one key
+
+
+class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Identity settings. The database the keys live in is the top-level ``database_url``,
+    shared with the ledger (``tokenrelay.store.DEFAULT_DATABASE_URL``)."""
+
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)  # CIDRs or addresses
+    jwt: JWTSettings | None = None
+    allow_anonymous: bool = True  # the default of routes that do not say
+    # Seconds a key lookup (or a verified JWT) is reused: a revocation reaches every instance
+    # within this time. An unknown key is remembered as unknown for key_negative_ttl.
+    key_cache_ttl: float = 5.0
+    key_negative_ttl: float = 1.0
+
+    def __post_init__(self) -> None:
+        parse_networks(self.trusted_proxies)
+        if self.key_cache_ttl < 0 or self.key_negative_ttl < 0:
+            raise ValueError("key cache TTLs cannot be negative")
+
+
+class Identity(msgspec.Struct, frozen=True):
+    """The caller of one request, as the rate limits, budgets and the ledger see it (a frozen
+    msgspec Struct: one is built per request, several times faster than a frozen dataclass)."""
+
+    kind: Literal["anonymous", "key", "jwt"]
+    ip: str
+    user: str | None = None
+    org: str | None = None
+    key_id: str | None = None
+    routes: frozenset[str] | None = None  # None: every route
+    rpm: int | None = None  # the key's own requests-per-minute limit
+
+    @property
+    def subject(self) -> str:
+        """The one string a per-caller limit counts under."""
+        if self.kind == "key":
+            return f"key:{self.key_id}"
+        if self.kind == "jwt":
+            return f"user:{self.user}"
+        return f"ip:{self.ip}"
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """``trusted_proxies`` as networks; a bare address is a /32 (or /128)."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"trusted_proxies: {value!r} is not an IP address or CIDR (10.0.0.0/8, ::1)"
+            ) from None
+    return tuple(networks)
+
+
+@functools.lru_cache(maxsize=4096)  # callers repeat; a parse costs 3 µs
+def parse_ip(value: str | None) -> IPAddress | None:
+    """An address from a peer or a forwarded hop: ``1.2.3.4``, ``1.2.3.4:5678``, ``::1``,
+    ``[::1]:443``, quoted; an IPv4-mapped IPv6 address as IPv4. ``None`` for anything else."""
+    if not value:
+        return None
+    text = value.strip().strip('"')
+    if text.startswith("["):  # [v6] or [v6]:port
+        text = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:  # v4:port
+        text = text.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(peer: str | None) -> str:
+    address = parse_ip(peer)
+    return str(address) if address is not None else UNKNOWN_IP
+
+
+def _trusted(address: IPAddress, networks: Sequence[Network]) -> bool:
+    return any(address in network for network in networks)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted: Sequence[Network]) -> str:
+    """The caller's address. ``forwarded_for`` (every ``X-Forwarded-For`` header, comma-joined
+    in order) is read only when ``peer`` is a trusted proxy; then hops are walked right to left,
+    past trusted proxies, and the first other hop is the client. A hop that is not an address
+    stops the walk at the last trusted one: garbage is never a rate-limit key."""
+    if not trusted or not forwarded_for:
+        return _canonical(peer)
+    address = parse_ip(peer)
+    if address is None or not _trusted(address, trusted):
+        return _canonical(peer)
+    for hop in reversed(forwarded_for.split(",")):
+        hop_address = parse_ip(hop)
+        if hop_address is None:
+            break
+        address = hop_address
+        if not _trusted(address, trusted):
+            break
+    return str(address)  # every hop trusted: the left-most is the client
+
+
+def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> dict[str, str]:
+    """ASGI ``scope["headers"]`` as a lower-case dict, repeated headers comma-joined in order
+    (a proxy may add its own ``X-Forwarded-For`` line rather than extend the client's)."""
+    headers: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _unauthorized(message: str) -> GatewayError:
+    return GatewayError("authentication", message, 401)
+
+
+class Authenticator:
+    """Turns a request's headers and peer into an ``Identity``, or a 401 / 403 that says what
+    to send. ``keys`` ``None`` means API keys are off (no database)."""
+
+    def __init__(self, settings: AuthSettings, keys: KeyStore | None = None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self._trusted = parse_networks(settings.trusted_proxies)
+        self._jwt = (
+            JWTVerifier(settings.jwt, cache_ttl=settings.key_cache_ttl)
+            if settings.jwt is not None
+            else None
+        )
+
+    def _what_to_send(self) -> str:
+        jwt = " or a JWT from your application" if self._jwt is not None else ""
+        return (
+            f"send an API key{jwt} as 'Authorization: Bearer <token>' or 'x-api-key: <token>' "
+            f"(tokenrelay keys start with {KEY_PREFIX!r}; create one with 'tokenrelay keys create')"
+        )
+
+    async def identify(
+        self,
+        headers: Mapping[str, str],
+        peer: str | None,
+        route: str,
+        allow_anonymous: bool,
+    ) -> Identity:
+        """``headers`` have lower-case names (see ``request_headers``)."""
+        forwarded = headers.get("x-forwarded-for") if self._trusted else None
+        ip = client_ip(peer, forwarded, self._trusted)
+        token = self._credential(headers)
+        if token is not None and self._jwt is not None and token.count(".") == 2:
+            user, org = self._jwt.authenticate(token)
+            return Identity("jwt", ip, user=user, org=org)
+        if token is not None and token.startswith(KEY_PREFIX):
+            return await self._key_identity(token, ip, route)
+        if allow_anonymous:
+            return Identity("anonymous", ip)
+        if token is None:
+            raise _unauthorized(f"route {route!r} needs credentials: {self._what_to_send()}")
+        if token.count(".") == 2:
+            raise _unauthorized(f"this gateway accepts no JWTs; {self._what_to_send()}")
+        raise _unauthorized(f"the token is not a tokenrelay API key; {self._what_to_send()}")
+
+    def _ours(self, token: str) -> bool:
+        return token.startswith(KEY_PREFIX) or (self._jwt is not None and token.count(".") == 2)
+
+    def _credential(self, headers: Mapping[str, str]) -> str | None:
+        """The token to check: ours (a key, or a JWT when configured) from either header; two
+        different ones are refused rather than guessed between."""
+        bearer = None
+        authorization = headers.get("authorization")
+        if authorization:
+            scheme, _, value = authorization.strip().partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                bearer = value.strip()
+        api_key = (headers.get("x-api-key") or "").strip() or None
+        if bearer is None or api_key is None or bearer == api_key:
+            return bearer or api_key
+        ours = [token for token in (bearer, api_key) if self._ours(token)]
+        if len(ours) > 1:
+            raise _unauthorized(
+                "the request carries different tokens in Authorization and x-api-key; send one"
+            )
+        return ours[0] if ours else bearer
+
+    async def _key_identity(self, token: str, ip: str, route: str) -> Identity:
+        if self.keys is None:
+            raise _unauthorized("API keys are not enabled on this gateway (no database)")
+        try:
+            key = await self.keys.lookup(token)
+        except Exception as exc:
+            from tokenrelay.store.database import DatabaseError  # loaded with the key store
+
+            if not isinstance(exc, DatabaseError):
+                raise
+            log.error("API key lookup failed: %s", exc)
+            raise GatewayError(
+                "api_error", "cannot check the API key right now; try again shortly", 503
+            ) from None
+        if key is None:
+            shown = token[:PREFIX_LENGTH]
+            raise _unauthorized(
+                f"the API key {shown}… is unknown or revoked; {self._what_to_send()}"
+            )
+        if key.routes is not None and route not in key.routes:
+            allowed = ", ".join(sorted(key.routes)) or "none"
+            raise GatewayError(
+                "permission",
+                f"API key {key.prefix}… may not use route {route!r} (allowed: {allowed})",
+                403,
+            )
+        return Identity(
+            "key", ip, user=key.user, org=key.org, key_id=key.id, routes=key.routes, rpm=key.rpm
+        )

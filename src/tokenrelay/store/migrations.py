@@ -1,0 +1,122 @@
+"""The schema, as numbered migrations applied at start-up, so an upgrade needs no manual step.
+
+Every pending migration runs in one transaction with its ``schema_migrations`` row: a failure
+leaves the schema exactly as it was. Two instances starting together apply each migration once:
+on PostgreSQL the first takes ``pg_advisory_xact_lock`` and the second waits for it, then finds
+the work done; on SQLite ``BEGIN IMMEDIATE`` does the same with the file's write lock.
+
+To change the schema, append a ``Migration`` with the next number; never edit one that shipped.
+Write SQL both backends run (``TEXT``, ``INTEGER``/``BIGINT``, ``DOUBLE PRECISION``,
+``CREATE ... IF NOT EXISTS``), or give ``postgresql`` its own statements where they must differ.
+Times are Unix seconds (``DOUBLE PRECISION``) on both backends, so queries compare them alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from tokenrelay.store.database import Database, DatabaseError, Queries
+
+log = logging.getLogger("tokenrelay.store")
+
+# pg_advisory_xact_lock key: "tokenrel" as a big-endian int64, unlikely to meet anyone else's.
+ADVISORY_LOCK = 0x746F6B656E72656C
+
+
+class Migration(msgspec.Struct, frozen=True):
+    """One schema step: ``statements`` run in order (one statement each: SQLite's driver runs
+    one at a time); ``postgresql`` replaces them on PostgreSQL when given."""
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+    postgresql: tuple[str, ...] | None = None
+
+    def for_backend(self, backend: str) -> tuple[str, ...]:
+        if backend == "postgresql" and self.postgresql is not None:
+            return self.postgresql
+        return self.statements
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "api_keys",
+        (
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                key_hash TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                user_id TEXT,
+                org_id TEXT,
+                routes TEXT,
+                rpm INTEGER,
+                name TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION
+            )
+            """,
+            "CREATE INDEX api_keys_prefix ON api_keys (prefix)",
+        ),
+    ),
+)
+
+_CREATE_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)
+"""
+
+
+def _check_order(migrations: Sequence[Migration]) -> None:
+    versions = [migration.version for migration in migrations]
+    if versions != sorted(set(versions)) or (versions and versions[0] < 1):
+        raise ValueError(f"migration versions must be unique, ascending and ≥ 1: {versions}")
+
+
+async def migrate(db: Database, migrations: Sequence[Migration] = MIGRATIONS) -> list[int]:
+    """Apply what ``db`` lacks; the versions applied now (empty when it was up to date)."""
+    _check_order(migrations)
+    async with db.transaction() as tx:
+        if tx.backend == "postgresql":
+            await tx.execute(f"SELECT pg_advisory_xact_lock({ADVISORY_LOCK})")
+        await tx.execute(_CREATE_TABLE)
+        rows = await tx.fetch_all("SELECT version FROM schema_migrations")
+        done = {int(row["version"]) for row in rows}
+        applied = [migration for migration in migrations if migration.version not in done]
+        for migration in applied:
+            await _apply(tx, migration)
+    if applied:
+        names = ", ".join(f"{m.version} {m.name}" for m in applied)
+        log.info("database %s: applied migrations %s", db.backend, names)
+    newer = max(done, default=0) > max((m.version for m in migrations), default=0)
+    if newer:
+        # A newer release migrated this database (a rolling upgrade): its migrations keep old
+        # readers working, so run, but say so.
+        log.warning("database schema version %d is newer than this release's", max(done))
+    return [migration.version for migration in applied]
+
+
+async def _apply(tx: Queries, migration: Migration) -> None:
+    for statement in migration.for_backend(tx.backend):
+        await tx.execute(statement)
+    await tx.execute(
+        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+        (migration.version, migration.name, time.time()),
+    )
+
+
+async def schema_version(db: Database) -> int:
+    """The highest applied migration, 0 for a database never migrated."""
+    try:
+        row = await db.fetch_one("SELECT MAX(version) AS version FROM schema_migrations")
+    except DatabaseError:  # no schema_migrations table yet
+        return 0
+    return int(row["version"]) if row and row["version"] is not None else 0
