@@ -1,0 +1,175 @@
+"""Counters in Redis, shared by every gateway instance that points at the same server.
+
+Request and token windows are the `limits` library's Redis storage, used through its public
+storage methods: the moving window (a sliding log: a list of hit times trimmed to the limit,
+read and pushed by Lua scripts, so a hit is atomic and exact across instances) and the
+sliding-window counter (two counters per key, also by Lua, so a charge of 50,000 tokens is one
+INCRBY, not 50,000 list entries). Concurrency slots are this module's own two short scripts.
+
+Every window's hit time comes from the caller's clock (that is how limits works), so instances
+need synchronised clocks (NTP) for the window edges to agree; the counts are atomic regardless.
+Stream slots use the Redis server's clock, so their expiry does not depend on any instance's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+import redis.asyncio
+from limits.aio.storage import RedisStorage
+from limits.errors import StorageError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from tokenrelay.ratelimit.base import TokenUsage, Usage, Window
+
+T = TypeVar("T")
+
+# A charge must always land, whatever the limit: it records tokens already spent.
+_NO_LIMIT = 2**52
+
+# KEYS[1]: a sorted set of lease ids scored by expiry (ms, server clock).
+# ARGV: limit, ttl (ms), lease id. Returns {granted 0/1, held after}.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+if held >= tonumber(ARGV[1]) then
+    return {0, held}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, held + 1}
+"""
+
+# KEYS: sorted sets; ARGV[1]: ttl (ms); ARGV[1 + i]: the lease in KEYS[i]. Extends each lease,
+# putting back one that is gone (Redis restarted, or unreachable for longer than the TTL): its
+# stream is still running, so it still counts. Returns how many were put back.
+_REFRESH = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local restored = 0
+for i, key in ipairs(KEYS) do
+    restored = restored + redis.call('ZADD', key, now + ttl, ARGV[i + 1])
+    redis.call('PEXPIRE', key, ttl)
+end
+return restored
+"""
+
+
+def storage_uri(url: str) -> str:
+    """limits' scheme for a plain Redis URL (``redis://`` → ``async+redis://``)."""
+    if url.startswith("async+"):
+        return url
+    if url.startswith("unix://"):
+        return "async+redis+unix://" + url.removeprefix("unix://")
+    return "async+" + url
+
+
+def client_url(url: str) -> str:
+    """redis-py's scheme for the same URL."""
+    url = url.removeprefix("async+")
+    return "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix") else url
+
+
+async def _all(calls: Sequence[Awaitable[T]]) -> list[T]:
+    """Concurrently, so several windows cost one round trip of latency; one without a task."""
+    if len(calls) == 1:
+        return [await calls[0]]
+    return list(await asyncio.gather(*calls))
+
+
+class RedisStore:
+    shared = True
+    errors: tuple[type[BaseException], ...] = (RedisError, StorageError, OSError, TimeoutError)
+
+    def __init__(self, url: str, timeout: float, prefix: str) -> None:
+        # Socket timeouts bound each command; one immediate retry on a fresh connection
+        # rides over a server restart (pooled connections are then dead) without backoff
+        # sleeps that would outlast the limiter's own timeout.
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            client_url(url),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        pool: dict[str, Any] = {"connection_pool": self.client.connection_pool}
+        self.storage = RedisStorage(
+            storage_uri(url), implementation="redispy", key_prefix=f"{prefix}:rl", **pool
+        )
+        self.prefix = prefix
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._refresh = self.client.register_script(_REFRESH)
+
+    async def take(self, windows: Sequence[Window]) -> tuple[bool, list[Usage]]:
+        states = await _all(
+            [self.storage.get_moving_window(w.key, w.limit, w.seconds) for w in windows]
+        )
+        now = time.time()  # limits stamps hits with the wall clock
+        usage = [
+            Usage(count, start + w.seconds - now)
+            for w, (start, count) in zip(windows, states, strict=True)
+        ]
+        if any(u.used >= w.limit for w, u in zip(windows, usage, strict=True)):
+            return False, usage
+        taken = await _all([self.storage.acquire_entry(w.key, w.limit, w.seconds) for w in windows])
+        return all(taken), [
+            Usage(u.used + 1 if ok else w.limit, u.reset_after)
+            for w, u, ok in zip(windows, usage, taken, strict=True)
+        ]
+
+    async def tokens(self, windows: Sequence[Window]) -> list[TokenUsage]:
+        states = await _all([self.storage.get_sliding_window(w.key, w.seconds) for w in windows])
+        usage = []
+        for w, (previous, previous_ttl, current, current_ttl) in zip(windows, states, strict=True):
+            # The script shifts the windows as it reads: a previous window's TTL is the time
+            # left in the current one; without one, the current key lives two windows.
+            if previous:
+                closes_in = previous_ttl
+            elif current:
+                closes_in = max(0.0, current_ttl - w.seconds)
+            else:
+                closes_in = float(w.seconds)
+            usage.append(TokenUsage(previous, current, closes_in))
+        return usage
+
+    async def charge(self, windows: Sequence[Window], tokens: int) -> None:
+        await _all(
+            [
+                self.storage.acquire_sliding_window_entry(w.key, _NO_LIMIT, w.seconds, tokens)
+                for w in windows
+            ]
+        )
+
+    async def acquire(self, key: str, limit: int, lease: str, ttl: float) -> tuple[bool, int]:
+        granted, held = await self._acquire(
+            keys=[self._slots(key)], args=[limit, round(ttl * 1000), lease]
+        )
+        return bool(granted), int(held)
+
+    async def refresh(self, leases: Sequence[tuple[str, str]], ttl: float) -> int:
+        restored = 0
+        for start in range(0, len(leases), 500):  # bounded script run time
+            batch = leases[start : start + 500]
+            restored += int(
+                await self._refresh(
+                    keys=[self._slots(key) for key, _ in batch],
+                    args=[round(ttl * 1000), *(lease for _, lease in batch)],
+                )
+            )
+        return restored
+
+    async def release(self, key: str, lease: str) -> None:
+        await self.client.zrem(self._slots(key), lease)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _slots(self, key: str) -> str:
+        return f"{self.prefix}:streams:{key}"
