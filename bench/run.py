@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -29,6 +30,7 @@ import msgspec
 
 from tokenrelay.dialects.sse import SSEParser
 
+SCRATCH = tempfile.mkdtemp(prefix="tokenrelay-bench-")
 SIM_KNOBS = {"ttft_ms": 20, "tokens": 64, "token_delay_ms": 5}
 BODY = msgspec.json.encode(
     {
@@ -90,6 +92,10 @@ def gateway_env(sim_url: str) -> dict[str, str]:
             "TOKENRELAY_PROVIDERS__ANTHROPIC__BASE_URL": sim_url,
             "TOKENRELAY_PROVIDERS__ANTHROPIC__API_KEY": "bench",
             "TOKENRELAY_LOG_LEVEL": "warning",
+            # The gate runs as in production (identity, the in-process limiter, the screen);
+            # only the anonymous limit is raised, as the load comes from one address.
+            "TOKENRELAY_ANONYMOUS_LIMIT": "100000000/minute",
+            "TOKENRELAY_DATABASE_URL": f"sqlite:///{SCRATCH}/bench.db",
         }
     )
     return env

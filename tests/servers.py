@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -37,6 +38,9 @@ class _QuietDrainingServer(_Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+_SCRATCH = tempfile.mkdtemp(prefix="tokenrelay-tests-")  # removed with the OS's temp files
 
 
 def free_port() -> int:
@@ -80,7 +84,12 @@ async def gateway_server(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, lifespan="on", http="httptools", access_log=False, log_level="warning"
+        app,
+        lifespan="on",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        proxy_headers=False,  # as `tokenrelay serve`: X-Forwarded-For is the gate's business
     )
     server = (_QuietDrainingServer if drains else _QuietServer)(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -189,6 +198,9 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
         "TOKENRELAY_ROUTES__MIDFAIL__TARGETS": msgspec.json.encode(midfail).decode(),
         "TOKENRELAY_ROUTES__SLOW__TARGETS": msgspec.json.encode(slow).decode(),
         "TOKENRELAY_MAX_BODY_BYTES": "4096",
+        # Tests send many requests from one address; the limits have their own tests.
+        "TOKENRELAY_ANONYMOUS_LIMIT": "100000/minute",
+        "TOKENRELAY_DATABASE_URL": f"sqlite:///{_SCRATCH}/keys.db",
         # Faults here are injected per target, so one provider:model fails on one route and
         # works on the next; a shared breaker would trip across tests. test_failover enables it.
         "TOKENRELAY_BREAKER__ENABLED": "false",

@@ -23,6 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tokenrelay import __version__
+from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
 from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
@@ -47,6 +48,7 @@ class Gateway:
         self.demo = settings.demo_mode
         self.simulator: Any = None
         self._router: Router | None = None
+        self._gate: Gate | None = None
         # Shutdown: ``draining`` refuses new streams; ``calls`` are the requests being relayed
         # (one add and one discard per request, nothing per token), what ``drain`` waits for.
         self.draining = False
@@ -58,6 +60,12 @@ class Gateway:
         if self._router is None:
             raise RuntimeError("the gateway has not started")
         return self._router
+
+    @property
+    def gate(self) -> Gate:
+        if self._gate is None:
+            raise RuntimeError("the gateway has not started")
+        return self._gate
 
     async def start(self) -> None:
         settings = self.settings
@@ -88,6 +96,7 @@ class Gateway:
         self._router = Router(
             settings, build_providers(providers, self.pool, settings.idle_timeout)
         )
+        self._gate = Gate.create(settings)
         for name, route in self._router.routes.items():
             targets = " -> ".join(f"{t.provider}:{t.model}" for t, _ in route.targets) or "none"
             log.info("route %s: %s", name, targets)
@@ -134,6 +143,8 @@ class Gateway:
                 await asyncio.wait_for(idle.wait(), min(left, 0.1))
 
     async def stop(self) -> None:
+        if self._gate is not None:
+            await self._gate.close()
         await self.pool.close()
         if self.simulator is not None:
             await self.simulator.stop()

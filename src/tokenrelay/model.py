@@ -206,6 +206,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         retry_after: float | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         super().__init__(message)
         self.type = type
@@ -213,6 +214,7 @@ class GatewayError(Exception):
         self.status = status if status is not None else ERROR_STATUS.get(type, 500)
         self.param = param
         self.retry_after = retry_after
+        self.headers = headers  # extra response headers (a rate limit's quota)
 
     def to_event(self) -> Error:
         return Error(self.type, self.message, self.status, self.retry_after)

@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from tokenrelay.failover import Attempt
 from tokenrelay.model import Usage
+
+if TYPE_CHECKING:
+    from tokenrelay.gate.identity import Identity
+    from tokenrelay.screening import Verdict
 
 # "interrupted": the gateway was shutting down and its grace ran out before the stream ended;
 # the client got an in-band error (or a 503 before the head), error_type "shutting_down".
@@ -38,6 +42,8 @@ class StreamRecord:
     duration_ms: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    identity: Identity | None = None  # who asked, as the gate established it
+    verdict: Verdict | None = None  # the prompt screen's, when the route screens
 
 
 Listener = Callable[[StreamRecord], None]

@@ -20,9 +20,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tokenrelay import dialects
-from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request
+from tokenrelay.gate.gatekeeper import Admission, Refused
+from tokenrelay.gate.identity import request_headers
+from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Outcome, StreamRecord
 from tokenrelay.router import RouteFailed
+from tokenrelay.screening.canary import CanaryWatch, leak_error
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
@@ -111,6 +114,7 @@ class RelayEndpoint:
         started = time.perf_counter()
         request_id = os.urandom(12).hex()
         gateway = self.gateway
+        route_name = ""
         try:
             body = await read_body(scope, receive, gateway.settings.max_body_bytes)
             if gateway.draining:
@@ -118,25 +122,35 @@ class RelayEndpoint:
             check_content_type(scope)
             request = self.dialect.parse_request(body)
             route = gateway.router.resolve(request)
+            route_name = route.name
+            client = scope.get("client")
+            admission = await gateway.gate.admit(
+                route, request, request_headers(scope["headers"]), client[0] if client else None
+            )
+            if gateway.draining:  # it began while the gate awaited
+                await gateway.gate.settle(admission, Usage())
+                raise ShuttingDown
         except ClientGone:
             return
         except GatewayError as error:
             await self._send_error(send, error, request_id)
-            gateway.listeners.emit(
-                StreamRecord(
-                    request_id,
-                    self.dialect_name,
-                    "",
-                    "rejected",
-                    error.status,
-                    error_type=(
-                        ShuttingDown.record_type if isinstance(error, ShuttingDown) else error.type
-                    ),
-                    duration_ms=_ms(started),
-                )
+            record = StreamRecord(
+                request_id,
+                self.dialect_name,
+                route_name,
+                "rejected",
+                error.status,
+                error_type=(
+                    ShuttingDown.record_type if isinstance(error, ShuttingDown) else error.type
+                ),
+                duration_ms=_ms(started),
             )
+            if isinstance(error, Refused):
+                record.identity, record.verdict = error.identity, error.verdict
+            gateway.listeners.emit(record)
             return
-        call = _Call(self, scope, receive, send, request, route.name, request_id, started)
+        call = _Call(self, scope, receive, send, request, route_name, request_id, started)
+        call.admission = admission
         await call.run(route)
 
     async def _send_error(
@@ -155,6 +169,8 @@ class RelayEndpoint:
             headers.append((b"x-tokenrelay-demo", b"true"))
         if self.gateway.draining:
             headers.append((b"connection", b"close"))
+        if error.headers:  # a rate limit's quota (its retry-after is already above)
+            headers.extend(h for h in error.headers if h[0] != b"retry-after")
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.dialect.encode_error(error)})
 
@@ -194,6 +210,7 @@ class _Call:
         self.ttft_ms: float | None = None
         self.status = 200
         self.attempts: list[Attempt] = []
+        self.admission: Admission | None = None
 
     async def run(self, route: Any) -> None:
         task = self.task = asyncio.current_task()
@@ -230,6 +247,15 @@ class _Call:
         finally:
             gateway.untrack(self)
             self._emit(outcome, error_type)
+            if self.admission is not None:
+                await self._settle(self.admission)
+
+    async def _settle(self, admission: Admission) -> None:
+        """Give back the stream slot and charge the tokens used; never fails the request."""
+        try:
+            await self.endpoint.gateway.gate.settle(admission, self.accumulator.completion.usage)
+        except Exception:
+            log.exception("request %s: settling its rate limits failed", self.request_id)
 
     def interrupt(self) -> bool:
         """End this call now because the gateway is shutting down: it closes its upstream and
@@ -300,6 +326,8 @@ class _Call:
         ]
         if self.endpoint.gateway.demo:
             headers.append((b"x-tokenrelay-demo", b"true"))
+        if self.admission is not None:
+            headers.extend(self.admission.headers)
         return headers
 
     async def _stream(self, opened: OpenStream) -> tuple[Outcome, str | None]:
@@ -319,12 +347,20 @@ class _Call:
         error: Error | None = None
         batch: list[Event] = opened.pending
         events = opened.events
+        canary = self.admission.canary if self.admission is not None else None
+        watch = CanaryWatch(canary) if canary is not None else None
         while True:
             out = []
             for event in batch:
+                if watch is not None and type(event) is TextDelta and watch.feed(event.text):
+                    event = self._leaked()
                 accumulate(event)
                 if type(event) is Error:
                     error = event
+                    data = writer.write(event)
+                    if data:
+                        out.append(data)
+                    break
                 data = writer.write(event)
                 if data:
                     out.append(data)
@@ -341,6 +377,16 @@ class _Call:
         if error is not None:
             return "error", error.type
         return "completed", None
+
+    def _leaked(self) -> Error:
+        """The error that replaces a delta completing the route's canary: the model is
+        repeating its protected instructions, so the rest of the answer is not sent."""
+        log.warning(
+            "screening: request %s on route %s leaked the route's canary; stream cut",
+            self.request_id,
+            self.route,
+        )
+        return leak_error().to_event()
 
     async def _respond_whole(self, opened: OpenStream) -> tuple[Outcome, str | None]:
         """A non-streaming answer: the upstream still streams (one code path, first-token
@@ -408,6 +454,9 @@ class _Call:
             attempts=self.attempts,
             metadata=self.request.metadata,
         )
+        if self.admission is not None:
+            record.identity = self.admission.identity
+            record.verdict = self.admission.verdict
         self.endpoint.gateway.listeners.emit(record)
 
 

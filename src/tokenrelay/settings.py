@@ -18,6 +18,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tokenrelay.breaker import BreakerSettings
+from tokenrelay.gate.identity import AuthSettings
+from tokenrelay.ratelimit.model import LimitSettings, parse_limit
+from tokenrelay.screening.screen import ScreenSettings
+from tokenrelay.store.database import DEFAULT_DATABASE_URL
 
 ENV_PREFIX = "TOKENRELAY_"
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
@@ -77,6 +81,11 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hedge: bool = False
     hedge_delay: float | None = None  # seconds; None: the target's recent hedge_quantile
     hedge_quantile: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.95
+    # The gate (see the README's "Identity, limits and screening").
+    allow_anonymous: bool | None = None  # None: auth.allow_anonymous
+    rate_limit: str | None = None  # per caller on this route, e.g. "60/minute"
+    max_concurrent_streams: int | None = None  # per caller; overrides the top-level cap
+    screen: ScreenSettings = msgspec.field(default_factory=ScreenSettings)
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -90,6 +99,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     demo: bool | None = None  # None: demo mode exactly when no provider is configured
     allow_provider_models: bool = True  # let `model` name a provider model, not only a route
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
+    # Where keys and the ledger live, and what instances share (TOKENRELAY_DATABASE_URL,
+    # TOKENRELAY_REDIS_URL).
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    # Who may ask, and how often (TOKENRELAY_ANONYMOUS_LIMIT is the article's 10/minute per IP).
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    anonymous_limit: str = "10/minute"
+    user_limit: str | None = None  # requests per user over all routes, e.g. "600/hour"
+    org_limit: str | None = None
+    user_token_limit: str | None = None  # tokens per user, e.g. "200000/minute"
+    org_token_limit: str | None = None
+    max_concurrent_streams: int | None = None  # per caller
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)  # backend knobs
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     simulator: dict[str, Any] = msgspec.field(default_factory=dict)  # demo-mode knobs
@@ -132,6 +154,8 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 ],
                 "system": DEFAULT_SYSTEM_PROMPT,
                 "max_tokens_limit": 4096,
+                # The article's cap: a user message of at most 2000 characters.
+                "screen": {"max_prompt_chars": 2000},
             }
         },
     }
@@ -222,6 +246,17 @@ def load(
     return settings
 
 
+def _limit_strings(settings: Settings) -> list[tuple[str, str]]:
+    names = ["anonymous_limit", "user_limit", "org_limit", "user_token_limit", "org_token_limit"]
+    found = [(name, getattr(settings, name)) for name in names if getattr(settings, name)]
+    found += [
+        (f"routes.{name}.rate_limit", route.rate_limit)
+        for name, route in settings.routes.items()
+        if route.rate_limit
+    ]
+    return found
+
+
 def _check(settings: Settings) -> None:
     for name, route in settings.routes.items():
         if not route.targets:
@@ -232,6 +267,18 @@ def _check(settings: Settings) -> None:
                 raise ConfigError(
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
                 )
+    for name, limit in _limit_strings(settings):
+        try:
+            parse_limit(limit)
+        except ValueError:
+            raise ConfigError(
+                f"{name} = {limit!r} is not a limit; write it like '10/minute' or "
+                "'100/hour;1000/day'"
+            ) from None
+    # The top-level names are the documented ones; the limiter reads its own settings.
+    settings.limits = msgspec.structs.replace(
+        settings.limits, anonymous_limit=settings.anonymous_limit, redis_url=settings.redis_url
+    )
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port {settings.port} is out of range")
     if settings.max_body_bytes < 1024:

@@ -14,10 +14,11 @@ rate-limit key).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -158,6 +159,9 @@ class Authenticator:
     def __init__(self, settings: AuthSettings, keys: KeyStore | None = None) -> None:
         self.settings = settings
         self.keys = keys
+        # How to get the key store while it is not open yet (the gate opens the database
+        # lazily, off the start-up path).
+        self.open_keys: Callable[[], Awaitable[KeyStore]] | None = None
         self._trusted = parse_networks(settings.trusted_proxies)
         self._jwt = (
             JWTVerifier(settings.jwt, cache_ttl=settings.key_cache_ttl)
@@ -218,11 +222,26 @@ class Authenticator:
             )
         return ours[0] if ours else bearer
 
-    async def _key_identity(self, token: str, ip: str, route: str) -> Identity:
-        if self.keys is None:
+    async def _key_store(self) -> KeyStore:
+        """The key store; while the database is still opening (off the start-up path) the
+        first requests with a key wait for it, briefly."""
+        if self.keys is not None:
+            return self.keys
+        if self.open_keys is None:
             raise _unauthorized("API keys are not enabled on this gateway (no database)")
         try:
-            key = await self.keys.lookup(token)
+            async with asyncio.timeout(5):
+                self.keys = await self.open_keys()
+        except Exception:
+            raise GatewayError(
+                "api_error", "cannot check the API key right now; try again shortly", 503
+            ) from None
+        return self.keys
+
+    async def _key_identity(self, token: str, ip: str, route: str) -> Identity:
+        keys = await self._key_store()
+        try:
+            key = await keys.lookup(token)
         except Exception as exc:
             from tokenrelay.store.database import DatabaseError  # loaded with the key store
 

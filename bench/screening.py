@@ -1,0 +1,204 @@
+"""Prompt screening: quality on the labelled corpus, and time per 2000-character prompt.
+
+    .venv/bin/python bench/screening.py [--quick] [--techniques]
+
+Quality: recall (injections caught) and false positive rate (benign prompts refused) of the
+article's six patterns alone and of the full screen, on the whole corpus and on its held-out
+part (the lines the rules were not tuned on). Time: the rules (normalization, decodings and
+matching) on 2000-character prompts of six kinds, each prompt screened afresh (the screen's
+cache of already-screened texts is emptied first), with p50, p99 and max in microseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import random
+import statistics
+import sys
+import time
+import zlib
+from collections import defaultdict
+from pathlib import Path
+
+import msgspec
+
+from tokenrelay.screening import Screen, ScreenSettings, ScreenText
+from tokenrelay.screening.rules import article_flags
+
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "screening_corpus.jsonl"
+SIZE = 2000
+
+
+class Line(msgspec.Struct):
+    text: str
+    label: str
+    technique: str
+    lang: str
+    source: str
+
+
+def held_out(line: Line) -> bool:
+    """The held-out part: about 30 % of the lines, by a hash of the text (same as the tests)."""
+    return zlib.crc32(line.text.encode()) % 10 < 3
+
+
+def load() -> list[Line]:
+    return [msgspec.json.decode(row, type=Line) for row in CORPUS.read_bytes().splitlines()]
+
+
+def rates(lines: list[Line], flagged: list[bool]) -> tuple[float, float, int, int]:
+    injections = [
+        hit for line, hit in zip(lines, flagged, strict=True) if line.label == "injection"
+    ]
+    benign = [hit for line, hit in zip(lines, flagged, strict=True) if line.label == "benign"]
+    return (
+        sum(injections) / len(injections),
+        sum(benign) / len(benign),
+        len(injections),
+        len(benign),
+    )
+
+
+def quality(lines: list[Line], techniques: bool) -> None:
+    screen = Screen(ScreenSettings())
+    full = [
+        screen.check_text(
+            [ScreenText(line.text, "untrusted" if line.source == "untrusted" else "user")]
+        ).injection
+        for line in lines
+    ]
+    article = [article_flags(line.text) for line in lines]
+    print("## Quality\n")
+    print("| screen | part | injections | benign | recall | false positive rate |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    parts = {
+        "whole": list(range(len(lines))),
+        "held-out": [i for i, line in enumerate(lines) if held_out(line)],
+    }
+    for name, flagged in (("article's six patterns", article), ("full screen", full)):
+        for part, indexes in parts.items():
+            subset = [lines[i] for i in indexes]
+            recall, fpr, n_inj, n_ben = rates(subset, [flagged[i] for i in indexes])
+            print(f"| {name} | {part} | {n_inj} | {n_ben} | {recall:.3f} | {fpr:.3f} |")
+    if techniques:
+        print("\n| technique | label | lines | flagged by the article | flagged by the screen |")
+        print("| --- | --- | --- | --- | --- |")
+        groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for i, line in enumerate(lines):
+            groups[(line.label, line.technique)].append(i)
+        for (label, technique), indexes in sorted(groups.items()):
+            print(
+                f"| {technique} | {label} | {len(indexes)} | {sum(article[i] for i in indexes)} "
+                f"| {sum(full[i] for i in indexes)} |"
+            )
+    misses = [
+        line for line, hit in zip(lines, full, strict=True) if hit != (line.label == "injection")
+    ]
+    print(f"\nwrong verdicts: {len(misses)} of {len(lines)}")
+
+
+def _fill(texts: list[str], rng: random.Random, size: int = SIZE) -> str:
+    out: list[str] = []
+    length = 0
+    while length < size:
+        piece = rng.choice(texts)
+        out.append(piece)
+        length += len(piece) + 1
+    return "\n".join(out)[:size]
+
+
+def prompts(lines: list[Line], count: int) -> dict[str, list[tuple[str, str]]]:
+    """2000-character prompts of six kinds, as (text, source)."""
+    rng = random.Random(7)
+    benign_en = [
+        x.text for x in lines if x.label == "benign" and x.source == "user" and x.lang == "en"
+    ]
+    benign_intl = [x.text for x in lines if x.label == "benign" and x.lang != "en"]
+    documents = [x.text for x in lines if x.label == "benign" and x.source == "untrusted"]
+    attacks = [x.text for x in lines if x.label == "injection" and x.source == "user"]
+    short = [a for a in attacks if len(a) < 300]
+    personas = [x.text for x in lines if x.technique in ("persona", "jailbreak_persona")]
+    tricks = [
+        x.text
+        for x in lines
+        if x.technique.startswith(("encoding", "obfuscation")) and x.label == "injection"
+    ]
+    kinds: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for _ in range(count):
+        kinds["benign, English"].append((_fill(benign_en, rng), "user"))
+        kinds["benign, many languages"].append((_fill(benign_en + benign_intl, rng), "user"))
+        kinds["benign document (untrusted)"].append((_fill(documents, rng), "untrusted"))
+        text = _fill(benign_en, rng, SIZE - 300)
+        cut = rng.randrange(len(text))
+        kinds["hostile: one attack in benign text"].append(
+            ((text[:cut] + " " + rng.choice(short) + " " + text[cut:])[:SIZE], "user")
+        )
+        kinds["hostile: jailbreak personas"].append((_fill(personas, rng), "user"))
+        kinds["hostile: encodings and look-alikes"].append((_fill(tricks + benign_en, rng), "user"))
+    return kinds
+
+
+def timing(lines: list[Line], count: int, repeats: int) -> None:
+    started = time.perf_counter()
+    screen = Screen(ScreenSettings())
+    screen.check_text([ScreenText("warm up: the rule tables load on the first screen", "user")])
+    first = (time.perf_counter() - started) * 1000
+    from tokenrelay.screening.rules import warm
+
+    warm()  # compile every rule, so the figures below are the steady state
+    print(f"\n## Time per {SIZE}-character prompt (µs)\n")
+    print(
+        f"Each prompt is screened {repeats} times; p50, p99 and max are over the prompts, of each "
+        "prompt's fastest run (the screen's own cost), then over every run (with whatever else "
+        "the machine was doing).\n"
+    )
+    print("| prompts | count | p50 | p99 | max | every run: p50 | p99 |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    bests: list[float] = []
+    runs: list[float] = []
+    gc.disable()
+    try:
+        for kind, batch in prompts(lines, count).items():
+            kind_bests: list[float] = []
+            kind_runs: list[float] = []
+            for text, source in batch:
+                item = [ScreenText(text, "untrusted" if source == "untrusted" else "user")]
+                samples = []
+                for _ in range(repeats):
+                    screen._cache.clear()
+                    t0 = time.perf_counter()
+                    screen.check_text(item)
+                    samples.append((time.perf_counter() - t0) * 1e6)
+                kind_bests.append(min(samples))
+                kind_runs += samples
+            bests += kind_bests
+            runs += kind_runs
+            print(f"| {kind} | {len(batch)} | {_row(kind_bests)} | {_row(kind_runs, full=False)} |")
+    finally:
+        gc.enable()
+    print(f"| all | {len(bests)} | {_row(bests)} | {_row(runs, full=False)} |")
+    print(f"\nfirst screen in a fresh process (imports and rule tables): {first:.1f} ms")
+
+
+def _row(samples: list[float], *, full: bool = True) -> str:
+    samples = sorted(samples)
+    p99 = samples[min(len(samples) - 1, round(len(samples) * 0.99))]
+    middle = statistics.median(samples)
+    return f"{middle:.0f} | {p99:.0f} | {samples[-1]:.0f}" if full else f"{middle:.0f} | {p99:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer prompts and repeats")
+    parser.add_argument("--techniques", action="store_true", help="recall per technique too")
+    args = parser.parse_args()
+    lines = load()
+    timing(lines, count=10 if args.quick else 40, repeats=3 if args.quick else 15)
+    print()
+    quality(lines, args.techniques)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,316 @@
+"""The checks a request passes before any upstream is called, in the order that keeps abuse
+cheap: who is asking (a 401 costs nothing), how often (a 429 before any screening work), what
+they ask (length cap, then the screen), and finally a stream slot, taken last so that a refused
+request never holds one.
+
+After the stream, ``settle`` gives the slot back and charges the tokens actually used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tokenrelay.gate.identity import Authenticator, Identity
+from tokenrelay.model import GatewayError, Request, Usage
+from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject
+
+if TYPE_CHECKING:
+    from tokenrelay.gate.keys import KeyStore
+    from tokenrelay.router import Route
+    from tokenrelay.screening import Screen, Verdict
+    from tokenrelay.settings import Settings
+    from tokenrelay.store import Database
+
+log = logging.getLogger("tokenrelay.gate")
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the gate learnt about an admitted request, kept until it ends."""
+
+    identity: Identity | None  # None only while the gate is still finding out
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # quota left, for the head
+    lease: Lease | None = None
+    token_rules: list[Rule] = field(default_factory=list)
+    verdict: Verdict | None = None
+    canary: str | None = None
+
+
+DATABASE_OPEN_DELAY = 1.0  # seconds after start-up
+
+
+def _retrieve(task: asyncio.Task[Database]) -> None:
+    """A failed open is logged where it fails; this keeps asyncio from warning again."""
+    if not task.cancelled():
+        task.exception()
+
+
+class Refused(GatewayError):
+    """A request the gate turned away, with what it knew of the caller for the record."""
+
+    def __init__(
+        self, error: GatewayError, identity: Identity | None, verdict: Verdict | None
+    ) -> None:
+        super().__init__(
+            error.type,
+            error.message,
+            error.status,
+            param=error.param,
+            retry_after=error.retry_after,
+            headers=error.headers,
+        )
+        self.identity = identity
+        self.verdict = verdict
+
+
+class Gate:
+    def __init__(
+        self,
+        settings: Settings,
+        authenticator: Authenticator,
+        limiter: RateLimiter,
+        screens: dict[str, Screen],
+        canaries: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.authenticator = authenticator
+        self.limiter = limiter
+        self.screens = screens
+        self.canaries = canaries or {}  # route -> its canary, made once so prompt caches hold
+        self._database: asyncio.Task[Database] | None = None
+        self._opener: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def create(cls, settings: Settings) -> Gate:
+        """The gate for ``settings``. The key database opens in the background (start-up stays
+        fast); requests with a key wait for it briefly."""
+        from tokenrelay.screening import Screen, make_canary
+
+        authenticator = Authenticator(settings.auth)
+        screens = {
+            name: Screen(route.screen)
+            for name, route in settings.routes.items()
+            if route.screen.mode != "off" or route.screen.max_prompt_chars is not None
+        }
+        canaries = {
+            name: make_canary() for name, route in settings.routes.items() if route.screen.canary
+        }
+        gate = cls(settings, authenticator, RateLimiter.create(settings.limits), screens, canaries)
+        authenticator.open_keys = gate._key_store
+        # Open the database soon, but not on the start-up path (spawn to first token); a request
+        # with a key before then opens it at once.
+        gate._opener = asyncio.get_running_loop().call_later(
+            DATABASE_OPEN_DELAY, gate._open_database
+        )
+        return gate
+
+    def _open_database(self) -> asyncio.Task[Database]:
+        if self._database is None:
+            self._database = asyncio.create_task(self._connect(), name="open-database")
+            self._database.add_done_callback(_retrieve)
+        return self._database
+
+    async def _connect(self) -> Database:
+        from tokenrelay.store import display_url, open_database
+
+        url = self.settings.database_url
+        try:
+            return await open_database(url)
+        except Exception as exc:
+            log.error(
+                "cannot open the database %s: %s; API keys cannot be checked", display_url(url), exc
+            )
+            raise
+
+    async def _key_store(self) -> KeyStore:
+        from tokenrelay.gate.keys import KeyStore
+
+        auth = self.settings.auth
+        db = await asyncio.shield(self._open_database())
+        return KeyStore(db, ttl=auth.key_cache_ttl, negative_ttl=auth.key_negative_ttl)
+
+    async def database(self) -> Database:
+        """The database, opened now if it is not yet."""
+        return await asyncio.shield(self._open_database())
+
+    async def close(self) -> None:
+        if self._opener is not None:
+            self._opener.cancel()
+        await self.limiter.close()
+        if self._database is not None:
+            if not self._database.done():
+                self._database.cancel()
+            with contextlib.suppress(BaseException):
+                await (await self._database).close()
+
+    async def admit(
+        self, route: Route, request: Request, headers: Mapping[str, str], peer: str | None
+    ) -> Admission:
+        """The admission, or ``Refused`` (401, 403, 413, 400, 429, 503) for the client."""
+        admission = Admission(None)
+        try:
+            return await self._admit(route, request, headers, peer, admission)
+        except GatewayError as error:
+            raise Refused(error, admission.identity, admission.verdict) from None
+
+    async def _admit(
+        self,
+        route: Route,
+        request: Request,
+        headers: Mapping[str, str],
+        peer: str | None,
+        admission: Admission,
+    ) -> Admission:
+        settings = route.settings
+        allow_anonymous = settings.allow_anonymous
+        if allow_anonymous is None:
+            allow_anonymous = self.settings.auth.allow_anonymous
+        identity = await self.authenticator.identify(headers, peer, route.name, allow_anonymous)
+        subject = _subject(identity)
+        admission.identity = identity
+
+        decision = await self.limiter.check_requests(self._request_rules(identity, subject, route))
+        _refuse_unless_allowed(decision, "requests")
+        admission.headers = decision.headers()
+
+        admission.token_rules = self._token_rules(identity)
+        if admission.token_rules:
+            tokens = await self.limiter.check_tokens(admission.token_rules)
+            _refuse_unless_allowed(tokens, "tokens")
+            admission.headers.extend(tokens.headers())
+
+        screen = self._screen_for(route)
+        if screen is not None:
+            await _screen(screen, request, route.name, identity, admission)
+        canary = self.canaries.get(route.name)
+        if canary is not None:
+            from tokenrelay.screening import canary_instruction
+
+            request.system = (request.system or "") + canary_instruction(canary)
+            admission.canary = canary
+
+        cap = settings.max_concurrent_streams or self.settings.max_concurrent_streams
+        if cap:
+            lease = await self.limiter.acquire_stream(subject, cap)
+            if isinstance(lease, Decision):
+                _refuse_unless_allowed(lease, "concurrent streams")
+            else:
+                admission.lease = lease
+        return admission
+
+    def _screen_for(self, route: Route) -> Screen | None:
+        """A configured route's screen, or, for a provider model asked for by name, the default
+        screen: naming a model directly must not be a way around screening."""
+        if route.configured:
+            return self.screens.get(route.name)
+        screen = self.screens.get("")
+        if screen is None:
+            from tokenrelay.screening import Screen
+
+            screen = self.screens[""] = Screen(route.settings.screen)
+        return screen
+
+    async def settle(self, admission: Admission, usage: Usage) -> None:
+        """After the stream: free its slot, charge what it used against the token limits."""
+        if admission.lease is not None:
+            await admission.lease.release()
+        if admission.token_rules:
+            used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
+            await self.limiter.charge_tokens(admission.token_rules, used)
+
+    def _request_rules(self, identity: Identity, subject: Subject, route: Route) -> list[Rule]:
+        settings = self.settings
+        key_limit = f"{identity.rpm}/minute" if identity.rpm else None
+        rules = settings.limits.request_rules(subject, route.name, key_limit)
+        if route.settings.rate_limit:
+            rules.append(Rule(subject, route.settings.rate_limit, route.name))
+        if settings.user_limit and identity.user:
+            rules.append(Rule(Subject("user", identity.user), settings.user_limit))
+        if settings.org_limit and identity.org:
+            rules.append(Rule(Subject("org", identity.org), settings.org_limit))
+        return rules
+
+    def _token_rules(self, identity: Identity) -> list[Rule]:
+        settings = self.settings
+        rules = []
+        if settings.user_token_limit and identity.user:
+            rules.append(Rule(Subject("user", identity.user), settings.user_token_limit))
+        if settings.org_token_limit and identity.org:
+            rules.append(Rule(Subject("org", identity.org), settings.org_token_limit))
+        return rules
+
+
+def _subject(identity: Identity) -> Subject:
+    """What the per-identity limits count against: the key, else the JWT's user, else the IP."""
+    if identity.key_id is not None:
+        return Subject("key", identity.key_id)
+    if identity.user is not None:
+        return Subject("user", identity.user)
+    return Subject("ip", identity.ip)
+
+
+def _refuse_unless_allowed(decision: Decision, what: str) -> None:
+    if decision.allowed:
+        return
+    if decision.unavailable:
+        raise GatewayError(
+            "overloaded",
+            "the rate limiter is unavailable and this gateway is set to refuse requests then; "
+            "retry shortly",
+            503,
+            retry_after=1,
+            headers=decision.headers(),
+        )
+    wait = decision.retry_after if decision.retry_after is not None else decision.reset_after
+    raise GatewayError(
+        "rate_limit",
+        f"rate limit reached: {decision.limit} {what} {_window(decision)} "
+        f"({decision.policy}); retry in {max(1, round(wait))} s",
+        429,
+        retry_after=max(1.0, wait),
+        headers=decision.headers(),
+    )
+
+
+_UNITS = ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second"))
+
+
+def _window(decision: Decision) -> str:
+    seconds = decision.window
+    if not seconds:
+        return "at a time"
+    size, name = next((size, name) for size, name in _UNITS if seconds % size == 0)
+    count = seconds // size
+    return f"per {name}" if count == 1 else f"per {count} {name}s"
+
+
+async def _screen(
+    screen: Screen, request: Request, route: str, identity: Identity, admission: Admission
+) -> None:
+    """Length cap, then the screen; the verdict lands in ``admission`` before any refusal."""
+    from tokenrelay.screening import length_error, refusal, texts_of
+
+    settings = screen.settings
+    texts = texts_of(request, settings.untrusted_roles, document_tags=settings.document_tags)
+    cap = settings.max_prompt_chars  # per user message: a chat's history does not add up
+    if cap is not None:
+        longest = max((len(text.text) for text in texts if text.source == "user"), default=0)
+        if longest > cap:
+            raise length_error(longest, cap)
+    verdict = admission.verdict = await screen.check(texts)
+    if verdict.injection:
+        log.warning(
+            "screening: %s prompt on route %s from %s (score %.2f, rules %s)",
+            "refused" if settings.mode == "block" else "flagged",
+            route,
+            identity.key_id or identity.user or identity.ip,
+            verdict.score,
+            ",".join(verdict.rules) or "-",
+        )
+        if settings.mode == "block":
+            raise refusal()
