@@ -337,16 +337,7 @@ async def test_an_injection_is_refused_in_every_dialect_without_naming_the_rule(
 ) -> None:
     async with aiohttp.ClientSession() as http:
         await http.post(simulator.url + "/stats/reset")
-    bodies = {
-        "/api/generate": {"prompt": INJECTION, "route": "openr"},
-        "/v1/chat/completions": chat("openr", INJECTION),
-        "/v1/messages": {
-            "model": "openr",
-            "max_tokens": 50,
-            "messages": [{"role": "user", "content": INJECTION}],
-        },
-    }
-    for path, body in bodies.items():
+    for path, body in dialect_bodies("openr", INJECTION).items():
         response, raw = await post(gw, path, body)
         assert response.status == 400, path
         message = msgspec.json.decode(raw)["error"]["message"]
@@ -369,14 +360,30 @@ async def test_every_user_message_is_screened_not_only_the_last(gw: RunningGatew
     assert response.status == 400
 
 
+def dialect_bodies(route: str, text: str) -> dict[str, dict[str, Any]]:
+    return {
+        "/api/generate": {"prompt": text, "route": route},
+        "/v1/chat/completions": chat(route, text),
+        "/v1/messages": {
+            "model": route,
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": text}],
+        },
+    }
+
+
 async def test_flag_serves_and_records_while_off_does_not_screen(gw: RunningGateway) -> None:
-    response, _ = await post(gw, "/api/generate", {"prompt": INJECTION, "route": "flag"})
-    assert response.status == 200
-    verdict = gw.records[-1].verdict
-    assert verdict is not None and verdict.injection
-    response, _ = await post(gw, "/api/generate", {"prompt": INJECTION, "route": "lax"})
-    assert response.status == 200
-    assert gw.records[-1].verdict is None or not gw.records[-1].verdict.injection
+    for path, body in dialect_bodies("flag", INJECTION).items():
+        response, _ = await post(gw, path, body)
+        assert response.status == 200, path
+        verdict = gw.records[-1].verdict
+        assert verdict is not None and verdict.injection, path
+    for path, body in dialect_bodies("lax", INJECTION).items():
+        response, _ = await post(gw, path, body)
+        assert response.status == 200, path
+        verdict = gw.records[-1].verdict
+        assert verdict is None or not verdict.injection, path
 
 
 async def test_the_article_length_cap_names_the_limit(gw: RunningGateway) -> None:
