@@ -64,6 +64,52 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX api_keys_prefix ON api_keys (prefix)",
         ),
     ),
+    Migration(
+        2,
+        "ledger",
+        (
+            # One row per request. Cost is exact at nanodollar resolution (an integer, so SQL
+            # sums stay exact on both backends); attempts holds every attempt as JSON, with the
+            # tokens a failed one consumed (already included in the totals).
+            """
+            CREATE TABLE ledger (
+                request_id TEXT PRIMARY KEY,
+                created_at DOUBLE PRECISION NOT NULL,
+                user_id TEXT,
+                org_id TEXT,
+                key_id TEXT,
+                client_ip TEXT,
+                route TEXT NOT NULL,
+                provider TEXT,
+                model TEXT,
+                attempts INTEGER NOT NULL,
+                attempts_detail TEXT,
+                status INTEGER NOT NULL,
+                outcome TEXT NOT NULL,
+                error_type TEXT,
+                input_tokens BIGINT NOT NULL DEFAULT 0,
+                output_tokens BIGINT NOT NULL DEFAULT 0,
+                cache_read_tokens BIGINT NOT NULL DEFAULT 0,
+                cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+                reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+                estimated INTEGER NOT NULL DEFAULT 0,
+                cost_nanousd BIGINT NOT NULL DEFAULT 0,
+                priced INTEGER NOT NULL DEFAULT 1,
+                ttft_ms DOUBLE PRECISION,
+                duration_ms DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX ledger_created ON ledger (created_at)",
+            "CREATE INDEX ledger_org ON ledger (org_id, created_at)",
+            "CREATE INDEX ledger_user ON ledger (user_id, created_at)",
+            "CREATE INDEX ledger_key ON ledger (key_id, created_at)",
+        ),
+    ),
+    Migration(
+        3,
+        "admin_keys",
+        ("ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",),
+    ),
 )
 
 _CREATE_TABLE = """
