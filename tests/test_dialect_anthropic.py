@@ -352,9 +352,14 @@ def test_an_error_ends_the_stream_and_close_adds_nothing() -> None:
     )
     events, done = read_all(raw)
     assert done and events[-1] == Error("overloaded", "Overloaded", 529)
-    before_anything = write_all([Usage(input_tokens=5), Error("rate_limit", "slow down", 429)])
-    assert names(before_anything) == ["error"]  # as the API fails before message_start
+    before_anything = write_all([Error("rate_limit", "slow down", 429)])
+    assert names(before_anything) == ["error"]  # nothing had started
     assert read_all(before_anything)[0] == [Error("rate_limit", "slow down", 429)]
+    # Once the prompt's usage is known the message had started: message_start carries it.
+    after_usage = write_all([Usage(input_tokens=5), Error("overloaded", "Overloaded", 529)])
+    assert names(after_usage) == ["message_start", "ping", "error"]
+    events = read_all(after_usage)[0]
+    assert events[0] == Usage(5, 0, 0, 0) and events[-1] == Error("overloaded", "Overloaded", 529)
 
 
 def test_reader_skips_unknown_events_and_reports_garbage() -> None:

@@ -144,6 +144,11 @@ async def test_an_error_event_before_any_content_fails_over(gw: RunningGateway) 
     assert response.status == 200 and b"error" not in body
     assert response.headers["x-tokenrelay-provider"] == "openai"
     assert attempts(response)[0][1] == "outcome=overloaded"
+    # Anthropic had reported the prompt's tokens (message_start) before its error: metered too.
+    record = await gw.wait_record(response.headers["x-request-id"])
+    *failed, served = record.attempts
+    assert failed and all(a.usage is not None and a.usage.input_tokens for a in failed)
+    assert served.outcome == "ok" and served.usage is None  # the record's own usage
 
 
 async def test_a_refused_key_is_logged_loudly_and_not_retried(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -20,10 +21,21 @@ from collections.abc import AsyncGenerator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.hedging import Contender, Outcome, Stream, race
 from tokenrelay.latency import LatencyStats
-from tokenrelay.model import CONTENT_EVENTS, Error, Event, Finish, GatewayError, Request
+from tokenrelay.model import (
+    CONTENT_EVENTS,
+    Error,
+    Event,
+    Finish,
+    GatewayError,
+    Request,
+    Usage,
+    merge_usage,
+)
 from tokenrelay.providers import Provider
 from tokenrelay.settings import TargetSettings
 
@@ -55,6 +67,7 @@ class Attempt:
     outcome: str  # "ok", "hedged_out" (lost a hedge race), or the normalized error type
     status: int
     ms: float
+    usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
 
 
 @dataclass(slots=True)
@@ -191,7 +204,8 @@ class Failover:
         ``RouteFailed`` for an error that would fail the same way on every target."""
         ms = (time.perf_counter() - since) * 1000
         name = target.provider.name
-        self.attempts.append(Attempt(name, target.settings.model, error.type, error.status, ms))
+        model = target.settings.model
+        self.attempts.append(Attempt(name, model, error.type, error.status, ms, error.usage))
         self.errors.append(error)
         if error.status in FINAL_STATUSES:
             raise summarize(self.errors, self.attempts)
@@ -270,6 +284,9 @@ async def attempt(
         raise
     if error is not None:
         await events.aclose()
+        used = [event for event in pending if type(event) is Usage]
+        if used:
+            error = msgspec.structs.replace(error, usage=functools.reduce(merge_usage, used))
         return None, error
     return (events, pending), None
 

@@ -174,6 +174,9 @@ class Error(msgspec.Struct, frozen=True):
     message: str
     status: int = 500
     retry_after: float | None = None
+    # Before the first token: what the upstream had reported using when it failed (metered
+    # against the request even though another target answered it).
+    usage: Usage | None = None
 
 
 Event = TextDelta | ThinkingDelta | ToolCallDelta | Usage | Finish | Error

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from tokenrelay.failover import Attempt
-from tokenrelay.model import Usage
+from tokenrelay.model import Completion, Request, Usage
 
 if TYPE_CHECKING:
     from tokenrelay.gate.identity import Identity
@@ -44,6 +44,10 @@ class StreamRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     identity: Identity | None = None  # who asked, as the gate established it
     verdict: Verdict | None = None  # the prompt screen's, when the route screens
+    # For metering and audit only (estimating unreported usage, the audit line's prefix and
+    # keyed hash); never logged as such.
+    request: Request | None = None
+    completion: Completion | None = None
 
 
 Listener = Callable[[StreamRecord], None]

@@ -115,6 +115,7 @@ class RelayEndpoint:
         request_id = os.urandom(12).hex()
         gateway = self.gateway
         route_name = ""
+        request: Request | None = None
         try:
             body = await read_body(scope, receive, gateway.settings.max_body_bytes)
             if gateway.draining:
@@ -147,6 +148,7 @@ class RelayEndpoint:
             )
             if isinstance(error, Refused):
                 record.identity, record.verdict = error.identity, error.verdict
+            record.request = request
             gateway.listeners.emit(record)
             return
         call = _Call(self, scope, receive, send, request, route_name, request_id, started)
@@ -454,6 +456,8 @@ class _Call:
             attempts=self.attempts,
             metadata=self.request.metadata,
         )
+        record.request = self.request
+        record.completion = self.accumulator.result()
         if self.admission is not None:
             record.identity = self.admission.identity
             record.verdict = self.admission.verdict

@@ -653,7 +653,10 @@ class AnthropicWriter:
             return b""
         self._closed = True  # an Error: the real API ends the stream with it
         error = {"type": ERROR_TYPES.get(event.type, "api_error"), "message": event.message}
-        return frame(_encode({"type": "error", "error": error}), "error")
+        # The real API has sent message_start (with the prompt's usage) before an overload
+        # error that comes ahead of any content; say what was reported, as it does.
+        out = self._start() if not self._started and self._usage.input_tokens else b""
+        return out + frame(_encode({"type": "error", "error": error}), "error")
 
     def _thinking(self, event: ThinkingDelta) -> bytes:
         out = b""
