@@ -238,6 +238,7 @@ def _key_json(record: KeyRecord) -> dict[str, object]:
         "name": record.name,
         "created_at": _when(record.created_at, "T"),
         "revoked_at": _when(record.revoked_at, "T") if record.revoked_at is not None else None,
+        "admin": record.admin,
     }
 
 
@@ -281,6 +282,7 @@ def _echo_json(value: object) -> None:
 )
 @click.option("--rpm", type=click.IntRange(min=1), help="The key's own requests per minute.")
 @click.option("--name", help="A note to tell keys apart in listings.")
+@click.option("--admin", is_flag=True, help="May also read every caller's usage (GET /v1/usage).")
 @_DATABASE
 @_CONFIG
 @_FORMAT
@@ -290,6 +292,7 @@ def keys_create(
     routes: tuple[str, ...],
     rpm: int | None,
     name: str | None,
+    admin: bool,
     database_url: str | None,
     config: str | None,
     fmt: str,
@@ -304,7 +307,7 @@ def keys_create(
                 click.echo(f"warning: no route named {', '.join(unknown)} is configured", err=True)
 
     async def create(store: KeyStore) -> tuple[KeyRecord, str]:
-        key_id, secret = await store.create(user, org, allowed or None, rpm, name)
+        key_id, secret = await store.create(user, org, allowed or None, rpm, name, admin=admin)
         return await store.find(key_id), secret
 
     record, secret = _with_store(url, create)
@@ -312,6 +315,8 @@ def keys_create(
         "Copy the key now: tokenrelay stores only its SHA-256 hash and cannot show it again.",
         err=True,
     )
+    if admin:
+        click.echo("This is an admin key: it may read every caller's usage.", err=True)
     if fmt == "json":
         _echo_json({**_key_json(record), "secret": secret})
     else:
@@ -363,3 +368,76 @@ def keys_revoke(key: str, database_url: str | None, config: str | None, fmt: str
         )
     else:
         click.echo(f"revoked {record.id} ({record.prefix}, user {record.user or '-'})")
+
+
+# --- usage ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    help="Start: 7d, 24h, 30m ago, a UTC date (2026-11-01) or an ISO time.",
+)
+@click.option("--until", help="End, exclusive, in the same forms. Default: now.")
+@click.option(
+    "--by",
+    type=click.Choice(["org", "user", "key", "model", "route", "day"]),
+    default="day",
+    show_default=True,
+    help="One line per organization, user, key, provider:model, route or UTC day.",
+)
+@click.option("--org", help="Only this organization's requests.")
+@click.option("--user", help="Only this user's requests.")
+@click.option("--key", "key_id", help="Only this key's requests (its id).")
+@click.option("--route", help="Only this route's requests.")
+@click.option("--model", help="Only requests served by this model.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+)
+@_DATABASE
+@_CONFIG
+def usage(
+    since: str,
+    until: str | None,
+    by: str,
+    org: str | None,
+    user: str | None,
+    key_id: str | None,
+    route: str | None,
+    model: str | None,
+    fmt: str,
+    database_url: str | None,
+    config: str | None,
+) -> None:
+    """Requests, errors, tokens and cost from the ledger, grouped. Costs are exact sums of
+    nanodollars; ESTIMATED is the share of requests whose token counts the gateway estimated
+    because the upstream did not report them."""
+    import asyncio
+    import time
+
+    from tokenrelay.metering.reports import RENDER, UsageReport, make_query
+    from tokenrelay.metering.reports import usage as report_usage
+    from tokenrelay.store import DatabaseError, open_database
+
+    filters = {"org": org, "user": user, "key": key_id, "route": route, "model": model}
+    try:
+        query = make_query(since, until, by, filters, now=time.time())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    url = _database_url(database_url, config, must_exist=True)
+
+    async def run() -> UsageReport:
+        async with await open_database(url) as db:
+            return await report_usage(db, query)
+
+    try:
+        report = asyncio.run(run())
+    except (DatabaseError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(RENDER[fmt](report), nl=False)

@@ -37,7 +37,7 @@ KEY_PREFIX = "trk_"
 SECRET_LENGTH = 40  # base62 characters after the prefix: 40 * log2(62) ≈ 238 bits
 PREFIX_LENGTH = len(KEY_PREFIX) + 8  # shown in listings and logs: "trk_Ab3dE9xq"
 _ALPHABET = string.ascii_letters + string.digits
-_COLUMNS = "id, prefix, user_id, org_id, routes, rpm, name, created_at, revoked_at"
+_COLUMNS = "id, prefix, user_id, org_id, routes, rpm, name, created_at, revoked_at, admin"
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -52,6 +52,7 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None
     created_at: float  # Unix seconds
     revoked_at: float | None
+    admin: bool = False  # may read every caller's usage (GET /v1/usage); serves no other purpose
 
     @property
     def active(self) -> bool:
@@ -101,6 +102,7 @@ def _record(row: Row) -> KeyRecord:
         name=row["name"],
         created_at=float(row["created_at"]),
         revoked_at=float(row["revoked_at"]) if row["revoked_at"] is not None else None,
+        admin=bool(row["admin"]),
     )
 
 
@@ -138,8 +140,11 @@ class KeyStore:
         routes: Iterable[str] | None = None,
         rpm: int | None = None,
         name: str | None = None,
+        *,
+        admin: bool = False,
     ) -> tuple[str, str]:
-        """A new key: ``(key_id, secret)``. The secret is not stored; show it to the user now."""
+        """A new key: ``(key_id, secret)``. The secret is not stored; show it to the user now.
+        An ``admin`` key may also read the usage reports of every caller."""
         from tokenrelay.store.database import IntegrityError
 
         if rpm is not None and rpm < 1:
@@ -150,7 +155,7 @@ class KeyStore:
             try:
                 await self.db.execute(
                     f"INSERT INTO api_keys ({_COLUMNS}, key_hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
                     (
                         key_id,
                         secret[:PREFIX_LENGTH],
@@ -160,6 +165,7 @@ class KeyStore:
                         rpm,
                         name,
                         time.time(),
+                        int(admin),
                         hash_key(secret),
                     ),
                 )

@@ -1,0 +1,368 @@
+"""Usage reports over the ledger, for ``tokenrelay usage`` and ``GET /v1/usage``: requests, errors,
+tokens, cost and the share of estimated token counts, per org, user, key, model, route or UTC day,
+over a time range.
+
+The database does the sums, so a report costs one indexed query however large the ledger. Cost
+is summed as integer nanodollars (exact on SQLite and PostgreSQL alike) and shown in USD as a
+``Decimal``; a day is bucketed by each backend's own floor of ``created_at / 86400``, since their
+casts round differently. A request belongs to the range by when it arrived (``created_at``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import msgspec
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from tokenrelay.app import Gateway
+    from tokenrelay.store import Queries
+
+Group = Literal["org", "user", "key", "model", "route", "day"]
+Format = Literal["table", "csv", "json"]
+GROUPS: tuple[Group, ...] = get_args(Group)
+FORMATS: tuple[Format, ...] = get_args(Format)
+FILTERS = {"org": "org_id", "user": "user_id", "key": "key_id", "route": "route", "model": "model"}
+# What counts as an error: the gateway refused it, or it failed or was cut off; a client that
+# went away ("aborted") is not one.
+ERROR_OUTCOMES = ("error", "rejected", "interrupted")
+NANOUSD = 1_000_000_000
+DAY = 86400
+
+_COLUMNS = {"org": "org_id", "user": "user_id", "key": "key_id", "route": "route"}
+_DAY = {
+    "sqlite": "CAST(created_at / 86400 AS INTEGER)",  # truncates; created_at is positive
+    "postgresql": "CAST(FLOOR(created_at / 86400) AS BIGINT)",  # a bare cast would round
+}
+_SUMS = ", ".join(
+    [
+        "COUNT(*) AS requests",
+        "SUM(CASE WHEN outcome IN ({}) THEN 1 ELSE 0 END) AS errors".format(
+            ", ".join(f"'{outcome}'" for outcome in ERROR_OUTCOMES)
+        ),
+        *(
+            f"SUM({name}) AS {name}"
+            for name in (
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "cost_nanousd",
+                "estimated",
+            )
+        ),
+    ]
+)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+
+
+class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """``since`` ≤ created_at < ``until`` (Unix seconds); ``filters``: equality on org, user,
+    key, route or model."""
+
+    since: float
+    until: float
+    by: Group = "day"
+    filters: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class UsageRow(msgspec.Struct, kw_only=True):
+    """One group's sums. ``group`` is ``None`` for requests without one (anonymous callers have
+    no user, a refused request no model) and for the total."""
+
+    group: str | None
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0  # the whole prompt, cache reads included
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_nanousd: int = 0
+    estimated: int = 0  # requests whose token counts are our estimate, not the upstream's
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return Decimal(self.cost_nanousd).scaleb(-9)
+
+    @property
+    def estimated_share(self) -> float:
+        return self.estimated / self.requests if self.requests else 0.0
+
+
+class UsageReport(msgspec.Struct, kw_only=True):
+    query: UsageQuery
+    rows: list[UsageRow]
+    total: UsageRow
+
+
+# --- time ranges ---------------------------------------------------------------------------------
+
+
+def parse_time(text: str, now: float) -> float:
+    """``7d``, ``24h``, ``30m``, ``90s``, ``2w`` ago; ``now``; a UTC date ``2026-11-01``
+    (its midnight) or an ISO time (UTC unless it says otherwise)."""
+    value = text.strip().lower()
+    if value == "now":
+        return now
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+    try:
+        moment = datetime.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a time: use 7d, 24h, 30m (ago), a date like 2026-11-01 (UTC) "
+            "or an ISO time like 2026-11-01T12:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
+
+
+def make_query(
+    since: str = "7d",
+    until: str | None = None,
+    by: str = "day",
+    filters: Mapping[str, str | None] | None = None,
+    *,
+    now: float,
+) -> UsageQuery:
+    """A query from the words of the command line or the URL; ``ValueError`` says what is wrong."""
+    if by not in GROUPS:
+        raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUPS)}")
+    start = parse_time(since, now)
+    end = parse_time(until, now) if until else now
+    if end <= start:
+        raise ValueError("the range is empty: 'until' must come after 'since'")
+    given = {name: value for name, value in (filters or {}).items() if value}
+    unknown = sorted(set(given) - set(FILTERS))
+    if unknown:
+        raise ValueError(f"cannot filter on {', '.join(unknown)}: use {', '.join(FILTERS)}")
+    return UsageQuery(since=start, until=end, by=by, filters=given)
+
+
+# --- the query -----------------------------------------------------------------------------------
+
+
+async def usage(db: Queries, query: UsageQuery) -> UsageReport:
+    """The report for ``query``: its rows (by day in order, else costliest first) and total."""
+    if query.by == "day":
+        keys = [_DAY[db.backend]]
+    elif query.by == "model":
+        keys = ["provider", "model"]  # one model name may be served by several providers
+    else:
+        keys = [_COLUMNS[query.by]]
+    where = ["created_at >= ?", "created_at < ?"]
+    params: list[Any] = [query.since, query.until]
+    for name, value in sorted(query.filters.items()):
+        where.append(f"{FILTERS[name]} = ?")
+        params.append(value)
+    selected = ", ".join(f"{key} AS g{index}" for index, key in enumerate(keys))
+    rows = await db.fetch_all(
+        f"SELECT {selected}, {_SUMS} FROM ledger WHERE {' AND '.join(where)} "
+        f"GROUP BY {', '.join(keys)}",
+        params,
+    )
+    result = [_row(query.by, row) for row in rows]
+    if query.by == "day":
+        result.sort(key=lambda row: row.group or "")
+    else:
+        result.sort(
+            key=lambda row: (-row.cost_nanousd, -row.requests, row.group is None, row.group)
+        )
+    total = UsageRow(group=None)
+    for row in result:
+        for name in _COUNTS:
+            setattr(total, name, getattr(total, name) + getattr(row, name))
+    return UsageReport(query=query, rows=result, total=total)
+
+
+_COUNTS = tuple(name for name in UsageRow.__struct_fields__ if name != "group")
+
+
+def _row(by: Group, row: Mapping[str, Any]) -> UsageRow:
+    group: str | None
+    if by == "day":
+        group = (datetime.date(1970, 1, 1) + datetime.timedelta(days=int(row["g0"]))).isoformat()
+    elif by == "model":
+        provider, model = row["g0"], row["g1"]
+        group = f"{provider}:{model}" if provider and model else (model or provider)
+    else:
+        group = row["g0"]
+    # PostgreSQL sums BIGINTs as NUMERIC (a Decimal here): exact, and int() keeps it so.
+    return UsageRow(group=group, **{name: int(row[name] or 0) for name in _COUNTS})
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+_SIX_PLACES = Decimal("0.000001")
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _exact_usd(row: UsageRow) -> str:
+    return f"{row.cost_usd:.9f}"
+
+
+def _json_row(by: str | None, row: UsageRow) -> dict[str, Any]:
+    item: dict[str, Any] = {by: row.group} if by is not None else {}
+    item.update({name: getattr(row, name) for name in _COUNTS if name != "estimated"})
+    item["cost_usd"] = _exact_usd(row)
+    item["estimated_share"] = round(row.estimated_share, 4)
+    return item
+
+
+def render_json(report: UsageReport) -> str:
+    """Costs as exact decimal strings (``cost_usd``) beside the integer ``cost_nanousd``."""
+    query = report.query
+    body = {
+        "by": query.by,
+        "since": _iso(query.since),
+        "until": _iso(query.until),
+        "filters": query.filters,
+        "rows": [_json_row(query.by, row) for row in report.rows],
+        "total": _json_row(None, report.total),
+    }
+    return msgspec.json.format(msgspec.json.encode(body), indent=2).decode() + "\n"
+
+
+_CSV_FIELDS = (
+    "requests",
+    "errors",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+)
+
+
+def render_csv(report: UsageReport) -> str:
+    """One line per group (no total line, so a spreadsheet can sum the columns)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([report.query.by, *_CSV_FIELDS, "cost_usd", "estimated_share"])
+    for row in report.rows:
+        counts = [getattr(row, name) for name in _CSV_FIELDS]
+        share = round(row.estimated_share, 4)
+        writer.writerow([row.group or "", *counts, _exact_usd(row), share])
+    return out.getvalue()
+
+
+def render_table(report: UsageReport) -> str:
+    """Aligned columns with a TOTAL line; costs rounded to a millionth of a dollar."""
+    header = [report.query.by.upper(), "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_READ"]
+    header += ["CACHE_WRITE", "COST_USD", "ESTIMATED"]
+    lines = [header]
+    for row in [*report.rows, report.total]:
+        label = "TOTAL" if row is report.total else (row.group or "-")
+        counts = [f"{getattr(row, name):,}" for name in _CSV_FIELDS]
+        cost = str(row.cost_usd.quantize(_SIX_PLACES, ROUND_HALF_UP))
+        lines.append([label, *counts, cost, f"{row.estimated_share:.1%}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "".join(
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+        + "\n"
+        for line in lines
+    )
+
+
+# Each renders the whole output, ending with a newline.
+RENDER: dict[str, Callable[[UsageReport], str]] = {
+    "table": render_table,
+    "csv": render_csv,
+    "json": render_json,
+}
+
+
+# --- GET /v1/usage -------------------------------------------------------------------------------
+
+
+def usage_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /v1/usage?since=7d&until=&by=day&format=json&org=&user=&key=&route=&model=``, for
+    an admin key (``tokenrelay keys create --admin``) as ``Authorization: Bearer`` or
+    ``x-api-key``: 401 without a valid key, 403 for a key that is not an admin's."""
+    import time
+
+    from starlette.responses import JSONResponse, Response
+
+    from tokenrelay.gate.keys import KeyStore
+
+    store: list[KeyStore] = []
+
+    def error(status: int, kind: str, message: str) -> Response:
+        body = {"error": {"type": kind, "message": message}}
+        headers = {"www-authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def endpoint(request: Request) -> Response:
+        token = _credential(request.headers)
+        if token is None:
+            return error(
+                401,
+                "authentication",
+                "GET /v1/usage needs an admin API key as 'Authorization: Bearer <key>' "
+                "(create one with 'tokenrelay keys create --admin')",
+            )
+        try:
+            db = await gateway.gate.database()
+            if not store:
+                auth = gateway.settings.auth
+                store.append(
+                    KeyStore(db, ttl=auth.key_cache_ttl, negative_ttl=auth.key_negative_ttl)
+                )
+            key = await store[0].lookup(token)
+        except Exception:  # the database is not open or failed: nothing to decide with
+            return error(503, "api_error", "cannot check the API key right now; try again shortly")
+        if key is None:
+            return error(401, "authentication", "the API key is unknown or revoked")
+        if not key.admin:
+            return error(403, "permission", f"API key {key.prefix}… is not an admin key")
+        params = request.query_params
+        fmt = params.get("format", "json")
+        try:
+            if fmt not in FORMATS:
+                raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+            query = make_query(
+                params.get("since", "7d"),
+                params.get("until"),
+                params.get("by", "day"),
+                {name: params.get(name) for name in FILTERS},
+                now=time.time(),
+            )
+        except ValueError as exc:
+            return error(400, "invalid_request", str(exc))
+        try:
+            report = await usage(db, query)
+        except Exception as exc:
+            from tokenrelay.store import DatabaseError
+
+            if not isinstance(exc, DatabaseError):
+                raise
+            return error(503, "api_error", f"cannot read the ledger right now: {exc}")
+        media = {"json": "application/json", "csv": "text/csv", "table": "text/plain"}[fmt]
+        text = RENDER[fmt](report)
+        return Response(text, media_type=f"{media}; charset=utf-8")
+
+    return endpoint
+
+
+def _credential(headers: Mapping[str, str]) -> str | None:
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return headers.get("x-api-key", "").strip() or None

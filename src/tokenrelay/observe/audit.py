@@ -1,0 +1,424 @@
+"""The audit log: one JSON line per request, to stdout or a file, for whoever must answer "who
+asked what, when, and what did it cost" after the fact.
+
+A line holds the request id, the caller (as the gate established it, the client IP as trusted),
+the route, every upstream attempt (provider, model, outcome, milliseconds), the status, time to
+first token, duration, tokens, cost, the screen's verdict and the prompt's length. Never the
+prompt or the answer: only, when ``prefix_chars`` allows, its first characters with e-mail
+addresses, phone numbers and card numbers masked, and a keyed hash of the whole prompt.
+
+The hash is HMAC-SHA256 under a server secret, not a bare SHA-256: anyone holding the log could
+hash a dictionary of likely prompts and match a bare digest, but not without the secret. The same
+prompt under the same secret gives the same hash, so repeats can be correlated.
+
+Masking runs on the prompt's head before it is cut to length: an address cut in two would no
+longer look like one and half of it would leak. Lines are written by a thread of their own, so a
+slow disk or a blocked pipe never stalls the event loop; a full queue drops lines and counts them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import logging
+import os
+import queue
+import re
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Annotated
+
+import msgspec
+
+if TYPE_CHECKING:
+    from tokenrelay.model import Request
+    from tokenrelay.records import StreamRecord
+
+log = logging.getLogger("tokenrelay.audit")
+
+# Text after the prefix that is masked too, so a PII item straddling the cut is seen whole
+# (an e-mail address is at most 254 characters long).
+MASK_MARGIN = 256
+MIN_SECRET_CHARS = 16
+
+
+class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """``destination``: ``"stdout"`` or a file path (appended to; rotate with copytruncate).
+    ``prefix_chars``: how much of the prompt's start to keep, masked; 0 keeps none. ``secret``:
+    the HMAC key of the prompt hash (``TOKENRELAY_AUDIT__SECRET``); unset, a random one per
+    process, so hashes correlate only within one process's lifetime."""
+
+    enabled: bool = True
+    destination: str = "stdout"
+    prefix_chars: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
+    secret: str | None = None
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # lines waiting to be written
+
+    def __post_init__(self) -> None:
+        if self.secret is not None and len(self.secret) < MIN_SECRET_CHARS:
+            # A short key can be brute-forced from one known prompt and its hash.
+            raise ValueError(f"audit.secret must be at least {MIN_SECRET_CHARS} characters long")
+        if not self.destination.strip():
+            raise ValueError('audit.destination must be "stdout" or a file path')
+
+
+# --- masking -------------------------------------------------------------------------------------
+
+# Each character of a masked item is replaced by its private-use mark, so positions stay those
+# of the original text: the prefix is cut at the prompt's own n-th character, and an item cut
+# there still becomes its whole placeholder. Marks the client sent are neutralized first.
+_EMAIL_MARK, _CARD_MARK, _PHONE_MARK = "\ue000", "\ue001", "\ue002"
+_NEUTRAL = str.maketrans(dict.fromkeys(map(ord, (_EMAIL_MARK, _CARD_MARK, _PHONE_MARK)), "\ufffd"))
+_RUNS = re.compile("\ue000+|\ue001+|\ue002+")
+_PLACEHOLDERS = {_EMAIL_MARK: "[email]", _CARD_MARK: "[card]", _PHONE_MARK: "[phone]"}
+
+# The look-behinds make a match start only where a run starts: linear time on long runs.
+_EMAIL = re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]++@[\w-]+(?:\.[\w-]+)+")
+_CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?!\d)")
+_PHONE = re.compile(r"(?<![\w+])(?:\+|\()?\d[\d ().-]{5,30}\d(?!\w)")
+_NOT_PHONE = re.compile(
+    r"\d{4}[-./]\d{1,2}[-./]\d{1,2}"  # 2026-11-05
+    r"|\d{1,2}[-./]\d{1,2}[-./]\d{2,4}"  # 05.11.2026
+    r"|\d+\.\d+"  # 3.14159265
+    r"|\d{1,3}(?:\.\d{1,3}){3}"  # an IPv4 address
+)
+
+
+def luhn_valid(digits: str) -> bool:
+    """The card-number checksum: masks card numbers, not every long number."""
+    total = 0
+    for index, char in enumerate(reversed(digits)):
+        value = int(char)
+        if index % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _email(match: re.Match[str]) -> str:
+    return _EMAIL_MARK * len(match.group())
+
+
+def _card(match: re.Match[str]) -> str:
+    text = match.group()
+    return _CARD_MARK * len(text) if luhn_valid(re.sub(r"\D", "", text)) else text
+
+
+def _phone(match: re.Match[str]) -> str:
+    text = match.group()
+    digits = sum(char.isdigit() for char in text)
+    if not 7 <= digits <= 15 or _NOT_PHONE.fullmatch(text.strip("()")):
+        return text
+    return _PHONE_MARK * len(text)
+
+
+def _marked(text: str) -> str:
+    """``text`` with every masked character replaced by its item's mark (same length)."""
+    text = _EMAIL.sub(_email, text.translate(_NEUTRAL))
+    text = _CARD.sub(_card, text)  # before phones: a card number has the digits of one
+    return _PHONE.sub(_phone, text)
+
+
+def _placeholders(marked: str) -> str:
+    return _RUNS.sub(lambda run: _PLACEHOLDERS[run.group()[0]], marked)
+
+
+def mask(text: str) -> str:
+    """``text`` with e-mail addresses, card numbers (Luhn-checked, 13 to 19 digits, spaces or
+    hyphens allowed) and phone numbers (7 to 15 digits, not dates or decimals) replaced by
+    ``[email]``, ``[card]`` and ``[phone]``."""
+    return _placeholders(_marked(text))
+
+
+def masked_prefix(text: str, chars: int) -> str:
+    """The first ``chars`` characters of ``text``, masked before the cut: an item the cut
+    falls inside is masked whole, by its placeholder."""
+    return _placeholders(_marked(text[: chars + MASK_MARGIN])[:chars])
+
+
+# --- the line ------------------------------------------------------------------------------------
+
+
+class PromptInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the audit keeps of a prompt: its length, its keyed hash, maybe a masked prefix."""
+
+    chars: int
+    hmac: str  # HMAC-SHA256(secret, prompt), hex
+    prefix: str | None = None  # omitted when prefix_chars is 0
+
+
+class _Identity(msgspec.Struct, omit_defaults=True):
+    kind: str
+    user: str | None = None
+    org: str | None = None
+    key_id: str | None = None
+
+
+class _Attempt(msgspec.Struct):
+    provider: str
+    model: str
+    outcome: str
+    status: int
+    ms: float
+
+
+class _Tokens(msgspec.Struct):
+    input: int | None
+    output: int | None
+    cache_read: int | None
+    cache_write: int | None
+    reasoning: int | None
+
+
+class _Screening(msgspec.Struct):
+    score: float
+    injection: bool
+    rules: tuple[str, ...]
+    classifier: str | None
+
+
+class AuditLine(msgspec.Struct):
+    """The schema of one line (every field present, ``null`` when unknown)."""
+
+    time: str  # when the request ended, UTC, ISO 8601 with milliseconds
+    request_id: str
+    dialect: str
+    route: str
+    outcome: str
+    status: int
+    error_type: str | None
+    client_ip: str | None
+    identity: _Identity | None
+    attempts: list[_Attempt]
+    provider: str | None
+    model: str | None
+    ttft_ms: float | None
+    duration_ms: float
+    tokens: _Tokens
+    cost_usd: str | None  # exact decimal string; null when the model has no known price
+    screening: _Screening | None
+    prompt: PromptInfo | None
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def _iso(timestamp: float) -> str:
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _usd(nanousd: int) -> str:
+    sign, value = ("-", -nanousd) if nanousd < 0 else ("", nanousd)
+    return f"{sign}{value // 1_000_000_000}.{value % 1_000_000_000:09d}"
+
+
+def fingerprint(text: str, secret: bytes, prefix_chars: int) -> PromptInfo:
+    """A prompt as the audit may keep it."""
+    digest = hmac.new(secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    prefix = masked_prefix(text, prefix_chars) if prefix_chars > 0 else None
+    return PromptInfo(len(text), digest, prefix)
+
+
+def prompt_of(request: Request | None) -> str | None:
+    """The prompt the audit describes: the text of the last user message, the words the person
+    just sent (a chat's history and the system prompt repeat on every turn)."""
+    if request is None:
+        return None
+    from tokenrelay.model import TextPart
+
+    for message in reversed(request.messages):
+        if message.role == "user":
+            texts = [part.text for part in message.content if isinstance(part, TextPart)]
+            if texts:
+                return "\n".join(texts)
+    return None
+
+
+def audit_line(
+    record: StreamRecord,
+    prompt: PromptInfo | None,
+    cost_nanousd: int | None,
+    *,
+    now: float | None = None,
+) -> bytes:
+    """One line, ending in a newline. ``prompt`` comes from ``fingerprint``, never the text."""
+    identity = record.identity
+    verdict = record.verdict
+    usage = record.usage
+    line = AuditLine(
+        time=_iso(time.time() if now is None else now),
+        request_id=record.request_id,
+        dialect=record.dialect,
+        route=record.route,
+        outcome=record.outcome,
+        status=record.status,
+        error_type=record.error_type,
+        client_ip=identity.ip if identity is not None else None,
+        identity=(
+            _Identity(identity.kind, identity.user, identity.org, identity.key_id)
+            if identity is not None
+            else None
+        ),
+        attempts=[
+            _Attempt(a.provider, a.model, a.outcome, a.status, round(a.ms, 1))
+            for a in record.attempts
+        ],
+        provider=record.provider,
+        model=record.model,
+        ttft_ms=round(record.ttft_ms, 1) if record.ttft_ms is not None else None,
+        duration_ms=round(record.duration_ms, 1),
+        tokens=_Tokens(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.reasoning_tokens,
+        ),
+        cost_usd=_usd(cost_nanousd) if cost_nanousd is not None else None,
+        screening=(
+            _Screening(
+                round(verdict.score, 3), verdict.injection, verdict.rules, verdict.classifier
+            )
+            if verdict is not None
+            else None
+        ),
+        prompt=prompt,
+    )
+    return _encoder.encode(line) + b"\n"
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+Item = bytes | threading.Event | None  # a line, a flush marker, or the end
+CostOf = Callable[["StreamRecord"], "int | None"]
+
+
+class AuditLog:
+    """A request listener that writes audit lines from a thread of its own.
+
+    ``cost`` gives a record's cost in nanodollars (the ledger's pricing). ``stream`` overrides
+    ``destination`` (tests). Counters for metrics: ``written`` and ``dropped`` lines."""
+
+    def __init__(
+        self,
+        settings: AuditSettings,
+        *,
+        cost: CostOf | None = None,
+        stream: IO[bytes] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.cost = cost
+        self.written = 0
+        self.dropped = 0
+        if settings.secret is not None:
+            self.secret = settings.secret.encode()
+        else:
+            self.secret = secrets.token_bytes(32)
+            if settings.enabled:
+                log.warning(
+                    "audit.secret is not set: prompt hashes use a random key made by this "
+                    "process and will not correlate across restarts or workers; set "
+                    "TOKENRELAY_AUDIT__SECRET"
+                )
+        self._owned: IO[bytes] | None = None
+        self._queue: queue.Queue[Item] = queue.Queue(settings.queue_size)
+        self._thread: threading.Thread | None = None
+        self._last_drop_log = 0.0
+        if not settings.enabled:
+            return
+        if stream is None:
+            stream = self._open(settings.destination)
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, name="tokenrelay-audit", daemon=True)
+        self._thread.start()
+
+    def _open(self, destination: str) -> IO[bytes]:
+        if destination == "stdout":
+            return sys.stdout.buffer
+        path = os.path.abspath(os.path.expanduser(destination))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._owned = open(path, "ab")  # noqa: SIM115 - closed in close()
+        return self._owned
+
+    def fingerprint(self, text: str) -> PromptInfo:
+        return fingerprint(text, self.secret, self.settings.prefix_chars)
+
+    def line(
+        self, record: StreamRecord, prompt_text: str | None, cost_nanousd: int | None
+    ) -> bytes:
+        prompt = self.fingerprint(prompt_text) if prompt_text is not None else None
+        return audit_line(record, prompt, cost_nanousd)
+
+    def write(
+        self, record: StreamRecord, prompt_text: str | None, cost_nanousd: int | None
+    ) -> None:
+        """Queue the record's line; never blocks. A full queue drops it, counted and logged."""
+        if self._thread is None:
+            return
+        try:
+            self._queue.put_nowait(self.line(record, prompt_text, cost_nanousd))
+        except queue.Full:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_drop_log > 10:
+                self._last_drop_log = now
+                log.error("audit log is not keeping up: %d line(s) dropped so far", self.dropped)
+
+    def __call__(self, record: StreamRecord) -> None:
+        """The listener: the prompt from the record's request, the cost from ``cost``."""
+        cost = self.cost(record) if self.cost is not None else None
+        self.write(record, prompt_of(record.request), cost)
+
+    def _run(self) -> None:
+        while True:
+            batch: list[bytes] = []
+            markers: list[threading.Event] = []
+            item = self._queue.get()
+            stop = item is None
+            while True:
+                if isinstance(item, bytes):
+                    batch.append(item)
+                elif isinstance(item, threading.Event):
+                    markers.append(item)
+                if stop or len(batch) >= 512:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stop = item is None
+            if batch:
+                try:
+                    self._stream.write(b"".join(batch))
+                    self._stream.flush()
+                    self.written += len(batch)
+                except (OSError, ValueError) as exc:
+                    self.dropped += len(batch)
+                    log.error("cannot write the audit log: %s", exc)
+            for marker in markers:
+                marker.set()
+            if stop:
+                return
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every line queued so far is written (blocking: tests and shutdown)."""
+        if self._thread is None or not self._thread.is_alive():
+            return True
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout)
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued, stop the thread, close a file we opened."""
+        if self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join(timeout)
+        self._thread = None
+        if self._owned is not None:
+            self._owned.close()
+            self._owned = None
