@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,9 @@ from tokenrelay.router import Router
 from tokenrelay.settings import Settings, load
 
 if TYPE_CHECKING:
+    from tokenrelay.metering import LedgerWriter
+    from tokenrelay.metering.meter import Meter
+    from tokenrelay.observe.audit import AuditLog
     from tokenrelay.relay import _Call
 
 log = logging.getLogger("tokenrelay")
@@ -49,6 +52,11 @@ class Gateway:
         self.simulator: Any = None
         self._router: Router | None = None
         self._gate: Gate | None = None
+        self.ledger: LedgerWriter | None = None
+        self.meter: Meter | None = None
+        self.audit: AuditLog | None = None
+        self._pricing: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Future[None]] = set()
         # Shutdown: ``draining`` refuses new streams; ``calls`` are the requests being relayed
         # (one add and one discard per request, nothing per token), what ``drain`` waits for.
         self.draining = False
@@ -97,9 +105,41 @@ class Gateway:
             settings, build_providers(providers, self.pool, settings.idle_timeout)
         )
         self._gate = Gate.create(settings)
+        self._start_metering()
         for name, route in self._router.routes.items():
             targets = " -> ".join(f"{t.provider}:{t.model}" for t, _ in route.targets) or "none"
             log.info("route %s: %s", name, targets)
+
+    def _start_metering(self) -> None:
+        """The ledger, priced rows, budgets' charges and the audit line, fed by one listener.
+        Each finished request's row is spooled at once (one write()) and written to the
+        database in batches by a background task; the price table loads in a thread soon
+        after start-up, off the cold-start path."""
+        from tokenrelay.metering import LedgerWriter, default_spool_dir
+        from tokenrelay.metering.meter import Meter
+        from tokenrelay.metering.pricing import Pricer
+
+        settings = self.settings
+        gate = self.gate
+        pricer = Pricer(settings.pricing)
+        audit = None
+        if settings.audit.enabled:
+            from tokenrelay.observe.audit import AuditLog
+
+            audit = self.audit = AuditLog(settings.audit)
+        ledger = self.ledger = LedgerWriter(default_spool_dir(settings.database_url))
+        kinds = {name: provider.kind for name, provider in settings.providers.items()}
+        meter = self.meter = Meter(ledger, pricer, kinds, gate.budgets, audit)
+        ledger.before_write = meter.price_pending
+        ledger.start(gate.database)
+        self.listeners.add(meter)
+        loop = asyncio.get_running_loop()
+        self._pricing = loop.call_later(1.0, lambda: self._later(pricer.load()))
+
+    def _later(self, job: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(job)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def untrack(self, call: _Call) -> None:
         self.calls.discard(call)
@@ -143,6 +183,12 @@ class Gateway:
                 await asyncio.wait_for(idle.wait(), min(left, 0.1))
 
     async def stop(self) -> None:
+        if self._pricing is not None:
+            self._pricing.cancel()
+        if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
+            await self.ledger.close(timeout=5.0)
+        if self.audit is not None:
+            await asyncio.to_thread(self.audit.close)
         if self._gate is not None:
             await self._gate.close()
         await self.pool.close()
@@ -181,6 +227,11 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def usage(request: HTTPRequest) -> Response:
+        from tokenrelay.metering.reports import usage_endpoint
+
+        return await usage_endpoint(gateway)(request)
+
     async def page(request: HTTPRequest) -> Response:
         return FileResponse(WEB / "index.html", headers={"cache-control": "no-cache"})
 
@@ -205,6 +256,7 @@ def create_app(settings: Settings | None = None) -> Dispatch:
     routes = [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/usage", usage, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/", page, methods=["GET"]),

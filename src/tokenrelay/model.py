@@ -190,6 +190,7 @@ ERROR_STATUS: dict[str, int] = {
     "request_too_large": 413,
     "unsupported_media_type": 415,
     "unprocessable": 422,
+    "budget_exceeded": 402,
     "rate_limit": 429,
     "api_error": 500,
     "upstream_unavailable": 502,

@@ -134,7 +134,6 @@ class RelayEndpoint:
         except ClientGone:
             return
         except GatewayError as error:
-            await self._send_error(send, error, request_id)
             record = StreamRecord(
                 request_id,
                 self.dialect_name,
@@ -149,7 +148,10 @@ class RelayEndpoint:
             if isinstance(error, Refused):
                 record.identity, record.verdict = error.identity, error.verdict
             record.request = request
+            # Before the response: a client that saw it finish finds it in the ledger even if
+            # the process dies the next instant.
             gateway.listeners.emit(record)
+            await self._send_error(send, error, request_id)
             return
         call = _Call(self, scope, receive, send, request, route_name, request_id, started)
         call.admission = admission
@@ -213,6 +215,7 @@ class _Call:
         self.status = 200
         self.attempts: list[Attempt] = []
         self.admission: Admission | None = None
+        self.emitted = False
 
     async def run(self, route: Any) -> None:
         task = self.task = asyncio.current_task()
@@ -305,10 +308,12 @@ class _Call:
         except RouteFailed as error:
             self.attempts = error.attempts
             self.status = error.status
+            self._emit("error", error.type)
             await endpoint._send_error(self.send, error, self.request_id, error.attempts)
             return "error", error.type
         except GatewayError as error:
             self.status = error.status
+            self._emit("error", error.type)
             await endpoint._send_error(self.send, error, self.request_id)
             return "error", error.type
         self.opened = opened
@@ -375,10 +380,12 @@ class _Call:
             except StopAsyncIteration:
                 break
         self.finished = True
+        result: tuple[Outcome, str | None] = (
+            ("error", error.type) if error is not None else ("completed", None)
+        )
+        self._emit(*result)  # before the last byte: see RelayEndpoint.__call__
         await send({"type": "http.response.body", "body": writer.close(), "more_body": False})
-        if error is not None:
-            return "error", error.type
-        return "completed", None
+        return result
 
     def _leaked(self) -> Error:
         """The error that replaces a delta completing the route's canary: the model is
@@ -405,6 +412,7 @@ class _Call:
             error = GatewayError.from_event(completion.error)
             error.status = 502 if error.status < 500 else error.status
             self.status = error.status
+            self._emit("error", error.type)
             await endpoint._send_error(self.send, error, self.request_id, opened.attempts)
             return "error", error.type
         body = endpoint.dialect.encode_response(
@@ -413,10 +421,11 @@ class _Call:
             model=opened.target.model,
         )
         head = self._head(b"application/json", opened)
+        self.ttft_ms = _ms(self.started)
+        self._emit("completed", None)
         await self.send({"type": "http.response.start", "status": 200, "headers": head})
         await self.send({"type": "http.response.body", "body": body})
         self.head_sent = True
-        self.ttft_ms = _ms(self.started)
         return "completed", None
 
     async def _fail_internally(self) -> None:
@@ -437,6 +446,12 @@ class _Call:
             pass  # the client is gone as well; the log line above has the traceback
 
     def _emit(self, outcome: Outcome, error_type: str | None) -> None:
+        """The request's record, once: just before its last byte is sent when it ends
+        normally, so a client that saw the end finds it in the ledger even if the process is
+        killed the next instant; else when it ends (aborted, interrupted, internal error)."""
+        if self.emitted:
+            return
+        self.emitted = True
         completion = self.accumulator.completion
         opened = self.opened
         record = StreamRecord(

@@ -19,6 +19,9 @@ import msgspec
 
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.gate.identity import AuthSettings
+from tokenrelay.metering.budgets import BudgetSettings
+from tokenrelay.metering.pricing import PriceSettings
+from tokenrelay.observe.audit import AuditSettings
 from tokenrelay.ratelimit.model import LimitSettings, parse_limit
 from tokenrelay.screening.screen import ScreenSettings
 from tokenrelay.store.database import DEFAULT_DATABASE_URL
@@ -112,6 +115,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     org_token_limit: str | None = None
     max_concurrent_streams: int | None = None  # per caller
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)  # backend knobs
+    # Metering: price overrides, spend limits, the audit log.
+    pricing: PriceSettings = msgspec.field(default_factory=PriceSettings)
+    budgets: list[BudgetSettings] = msgspec.field(default_factory=list)
+    audit: AuditSettings = msgspec.field(default_factory=AuditSettings)
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     simulator: dict[str, Any] = msgspec.field(default_factory=dict)  # demo-mode knobs

@@ -74,6 +74,7 @@ ERROR_TYPES: dict[str, str] = {
     "unsupported_media_type": "invalid_request_error",
     "authentication": "authentication_error",
     "permission": "permission_error",
+    "budget_exceeded": "billing_error",
     "not_found": "not_found_error",
     "request_too_large": "request_too_large",
     "rate_limit": "rate_limit_error",
@@ -85,7 +86,7 @@ ERROR_TYPES: dict[str, str] = {
 _OUR_ERROR_TYPES: dict[str, str] = {
     "invalid_request_error": "invalid_request",
     "authentication_error": "authentication",
-    "billing_error": "permission",
+    "billing_error": "budget_exceeded",
     "permission_error": "permission",
     "not_found_error": "not_found",
     "request_too_large": "request_too_large",

@@ -21,6 +21,7 @@ from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject
 
 if TYPE_CHECKING:
     from tokenrelay.gate.keys import KeyStore
+    from tokenrelay.metering.budgets import Budgets
     from tokenrelay.router import Route
     from tokenrelay.screening import Screen, Verdict
     from tokenrelay.settings import Settings
@@ -82,6 +83,7 @@ class Gate:
         self.limiter = limiter
         self.screens = screens
         self.canaries = canaries or {}  # route -> its canary, made once so prompt caches hold
+        self.budgets: Budgets | None = None
         self._database: asyncio.Task[Database] | None = None
         self._opener: asyncio.TimerHandle | None = None
 
@@ -102,6 +104,10 @@ class Gate:
         }
         gate = cls(settings, authenticator, RateLimiter.create(settings.limits), screens, canaries)
         authenticator.open_keys = gate._key_store
+        if settings.budgets:
+            from tokenrelay.metering.budgets import Budgets
+
+            gate.budgets = Budgets(settings.budgets, gate.database)
         # Open the database soon, but not on the start-up path (spawn to first token); a request
         # with a key before then opens it at once.
         gate._opener = asyncio.get_running_loop().call_later(
@@ -142,6 +148,8 @@ class Gate:
         if self._opener is not None:
             self._opener.cancel()
         await self.limiter.close()
+        if self.budgets is not None:
+            await self.budgets.close()
         if self._database is not None:
             if not self._database.done():
                 self._database.cancel()
@@ -183,6 +191,9 @@ class Gate:
             tokens = await self.limiter.check_tokens(admission.token_rules)
             _refuse_unless_allowed(tokens, "tokens")
             admission.headers.extend(tokens.headers())
+
+        if self.budgets is not None:
+            await self.budgets.check(identity)  # 402 naming the budget and its reset
 
         screen = self._screen_for(route)
         if screen is not None:

@@ -1,0 +1,163 @@
+"""Metering end to end: a request through the gateway lands in the ledger with the upstream's
+exact token counts and the exact price from the pricing data; an aborted stream is estimated and
+marked so; a failed attempt's reported tokens are metered with the request; the audit line never
+holds the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+import pytest
+import pytest_asyncio
+
+from tests.servers import RunningGateway, gateway_environ, gateway_server
+from tests.test_failover import CLAUDE, GPT, faulty, route
+from tokenrelay.metering.pricing import Pricer, PriceSettings
+from tokenrelay.model import Usage
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def gw(
+    simulator: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[RunningGateway]:
+    scratch = tmp_path_factory.mktemp("metering")
+    env = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": f"sqlite:///{scratch}/ledger.db",
+        "TOKENRELAY_AUDIT__DESTINATION": str(scratch / "audit.jsonl"),
+        "TOKENRELAY_AUDIT__SECRET": "a-long-enough-audit-secret",
+        **route("early", [faulty(CLAUDE, fault="error_before_content"), GPT], retries=0),
+    }
+    async with gateway_server(env) as running:
+        await running.gateway.meter.pricer.load()  # type: ignore[union-attr]
+        yield running
+
+
+async def ledger_row(gw: RunningGateway, request_id: str) -> dict[str, Any]:
+    db = await gw.gateway.gate.database()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        row = await db.fetch_one("SELECT * FROM ledger WHERE request_id = ?", (request_id,))
+        if row is not None:
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"request {request_id} never reached the ledger")
+
+
+def expected_nanousd(provider: str, model: str, usage: Usage, created_at: float) -> int:
+    from tokenrelay.metering import pricing
+
+    pricer = Pricer(PriceSettings())
+    pricer._package = pricing._load_package()  # the same offline table the gateway loaded
+    cost = pricer.cost(provider, model, usage, when=datetime.fromtimestamp(created_at, UTC))
+    assert cost is not None and cost > 0
+    return pricer.nanousd(cost)
+
+
+async def test_a_completed_stream_is_metered_with_the_upstreams_numbers(gw: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            gw.url + "/v1/messages",
+            json={
+                "model": "an",
+                "max_tokens": 100,
+                "stream": True,
+                "messages": [{"role": "user", "content": "hello there"}],
+            },
+            headers={"x-sim-cache-read-tokens": "3", "x-sim-tokens": "12"},
+        )
+        await response.read()
+    request_id = response.headers["x-request-id"]
+    record = await gw.wait_record(request_id)
+    row = await ledger_row(gw, request_id)
+    usage = record.usage
+    assert usage.output_tokens == 12 and usage.cache_read_tokens == 3
+    assert (row["input_tokens"], row["output_tokens"], row["cache_read_tokens"]) == (
+        usage.input_tokens,
+        12,
+        3,
+    )
+    assert row["estimated"] == 0 and row["priced"] == 1
+    assert row["cost_nanousd"] == expected_nanousd(
+        "anthropic", "claude-sonnet-5-5", usage, row["created_at"]
+    )
+
+
+async def test_an_aborted_stream_is_estimated_and_marked(gw: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            gw.url + "/v1/chat/completions",
+            json={
+                "model": "slow",
+                "stream": True,
+                "messages": [{"role": "user", "content": "tell me a long story"}],
+            },
+        )
+        seen = 0
+        async for chunk in response.content.iter_any():
+            seen += chunk.count(b'"content":"')
+            if seen >= 5:
+                break
+        response.close()
+    request_id = response.headers["x-request-id"]
+    row = await ledger_row(gw, request_id)
+    assert row["outcome"] == "aborted" and row["estimated"] == 1
+    assert row["input_tokens"] > 0 and row["output_tokens"] >= 5
+    assert row["priced"] == 1 and row["cost_nanousd"] > 0
+
+
+async def test_a_failed_attempts_reported_tokens_are_metered_with_the_request(
+    gw: RunningGateway,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            gw.url + "/api/generate", json={"prompt": "hi", "route": "early"}
+        )
+        await response.read()
+    request_id = response.headers["x-request-id"]
+    record = await gw.wait_record(request_id)
+    row = await ledger_row(gw, request_id)
+    failed = record.attempts[0]
+    assert failed.usage is not None and failed.usage.input_tokens
+    served = record.usage
+    assert row["input_tokens"] == failed.usage.input_tokens + (served.input_tokens or 0)
+    detail = msgspec.json.decode(row["attempts_detail"])
+    assert detail[0]["usage"]["input_tokens"] == failed.usage.input_tokens
+    both = expected_nanousd("anthropic", "claude-sonnet-5-5", failed.usage, row["created_at"])
+    both += expected_nanousd("openai", "gpt-5.5", served, row["created_at"])
+    assert abs(row["cost_nanousd"] - both) <= 1  # each part rounded on its own in the test
+
+
+async def test_the_audit_line_has_a_masked_prefix_and_a_keyed_hash_never_the_prompt(
+    gw: RunningGateway,
+) -> None:
+    prompt = "mail me at jane.doe@example.com about the launch plan details please"
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(gw.url + "/api/generate", json={"prompt": prompt, "route": "an"})
+        await response.read()
+    request_id = response.headers["x-request-id"]
+    path = Path(gw.gateway.settings.audit.destination)
+
+    def find() -> dict[str, Any] | None:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+        found = [msgspec.json.decode(raw) for raw in lines]
+        return next((item for item in found if item.get("request_id") == request_id), None)
+
+    deadline = time.monotonic() + 5
+    line = await asyncio.to_thread(find)
+    while time.monotonic() < deadline and line is None:
+        await asyncio.sleep(0.05)
+        line = await asyncio.to_thread(find)
+    assert line is not None, "no audit line for the request"
+    text = msgspec.json.encode(line).decode()
+    assert "jane.doe@example.com" not in text and prompt not in text
+    assert line["prompt"]["chars"] == len(prompt) and len(line["prompt"]["hmac"]) == 64
