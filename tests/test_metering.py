@@ -161,3 +161,39 @@ async def test_the_audit_line_has_a_masked_prefix_and_a_keyed_hash_never_the_pro
     text = msgspec.json.encode(line).decode()
     assert "jane.doe@example.com" not in text and prompt not in text
     assert line["prompt"]["chars"] == len(prompt) and len(line["prompt"]["hmac"]) == 64
+
+
+async def test_a_spent_budget_is_a_402_in_the_clients_dialect(
+    simulator: Any, tmp_path: Path
+) -> None:
+    from tokenrelay.gate.keys import KeyStore
+
+    budgets = [{"scope": "org", "id": "acme", "period": "day", "limit_usd": "0.000001"}]
+    env = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
+        "TOKENRELAY_AUDIT__ENABLED": "false",
+        "TOKENRELAY_BUDGETS": msgspec.json.encode(budgets).decode(),
+    }
+    async with gateway_server(env) as gw:
+        await gw.gateway.meter.pricer.load()  # type: ignore[union-attr]
+        _, secret = await KeyStore(await gw.gateway.gate.database()).create("ann", "acme")
+        body = {"model": "an", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+        headers = {"x-api-key": secret, "anthropic-version": "2023-06-01"}
+        async with aiohttp.ClientSession() as http:
+            first = await http.post(gw.url + "/v1/messages", json=body, headers=headers)
+            await first.read()
+            assert first.status == 200  # nothing spent yet; this one spends more than the budget
+            await asyncio.sleep(0.05)
+            second = await http.post(gw.url + "/v1/messages", json=body, headers=headers)
+            payload = await second.json()
+            openai_style = await http.post(
+                gw.url + "/v1/chat/completions",
+                json={"model": "an", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"authorization": f"Bearer {secret}"},
+            )
+            oa_payload = await openai_style.json()
+    assert second.status == 402 and payload["error"]["type"] == "billing_error"
+    message = payload["error"]["message"]
+    assert "budget" in message and "acme" in message and "resets" in message
+    assert openai_style.status == 402 and oa_payload["error"]["type"] == "insufficient_quota"
