@@ -17,6 +17,7 @@ import msgspec
 import pytest
 import pytest_asyncio
 
+from tests.pg_server import PostgresServer, postgres_server_fixture
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tests.test_failover import CLAUDE, GPT, faulty, route
 from tokenrelay.metering.pricing import Pricer, PriceSettings
@@ -43,10 +44,15 @@ async def gw(
 
 
 async def ledger_row(gw: RunningGateway, request_id: str) -> dict[str, Any]:
-    db = await gw.gateway.gate.database()
+    from tokenrelay.store import DatabaseError
+
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        row = await db.fetch_one("SELECT * FROM ledger WHERE request_id = ?", (request_id,))
+        try:
+            db = await gw.gateway.gate.database()
+            row = await db.fetch_one("SELECT * FROM ledger WHERE request_id = ?", (request_id,))
+        except DatabaseError:  # not open yet (a database down at start-up)
+            row = None
         if row is not None:
             return row
         await asyncio.sleep(0.05)
@@ -197,3 +203,33 @@ async def test_a_spent_budget_is_a_402_in_the_clients_dialect(
     message = payload["error"]["message"]
     assert "budget" in message and "acme" in message and "resets" in message
     assert openai_style.status == 402 and oa_payload["error"]["type"] == "insufficient_quota"
+
+
+pg_server = postgres_server_fixture("module")
+
+
+async def test_a_database_down_at_start_up_is_used_once_it_is_up(
+    simulator: Any, pg_server: PostgresServer, tmp_path: Path
+) -> None:
+    env = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": pg_server.url(),
+        "TOKENRELAY_AUDIT__ENABLED": "false",
+    }
+    await asyncio.to_thread(pg_server.stop)
+    try:
+        async with gateway_server(env) as gw:
+            async with aiohttp.ClientSession() as http:
+                response = await http.post(
+                    gw.url + "/api/generate", json={"prompt": "hi", "route": "an"}
+                )
+                await response.read()
+            assert response.status == 200  # anonymous traffic does not need the database
+            await asyncio.sleep(1.5)  # the first attempts to open it fail
+            assert gw.gateway.ledger is not None and gw.gateway.ledger.backlog >= 1
+            await asyncio.to_thread(pg_server.start)
+            row = await ledger_row(gw, response.headers["x-request-id"])
+            assert row["outcome"] == "completed"
+    finally:
+        if not pg_server.running:
+            await asyncio.to_thread(pg_server.start)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -43,6 +44,7 @@ class Admission:
 
 
 DATABASE_OPEN_DELAY = 1.0  # seconds after start-up
+DATABASE_RETRY = 2.0  # seconds between attempts to open a database that was down
 
 
 def _retrieve(task: asyncio.Task[Database]) -> None:
@@ -86,6 +88,7 @@ class Gate:
         self.budgets: Budgets | None = None
         self._database: asyncio.Task[Database] | None = None
         self._opener: asyncio.TimerHandle | None = None
+        self._opened_at = 0.0
 
     @classmethod
     def create(cls, settings: Settings) -> Gate:
@@ -116,10 +119,16 @@ class Gate:
         return gate
 
     def _open_database(self) -> asyncio.Task[Database]:
-        if self._database is None:
-            self._database = asyncio.create_task(self._connect(), name="open-database")
-            self._database.add_done_callback(_retrieve)
-        return self._database
+        """The task opening the database; one that failed is retried, at most every
+        ``DATABASE_RETRY`` seconds, so a database down at start-up is used once it is up."""
+        task = self._database
+        now = time.monotonic()
+        failed = task is not None and task.done() and (task.cancelled() or task.exception())
+        if task is None or (failed and now - self._opened_at >= DATABASE_RETRY):
+            self._opened_at = now
+            task = self._database = asyncio.create_task(self._connect(), name="open-database")
+            task.add_done_callback(_retrieve)
+        return task
 
     async def _connect(self) -> Database:
         from tokenrelay.store import display_url, open_database
