@@ -14,27 +14,20 @@ import contextlib
 import glob
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal
 
 import psycopg
 import pytest
 
-from tests.redis_server import free_port
-
-
-def _skip(reason: str) -> NoReturn:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; required when CI=true", pytrace=False)
-    print(f"skipping: {reason}", file=sys.stderr)
-    pytest.skip(reason)
+from tests.services import free_port, unavailable
 
 
 def postgres_bindir() -> Path:
@@ -46,7 +39,7 @@ def postgres_bindir() -> Path:
     pg_ctl = found[-1] if found else shutil.which("pg_ctl")
     if pg_ctl and os.access(Path(pg_ctl).with_name("initdb"), os.X_OK):
         return Path(pg_ctl).parent
-    _skip(
+    unavailable(
         "PostgreSQL server binaries (initdb, pg_ctl) not found in /usr/lib/postgresql/*/bin "
         "or on PATH (apt-get install postgresql)"
     )
@@ -59,7 +52,7 @@ def _run_as() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam("postgres")
     except KeyError:
-        _skip("running as root and there is no postgres user to run initdb as")
+        unavailable("running as root and there is no postgres user to run initdb as")
     return entry.pw_uid, entry.pw_gid
 
 
@@ -206,3 +199,23 @@ def postgres_server_fixture(scope: Literal["function", "module", "session"] = "m
             yield server
 
     return fixture
+
+
+PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextlib.contextmanager
+def machine_database() -> Iterator[str]:
+    """A uniquely named database on the machine's shared server (``PG_ADMIN``), dropped after;
+    nothing else on that server is touched."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
+    except psycopg.Error as exc:
+        unavailable(f"PostgreSQL at {PG_ADMIN} is unreachable: {str(exc).strip()}")
+    name = f"tokenrelay_t_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

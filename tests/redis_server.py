@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,16 +23,9 @@ from typing import Any, Literal
 
 import pytest
 
+from tests.services import free_port, unavailable
+
 DEFAULT_BINARY = "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != 6379:
-            return port
 
 
 def redis_server_binary() -> str:
@@ -42,10 +34,7 @@ def redis_server_binary() -> str:
     if path:
         return path
     reason = f"redis-server not found at {DEFAULT_BINARY} or on PATH (apt-get install redis-server)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason}; required when CI=true", pytrace=False)
-    print(f"skipping: {reason}", file=sys.stderr)
-    pytest.skip(reason)
+    unavailable(reason)
 
 
 class RedisServer:

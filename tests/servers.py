@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 import msgspec
 import uvicorn
 
+from tests.services import free_port as free_port
 from tokenrelay.app import Dispatch, Gateway, create_app
 from tokenrelay.records import StreamRecord
 from tokenrelay.server import _Server
@@ -41,12 +42,6 @@ class _QuietDrainingServer(_Server):
 
 
 _SCRATCH = tempfile.mkdtemp(prefix="tokenrelay-tests-")  # removed with the OS's temp files
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RunningGateway:

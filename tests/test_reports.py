@@ -11,26 +11,23 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
-import os
-import secrets
 import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from starlette.applications import Starlette
 from starlette.routing import Route
 
+from tests.pg_server import machine_database
 from tokenrelay.cli import main
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.gate.keys import KeyStore
 from tokenrelay.metering.reports import make_query, parse_time, usage, usage_endpoint
 from tokenrelay.store import Database, open_database
 
-PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 RANGE = ("--since", "2026-11-01", "--until", "2026-11-08")
 
 
@@ -174,22 +171,9 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     """A seeded database of this module's own; dropped at the end."""
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        reason = f"PostgreSQL at {PG_ADMIN} is unreachable: {str(exc).strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    name = f"tokenrelay_t_{secrets.token_hex(6)}"
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        try:
-            url = PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-            asyncio.run(seed(url))
-            yield url
-        finally:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with machine_database() as url:
+        asyncio.run(seed(url))
+        yield url
 
 
 # --- the command, on SQLite ----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 
+from tests.pg_server import machine_database
 from tokenrelay.gate.keys import KeyStore, hash_key
 from tokenrelay.store import (
     Database,
@@ -33,30 +34,14 @@ from tokenrelay.store import (
 from tokenrelay.store.database import to_psycopg
 from tokenrelay.store.migrations import MIGRATIONS, schema_version
 
-PG_ADMIN = os.environ.get("TOKENRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-
-
 # --- fixtures ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """A fresh database for the session; dropped at the end."""
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.Error as exc:
-        reason = f"PostgreSQL at {PG_ADMIN} is unreachable: {str(exc).strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        print(f"\nskipping PostgreSQL tests: {reason}")
-        pytest.skip(reason)
-    name = f"tokenrelay_t_{secrets.token_hex(6)}"
-    with admin:
-        admin.execute(f"CREATE DATABASE {name}")
-        try:
-            yield PG_ADMIN.rsplit("/", 1)[0] + "/" + name
-        finally:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with machine_database() as url:
+        yield url
 
 
 @pytest.fixture
