@@ -14,11 +14,11 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from tokenrelay.gate.identity import Authenticator, Identity
 from tokenrelay.model import GatewayError, Request, Usage
-from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject
+from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject, SubjectKind
 
 if TYPE_CHECKING:
     from tokenrelay.gate.keys import KeyStore
@@ -266,12 +266,10 @@ class Gate:
 
 
 def _subject(identity: Identity) -> Subject:
-    """What the per-identity limits count against: the key, else the JWT's user, else the IP."""
-    if identity.key_id is not None:
-        return Subject("key", identity.key_id)
-    if identity.user is not None:
-        return Subject("user", identity.user)
-    return Subject("ip", identity.ip)
+    """What the per-identity limits count against: ``Identity.subject`` (the key, else the
+    JWT's user, else the IP) as the limiter's ``Subject``."""
+    kind, _, name = identity.subject.partition(":")
+    return Subject(cast("SubjectKind", kind), name)
 
 
 def _refuse_unless_allowed(decision: Decision, what: str) -> None:
