@@ -44,6 +44,7 @@ class StreamRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     identity: Identity | None = None  # who asked, as the gate established it
     verdict: Verdict | None = None  # the prompt screen's, when the route screens
+    cost_nanousd: int | None = None  # set by metering when the request could be priced
     # For metering and audit only (estimating unreported usage, the audit line's prefix and
     # keyed hash); never logged as such.
     request: Request | None = None

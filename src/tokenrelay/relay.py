@@ -39,7 +39,7 @@ Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("tokenrelay.relay")
 
-_ID_PREFIX = {"anthropic": "msg_", "openai": "chatcmpl-", "generate": ""}
+_ID_PREFIX = {"anthropic": "msg_", "openai": "chatcmpl-", "generate": "", "uichat": "msg_"}
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -164,7 +164,12 @@ class RelayEndpoint:
         request_id: str,
         attempts: list[Attempt] | None = None,
     ) -> None:
-        headers = [(b"content-type", b"application/json"), *self._id_headers(request_id)]
+        content_type = getattr(self.dialect, "ERROR_CONTENT_TYPE", "application/json")
+        headers = [
+            (b"content-type", content_type.encode()),
+            *self._id_headers(request_id),
+            (b"x-tokenrelay-error-type", error.type.encode()),
+        ]
         if error.retry_after is not None:
             headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
         if attempts:
@@ -348,6 +353,7 @@ class _Call:
         send = self.send
         head = self._head(dialect.CONTENT_TYPE.encode(), opened)
         head.extend(_STREAM_HEADERS)
+        head.extend(getattr(dialect, "STREAM_HEADERS", ()))
         await send({"type": "http.response.start", "status": 200, "headers": head})
         self.head_sent = True
         self.ttft_ms = _ms(self.started)
@@ -356,8 +362,9 @@ class _Call:
         events = opened.events
         canary = self.admission.canary if self.admission is not None else None
         watch = CanaryWatch(canary) if canary is not None else None
+        describe = getattr(writer, "describe", None)
+        out = [describe(self._describe(opened))] if describe is not None else []
         while True:
-            out = []
             for event in batch:
                 if watch is not None and type(event) is TextDelta and watch.feed(event.text):
                     event = self._leaked()
@@ -373,6 +380,7 @@ class _Call:
                     out.append(data)
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                out = []
             if error is not None:
                 break
             try:
@@ -383,9 +391,48 @@ class _Call:
         result: tuple[Outcome, str | None] = (
             ("error", error.type) if error is not None else ("completed", None)
         )
-        self._emit(*result)  # before the last byte: see RelayEndpoint.__call__
+        record = self._emit(*result)  # before the last byte: see RelayEndpoint.__call__
+        summarize = getattr(writer, "summarize", None)
+        if summarize is not None and record is not None:
+            summarize(self._summary(record))
         await send({"type": "http.response.body", "body": writer.close(), "more_body": False})
         return result
+
+    def _describe(self, opened: OpenStream) -> dict[str, Any]:
+        """What a dialect that carries metadata in-band (``/api/chat``, ``/api/generate`` with
+        ``include: ["meta"]``) says about the answer when its head goes out."""
+        return {
+            "requestId": self.request_id,
+            "route": self.route,
+            "provider": opened.provider.name,
+            "model": opened.target.model,
+            "failover": len(opened.attempts) > 1,
+            "attempts": [
+                {"provider": a.provider, "model": a.model, "outcome": a.outcome, "ms": round(a.ms)}
+                for a in opened.attempts
+            ],
+        }
+
+    def _summary(self, record: StreamRecord) -> dict[str, Any]:
+        """The head's description plus what the end knows: usage, cost, first-token time."""
+        assert self.opened is not None
+        summary = self._describe(self.opened)
+        usage = record.usage
+        summary["usage"] = {
+            name: value
+            for name, value in (
+                ("inputTokens", usage.input_tokens),
+                ("outputTokens", usage.output_tokens),
+                ("cacheReadTokens", usage.cache_read_tokens),
+                ("cacheWriteTokens", usage.cache_write_tokens),
+                ("reasoningTokens", usage.reasoning_tokens),
+            )
+            if value is not None
+        }
+        cost = record.cost_nanousd
+        summary["costUsd"] = None if cost is None else _usd(cost)
+        summary["ttftMs"] = None if self.ttft_ms is None else round(self.ttft_ms, 1)
+        return summary
 
     def _leaked(self) -> Error:
         """The error that replaces a delta completing the route's canary: the model is
@@ -440,17 +487,17 @@ class _Call:
                 writer = self.endpoint.dialect.stream_writer(
                     self.request, id=self.request_id, model=""
                 )
-                body = writer.write(error.to_event())
+                body = writer.write(error.to_event()) + writer.close()
                 await self.send({"type": "http.response.body", "body": body, "more_body": False})
         except (OSError, RuntimeError):
             pass  # the client is gone as well; the log line above has the traceback
 
-    def _emit(self, outcome: Outcome, error_type: str | None) -> None:
+    def _emit(self, outcome: Outcome, error_type: str | None) -> StreamRecord | None:
         """The request's record, once: just before its last byte is sent when it ends
         normally, so a client that saw the end finds it in the ledger even if the process is
         killed the next instant; else when it ends (aborted, interrupted, internal error)."""
         if self.emitted:
-            return
+            return None
         self.emitted = True
         completion = self.accumulator.completion
         opened = self.opened
@@ -477,6 +524,7 @@ class _Call:
             record.identity = self.admission.identity
             record.verdict = self.admission.verdict
         self.endpoint.gateway.listeners.emit(record)
+        return record
 
 
 def _client_headers(scope: Scope) -> dict[str, str]:
@@ -487,6 +535,12 @@ def _attempts_header(attempts: list[Attempt]) -> bytes:
     return ", ".join(
         f"{a.provider}/{a.model};outcome={a.outcome};ms={a.ms:.0f}" for a in attempts
     ).encode()
+
+
+def _usd(nanousd: int) -> str:
+    """Exact dollars as a decimal string ("0.0132735"), never a float."""
+    whole, frac = divmod(nanousd, 1_000_000_000)
+    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 def _ms(since: float) -> float:

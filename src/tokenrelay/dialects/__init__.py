@@ -62,6 +62,7 @@ _MODULES = {
     "anthropic": "tokenrelay.dialects.anthropic",
     "openai": "tokenrelay.dialects.openai",
     "generate": "tokenrelay.dialects.generate",
+    "uichat": "tokenrelay.dialects.uichat",
 }
 
 

@@ -2,7 +2,9 @@
 ``data: {"text": ...}`` lines and a closing ``data: [DONE]``.
 
 By default every data line is text, an error or ``[DONE]``, exactly what the article's client
-parses. A request may opt into more with ``"include": ["usage", "finish", "thinking"]``.
+parses. A request may opt into more with ``"include": ["usage", "finish", "thinking", "meta"]``;
+``meta`` closes the stream with ``{"meta": {...}}``: request id, route, provider, model, attempts,
+whether it failed over, usage, cost and time to first token (what the playground shows).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ NAME = "generate"
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 FIELDS = ("prompt", "maxTokens", "route", "include", "systemPrompt", "temperature", "stream")
-INCLUDES = frozenset({"usage", "finish", "thinking"})
+INCLUDES = frozenset({"usage", "finish", "thinking", "meta"})
 DEFAULT_ROUTE = "default"
 
 _encode = msgspec.json.encode
@@ -140,13 +142,19 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
 class GenerateWriter:
     """Writes text as ``{"text": ...}`` lines; usage, finish and thinking only when asked for."""
 
-    __slots__ = ("_closed", "_finish", "_include", "_usage")
+    __slots__ = ("_closed", "_finish", "_include", "_meta", "_usage")
 
     def __init__(self, include: frozenset[str]) -> None:
         self._include = include
         self._usage = Usage()
         self._finish: Finish | None = None
+        self._meta: dict[str, Any] | None = None
         self._closed = False
+
+    def summarize(self, summary: dict[str, Any]) -> None:
+        """The request's description, sent at the end when ``include`` holds ``meta``."""
+        if "meta" in self._include:
+            self._meta = summary
 
     def write(self, event: Event) -> bytes:
         if isinstance(event, TextDelta):
@@ -158,9 +166,11 @@ class GenerateWriter:
             self._finish = event
             return b""
         if isinstance(event, Error):
-            self._closed = True
+            # What follows is close(): the meta when asked for (what the failed answer cost),
+            # then [DONE]. Nothing but the error is sent in place of usage and finish.
+            self._include = self._include & {"meta"}
             error = {"type": event.type, "message": event.message}
-            return frame(_encode({"error": error})) + DONE
+            return frame(_encode({"error": error}))
         if isinstance(event, ThinkingDelta) and "thinking" in self._include and event.text:
             return frame(_encode({"thinking": event.text}))
         return b""  # tool calls cannot be requested on this protocol, so none arrive
@@ -174,6 +184,8 @@ class GenerateWriter:
             out += frame(_encode({"usage": _usage_json(self._usage)}))
         if "finish" in self._include and self._finish is not None:
             out += frame(_encode({"finish": _finish_json(self._finish)}))
+        if self._meta is not None:
+            out += frame(_encode({"meta": self._meta}))
         return out + DONE
 
 
@@ -214,7 +226,7 @@ class GenerateReader:
             return [Finish(finish.get("reason", "stop"), finish.get("stopSequence"))]
         if "thinking" in data:
             return [ThinkingDelta(data["thinking"])]
-        return []
+        return []  # "meta" describes the request; readers that want it parse it themselves
 
 
 def stream_reader() -> GenerateReader:

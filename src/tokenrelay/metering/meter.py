@@ -94,6 +94,8 @@ class Meter:
         else:
             row.cost_nanousd = UNPRICED
         self.ledger.submit(row)
+        if row.priced and row.cost_nanousd >= 0:
+            record.cost_nanousd = row.cost_nanousd
         if row.cost_nanousd > 0 and self.budgets is not None and record.identity is not None:
             self.budgets.charge(record.identity, row.cost_nanousd, row.request_id, row.created_at)
         if self.audit is not None:
