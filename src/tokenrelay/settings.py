@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tokenrelay.breaker import BreakerSettings
+from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.metering.budgets import BudgetSettings
 from tokenrelay.metering.pricing import PriceSettings
@@ -122,6 +123,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     simulator: dict[str, Any] = msgspec.field(default_factory=dict)  # demo-mode knobs
+    cors: CorsSettings = msgspec.field(default_factory=CorsSettings)  # browser pages elsewhere
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""
@@ -286,6 +288,9 @@ def _check(settings: Settings) -> None:
     settings.limits = msgspec.structs.replace(
         settings.limits, anonymous_limit=settings.anonymous_limit, redis_url=settings.redis_url
     )
+    problem = settings.cors.check()
+    if problem:
+        raise ConfigError(problem)
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port {settings.port} is out of range")
     if settings.max_body_bytes < 1024:
