@@ -452,7 +452,14 @@ async def test_playground_and_health(gw: RunningGateway, http: aiohttp.ClientSes
     async with http.get(gw.url + "/") as response:
         assert response.status == 200
         page = await response.text()
-    assert "/api/generate" in page and "AbortController" in page
+    assert 'import { stream } from "/client.js"' in page and "AbortController" in page
+    async with http.get(gw.url + "/client.js") as response:
+        assert response.status == 200
+        assert response.headers["content-type"].startswith("text/javascript")
+        assert "/api/generate" in await response.text()
+    for missing in ("/static/nothing.js", "/static/index.html", "/static/..%2Fapp.py"):
+        async with http.get(gw.url + missing) as response:
+            assert response.status == 404, missing
     async with http.get(gw.url + "/healthz") as response:
         assert (await response.json())["status"] == "ok"
     async with http.get(gw.url + "/v1/models") as response:

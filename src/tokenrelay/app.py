@@ -23,6 +23,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tokenrelay import __version__
+from tokenrelay.cors import with_cors
 from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
@@ -39,6 +40,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenrelay")
 WEB = Path(__file__).parent / "web"
 DEMO_FORWARD = ["x-sim-"]  # in demo mode a client may steer the simulator per request
+_STATIC_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 
 
 class Gateway:
@@ -88,6 +94,7 @@ class Gateway:
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )
+            _add_demo_routes(settings)
             log.warning(
                 "DEMO MODE: no provider is configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY), "
                 "so answers come from the built-in simulator at %s",
@@ -232,8 +239,31 @@ def create_app(settings: Settings | None = None) -> Dispatch:
 
         return await usage_endpoint(gateway)(request)
 
+    async def usage_page(request: HTTPRequest) -> Response:
+        from tokenrelay.metering import dashboard
+
+        return await dashboard.page(gateway, request)
+
+    async def usage_data(request: HTTPRequest) -> Response:
+        from tokenrelay.metering import dashboard
+
+        return await dashboard.data(gateway, request)
+
     async def page(request: HTTPRequest) -> Response:
         return FileResponse(WEB / "index.html", headers={"cache-control": "no-cache"})
+
+    async def static(request: HTTPRequest) -> Response:
+        name = request.path_params.get("name", "client.js")
+        path = WEB / name
+        media_type = _STATIC_TYPES.get(path.suffix)
+        if media_type is None or "/" in name or name.startswith(".") or not path.is_file():
+            raise HTTPException(404)
+        return FileResponse(path, media_type=media_type, headers={"cache-control": "no-cache"})
+
+    async def no_resumable_stream(request: HTTPRequest) -> Response:
+        """useChat's ``resumeStream()`` asks here; streams are not kept for replay, so there is
+        never one to resume (204 is the transport's "nothing to resume")."""
+        return Response(status_code=204)
 
     async def http_error(request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -252,20 +282,56 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         "/v1/messages": RelayEndpoint(gateway, "anthropic"),
         "/v1/chat/completions": RelayEndpoint(gateway, "openai"),
         "/api/generate": RelayEndpoint(gateway, "generate"),
+        "/api/chat": RelayEndpoint(gateway, "uichat"),
     }
     routes = [
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/usage", usage, methods=["GET"]),
+        Route("/v1/usage/dashboard", usage_data, methods=["GET"]),
+        Route("/usage", usage_page, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/api/chat/{chat_id}/stream", no_resumable_stream, methods=["GET"]),
+        Route("/client.js", static, methods=["GET"]),
+        Route("/static/{name}", static, methods=["GET"]),
         Route("/", page, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
     )
     app.state.gateway = gateway
-    return Dispatch(app, relays)
+    return Dispatch(app, relays, settings)
+
+
+def _add_demo_routes(settings: Settings) -> None:
+    """Two routes that show failover and a mid-stream failure on the simulator, for the
+    playground's route list; a configured route of the same name wins."""
+    from tokenrelay.settings import DEFAULT_OPENAI_MODEL, RouteSettings, TargetSettings
+
+    base = settings.routes.get("default")
+    demos = {
+        "demo-failover": [
+            # A model of its own, so the breaker this trips never touches the default route.
+            TargetSettings(
+                provider="anthropic", model="claude-haiku-4-5", headers={"x-sim-fault": "529"}
+            ),
+            TargetSettings(provider="openai", model=DEFAULT_OPENAI_MODEL),
+        ],
+        "demo-error": [
+            TargetSettings(
+                provider="openai",
+                model=DEFAULT_OPENAI_MODEL,
+                headers={"x-sim-fault": "error_after", "x-sim-fault-after": "12"},
+            ),
+        ],
+    }
+    for name, targets in demos.items():
+        if name not in settings.routes:
+            route = RouteSettings(targets=targets, retries=0)
+            if base is not None:
+                route.screen = base.screen
+            settings.routes[name] = route
 
 
 class Dispatch:
@@ -273,12 +339,19 @@ class Dispatch:
     each of its sends (Starlette's cost a tenth of the gateway's CPU per token); everything
     else, the lifespan included, goes to the Starlette app."""
 
-    def __init__(self, app: Starlette, relays: dict[str, RelayEndpoint]) -> None:
+    def __init__(
+        self, app: Starlette, relays: dict[str, RelayEndpoint], settings: Settings
+    ) -> None:
         self.app = app
         self.state = app.state
         self._relays = relays
+        # Cross-origin pages, when the deployment lists their origins (see tokenrelay.cors).
+        self._handle = with_cors(self._route, settings.cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._handle(scope, receive, send)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             relay = self._relays.get(scope["path"])
             if relay is not None:
