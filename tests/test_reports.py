@@ -353,3 +353,22 @@ def test_keys_create_admin(tmp_path: Path) -> None:
     assert plain["admin"] is False
     listed = json.loads(run("keys", "list", "--format", "json", *url).stdout)
     assert [key["admin"] for key in listed] == [True, False]
+
+
+@pytest.mark.parametrize(
+    ("name", "cell"),
+    [
+        ('=HYPERLINK("http://x")', '\'=HYPERLINK("http://x")'),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("\tcmd", "'\tcmd"),
+        ("alice", "alice"),
+        ("a=b", "a=b"),
+        (None, ""),
+    ],
+)
+def test_csv_cells_cannot_be_formulas(name: str | None, cell: str) -> None:
+    from tokenrelay.metering.reports import csv_cell
+
+    assert csv_cell(name) == cell

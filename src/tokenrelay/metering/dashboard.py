@@ -40,6 +40,7 @@ from tokenrelay.metering.reports import (
     _iso,
     _row,
     admin_database,
+    csv_cell,
     make_query,
     read_ledger,
 )
@@ -404,7 +405,7 @@ def render_csv(found: Dashboard) -> str:
     writer.writerow(["day", found.by, *_CSV_FIELDS, "cost_usd"])
     for day, row in found.cells:
         counts = [getattr(row, name) for name in _CSV_FIELDS]
-        writer.writerow([_day_name(day), row.group or "", *counts, _exact_usd(row)])
+        writer.writerow([_day_name(day), csv_cell(row.group), *counts, _exact_usd(row)])
     return out.getvalue()
 
 

@@ -252,6 +252,15 @@ _CSV_FIELDS = (
 )
 
 
+def csv_cell(name: str | None) -> str:
+    """A group name (a user or org id from a JWT or a key's metadata) made safe for a
+    spreadsheet: one starting with ``=``, ``+``, ``-``, ``@`` or a control character would be
+    read as a formula (CSV injection), so it gets a leading apostrophe, as OWASP advises."""
+    if not name:
+        return ""
+    return "'" + name if name[0] in "=+-@\t\r" else name
+
+
 def render_csv(report: UsageReport) -> str:
     """One line per group (no total line, so a spreadsheet can sum the columns)."""
     out = io.StringIO()
@@ -260,7 +269,7 @@ def render_csv(report: UsageReport) -> str:
     for row in report.rows:
         counts = [getattr(row, name) for name in _CSV_FIELDS]
         share = round(row.estimated_share, 4)
-        writer.writerow([row.group or "", *counts, _exact_usd(row), share])
+        writer.writerow([csv_cell(row.group), *counts, _exact_usd(row), share])
     return out.getvalue()
 
 
