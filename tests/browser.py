@@ -33,10 +33,14 @@ FLAGS = [
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "screenshots"
 
 
+def _installed() -> bool:
+    return os.path.exists(CHROMIUM) or shutil.which(CHROMIUM) is not None
+
+
 @contextlib.asynccontextmanager
 async def chromium() -> AsyncIterator[Browser]:
     """The machine's Chromium under Playwright; skips (fails under ``CI=true``) without it."""
-    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+    if not _installed():
         unavailable(f"{CHROMIUM} is missing (Debian package chromium; `make test` installs it)")
     try:
         from playwright.async_api import async_playwright

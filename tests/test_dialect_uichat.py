@@ -164,18 +164,22 @@ def test_writer_emits_the_ui_message_chunks_in_order() -> None:
     ]
 
 
-def test_an_error_mid_stream_closes_the_block_then_finishes_as_error() -> None:
+def test_an_error_mid_stream_sends_the_metadata_then_the_error() -> None:
+    """useChat stops reading at an error chunk: what the failed answer used must come first."""
     writer = uichat.UIChatWriter("msg_2")
     out = writer.write(TextDelta("partial "))
     out += writer.write(Error("overloaded", "the provider is overloaded", 529))
+    writer.summarize({"usage": {"outputTokens": 2}, "usageEstimated": True})
     out += writer.close()
     assert chunks(out) == [
         {"type": "text-start", "id": "t1"},
         {"type": "text-delta", "id": "t1", "delta": "partial "},
         {"type": "text-end", "id": "t1"},
+        {
+            "type": "message-metadata",
+            "messageMetadata": {"usage": {"outputTokens": 2}, "usageEstimated": True},
+        },
         {"type": "error", "errorText": "the provider is overloaded"},
-        {"type": "finish-step"},
-        {"type": "finish", "finishReason": "error"},
         "[DONE]",
     ]
 

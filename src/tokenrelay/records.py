@@ -44,7 +44,11 @@ class StreamRecord:
     metadata: dict[str, str] = field(default_factory=dict)
     identity: Identity | None = None  # who asked, as the gate established it
     verdict: Verdict | None = None  # the prompt screen's, when the route screens
-    cost_nanousd: int | None = None  # set by metering when the request could be priced
+    # Set by metering: what the request is billed for (reported usage, or an estimate where the
+    # upstream never reported it; failed attempts included), and its exact cost when priced.
+    billed_usage: Usage | None = None
+    usage_estimated: bool = False
+    cost_nanousd: int | None = None
     # For metering and audit only (estimating unreported usage, the audit line's prefix and
     # keyed hash); never logged as such.
     request: Request | None = None

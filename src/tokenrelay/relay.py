@@ -417,7 +417,8 @@ class _Call:
         """The head's description plus what the end knows: usage, cost, first-token time."""
         assert self.opened is not None
         summary = self._describe(self.opened)
-        usage = record.usage
+        usage = record.billed_usage or record.usage
+        summary["usageEstimated"] = record.usage_estimated
         summary["usage"] = {
             name: value
             for name, value in (

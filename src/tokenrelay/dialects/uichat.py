@@ -4,8 +4,9 @@
 The request is the transport's body: ``{id, messages: UIMessage[], trigger, messageId}`` plus
 what the page adds with ``body``: ``route`` (or its alias ``model``), ``system``, ``maxTokens``,
 ``temperature`` and ``metadata``. The answer is SSE ``data:`` lines of UI message chunks
-(``start``, ``text-start``, ``text-delta``, ``text-end``, ``reasoning-*``, ``finish``,
-``error``) ending with ``[DONE]``, marked by ``x-vercel-ai-ui-message-stream: v1``.
+(``start``, ``text-start``, ``text-delta``, ``text-end``, ``reasoning-*``, ``finish``; or
+``message-metadata`` and ``error`` when it fails) ending with ``[DONE]``, marked by
+``x-vercel-ai-ui-message-stream: v1``.
 
 A failure before the stream is a status with a ``text/plain`` body holding the message, because
 the transport throws ``new Error(await response.text())``: the page's ``error.message`` then reads
@@ -252,7 +253,7 @@ class UIChatWriter:
     """Normalized events in, UI message chunks out. Text and reasoning each become a block
     (``*-start`` … ``*-end``) that closes when the other kind begins or the stream ends."""
 
-    __slots__ = ("_block", "_blocks", "_closed", "_failed", "_finish", "_id", "_summary", "_usage")
+    __slots__ = ("_block", "_blocks", "_closed", "_error", "_finish", "_id", "_summary", "_usage")
 
     def __init__(self, message_id: str) -> None:
         self._id = message_id
@@ -262,7 +263,7 @@ class UIChatWriter:
         self._finish: Finish | None = None
         self._summary: dict[str, Any] | None = None
         self._closed = False
-        self._failed = False
+        self._error: Error | None = None
 
     def describe(self, head: dict[str, Any]) -> bytes:
         """The opening chunks, with what is known when the head goes out (request id, route,
@@ -312,17 +313,22 @@ class UIChatWriter:
             self._finish = event
             return b""
         if isinstance(event, Error):
-            self._failed = True  # close() ends with a finish of reason "error" and [DONE]
-            return self._end_block() + _chunk({"type": "error", "errorText": event.message})
+            # Held for close(): the SDK stops reading at an error chunk, so the metadata (usage
+            # and cost of the failed answer) must go out just before it.
+            self._error = event
+            return self._end_block()
         return b""  # no tools are requested through /api/chat, so no tool calls arrive
 
     def close(self) -> bytes:
         if self._closed:
             return b""
         self._closed = True
+        if self._error is not None:
+            out = b""
+            if self._summary is not None:
+                out = _chunk({"type": "message-metadata", "messageMetadata": self._summary})
+            return out + _chunk({"type": "error", "errorText": self._error.message}) + DONE
         reason = _FINISH.get(self._finish.reason, "other") if self._finish else "other"
-        if self._failed:
-            reason = "error"
         finish: dict[str, Any] = {"type": "finish", "finishReason": reason}
         if self._summary is not None:
             finish["messageMetadata"] = self._summary

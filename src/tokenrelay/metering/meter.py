@@ -89,6 +89,7 @@ class Meter:
         row.cache_write_tokens = total.cache_write_tokens or 0
         row.reasoning_tokens = total.reasoning_tokens or 0
         row.estimated = estimated
+        record.billed_usage, record.usage_estimated = total, estimated
         if self.pricer.loaded:
             self._price(row, parts)
         else:
