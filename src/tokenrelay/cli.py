@@ -61,16 +61,17 @@ def serve(
 
 
 def _preload_in_background() -> None:
-    """Import the upstream client while the main thread imports the server: most of aiohttp's
-    import is loading the CA store, which runs without the GIL, so on a second core it is off
-    the start-up path (spawn to first token measured in BENCHMARKS.md)."""
+    """Load the CA store and the dialects while the main thread imports the server: loading
+    certificates runs mostly without the GIL, so on a second core it is off the start-up path
+    (spawn to first token, measured in BENCHMARKS.md)."""
     import threading
 
     def preload() -> None:
-        import aiohttp  # noqa: F401
-
         import tokenrelay.dialects.anthropic
         import tokenrelay.dialects.openai  # noqa: F401
+        from tokenrelay.http_client import default_ssl_context
+
+        default_ssl_context()
 
     threading.Thread(target=preload, name="preload", daemon=True).start()
 

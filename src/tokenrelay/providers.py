@@ -1,7 +1,8 @@
 """Upstream adapters: a provider is a dialect plus a base URL, credentials and one shared pool.
 
-Each upstream stream is read as raw chunks (``iter_any``) through our own SSE parser, so an event is
-handed on the moment its bytes arrive and no line-length limit of the HTTP client applies.
+Each upstream stream is read as raw chunks through our own SSE parser, so an event is handed on
+the moment its bytes arrive and no line-length limit of an HTTP client applies. The pool is
+``http_client.UpstreamPool``.
 """
 
 from __future__ import annotations
@@ -15,54 +16,18 @@ import msgspec
 
 from tokenrelay import dialects
 from tokenrelay.dialects.sse import SSEParser
+from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
 from tokenrelay.model import Error, Event, Request
 
 if TYPE_CHECKING:
-    import aiohttp
-
     from tokenrelay.settings import ProviderSettings, TargetSettings
+
+__all__ = ["Provider", "UpstreamPool", "build_providers"]
 
 log = logging.getLogger("tokenrelay.providers")
 
 _PATHS = {"anthropic": "/v1/messages", "openai": "/chat/completions"}
 _MAX_ERROR_BODY = 65_536
-
-
-class UpstreamPool:
-    """The process's one HTTP client: pooled keep-alive connections to every upstream."""
-
-    def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
-        self._draining: set[asyncio.Task[None]] = set()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            import aiohttp
-
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-            )
-        return self._session
-
-    def recycle(self, response: aiohttp.ClientResponse) -> None:
-        """Return a finished response's connection to the pool. The end of the body (the last
-        chunk of a chunked response) often lands just after the final event; it is read in the
-        background, off the client's path, rather than dropping a warm connection."""
-        if response.content.is_eof():
-            response.release()
-        else:
-            task = asyncio.create_task(_drain(response))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
-
-    async def close(self) -> None:
-        for task in list(self._draining):
-            task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
 
 
 class Provider:
@@ -125,22 +90,19 @@ class Provider:
         """Events in the batches the network delivered them. Failures become an ``Error`` event;
         closing the generator early closes the upstream connection (no reuse of a half-read
         response), which is what stops the provider generating."""
-        import aiohttp
-
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout)
         try:
             async with asyncio.timeout(self._idle_timeout):
-                response = await self._pool.session.post(
-                    self.url, data=body, headers=headers, timeout=timeout
+                response = await self._pool.post(
+                    self.url, body, headers, connect_timeout=self.settings.connect_timeout
                 )
         except TimeoutError as exc:  # first: it is an OSError too
-            if isinstance(exc, aiohttp.ClientError):  # the connect timeout
+            if isinstance(exc, ConnectTimeout):
                 waited = f"could not connect within {self.settings.connect_timeout:g}s"
             else:
                 waited = f"did not answer within {self._idle_timeout:g}s"
             yield [Error("timeout", f"{self.name} {waited}", 504)]
             return
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             yield [
                 Error("upstream_unavailable", f"could not reach {self.name}: {_describe(exc)}", 502)
             ]
@@ -149,9 +111,9 @@ class Provider:
         watch = _IdleWatch(response, self._idle_timeout)
         try:
             if response.status != 200:
-                raw = await response.content.read(_MAX_ERROR_BODY)
+                raw = await response.read(_MAX_ERROR_BODY)
                 yield [self.dialect.parse_error(response.status, raw, response.headers)]
-                finished = True
+                finished = response.at_eof()
                 return
             if response.content_type == "application/json":
                 raw = await response.read()
@@ -161,7 +123,7 @@ class Provider:
             parser = SSEParser()
             reader = self.dialect.stream_reader()
             clock = watch.clock
-            async for chunk in response.content.iter_any():
+            async for chunk in response.chunks():
                 watch.last = clock()
                 batch: list[Event] = []
                 for sse in parser.feed(chunk):
@@ -178,7 +140,7 @@ class Provider:
             ]
         except TimeoutError:
             yield [Error("timeout", f"{self.name} sent nothing for {self._idle_timeout:g}s", 504)]
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:
             yield [
                 Error(
                     "upstream_unavailable",
@@ -200,7 +162,7 @@ class _IdleWatch:
 
     __slots__ = ("_handle", "_idle", "_loop", "_response", "clock", "last")
 
-    def __init__(self, response: aiohttp.ClientResponse, idle: float) -> None:
+    def __init__(self, response: Response, idle: float) -> None:
         self._loop = asyncio.get_running_loop()
         self._response = response
         self._idle = idle
@@ -211,26 +173,12 @@ class _IdleWatch:
     def _check(self) -> None:
         due = self.last + self._idle
         if self.clock() >= due:
-            self._response.content.set_exception(TimeoutError())
+            self._response.fail(TimeoutError())
         else:
             self._handle = self._loop.call_at(due, self._check)
 
     def cancel(self) -> None:
         self._handle.cancel()
-
-
-async def _drain(response: aiohttp.ClientResponse, limit: int = 65_536) -> None:
-    try:
-        async with asyncio.timeout(1.0):
-            while not response.content.is_eof() and limit > 0:
-                limit -= len(await response.content.readany())
-    except Exception:
-        response.close()
-        return
-    if response.content.is_eof():
-        response.release()
-    else:
-        response.close()
 
 
 def _describe(exc: BaseException) -> str:
