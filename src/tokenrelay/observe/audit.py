@@ -23,12 +23,12 @@ import hashlib
 import hmac
 import logging
 import os
-import queue
 import re
 import secrets
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Annotated
 
@@ -295,6 +295,7 @@ def audit_line(
 # --- the writer ----------------------------------------------------------------------------------
 
 Item = bytes | threading.Event | None  # a line, a flush marker, or the end
+POLL_SECONDS = 0.05  # how often the writer thread looks for lines (waking it per line costs more)
 CostOf = Callable[["StreamRecord"], "int | None"]
 
 
@@ -326,7 +327,10 @@ class AuditLog:
                     "TOKENRELAY_AUDIT__SECRET"
                 )
         self._owned: IO[bytes] | None = None
-        self._queue: queue.Queue[Item] = queue.Queue(settings.queue_size)
+        # A deque the event loop appends to (thread-safe, no lock, no wake-up per line) and the
+        # writer thread drains every POLL_SECONDS, or at once on flush and close.
+        self._pending: deque[Item] = deque()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_drop_log = 0.0
         if not settings.enabled:
@@ -360,9 +364,9 @@ class AuditLog:
         """Queue the record's line; never blocks. A full queue drops it, counted and logged."""
         if self._thread is None:
             return
-        try:
-            self._queue.put_nowait(self.line(record, prompt_text, cost_nanousd))
-        except queue.Full:
+        if len(self._pending) < self.settings.queue_size:
+            self._pending.append(self.line(record, prompt_text, cost_nanousd))
+        else:
             self.dropped += 1
             now = time.monotonic()
             if now - self._last_drop_log > 10:
@@ -375,48 +379,54 @@ class AuditLog:
         self.write(record, prompt_of(record.request), cost)
 
     def _run(self) -> None:
+        pending = self._pending
         while True:
-            batch: list[bytes] = []
-            markers: list[threading.Event] = []
-            item = self._queue.get()
-            stop = item is None
-            while True:
-                if isinstance(item, bytes):
-                    batch.append(item)
-                elif isinstance(item, threading.Event):
-                    markers.append(item)
-                if stop or len(batch) >= 512:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                stop = item is None
-            if batch:
-                try:
-                    self._stream.write(b"".join(batch))
-                    self._stream.flush()
-                    self.written += len(batch)
-                except (OSError, ValueError) as exc:
-                    self.dropped += len(batch)
-                    log.error("cannot write the audit log: %s", exc)
-            for marker in markers:
-                marker.set()
+            self._wake.wait(POLL_SECONDS)
+            self._wake.clear()
+            stop = False
+            while pending and not stop:
+                batch: list[bytes] = []
+                markers: list[threading.Event] = []
+                while pending and len(batch) < 512:
+                    item = pending.popleft()
+                    if item is None:
+                        stop = True
+                        break
+                    if isinstance(item, bytes):
+                        batch.append(item)
+                    else:
+                        markers.append(item)
+                self._write(batch)
+                for marker in markers:
+                    marker.set()
             if stop:
                 return
+
+    def _write(self, batch: list[bytes]) -> None:
+        if not batch:
+            return
+        try:
+            self._stream.write(b"".join(batch))
+            self._stream.flush()
+            self.written += len(batch)
+        except (OSError, ValueError) as exc:
+            self.dropped += len(batch)
+            log.error("cannot write the audit log: %s", exc)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every line queued so far is written (blocking: tests and shutdown)."""
         if self._thread is None or not self._thread.is_alive():
             return True
         marker = threading.Event()
-        self._queue.put(marker)
+        self._pending.append(marker)
+        self._wake.set()
         return marker.wait(timeout)
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what is queued, stop the thread, close a file we opened."""
         if self._thread is not None and self._thread.is_alive():
-            self._queue.put(None)
+            self._pending.append(None)
+            self._wake.set()
             self._thread.join(timeout)
         self._thread = None
         if self._owned is not None:
