@@ -40,6 +40,7 @@ from tokenrelay.providers import Provider
 from tokenrelay.settings import TargetSettings
 
 if TYPE_CHECKING:
+    from tokenrelay.observe.tracing import AttemptTrace, RequestTrace
     from tokenrelay.router import Route
 
 # Errors that would fail the same way on any target: return them to the client at once.
@@ -93,6 +94,7 @@ class _Target:
     request: Request
     client_headers: Mapping[str, str]
     _prepared: tuple[bytes, dict[str, str]] | None = None
+    span: AttemptTrace | None = None  # the current try's, when tracing is on
 
     @property
     def key(self) -> str:
@@ -116,6 +118,7 @@ class Failover:
         headers: Mapping[str, str],
         breaker: CircuitBreaker,
         latency: LatencyStats,
+        trace: RequestTrace | None = None,
     ) -> None:
         self.route = route
         self.settings = route.settings
@@ -125,6 +128,7 @@ class Failover:
         self.attempts: list[Attempt] = []
         self.errors: list[Error] = []
         self.hedged = False  # at most one hedge per request: load stays within twice
+        self.trace = trace
         default = route.settings.first_token_timeout
         self.targets = [
             _Target(target, provider, target.first_token_timeout or default, request, headers)
@@ -168,7 +172,7 @@ class Failover:
                 backup, delay = hedge
                 return await self._race(target, backup, delay, limit, why, index)
             attempt_started = time.perf_counter()
-            stream, error = await attempt(target.provider, *target.prepared(), limit, why)
+            stream, error = await self._start(target, limit, why)
             if stream is not None:
                 return await self._won(target, stream, attempt_started)
             assert error is not None
@@ -182,6 +186,16 @@ class Failover:
             await asyncio.sleep(wait)
         return index + 1, 0
 
+    def _start(self, target: _Target, limit: float, why: str) -> Awaitable[Outcome]:
+        """One try of ``target`` (see ``attempt``); with tracing on, under a span of its own
+        whose ``traceparent`` goes upstream in a copy of the target's cached headers."""
+        body, headers = target.prepared()
+        if self.trace is not None:
+            target.span, headers = self.trace.attempt(
+                target.provider, target.settings.model, target.request, headers
+            )
+        return attempt(target.provider, body, headers, limit, why)
+
     async def _allowed(self, target: _Target) -> bool:
         if await self.breaker.allow(target.key):
             return True
@@ -192,6 +206,8 @@ class Failover:
 
     async def _won(self, target: _Target, stream: Stream, since: float) -> OpenStream:
         now = time.perf_counter()
+        if target.span is not None:
+            target.span.won()
         self.latency.observe(target.key, now - since)
         await self.breaker.success(target.key)
         model = target.settings.model
@@ -203,6 +219,8 @@ class Failover:
         """Record a failed attempt; ``False`` when the target is not worth another try. Raises
         ``RouteFailed`` for an error that would fail the same way on every target."""
         ms = (time.perf_counter() - since) * 1000
+        if target.span is not None:
+            target.span.failed(error)
         name = target.provider.name
         model = target.settings.model
         self.attempts.append(Attempt(name, model, error.type, error.status, ms, error.usage))
@@ -246,12 +264,9 @@ class Failover:
         cancelled and its connection closed. With no winner the walk goes on at the next
         target's second try (its first was the hedge)."""
 
-        def start(target: _Target, limit: float, why: str) -> Awaitable[Outcome]:
-            return attempt(target.provider, *target.prepared(), limit, why)
-
         contenders = [
-            Contender(first, lambda: start(first, limit, why)),
-            Contender(backup, lambda: start(backup, *self._limit(backup))),
+            Contender(first, lambda: self._start(first, limit, why)),
+            Contender(backup, lambda: self._start(backup, *self._limit(backup))),
         ]
         async with contextlib.aclosing(race(contenders, delay)) as results:
             async for result in results:
@@ -262,6 +277,8 @@ class Failover:
                 for loser in result.cancelled:
                     name, model = loser.key.provider.name, loser.key.settings.model
                     self.attempts.append(Attempt(name, model, "hedged_out", 0, loser.ms))
+                    if loser.key.span is not None:
+                        loser.key.span.hedged_out()
                 return await self._won(result.key, result.stream, result.started)
         return index + 1, 1
 

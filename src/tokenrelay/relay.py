@@ -30,6 +30,7 @@ from tokenrelay.screening.canary import CanaryWatch, leak_error
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.dialects import StreamWriter
+    from tokenrelay.observe.tracing import RequestTrace
     from tokenrelay.router import Attempt, OpenStream
 
 Scope = MutableMapping[str, Any]
@@ -114,6 +115,7 @@ class RelayEndpoint:
         started = time.perf_counter()
         request_id = os.urandom(12).hex()
         gateway = self.gateway
+        trace = gateway.tracer.begin(scope, request_id) if gateway.tracer is not None else None
         route_name = ""
         request: Request | None = None
         try:
@@ -132,6 +134,8 @@ class RelayEndpoint:
                 await gateway.gate.settle(admission, Usage())
                 raise ShuttingDown
         except ClientGone:
+            if trace is not None:
+                trace.abandon()
             return
         except GatewayError as error:
             record = StreamRecord(
@@ -151,10 +155,13 @@ class RelayEndpoint:
             # Before the response: a client that saw it finish finds it in the ledger even if
             # the process dies the next instant.
             gateway.listeners.emit(record)
+            if trace is not None:
+                trace.end(record)
             await self._send_error(send, error, request_id)
             return
         call = _Call(self, scope, receive, send, request, route_name, request_id, started)
         call.admission = admission
+        call.trace = trace
         await call.run(route)
 
     async def _send_error(
@@ -221,6 +228,7 @@ class _Call:
         self.attempts: list[Attempt] = []
         self.admission: Admission | None = None
         self.emitted = False
+        self.trace: RequestTrace | None = None  # its spans, when tracing is on
 
     async def run(self, route: Any) -> None:
         task = self.task = asyncio.current_task()
@@ -309,7 +317,9 @@ class _Call:
         endpoint = self.endpoint
         headers = _client_headers(self.scope)
         try:
-            opened = await endpoint.gateway.router.open_stream(route, self.request, headers)
+            opened = await endpoint.gateway.router.open_stream(
+                route, self.request, headers, self.trace
+            )
         except RouteFailed as error:
             self.attempts = error.attempts
             self.status = error.status
@@ -525,6 +535,8 @@ class _Call:
             record.identity = self.admission.identity
             record.verdict = self.admission.verdict
         self.endpoint.gateway.listeners.emit(record)
+        if self.trace is not None:  # the request's span ends with its record
+            self.trace.end(record)
         return record
 
 

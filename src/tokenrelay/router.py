@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.failover import Attempt as Attempt
@@ -16,6 +17,9 @@ from tokenrelay.latency import LatencyStats, LocalLatencyStats
 from tokenrelay.model import GatewayError, Request
 from tokenrelay.providers import Provider
 from tokenrelay.settings import RouteSettings, Settings, TargetSettings
+
+if TYPE_CHECKING:
+    from tokenrelay.observe.tracing import RequestTrace
 
 # Model names that belong to a provider when no route has that name.
 _PROVIDER_MODELS = (
@@ -90,11 +94,17 @@ class Router:
         return Route(model, settings, [(target, self._providers[target.provider])], False)
 
     async def open_stream(
-        self, route: Route, request: Request, headers: Mapping[str, str]
+        self,
+        route: Route,
+        request: Request,
+        headers: Mapping[str, str],
+        trace: RequestTrace | None = None,
     ) -> OpenStream:
         """The first of the route's targets to produce content (see ``failover``); raises
-        ``RouteFailed`` with the most telling status when none does."""
-        return await Failover(route, request, headers, self.breaker, self.latency).run()
+        ``RouteFailed`` with the most telling status when none does. ``trace``: the request's
+        spans, when tracing is on, under which each attempt gets its own."""
+        failover = Failover(route, request, headers, self.breaker, self.latency, trace)
+        return await failover.run()
 
 
 def _apply_policy(route: Route, request: Request) -> None:
