@@ -25,6 +25,7 @@ from starlette.routing import Route
 from tokenrelay import __version__
 from tokenrelay.cors import with_cors
 from tokenrelay.gate.gatekeeper import Gate
+from tokenrelay.observe.health import Readiness
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
 from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from tokenrelay.metering import LedgerWriter
     from tokenrelay.metering.meter import Meter
     from tokenrelay.observe.audit import AuditLog
+    from tokenrelay.observe.metrics import GatewayMetrics
+    from tokenrelay.observe.tracing import Tracer
     from tokenrelay.relay import _Call
 
 log = logging.getLogger("tokenrelay")
@@ -61,6 +64,7 @@ class Gateway:
         self.ledger: LedgerWriter | None = None
         self.meter: Meter | None = None
         self.audit: AuditLog | None = None
+        self.metrics: GatewayMetrics | None = None  # GET /metrics, unless metrics.enabled is off
         self._pricing: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[None]] = set()
         # Shutdown: ``draining`` refuses new streams; ``calls`` are the requests being relayed
@@ -68,6 +72,7 @@ class Gateway:
         self.draining = False
         self.calls: set[_Call] = set()
         self._idle: asyncio.Event | None = None  # set when the last call ends, while draining
+        self.tracer: Tracer | None = None  # OpenTelemetry, only when tracing.enabled
 
     @property
     def router(self) -> Router:
@@ -113,6 +118,15 @@ class Gateway:
         )
         self._gate = Gate.create(settings)
         self._start_metering()
+        if settings.metrics.enabled:  # after metering's listener, which prices the record
+            from tokenrelay.observe.metrics import GatewayMetrics
+
+            self.metrics = GatewayMetrics(self)
+            self.listeners.add(self.metrics)
+        if settings.tracing.enabled:  # else OpenTelemetry is never imported
+            from tokenrelay.observe.tracing import Tracer
+
+            self.tracer = Tracer(settings.tracing)
         for name, route in self._router.routes.items():
             targets = " -> ".join(f"{t.provider}:{t.model}" for t, _ in route.targets) or "none"
             log.info("route %s: %s", name, targets)
@@ -199,6 +213,8 @@ class Gateway:
         if self._gate is not None:
             await self._gate.close()
         await self.pool.close()
+        if self.tracer is not None:  # exports the spans still batched
+            await asyncio.to_thread(self.tracer.shutdown)
         if self.simulator is not None:
             await self.simulator.stop()
 
@@ -218,14 +234,24 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         finally:
             await gateway.stop()
 
+    readiness = Readiness(gateway)
+
     async def healthz(request: HTTPRequest) -> Response:
+        """Alive: answers without I/O, so a slow dependency never gets the process restarted."""
         return JSONResponse({"status": "ok", "version": __version__, "demo": gateway.demo})
 
     async def readyz(request: HTTPRequest) -> Response:
-        if gateway.draining:
-            headers = {"retry-after": "1", "connection": "close"}
-            return JSONResponse({"status": "draining"}, status_code=503, headers=headers)
-        return JSONResponse({"status": "ready"})
+        """Ready for new requests (see ``observe.health``); a 503 lists what is not."""
+        status, body, headers = await readiness.check()
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    async def metrics(request: HTTPRequest) -> Response:
+        """The Prometheus text format (see ``observe.metrics``, loaded at start-up)."""
+        from tokenrelay.observe.metrics import CONTENT_TYPE
+
+        assert gateway.metrics is not None  # the route exists only when metrics are enabled
+        body = await gateway.metrics.exposition()
+        return Response(body, headers={"content-type": CONTENT_TYPE})
 
     async def models(request: HTTPRequest) -> Response:
         data = [
@@ -292,6 +318,7 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         Route("/usage", usage_page, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *([Route("/metrics", metrics, methods=["GET"])] if settings.metrics.enabled else []),
         Route("/api/chat/{chat_id}/stream", no_resumable_stream, methods=["GET"]),
         Route("/client.js", static, methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),

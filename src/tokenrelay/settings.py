@@ -9,6 +9,7 @@ Provider keys and base URLs also honour the official SDKs' ``ANTHROPIC_API_KEY``
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
 from collections.abc import Mapping
@@ -92,6 +93,27 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     screen: ScreenSettings = msgspec.field(default_factory=ScreenSettings)
 
 
+class TracingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """OpenTelemetry tracing (``observe.tracing``, the ``otel`` extra). Off by default, and then
+    nothing of OpenTelemetry is imported: cold start and the hot path stay as they were."""
+
+    enabled: bool = False
+    # The collector's OTLP/HTTP base URL (``http://collector:4318``); None: the exporter's own
+    # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else localhost:4318.
+    endpoint: str | None = None
+    service_name: str = "tokenrelay"
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 1.0  # of traces we start
+    exporter: Literal["otlp", "memory"] = "otlp"  # "memory": for tests, spans kept in-process
+
+
+class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``GET /metrics`` (``observe.metrics``): one listener per finished request and a
+    Prometheus text page. Unauthenticated, like most scrape targets: it names routes, models
+    and spend, so keep it off the public side of a proxy, or turn it off."""
+
+    enabled: bool = True
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8787
@@ -124,6 +146,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     routes: dict[str, RouteSettings] = msgspec.field(default_factory=dict)
     simulator: dict[str, Any] = msgspec.field(default_factory=dict)  # demo-mode knobs
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)  # browser pages elsewhere
+    tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)  # OpenTelemetry
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)  # /metrics
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""
@@ -291,7 +315,15 @@ def _check(settings: Settings) -> None:
     problem = settings.cors.check()
     if problem:
         raise ConfigError(problem)
+    if settings.tracing.enabled and not _installed("opentelemetry", "opentelemetry.sdk"):
+        raise ConfigError("tracing.enabled needs OpenTelemetry: pip install 'tokenrelay[otel]'")
     if not 0 <= settings.port <= 65535:
         raise ConfigError(f"port {settings.port} is out of range")
     if settings.max_body_bytes < 1024:
         raise ConfigError("max_body_bytes must be at least 1024")
+
+
+def _installed(*modules: str) -> bool:
+    """Whether the modules can be imported, without importing them (the parent of a dotted
+    name is imported, so parents come first)."""
+    return all(importlib.util.find_spec(name) is not None for name in modules)
