@@ -483,6 +483,21 @@ async def test_metrics_can_be_turned_off(simulator: Any) -> None:
             assert response.status == 404
 
 
+@ASYNC
+async def test_the_stream_cap_is_its_own_rejection_reason(simulator: Any) -> None:
+    environ = {**gateway_environ(simulator.url), "TOKENRELAY_MAX_CONCURRENT_STREAMS": "1"}
+    async with gateway_server(environ) as gw, aiohttp.ClientSession() as http:
+        body = {"prompt": "hi", "route": "slow"}
+        async with http.post(gw.url + "/api/generate", json=body) as first:
+            await first.content.readany()  # one stream open: the cap is reached
+            assert await generate(http, gw, "an") == 429
+        families = parse((await scrape(http, gw))[0])
+        assert value(families, "tokenrelay_rejections_total", route="an", reason="concurrency") == 1
+        assert samples(families, "tokenrelay_rejections_total").keys() == {
+            frozenset({("reason", "concurrency"), ("route", "an")})
+        }
+
+
 # --- the module's pieces -------------------------------------------------------------------------
 
 

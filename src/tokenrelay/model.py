@@ -211,6 +211,7 @@ class GatewayError(Exception):
         param: str | None = None,
         retry_after: float | None = None,
         headers: list[tuple[bytes, bytes]] | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(message)
         self.type = type
@@ -219,6 +220,7 @@ class GatewayError(Exception):
         self.param = param
         self.retry_after = retry_after
         self.headers = headers  # extra response headers (a rate limit's quota)
+        self.reason = reason  # which check refused, when finer than ``type`` (metrics)
 
     def to_event(self) -> Error:
         return Error(self.type, self.message, self.status, self.retry_after)

@@ -151,6 +151,7 @@ class RelayEndpoint:
             )
             if isinstance(error, Refused):
                 record.identity, record.verdict = error.identity, error.verdict
+                record.reject_reason = error.reason
             record.request = request
             # Before the response: a client that saw it finish finds it in the ledger even if
             # the process dies the next instant.

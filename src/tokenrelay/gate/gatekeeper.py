@@ -54,7 +54,8 @@ def _retrieve(task: asyncio.Task[Database]) -> None:
 
 
 class Refused(GatewayError):
-    """A request the gate turned away, with what it knew of the caller for the record."""
+    """A request the gate turned away, with what it knew of the caller for the record, and
+    which check refused it (``reason``: the metrics' label, finer than the error type)."""
 
     def __init__(
         self, error: GatewayError, identity: Identity | None, verdict: Verdict | None
@@ -66,6 +67,7 @@ class Refused(GatewayError):
             param=error.param,
             retry_after=error.retry_after,
             headers=error.headers,
+            reason=error.reason,
         )
         self.identity = identity
         self.verdict = verdict
@@ -218,7 +220,7 @@ class Gate:
         if cap:
             lease = await self.limiter.acquire_stream(subject, cap)
             if isinstance(lease, Decision):
-                _refuse_unless_allowed(lease, "concurrent streams")
+                _refuse_unless_allowed(lease, "concurrent streams", reason="concurrency")
             else:
                 admission.lease = lease
         return admission
@@ -272,7 +274,7 @@ def _subject(identity: Identity) -> Subject:
     return Subject(cast("SubjectKind", kind), name)
 
 
-def _refuse_unless_allowed(decision: Decision, what: str) -> None:
+def _refuse_unless_allowed(decision: Decision, what: str, reason: str | None = None) -> None:
     if decision.allowed:
         return
     if decision.unavailable:
@@ -292,6 +294,7 @@ def _refuse_unless_allowed(decision: Decision, what: str) -> None:
         429,
         retry_after=max(1.0, wait),
         headers=decision.headers(),
+        reason=reason,
     )
 
 

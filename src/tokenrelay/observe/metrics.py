@@ -395,8 +395,8 @@ class GatewayMetrics:
         self.rejections = Counter(
             "tokenrelay_rejections_total",
             "Requests refused before any upstream was called, by reason: rate_limit (a request "
-            "window or the stream cap), screening, budget, auth, invalid_request, too_large, "
-            "not_found, shutting_down, ratelimit_unavailable, unavailable.",
+            "window), concurrency (the stream cap), screening, budget, auth, invalid_request, "
+            "too_large, not_found, shutting_down, ratelimit_unavailable, unavailable.",
             ("route", "reason"),
         )
         # Read at scrape time.
@@ -702,6 +702,8 @@ class GatewayMetrics:
 def rejection_reason(record: StreamRecord) -> str:
     """Why the gate (or the front before it) refused a request. A prompt the screen blocked is
     ``invalid_request`` to the client, on purpose; the verdict on the record tells it apart."""
+    if record.reject_reason is not None:
+        return record.reject_reason  # e.g. "concurrency": the stream cap, not a request window
     error_type = record.error_type or ""
     verdict = record.verdict
     if error_type == "invalid_request" and verdict is not None and verdict.injection:
