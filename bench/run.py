@@ -329,6 +329,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     parser.add_argument("--levels", default="1,50,200", help="concurrency levels")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a TOKENRELAY_* setting for the gateway, e.g. TOKENRELAY_METRICS__ENABLED=false",
+    )
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     rounds = 1 if args.quick else args.rounds
@@ -336,6 +343,7 @@ def main() -> None:
     sim_url = f"http://127.0.0.1:{sim_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     env = gateway_env(sim_url)
+    env.update(setting.split("=", 1) for setting in args.set)
     print(f"simulator: {SIM_KNOBS}; levels {levels}; {rounds} rounds", file=sys.stderr)
     with (
         process(simulator_command(sim_port), env, sim_url),
