@@ -11,21 +11,14 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Coroutine
-from pathlib import Path
+from collections.abc import Callable, Coroutine
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request as HTTPRequest
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Route
 
-from tokenrelay import __version__
 from tokenrelay.cors import with_cors
 from tokenrelay.gate.gatekeeper import Gate
-from tokenrelay.observe.health import Readiness
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
 from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
@@ -41,13 +34,7 @@ if TYPE_CHECKING:
     from tokenrelay.relay import _Call
 
 log = logging.getLogger("tokenrelay")
-WEB = Path(__file__).parent / "web"
 DEMO_FORWARD = ["x-sim-"]  # in demo mode a client may steer the simulator per request
-_STATIC_TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-}
 
 
 class Gateway:
@@ -225,110 +212,13 @@ def create_app(settings: Settings | None = None) -> Dispatch:
     settings = settings or load()
     gateway = Gateway(settings)
     gateway.listeners.add(log_record)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gateway.start()
-        try:
-            yield
-        finally:
-            await gateway.stop()
-
-    readiness = Readiness(gateway)
-
-    async def healthz(request: HTTPRequest) -> Response:
-        """Alive: answers without I/O, so a slow dependency never gets the process restarted."""
-        return JSONResponse({"status": "ok", "version": __version__, "demo": gateway.demo})
-
-    async def readyz(request: HTTPRequest) -> Response:
-        """Ready for new requests (see ``observe.health``); a 503 lists what is not."""
-        status, body, headers = await readiness.check()
-        return JSONResponse(body, status_code=status, headers=headers)
-
-    async def metrics(request: HTTPRequest) -> Response:
-        """The Prometheus text format (see ``observe.metrics``, loaded at start-up)."""
-        from tokenrelay.observe.metrics import CONTENT_TYPE
-
-        assert gateway.metrics is not None  # the route exists only when metrics are enabled
-        body = await gateway.metrics.exposition()
-        return Response(body, headers={"content-type": CONTENT_TYPE})
-
-    async def models(request: HTTPRequest) -> Response:
-        data = [
-            {"id": name, "object": "model", "owned_by": "tokenrelay"}
-            for name in gateway.router.routes
-        ]
-        return JSONResponse({"object": "list", "data": data})
-
-    async def usage(request: HTTPRequest) -> Response:
-        from tokenrelay.metering.reports import usage_endpoint
-
-        return await usage_endpoint(gateway)(request)
-
-    async def usage_page(request: HTTPRequest) -> Response:
-        from tokenrelay.metering import dashboard
-
-        return await dashboard.page(gateway, request)
-
-    async def usage_data(request: HTTPRequest) -> Response:
-        from tokenrelay.metering import dashboard
-
-        return await dashboard.data(gateway, request)
-
-    async def page(request: HTTPRequest) -> Response:
-        return FileResponse(WEB / "index.html", headers={"cache-control": "no-cache"})
-
-    async def static(request: HTTPRequest) -> Response:
-        name = request.path_params.get("name", "client.js")
-        path = WEB / name
-        media_type = _STATIC_TYPES.get(path.suffix)
-        if media_type is None or "/" in name or name.startswith(".") or not path.is_file():
-            raise HTTPException(404)
-        return FileResponse(path, media_type=media_type, headers={"cache-control": "no-cache"})
-
-    async def no_resumable_stream(request: HTTPRequest) -> Response:
-        """useChat's ``resumeStream()`` asks here; streams are not kept for replay, so there is
-        never one to resume (204 is the transport's "nothing to resume")."""
-        return Response(status_code=204)
-
-    async def http_error(request: HTTPRequest, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        if exc.status_code == 404:
-            message = f"no endpoint at {request.url.path}; see GET / for the playground"
-        body = {
-            "error": {
-                "type": "not_found" if exc.status_code == 404 else "invalid_request",
-                "message": message,
-            }
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
     relays = {
         "/v1/messages": RelayEndpoint(gateway, "anthropic"),
         "/v1/chat/completions": RelayEndpoint(gateway, "openai"),
         "/api/generate": RelayEndpoint(gateway, "generate"),
         "/api/chat": RelayEndpoint(gateway, "uichat"),
     }
-    routes = [
-        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/usage", usage, methods=["GET"]),
-        Route("/v1/usage/dashboard", usage_data, methods=["GET"]),
-        Route("/usage", usage_page, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        *([Route("/metrics", metrics, methods=["GET"])] if settings.metrics.enabled else []),
-        Route("/api/chat/{chat_id}/stream", no_resumable_stream, methods=["GET"]),
-        Route("/client.js", static, methods=["GET"]),
-        Route("/static/{name}", static, methods=["GET"]),
-        Route("/", page, methods=["GET"]),
-    ]
-    app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error}
-    )
-    app.state.gateway = gateway
-    return Dispatch(app, relays, settings)
+    return Dispatch(gateway, relays)
 
 
 def _add_demo_routes(settings: Settings) -> None:
@@ -362,20 +252,25 @@ def _add_demo_routes(settings: Settings) -> None:
 
 
 class Dispatch:
-    """Hands a streaming POST straight to its relay endpoint, so no middleware wrapper sits on
-    each of its sends (Starlette's cost a tenth of the gateway's CPU per token); everything
-    else, the lifespan included, goes to the Starlette app."""
+    """The ASGI app. A streaming POST goes straight to its relay endpoint, so no middleware
+    wrapper sits on each of its sends (Starlette's cost a tenth of the gateway's CPU per
+    token). The lifespan is handled here too, so Starlette, which serves everything else (the
+    pages, health, metrics, models, usage), is imported only when first needed or a second
+    after start-up, off the cold-start path (spawn to first token)."""
 
-    def __init__(
-        self, app: Starlette, relays: dict[str, RelayEndpoint], settings: Settings
-    ) -> None:
-        self.app = app
-        self.state = app.state
+    def __init__(self, gateway: Gateway, relays: dict[str, RelayEndpoint]) -> None:
+        self.gateway = gateway
+        self.state = SimpleNamespace(gateway=gateway)
         self._relays = relays
+        self._pages: Any = None  # the Starlette app, once built
+        self._warm: asyncio.Task[None] | None = None
         # Cross-origin pages, when the deployment lists their origins (see tokenrelay.cors).
-        self._handle = with_cors(self._route, settings.cors)
+        self._handle = with_cors(self._route, gateway.settings.cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
         await self._handle(scope, receive, send)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -384,4 +279,38 @@ class Dispatch:
             if relay is not None:
                 await relay(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+        pages = self._pages if self._pages is not None else self._build_pages()
+        await pages(scope, receive, send)
+
+    def _build_pages(self) -> Any:
+        from tokenrelay.endpoints import build
+
+        self._pages = build(self.gateway, self._relays)
+        return self._pages
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        try:
+            await self.gateway.start()
+        except Exception:
+            log.exception("the gateway could not start")
+            await send({"type": "lifespan.startup.failed", "message": "see the log above"})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        self._warm = asyncio.create_task(self._warm_pages())
+        await receive()  # lifespan.shutdown
+        self._warm.cancel()
+        try:
+            await self.gateway.stop()
+        finally:
+            await send({"type": "lifespan.shutdown.complete"})
+
+    async def _warm_pages(self) -> None:
+        """Import the pages' modules in a thread a second after start-up, so the first
+        health check or page view does not pay for it."""
+        import importlib
+
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(importlib.import_module, "tokenrelay.endpoints")
+        if self._pages is None:
+            self._build_pages()
