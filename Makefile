@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 
-.PHONY: serve test lint bench clean chromium bytecode
+.PHONY: serve test lint bench bench-compare clean chromium bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test: $(STAMP) $(NODE_STAMP) chromium
 ## The benchmark of BENCHMARKS.md (a few minutes; loopback only).
 bench: $(STAMP) bytecode
 	$(BIN)/python bench/run.py
+
+## tokenrelay against LiteLLM and Portkey, side by side (~10 minutes; installs the peers and
+## matplotlib on demand); writes bench/results/compare.json and compare.png.
+bench-compare: $(STAMP) bytecode
+	$(BIN)/python bench/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules test-artifacts
