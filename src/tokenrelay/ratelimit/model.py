@@ -66,7 +66,10 @@ class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     anonymous_limit: str = "10/minute"  # per IP, for requests without a key (the article's)
     route_limits: dict[str, str] = msgspec.field(default_factory=dict)  # per identity per route
     redis_url: str | None = None  # unset: counters live in this process only
-    redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 0.25  # beyond it Redis is "down"
+    # Beyond it Redis is "down". It bounds the wait on a Redis that hangs (one refusing
+    # connections fails at once); it also measures this process's own event-loop lag, so it
+    # must exceed what a burst can cause: 0.25 s made a 300-request burst fail open.
+    redis_timeout: Annotated[float, msgspec.Meta(gt=0)] = 1.0
     # After a failure, Redis is left alone this long: requests fail open/closed at once instead
     # of each paying ``redis_timeout``; the next call after it probes Redis again.
     redis_retry_interval: Annotated[float, msgspec.Meta(ge=0)] = 1.0

@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 # A charge must always land, whatever the limit: it records tokens already spent.
 _NO_LIMIT = 2**52
+# Connections per instance; beyond them a request waits (up to the limiter's timeout) for one.
+MAX_CONNECTIONS = 64
 
 # KEYS[1]: a sorted set of lease ids scored by expiry (ms, server clock).
 # ARGV: limit, ttl (ms), lease id. Returns {granted 0/1, held after}.
@@ -92,13 +94,19 @@ class RedisStore:
     def __init__(self, url: str, timeout: float, prefix: str) -> None:
         # Socket timeouts bound each command; one immediate retry on a fresh connection
         # rides over a server restart (pooled connections are then dead) without backoff
-        # sleeps that would outlast the limiter's own timeout.
-        self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        # sleeps that would outlast the limiter's own timeout. The pool *blocks* when all its
+        # connections are busy: redis-py's default pool raises instead once 100 are in use,
+        # which under a burst of hundreds of requests made the limiter fail open (found by
+        # tests/test_scale_out.py: 300 requests through three instances, all admitted).
+        connections = redis.asyncio.BlockingConnectionPool.from_url(
             client_url(url),
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
+        self.client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=connections)
         pool: dict[str, Any] = {"connection_pool": self.client.connection_pool}
         self.storage = RedisStorage(
             storage_uri(url), implementation="redispy", key_prefix=f"{prefix}:rl", **pool
