@@ -45,10 +45,13 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # within this time. An unknown key is remembered as unknown for key_negative_ttl.
     key_cache_ttl: float = 5.0
     key_negative_ttl: float = 1.0
+    # Seconds after a key was last confirmed valid during which it is still accepted while the
+    # database cannot be reached (callers keep service through a database outage); 0: never.
+    key_stale_ttl: float = 300.0
 
     def __post_init__(self) -> None:
         parse_networks(self.trusted_proxies)
-        if self.key_cache_ttl < 0 or self.key_negative_ttl < 0:
+        if self.key_cache_ttl < 0 or self.key_negative_ttl < 0 or self.key_stale_ttl < 0:
             raise ValueError("key cache TTLs cannot be negative")
 
 
@@ -231,12 +234,16 @@ class Authenticator:
             raise _unauthorized("API keys are not enabled on this gateway (no database)")
         try:
             async with asyncio.timeout(5):
-                self.keys = await self.open_keys()
+                keys = await self.open_keys()
         except Exception:
             raise GatewayError(
                 "api_error", "cannot check the API key right now; try again shortly", 503
             ) from None
-        return self.keys
+        # The gate builds the store with the cache TTLs; how long a key outlives an outage of
+        # the database is an identity setting too, and is applied here.
+        keys.stale_if_error = self.settings.key_stale_ttl
+        self.keys = keys
+        return keys
 
     async def _key_identity(self, token: str, ip: str, route: str) -> Identity:
         keys = await self._key_store()
@@ -247,9 +254,15 @@ class Authenticator:
 
             if not isinstance(exc, DatabaseError):
                 raise
-            log.error("API key lookup failed: %s", exc)
+            # The key store logs the outage once; a line per refused request would flood.
+            log.debug("API key lookup failed: %s", exc)
+            # A 503, never a 401: the key may well be good, the database could not say.
             raise GatewayError(
-                "api_error", "cannot check the API key right now; try again shortly", 503
+                "api_error",
+                "cannot check the API key right now (the key database is unreachable); "
+                "try again shortly",
+                503,
+                retry_after=keys.retry_interval,
             ) from None
         if key is None:
             shown = token[:PREFIX_LENGTH]

@@ -8,8 +8,22 @@ once, at creation.
 Lookups are cached in process for ``ttl`` seconds (5 by default), so a revocation reaches every
 instance within that time without a database round trip per request; misses are cached for
 ``negative_ttl`` (1 s), so a flood of one bad key costs one query a second. Concurrent misses for
-the same key share one query. If the database fails, a key seen valid within ``stale_if_error``
-seconds is still accepted: a revocation cannot be written during the outage either.
+the same key share one query.
+
+Why a TTL and not a Redis pub/sub invalidation: the TTL bound holds whatever else is down, needs
+no second system and covers every way a key is revoked (the CLI, another tool, SQL by hand),
+while a publish would be lost while Redis is away and the TTL would still be the only bound one
+could promise. 5 s is "within a few seconds"; where that is too slow, a lower ``ttl`` costs one
+indexed query per key per instance per ``ttl``.
+
+When the database fails (an outage: see ``down_since``), a key confirmed valid within
+``stale_if_error`` seconds is still accepted, since callers should not lose service because our
+database did; a key not seen in that window cannot be judged, and ``lookup`` raises
+``DatabaseError`` (a 503 for the caller, not a 401: the key may well be good). A revocation made
+while this instance cannot reach the database is not seen until it can. During an outage the
+database is tried at most once every ``retry_interval`` seconds, one query at a time, and keys
+served from cache do not wait for it, so a dead or unreachable server neither slows requests
+nor gets a flood of connection attempts; the outage is logged when it starts and when it ends.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
@@ -106,7 +120,9 @@ def _record(row: Row) -> KeyRecord:
     )
 
 
-Entry = tuple[float, KeyRecord | None]  # (expires at, record or known-missing)
+# A key found active: (expires at, confirmed at, record), both on the store's clock.
+Hit = tuple[float, float, KeyRecord]
+V = TypeVar("V")
 
 
 class KeyStore:
@@ -118,20 +134,33 @@ class KeyStore:
         *,
         ttl: float = 5.0,
         negative_ttl: float = 1.0,
-        stale_if_error: float = 60.0,
+        stale_if_error: float = 300.0,
+        retry_interval: float = 1.0,
+        lookup_timeout: float = 5.0,
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.ttl = ttl
         self.negative_ttl = negative_ttl
-        self.stale_if_error = stale_if_error
+        self.stale_if_error = stale_if_error  # 0: nothing is served from cache once expired
+        self.retry_interval = retry_interval  # seconds between queries while the database fails
+        # Seconds a request waits for a lookup: a server that vanished without a reset would
+        # otherwise hold requests for libpq's connect timeout, or TCP's far longer one.
+        self.lookup_timeout = lookup_timeout
         self.max_entries = max_entries
         self._clock = clock
         # Hits and misses apart, so a flood of bad keys cannot evict the good ones.
-        self._hits: dict[str, Entry] = {}
-        self._misses: dict[str, Entry] = {}
+        self._hits: dict[str, Hit] = {}
+        self._misses: dict[str, float] = {}  # digest -> expires at
         self._pending: dict[str, asyncio.Task[KeyRecord | None]] = {}
+        # The current outage: when its first failure was (``None``: the database answers),
+        # its latest failure and error, and what was done meanwhile (for the line at its end).
+        self.down_since: float | None = None
+        self._failed_at = 0.0
+        self._error = ""
+        self._served_stale = 0
+        self._refused = 0
 
     async def create(
         self,
@@ -177,30 +206,63 @@ class KeyStore:
 
     async def lookup(self, secret: str) -> KeyRecord | None:
         """The active key with this secret, or ``None``: unknown, revoked or not our format.
-        Raises ``DatabaseError`` when the database fails and nothing usable is cached."""
+        Raises ``DatabaseError`` when the database fails and the key was not confirmed valid
+        within ``stale_if_error`` seconds."""
         if not looks_like_key(secret):
             return None
         digest = hash_key(secret)
         now = self._clock()
         hit = self._hits.get(digest)
         if hit is not None and hit[0] > now:
-            return hit[1]
+            return hit[2]
         miss = self._misses.get(digest)
-        if miss is not None and miss[0] > now:
+        if miss is not None and miss > now:
             return None
+        stale = hit[2] if hit is not None and now - hit[1] <= self.stale_if_error else None
         task = self._pending.get(digest)
-        if task is None:
-            task = asyncio.ensure_future(self._fetch(digest))
-            self._pending[digest] = task
-            task.add_done_callback(functools.partial(self._fetched, digest))
-        try:
-            # Shielded: a caller that goes away does not cancel the query the others wait on.
-            return await asyncio.shield(task)
-        except Exception:
-            if hit is not None and hit[0] + self.stale_if_error > now:
-                log.warning("key lookup failed; accepting key %s as cached", hit[1] and hit[1].id)
-                return hit[1]
-            raise
+        if task is None and (self.down_since is None or self._retry_due(now)):
+            task = self._query(digest)
+        if self.down_since is not None and stale is not None:
+            # The query, if one was due, updates the cache when (if) it answers.
+            self._served_stale += 1
+            return stale
+        if task is None:  # down, and tried less than retry_interval ago: no query, no wait
+            self._refused += 1
+            raise _database_error(f"the database is unreachable ({self._error})")
+        # Not ``wait_for``: a caller that goes away or gives up does not cancel the query others
+        # wait on; a query that outlives ``lookup_timeout`` is cancelled (freeing its connection).
+        await asyncio.wait((task,), timeout=self.lookup_timeout)
+        if not task.done():
+            task.cancel()
+            self._forget_query(digest, task)
+            failure: BaseException = _database_error(
+                f"the database did not answer a key lookup within {self.lookup_timeout:g} s"
+            )
+            self._failed(str(failure))
+        elif task.cancelled():  # by another caller's timeout
+            failure = _database_error(f"the database is unreachable ({self._error})")
+        else:
+            exc = task.exception()
+            if exc is None:
+                return task.result()
+            if not _is_database_error(exc):
+                raise exc
+            failure = exc
+        if stale is None:
+            self._refused += 1
+            raise failure
+        self._served_stale += 1
+        return stale
+
+    def _retry_due(self, now: float) -> bool:
+        """While the database fails: one query at a time, at most every ``retry_interval``."""
+        return not self._pending and now - self._failed_at >= self.retry_interval
+
+    def _query(self, digest: str) -> asyncio.Task[KeyRecord | None]:
+        task = asyncio.ensure_future(self._fetch(digest))
+        self._pending[digest] = task
+        task.add_done_callback(functools.partial(self._fetched, digest))
+        return task
 
     async def _fetch(self, digest: str) -> KeyRecord | None:
         row = await self.db.fetch_one(
@@ -209,18 +271,62 @@ class KeyStore:
         )
         return _record(row) if row is not None else None
 
+    def _forget_query(self, digest: str, task: asyncio.Task[KeyRecord | None]) -> None:
+        if self._pending.get(digest) is task:  # not a newer query for the same key
+            del self._pending[digest]
+
     def _fetched(self, digest: str, task: asyncio.Task[KeyRecord | None]) -> None:
-        self._pending.pop(digest, None)
-        if task.cancelled() or task.exception() is not None:  # retrieved: no "never retrieved"
+        self._forget_query(digest, task)
+        if task.cancelled():
             return
+        exc = task.exception()  # retrieved here: no "exception was never retrieved"
+        if exc is not None:
+            if _is_database_error(exc):
+                self._failed(str(exc))
+            return
+        if self.down_since is not None:
+            self._recovered()
         record = task.result()
         now = self._clock()
         if record is not None:
             self._misses.pop(digest, None)
-            _put(self._hits, digest, (now + self.ttl, record), self.max_entries)
+            _put(self._hits, digest, (now + self.ttl, now, record), self.max_entries)
         else:
             self._hits.pop(digest, None)
-            _put(self._misses, digest, (now + self.negative_ttl, None), self.max_entries)
+            _put(self._misses, digest, now + self.negative_ttl, self.max_entries)
+
+    def _failed(self, error: str) -> None:
+        """A lookup failed: the outage starts (logged once) or goes on."""
+        now = self._failed_at = self._clock()
+        self._error = error
+        if self.down_since is not None:
+            return
+        self.down_since = now
+        self._served_stale = self._refused = 0
+        cached = (
+            f"keys confirmed valid in the last {self.stale_if_error:g} s are accepted from cache "
+            "(a revocation meanwhile is not seen) and others get 503"
+            if self.stale_if_error > 0
+            else "every key gets 503 (nothing is accepted from cache: the stale window is 0)"
+        )
+        log.error(
+            "cannot check API keys: %s. Until the database answers, %s; it is tried again at "
+            "most every %g s",
+            error,
+            cached,
+            self.retry_interval,
+        )
+
+    def _recovered(self) -> None:
+        down = self._clock() - (self.down_since or 0.0)
+        self.down_since = None
+        log.warning(
+            "the database answers key lookups again, after %.1f s: %d request(s) were accepted "
+            "from cache meanwhile, %d refused with 503",
+            down,
+            self._served_stale,
+            self._refused,
+        )
 
     async def list(self, *, include_revoked: bool = True) -> builtins.list[KeyRecord]:
         """Every key, oldest first."""
@@ -249,7 +355,8 @@ class KeyStore:
 
     async def revoke(self, key: str) -> KeyRecord:
         """Revoke a key (by id, prefix or secret); the record as it is now. Other instances
-        stop accepting it within ``ttl`` seconds; this one at once. Revoking twice is a no-op."""
+        stop accepting it within their ``ttl`` seconds (while they cannot reach the database,
+        not until they can again); this one at once. Revoking twice is a no-op."""
         record = await self.find(key)
         if record.revoked_at is None:
             now = time.time()
@@ -267,12 +374,25 @@ class KeyStore:
             self._hits.clear()
             self._misses.clear()
             return
-        for digest, (_, record) in builtins.list(self._hits.items()):
-            if record is not None and record.id == key_id:
+        for digest, (_, _, record) in builtins.list(self._hits.items()):
+            if record.id == key_id:
                 del self._hits[digest]
 
 
-def _put(cache: dict[str, Entry], digest: str, entry: Entry, limit: int) -> None:
+def _database_error(message: str) -> Exception:
+    from tokenrelay.store.database import DatabaseError
+
+    return DatabaseError(message)
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database failing (imported late: see the module's imports)."""
+    from tokenrelay.store.database import DatabaseError
+
+    return isinstance(exc, DatabaseError)
+
+
+def _put(cache: dict[str, V], digest: str, entry: V, limit: int) -> None:
     cache.pop(digest, None)  # re-insert at the end: eviction goes oldest first
     while len(cache) >= limit:
         del cache[next(iter(cache))]
