@@ -257,7 +257,7 @@ class RateLimiter:
                 "rate limiter: Redis at %s is back after %.1f s; limits are enforced again "
                 "(%d requests let through and %d refused meanwhile)",
                 _redact(self.settings.redis_url),
-                now - self._down_since,
+                time.monotonic() - self._down_since,  # not ``now``: others failed meanwhile
                 self.failures_open - self._counts_when_down[0],
                 self.failures_closed - self._counts_when_down[1],
             )
