@@ -271,8 +271,12 @@ async def test_postgresql_stopped_keys_from_cache_ledger_spooled_then_caught_up(
             # The ledger check passes while rows wait in the spool (on disk, not in memory), so
             # readiness stays green: every instance shares the database, and dropping them all
             # from the load balancer would refuse the callers the cache can still serve.
+            # It reports the outage under "degraded" once a write has failed.
+            await eventually(lambda: ledger.database_down_since is not None, within=10)
             status, ready = await get(gw, "/readyz")
-            assert status == 200 or ready["checks"]["ledger"] == {"ok": True}, ready
+            assert status == 200, ready
+            assert ready["status"] == "ready"
+            assert "the database has failed writes" in ready["degraded"]["database"]["reason"]
             assert ledger.backlog == ledger.spooled > 0 and spool_lines(spool) >= ledger.spooled
         finally:
             await asyncio.to_thread(pg_server.start)
@@ -297,6 +301,7 @@ async def test_postgresql_stopped_keys_from_cache_ledger_spooled_then_caught_up(
         records = [record.request_id for record in gw.records]
         ids = await ledger_ids(url)
         assert sorted(ids) == sorted(records) and len(set(ids)) == len(ids)
+        assert (await get(gw, "/readyz"))[1] == {"status": "ready"}  # no longer degraded
 
     messages = [r.getMessage() for r in caplog.records if r.name == "tokenrelay.keys"]
     down = [m for m in messages if m.startswith("cannot check API keys")]

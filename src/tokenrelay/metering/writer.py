@@ -121,6 +121,11 @@ class LedgerWriter:
         return sum(max(0, segment.rows - segment.done) for segment in segments)
 
     @property
+    def database_down_since(self) -> float | None:
+        """``time.monotonic()`` of the first failed write of the current outage, else None."""
+        return self._down_since
+
+    @property
     def backlog(self) -> int:
         """Rows accepted and not yet in the database."""
         return self.spooled + len(self._memory)

@@ -9,7 +9,8 @@ so, and it checks what a request needs and the process cannot fix by itself:
   with ``retry-after: 1`` and ``connection: close``, whatever else holds);
 - ``ledger``: the ledger's writer task runs and its spool directory is writable, and no rows
   are held only in memory (what the writer does when the spool fails). A database that is down
-  does not fail it: rows wait in the spool, which is what the spool is for;
+  does not fail it: rows wait in the spool, which is what the spool is for; the 200 answer then
+  says so under ``degraded``;
 - ``redis``, when ``redis_url`` is set: a ``PING`` on the rate limiter's own client, answered
   within ``limits.redis_timeout``. The result is kept for ``REDIS_TTL`` seconds and concurrent
   probes share one ping, so polling readiness every second costs at most one ping per second;
@@ -96,8 +97,28 @@ class Readiness:
             if gateway.settings.redis_url:
                 checks["redis"] = await self._redis_check()
         if all(check["ok"] for check in checks.values()):
+            degraded = self._database()
+            if degraded is not None:
+                return 200, {"status": "ready", "degraded": {"database": degraded}}, {}
             return 200, {"status": "ready"}, {}
         return 503, {"status": "not_ready", "checks": checks}, {}
+
+    def _database(self) -> Check | None:
+        """A database outage, reported but not failing readiness: every instance shares the
+        database, so failing would take them all out of the load balancer at once, while each
+        can go on serving: ledger rows wait in the spool, recently checked keys come from
+        the cache (``auth.key_stale_ttl``)."""
+        ledger = self.gateway.ledger
+        since = ledger.database_down_since if ledger is not None else None
+        if ledger is None or since is None:
+            return None
+        down = time.monotonic() - since
+        return {
+            "ok": False,
+            "reason": f"the database has failed writes for {down:.0f} s; {ledger.backlog} "
+            "ledger row(s) wait in the spool and recently checked API keys are served from "
+            "the cache",
+        }
 
     def _config(self) -> Check:
         try:
