@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tokenrelay.observe.metrics import GatewayMetrics
     from tokenrelay.observe.tracing import Tracer
     from tokenrelay.relay import _Call
+    from tokenrelay.shared_state import SharedState
 
 log = logging.getLogger("tokenrelay")
 DEMO_FORWARD = ["x-sim-"]  # in demo mode a client may steer the simulator per request
@@ -60,6 +61,8 @@ class Gateway:
         self.calls: set[_Call] = set()
         self._idle: asyncio.Event | None = None  # set when the last call ends, while draining
         self.tracer: Tracer | None = None  # OpenTelemetry, only when tracing.enabled
+        # Breaker state and TTFT statistics in Redis, only when redis_url is set.
+        self.shared: SharedState | None = None
 
     @property
     def router(self) -> Router:
@@ -100,8 +103,16 @@ class Gateway:
                         "provider %s is not configured (no API key); its targets are skipped", name
                     )
                     del providers[name]
+        if settings.redis_url:  # else redis is never imported for this
+            from tokenrelay.shared_state import SharedState
+
+            self.shared = SharedState.from_settings(settings)
+            self.shared.start()
         self._router = Router(
-            settings, build_providers(providers, self.pool, settings.idle_timeout)
+            settings,
+            build_providers(providers, self.pool, settings.idle_timeout),
+            self.shared.breaker if self.shared is not None else None,
+            self.shared.latency if self.shared is not None else None,
         )
         self._gate = Gate.create(settings)
         self._start_metering()
@@ -135,7 +146,8 @@ class Gateway:
             from tokenrelay.observe.audit import AuditLog
 
             audit = self.audit = AuditLog(settings.audit)
-        ledger = self.ledger = LedgerWriter(default_spool_dir(settings.database_url))
+        spool_dir = settings.spool_dir or default_spool_dir(settings.database_url)
+        ledger = self.ledger = LedgerWriter(spool_dir)
         kinds = {name: provider.kind for name, provider in settings.providers.items()}
         meter = self.meter = Meter(ledger, pricer, kinds, gate.budgets, audit)
         ledger.before_write = meter.price_pending
@@ -199,6 +211,8 @@ class Gateway:
             await asyncio.to_thread(self.audit.close)
         if self._gate is not None:
             await self._gate.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.pool.close()
         if self.tracer is not None:  # exports the spans still batched
             await asyncio.to_thread(self.tracer.shutdown)

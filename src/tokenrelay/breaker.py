@@ -12,9 +12,10 @@ What counts as a failure is the router's decision, not this module's: connection
 reported with ``failure``; 400-class client errors (400, 413, 415, 422 …) would fail the same way
 on any target and are reported as neither. A client abort is not an outcome either.
 
-The state lives behind ``BreakerStore`` so that a later store can share it between gateway
-instances (Redis); such a store needs a clock that instances share (``time.time``), where the
-in-process store is best served by ``time.monotonic``.
+The state lives behind ``BreakerStore``: in process by default (``LocalBreakerStore``), shared
+by every instance through Redis when ``redis_url`` is set (``shared_state.RedisBreakerStore``).
+A shared store needs a clock that instances share (``time.time``), where the in-process store is
+best served by ``time.monotonic``.
 """
 
 from __future__ import annotations
@@ -125,6 +126,14 @@ class LocalBreakerStore:
         circuit.name = "closed"
         circuit.failures.clear()
         return "closed"
+
+    def hold_open(self, key: str, until: float) -> None:
+        """Open the circuit until ``until`` (on the callers' clock) without failures: how a
+        shared store that loses Redis carries over the circuits it knew to be open."""
+        circuit = self._circuit(key)
+        circuit.name = "open"
+        circuit.until = until
+        circuit.failures.clear()
 
     async def record_failure(self, key: str, now: float) -> Transition | None:
         settings = self._settings

@@ -4,13 +4,14 @@ Only attempts that produced content are observed. An attempt cancelled because a
 not: its time is unknown (only that it was slow), and counting it at the moment it was cancelled
 would pin the percentile at wherever the hedge delay happened to start.
 
-The statistics live behind ``LatencyStats`` so that a shared store (Redis, the scale-out issue)
-can pool what every instance sees.
+The statistics live behind ``LatencyStats``: in process by default (``LocalLatencyStats``), pooled
+from every instance through Redis when ``redis_url`` is set (``shared_state.RedisLatencyStats``).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 
@@ -48,7 +49,11 @@ class LocalLatencyStats:
         cached = self._cache.get((key, q))
         if cached is not None and count - cached[0] < self._refresh:
             return cached[1]
-        ordered = sorted(samples)
-        value = ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        value = quantile_of(sorted(samples), q)
         self._cache[(key, q)] = (count, value)
         return value
+
+
+def quantile_of(ordered: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of non-empty sorted samples (the nearest rank at or above it)."""
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

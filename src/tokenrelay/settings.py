@@ -128,6 +128,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Where keys and the ledger live, and what instances share (TOKENRELAY_DATABASE_URL,
     # TOKENRELAY_REDIS_URL).
     database_url: str = DEFAULT_DATABASE_URL
+    # Where ledger rows wait for the database; default: next to a SQLite file, else
+    # ./tokenrelay-spool. Give each host (or container volume) its own, on a local disk.
+    spool_dir: str | None = None
     redis_url: str | None = None
     # Who may ask, and how often (TOKENRELAY_ANONYMOUS_LIMIT is the article's 10/minute per IP).
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
