@@ -1,7 +1,7 @@
 """Three ``tokenrelay serve`` processes sharing the machine's Redis and PostgreSQL, as three hosts
 behind a load balancer would: 300 concurrent streams spread over them, a global rate limit that
 must hold exactly, and a ledger that must hold every request exactly once with the usage the
-simulator sent."""
+simulator sent; and a circuit breaker opened on one instance honoured by the other two."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ INSTANCES = 3
 STREAMS = 300
 LIMIT = 250  # requests per minute on the route, across all instances together
 TOKENS = 20
+OVERLOADED = {"x-sim-fault": "529"}
 
 
 @contextlib.contextmanager
@@ -84,7 +85,18 @@ def instance_environ(
         **{
             f"TOKENRELAY_ROUTES__{route.upper()}__TARGETS": "openai:gpt-5.5",
             f"TOKENRELAY_ROUTES__{route.upper()}__RATE_LIMIT": f"{LIMIT}/minute",
+            # A route whose first target is overloaded, for the shared breaker; a model of
+            # its own so its circuit is this run's alone.
+            f"TOKENRELAY_ROUTES__{route.upper()}BRK__TARGETS": msgspec.json.encode(
+                [
+                    {"provider": "openai", "model": f"{route}-down", "headers": OVERLOADED},
+                    {"provider": "openai", "model": "gpt-5.5"},
+                ]
+            ).decode(),
+            f"TOKENRELAY_ROUTES__{route.upper()}BRK__RETRIES": "0",
         },
+        TOKENRELAY_BREAKER__FAILURES="3",
+        TOKENRELAY_BREAKER__COOLDOWN="60",
         TOKENRELAY_SPOOL_DIR=spool,
         # 300 requests land in the same second on two cores shared by three gateways, the
         # simulator and this client: event loops lag by over a second, which the default
@@ -133,6 +145,15 @@ async def one_stream(session: aiohttp.ClientSession, url: str, route: str) -> Ou
         return outcome
 
 
+async def attempts(session: aiohttp.ClientSession, url: str, route: str) -> str:
+    """The x-tokenrelay-attempts header of one request on ``route``."""
+    body = {"model": route, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with session.post(url + "/v1/chat/completions", json=body) as response:
+        await response.read()
+        assert response.status == 200
+        return response.headers["x-tokenrelay-attempts"]
+
+
 def ledger_rows(database_url: str, route: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(database_url) as connection:
         return connection.execute(
@@ -170,6 +191,18 @@ async def test_three_instances_share_limits_and_ledger() -> None:
                     timeout=60,
                 )
                 elapsed = time.monotonic() - started
+                # The breaker: three failures seen by instance 0 open the circuit, and
+                # instances 1 and 2, which never saw the target fail, skip it within 1 s.
+                down = f"{route}-down"
+                for _ in range(3):
+                    seen = await attempts(session, instances[0].url, route + "brk")
+                    assert seen.startswith(f"openai/{down};outcome=overloaded"), seen
+                tripped = time.monotonic()
+                await asyncio.sleep(1.0)
+                for other in instances[1:]:
+                    seen = await attempts(session, other.url, route + "brk")
+                    assert seen.startswith(f"openai/{down};outcome=circuit_open"), seen
+                print(f"breaker honoured by the others {time.monotonic() - tripped:.2f} s on")
             served = [o for o in outcomes if o.status == 200]
             refused = [o for o in outcomes if o.status == 429]
             # The global limit held exactly, across three processes.
