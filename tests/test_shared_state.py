@@ -437,6 +437,11 @@ async def test_instances_keep_serving_on_local_state_while_redis_is_down_and_sha
             shared = gw.gateway.shared
             assert shared is not None and not shared.link.up and shared.link.outages == 1
         assert a.gateway.shared is not None and a.gateway.shared.store.local_calls > 0
+        async with aiohttp.ClientSession() as http, http.get(a.url + "/metrics") as response:
+            page = await response.text()
+        assert "tokenrelay_shared_state_outages_total 1\n" in page
+        local = a.gateway.shared.store.local_calls
+        assert f"tokenrelay_breaker_local_steps_total {local}\n" in page
 
         own_redis.start()
         for gw in (a, b):

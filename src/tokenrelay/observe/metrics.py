@@ -440,6 +440,15 @@ class GatewayMetrics:
             "tokenrelay_ratelimit_charges_lost_total",
             "Token charges that did not reach Redis.",
         )
+        self.shared_outages = Counter(
+            "tokenrelay_shared_state_outages_total",
+            "Times Redis went away for the shared breaker and TTFT statistics (each instance "
+            "then decides locally until it is back).",
+        )
+        self.breaker_local = Counter(
+            "tokenrelay_breaker_local_steps_total",
+            "Circuit-breaker steps taken without Redis (its local fallback).",
+        )
         self.audit_written = Counter("tokenrelay_audit_written_lines_total", "Audit lines written.")
         self.audit_dropped = Counter(
             "tokenrelay_audit_dropped_lines_total",
@@ -659,6 +668,11 @@ class GatewayMetrics:
         self.limiter_failures.labels("closed").value = limiter.failures_closed
         self.charges_lost.labels().value = limiter.charges_lost
         families: list[Metric] = [self.limiter_failures, self.charges_lost]
+        shared = self.gateway.shared
+        if shared is not None:
+            self.shared_outages.labels().value = shared.link.outages
+            self.breaker_local.labels().value = shared.store.local_calls
+            families += [self.shared_outages, self.breaker_local]
         budgets = gate.budgets
         if budgets is not None:
             counts = budgets.metrics
