@@ -52,10 +52,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from tokenrelay.breaker import (
     BreakerSettings,
     BreakerState,
@@ -65,7 +61,7 @@ from tokenrelay.breaker import (
     Transition,
 )
 from tokenrelay.latency import LocalLatencyStats, quantile_of
-from tokenrelay.ratelimit.shared import client_url
+from tokenrelay.ratelimit.shared import redis_client
 
 if TYPE_CHECKING:
     from tokenrelay.settings import Settings
@@ -186,19 +182,7 @@ class RedisLink:
         self.timeout = timeout
         self.retry_interval = retry_interval
         self.prefix = prefix
-        # One immediate retry on a fresh connection rides over a server restart (the pooled
-        # connections are then dead) without a backoff sleep, as the limiter's client does.
-        # The pool blocks when its connections are busy: redis-py's default pool raises once
-        # 100 are in use, which a burst would turn into a false outage.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            client_url(url),
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self.client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=pool)
+        self.client = redis_client(url, timeout, MAX_CONNECTIONS)  # see there: the pool blocks
         self.up = True
         self.outages = 0  # a metric: how many times Redis went away
         self.watched = False

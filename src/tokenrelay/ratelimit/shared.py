@@ -80,6 +80,26 @@ def client_url(url: str) -> str:
     return "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix") else url
 
 
+def redis_client(url: str, timeout: float, max_connections: int) -> redis.asyncio.Redis:
+    """A client for one of the gateway's uses of Redis (limits, shared state).
+
+    Socket timeouts bound each command; one immediate retry on a fresh connection rides over a
+    server restart (pooled connections are then dead) without backoff sleeps that would outlast
+    the caller's own timeout. The pool *blocks* when all its connections are busy: redis-py's
+    default pool raises instead once 100 are in use, which under a burst of hundreds of
+    requests made the limiter fail open (found by tests/test_scale_out.py: 300 requests through
+    three instances, all admitted)."""
+    connections = redis.asyncio.BlockingConnectionPool.from_url(
+        client_url(url),
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1),
+    )
+    return redis.asyncio.Redis(connection_pool=connections)
+
+
 async def _all(calls: Sequence[Awaitable[T]]) -> list[T]:
     """Concurrently, so several windows cost one round trip of latency; one without a task."""
     if len(calls) == 1:
@@ -92,21 +112,7 @@ class RedisStore:
     errors: tuple[type[BaseException], ...] = (RedisError, StorageError, OSError, TimeoutError)
 
     def __init__(self, url: str, timeout: float, prefix: str) -> None:
-        # Socket timeouts bound each command; one immediate retry on a fresh connection
-        # rides over a server restart (pooled connections are then dead) without backoff
-        # sleeps that would outlast the limiter's own timeout. The pool *blocks* when all its
-        # connections are busy: redis-py's default pool raises instead once 100 are in use,
-        # which under a burst of hundreds of requests made the limiter fail open (found by
-        # tests/test_scale_out.py: 300 requests through three instances, all admitted).
-        connections = redis.asyncio.BlockingConnectionPool.from_url(
-            client_url(url),
-            max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self.client: redis.asyncio.Redis = redis.asyncio.Redis(connection_pool=connections)
+        self.client = redis_client(url, timeout, MAX_CONNECTIONS)
         pool: dict[str, Any] = {"connection_pool": self.client.connection_pool}
         self.storage = RedisStorage(
             storage_uri(url), implementation="redispy", key_prefix=f"{prefix}:rl", **pool
