@@ -15,6 +15,14 @@ from typing import Any
 import msgspec
 
 from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects.fields import (
+    invalid,
+    known_fields,
+    optional_number,
+    optional_positive_int,
+    optional_str,
+    route_name,
+)
 from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     Completion,
@@ -42,61 +50,39 @@ _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 
-def _invalid(message: str, param: str | None = None, status: int = 422) -> GatewayError:
-    return GatewayError(
-        "unprocessable" if status == 422 else "invalid_request", message, status, param=param
-    )
-
-
 def parse_request(body: bytes) -> Request:
     data = decode_body(body)
     if not isinstance(data, dict):
-        raise _invalid('the request body must be a JSON object like {"prompt": "..."}')
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise _invalid(
-            f"unknown field {unknown[0]!r}; the fields are {', '.join(FIELDS)}", param=unknown[0]
-        )
+        raise invalid('the request body must be a JSON object like {"prompt": "..."}')
+    known_fields(data, FIELDS, "/api/generate")
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
-        raise _invalid("'prompt' is required and must be a string", param="prompt")
+        raise invalid("'prompt' is required and must be a string", param="prompt")
     if not prompt.strip():
-        raise _invalid("'prompt' is empty; send the text to answer", param="prompt")
-    max_tokens = data.get("maxTokens")
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
-        raise _invalid("'maxTokens' must be a positive integer", param="maxTokens")
-    route = data.get("route", DEFAULT_ROUTE)
-    if not isinstance(route, str) or not route:
-        raise _invalid("'route' must be a non-empty string naming a route", param="route")
+        raise invalid("'prompt' is empty; send the text to answer", param="prompt")
+    max_tokens = optional_positive_int(data, "maxTokens")
+    route = route_name(data, DEFAULT_ROUTE)
     include = data.get("include", [])
     if not isinstance(include, list) or not all(isinstance(item, str) for item in include):
-        raise _invalid("'include' must be a list of strings", param="include")
+        raise invalid("'include' must be a list of strings", param="include")
     bad = sorted(set(include) - INCLUDES)
     if bad:
-        raise _invalid(
+        raise invalid(
             f"'include' holds {bad[0]!r}; it may hold {', '.join(sorted(INCLUDES))}",
             param="include",
         )
-    system = data.get("systemPrompt")
-    if system is not None and not isinstance(system, str):
-        raise _invalid("'systemPrompt' must be a string", param="systemPrompt")
-    temperature = data.get("temperature")
-    if temperature is not None and (
-        not isinstance(temperature, int | float) or isinstance(temperature, bool)
-    ):
-        raise _invalid("'temperature' must be a number", param="temperature")
+    system = optional_str(data, "systemPrompt")
+    temperature = optional_number(data, "temperature")
     stream = data.get("stream", True)
     if not isinstance(stream, bool):
-        raise _invalid("'stream' must be true or false", param="stream")
+        raise invalid("'stream' must be true or false", param="stream")
     return Request(
         dialect=NAME,
         model=route,
         messages=[Message("user", [TextPart(prompt)])],
         system=system,
         max_tokens=max_tokens,
-        temperature=None if temperature is None else float(temperature),
+        temperature=temperature,
         stream=stream,
         include_usage="usage" in include,
         front_options={"include": include} if include else {},

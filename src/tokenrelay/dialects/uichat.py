@@ -23,6 +23,14 @@ from typing import Any
 import msgspec
 
 from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects.fields import (
+    invalid,
+    known_fields,
+    optional_number,
+    optional_positive_int,
+    optional_str,
+    route_name,
+)
 from tokenrelay.dialects.sse import DONE, SSEEvent
 from tokenrelay.model import (
     Completion,
@@ -74,25 +82,15 @@ _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 
-def _invalid(message: str, param: str | None = None, status: int = 422) -> GatewayError:
-    return GatewayError(
-        "unprocessable" if status == 422 else "invalid_request", message, status, param=param
-    )
-
-
 def parse_request(body: bytes) -> Request:
     data = decode_body(body)
     if not isinstance(data, dict):
-        raise _invalid("the request body must be a JSON object like useChat sends")
-    unknown = sorted(set(data) - set(FIELDS))
-    if unknown:
-        raise _invalid(
-            f"unknown field {unknown[0]!r}; /api/chat takes {', '.join(FIELDS)}", param=unknown[0]
-        )
+        raise invalid("the request body must be a JSON object like useChat sends")
+    known_fields(data, FIELDS, "/api/chat")
     raw_messages = data.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise _invalid("'messages' is required: a non-empty list of UI messages", "messages")
-    system = _optional_str(data, "system")
+        raise invalid("'messages' is required: a non-empty list of UI messages", "messages")
+    system = optional_str(data, "system")
     messages: list[Message] = []
     for i, raw in enumerate(raw_messages):
         role, parts = _message(raw, i)
@@ -102,57 +100,40 @@ def parse_request(body: bytes) -> Request:
         elif parts:
             messages.append(Message(role, parts))
     if not messages:
-        raise _invalid("the messages hold no text to answer", "messages")
-    route = data.get("route", data.get("model", DEFAULT_ROUTE))
-    if not isinstance(route, str) or not route:
-        raise _invalid("'route' must be a non-empty string naming a route", "route")
-    max_tokens = data.get("maxTokens")
-    if max_tokens is not None and (
-        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
-    ):
-        raise _invalid("'maxTokens' must be a positive integer", "maxTokens")
-    temperature = data.get("temperature")
-    if temperature is not None and (
-        not isinstance(temperature, int | float) or isinstance(temperature, bool)
-    ):
-        raise _invalid("'temperature' must be a number", "temperature")
+        raise invalid("the messages hold no text to answer", "messages")
+    route = route_name(data, DEFAULT_ROUTE, alias="model")
+    max_tokens = optional_positive_int(data, "maxTokens")
+    temperature = optional_number(data, "temperature")
     metadata = data.get("metadata", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
     ):
-        raise _invalid("'metadata' must be an object of string values", "metadata")
+        raise invalid("'metadata' must be an object of string values", "metadata")
     return Request(
         dialect=NAME,
         model=route,
         messages=messages,
         system=system,
         max_tokens=max_tokens,
-        temperature=None if temperature is None else float(temperature),
+        temperature=temperature,
         stream=True,
         include_usage=True,
         metadata=metadata,
     )
 
 
-def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _invalid(f"'{name}' must be a string", name)
-    return value
-
-
 def _message(raw: object, i: int) -> tuple[Any, list[Part]]:
     where = f"messages[{i}]"
     if not isinstance(raw, dict):
-        raise _invalid(f"'{where}' must be a UI message object", where)
+        raise invalid(f"'{where}' must be a UI message object", where)
     role = raw.get("role")
     if role not in ("system", "user", "assistant"):
-        raise _invalid(f"'{where}.role' must be system, user or assistant", f"{where}.role")
+        raise invalid(f"'{where}.role' must be system, user or assistant", f"{where}.role")
     parts_raw = raw.get("parts")
     if parts_raw is None and isinstance(raw.get("content"), str):  # AI SDK 4's messages
         parts_raw = [{"type": "text", "text": raw["content"]}]
     if not isinstance(parts_raw, list):
-        raise _invalid(f"'{where}.parts' must be a list of parts", f"{where}.parts")
+        raise invalid(f"'{where}.parts' must be a list of parts", f"{where}.parts")
     parts: list[Part] = []
     for j, part in enumerate(parts_raw):
         converted = _part(part, f"{where}.parts[{j}]", role)
@@ -163,12 +144,12 @@ def _message(raw: object, i: int) -> tuple[Any, list[Part]]:
 
 def _part(part: object, where: str, role: str) -> Part | None:
     if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-        raise _invalid(f"'{where}' must be a part object with a 'type'", where)
+        raise invalid(f"'{where}' must be a part object with a 'type'", where)
     kind: str = part["type"]
     if kind == "text":
         text = part.get("text")
         if not isinstance(text, str):
-            raise _invalid(f"'{where}.text' must be a string", f"{where}.text")
+            raise invalid(f"'{where}.text' must be a string", f"{where}.text")
         return TextPart(text) if text else None
     if kind == "file":
         return _file(part, where, role)
@@ -177,22 +158,22 @@ def _part(part: object, where: str, role: str) -> Part | None:
     if kind in _UI_ONLY or kind.startswith("data-"):
         return None
     if kind.startswith("tool-") or kind == "dynamic-tool":
-        raise _invalid(
+        raise invalid(
             f"'{where}' is a tool part; /api/chat relays text and images, and tools run "
             "where they are defined: use /v1/chat/completions or /v1/messages with tools",
             where,
             400,
         )
-    raise _invalid(f"'{where}' has an unknown part type {kind!r}", where)
+    raise invalid(f"'{where}' has an unknown part type {kind!r}", where)
 
 
 def _file(part: Mapping[str, Any], where: str, role: str) -> Part:
     media_type = part.get("mediaType")
     url = part.get("url")
     if not isinstance(media_type, str) or not isinstance(url, str):
-        raise _invalid(f"'{where}' needs 'mediaType' and 'url' strings", where)
+        raise invalid(f"'{where}' needs 'mediaType' and 'url' strings", where)
     if role != "user" or not media_type.startswith("image/"):
-        raise _invalid(
+        raise invalid(
             f"'{where}' is a {media_type} file; only images in user messages can be sent",
             where,
             400,
@@ -202,7 +183,7 @@ def _file(part: Mapping[str, Any], where: str, role: str) -> Part:
         return ImagePart(data=found[2], media_type=found[1])
     if url.startswith(("https://", "http://")):
         return ImagePart(url=url, media_type=media_type)
-    raise _invalid(f"'{where}.url' must be a data: URL or an http(s) URL", f"{where}.url")
+    raise invalid(f"'{where}.url' must be a data: URL or an http(s) URL", f"{where}.url")
 
 
 def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
