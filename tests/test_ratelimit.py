@@ -400,7 +400,11 @@ async def test_an_unresponsive_redis_costs_at_most_the_timeout(own_redis: RedisS
         assert time.monotonic() - started < 0.05
         own_redis.resume()
         await asyncio.sleep(0.15)
-        assert [(await limiter.check_requests(rules)).allowed for _ in range(2)] == [True, False]
+        # The call that timed out had reached Redis's socket: on resume Redis may run it and
+        # count that request, which was indeed let through (failing open). Either way the
+        # limit of 2 holds: one more at most.
+        after = [(await limiter.check_requests(rules)).allowed for _ in range(2)]
+        assert after in ([True, False], [False, False])
     finally:
         await limiter.close()
 

@@ -1,10 +1,10 @@
 """Counters in Redis, shared by every gateway instance that points at the same server.
 
-Request and token windows are the `limits` library's Redis storage, used through its public
-storage methods: the moving window (a sliding log: a list of hit times trimmed to the limit,
-read and pushed by Lua scripts, so a hit is atomic and exact across instances) and the
-sliding-window counter (two counters per key, also by Lua, so a charge of 50,000 tokens is one
-INCRBY, not 50,000 list entries). Concurrency slots are this module's own two short scripts.
+Request windows are `limits`' moving-window lists (a sliding log: hit times trimmed to the
+limit), taken by this module's own script, all of a request's windows in one atomic round trip.
+Token windows are the `limits` library's sliding-window counter, used through its public storage
+methods (two counters per key, by Lua, so a charge of 50,000 tokens is one INCRBY, not 50,000
+list entries). Concurrency slots are this module's own two short scripts.
 
 Every window's hit time comes from the caller's clock (that is how limits works), so instances
 need synchronised clocks (NTP) for the window edges to agree; the counts are atomic regardless.
@@ -33,6 +33,51 @@ T = TypeVar("T")
 _NO_LIMIT = 2**52
 # Connections per instance; beyond them a request waits (up to the limiter's timeout) for one.
 MAX_CONNECTIONS = 64
+
+# All of a request's windows in one step, so a request is counted in every window or in none,
+# exactly, across instances, in one round trip. Each window is limits' moving-window list (hit
+# times, newest first, at most ``limit`` long), so its readers still understand it.
+# KEYS[i]: the lists. ARGV[1]: now (wall clock, s); ARGV[2i], ARGV[2i+1]: limit and seconds of
+# KEYS[i]. Returns {taken 0/1, then per window: hits in it before this one, the oldest of them}.
+_TAKE = """
+local now = tonumber(ARGV[1])
+local out = {0}
+local full = false
+for i, key in ipairs(KEYS) do
+    local limit = tonumber(ARGV[2 * i])
+    local since = now - tonumber(ARGV[2 * i + 1])
+    local low, high, index = 0, limit - 1, nil
+    while low <= high do  -- the oldest hit still in the window, as limits' own script finds it
+        local mid = math.floor((low + high) / 2)
+        local hit = tonumber(redis.call('LINDEX', key, mid))
+        if hit and hit >= since then
+            index = mid
+            low = mid + 1
+        else
+            high = mid - 1
+        end
+    end
+    local count, oldest = 0, ARGV[1]
+    if index then
+        count = index + 1
+        oldest = redis.call('LINDEX', key, index)
+    end
+    if count >= limit then
+        full = true
+    end
+    out[#out + 1] = count
+    out[#out + 1] = oldest
+end
+if not full then
+    for i, key in ipairs(KEYS) do
+        redis.call('LPUSH', key, ARGV[1])
+        redis.call('LTRIM', key, 0, tonumber(ARGV[2 * i]) - 1)
+        redis.call('EXPIRE', key, ARGV[2 * i + 1])
+    end
+    out[1] = 1
+end
+return out
+"""
 
 # KEYS[1]: a sorted set of lease ids scored by expiry (ms, server clock).
 # ARGV: limit, ttl (ms), lease id. Returns {granted 0/1, held after}.
@@ -118,25 +163,22 @@ class RedisStore:
             storage_uri(url), implementation="redispy", key_prefix=f"{prefix}:rl", **pool
         )
         self.prefix = prefix
+        self._take = self.client.register_script(_TAKE)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._refresh = self.client.register_script(_REFRESH)
 
     async def take(self, windows: Sequence[Window]) -> tuple[bool, list[Usage]]:
-        states = await _all(
-            [self.storage.get_moving_window(w.key, w.limit, w.seconds) for w in windows]
-        )
-        now = time.time()  # limits stamps hits with the wall clock
-        usage = [
-            Usage(count, start + w.seconds - now)
-            for w, (start, count) in zip(windows, states, strict=True)
-        ]
-        if any(u.used >= w.limit for w, u in zip(windows, usage, strict=True)):
-            return False, usage
-        taken = await _all([self.storage.acquire_entry(w.key, w.limit, w.seconds) for w in windows])
-        return all(taken), [
-            Usage(u.used + 1 if ok else w.limit, u.reset_after)
-            for w, u, ok in zip(windows, usage, taken, strict=True)
-        ]
+        now = time.time()  # hits are stamped with the wall clock, as limits does
+        args: list[Any] = [repr(now)]
+        for w in windows:
+            args += [w.limit, w.seconds]
+        keys = [f"{self.prefix}:rl:{w.key}" for w in windows]  # limits' own key names
+        taken, *found = await self._take(keys=keys, args=args)
+        usage = []
+        for i, w in enumerate(windows):
+            count, oldest = int(found[2 * i]), float(found[2 * i + 1])
+            usage.append(Usage(count + 1 if taken else count, oldest + w.seconds - now))
+        return bool(taken), usage
 
     async def tokens(self, windows: Sequence[Window]) -> list[TokenUsage]:
         states = await _all([self.storage.get_sliding_window(w.key, w.seconds) for w in windows])
