@@ -121,6 +121,19 @@ class LedgerWriter:
         return sum(max(0, segment.rows - segment.done) for segment in segments)
 
     @property
+    def running(self) -> bool:
+        """Whether the background task that writes rows to the database is alive."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What ended the background task, when it died of an error."""
+        task = self._task
+        if task is None or not task.done() or task.cancelled():
+            return None
+        return task.exception()
+
+    @property
     def database_down_since(self) -> float | None:
         """``time.monotonic()`` of the first failed write of the current outage, else None."""
         return self._down_since

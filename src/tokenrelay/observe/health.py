@@ -131,12 +131,10 @@ class Readiness:
         ledger = self.gateway.ledger
         if ledger is None:
             return {"ok": False, "reason": "the ledger writer was not started"}
-        # LedgerWriter keeps its task private; a writer without one was closed or never started.
-        task: asyncio.Task[None] | None = getattr(ledger, "_task", None)
-        if task is None or task.done():
+        if not ledger.running:
             why = "the ledger writer is not running"
-            if task is not None and not task.cancelled() and task.exception() is not None:
-                why += f" (it failed: {task.exception()!r})"
+            if ledger.failure is not None:
+                why += f" (it failed: {ledger.failure!r})"
             return {"ok": False, "reason": why}
         spool = ledger.spool_dir
         # access(2) answers for the real filesystem: a read-only mount fails it even for root.

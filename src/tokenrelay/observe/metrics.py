@@ -33,7 +33,7 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tokenrelay import __version__
 
@@ -171,7 +171,8 @@ class Metric:
         out.append(f"# TYPE {self.name} {self.kind}")
 
     def render(self, out: list[str]) -> None:
-        raise NotImplementedError
+        """The family's sample lines; every kind of metric writes its own."""
+        raise NotImplementedError  # abstract: _Scalar and Histogram implement it
 
 
 class _Scalar(Metric):
@@ -688,26 +689,8 @@ class GatewayMetrics:
         return families
 
     def _read_connections(self) -> bool:
-        """The shared upstream pool's connections: in use (or connecting) and idle. The pool
-        says so itself (``UpstreamPool.connections``); an aiohttp-based pool is read from its
-        connector's ``_acquired`` (connections handed out) and ``_conns`` (idle ones per host),
-        private attributes with no public equivalent, through the pool's private ``_session``
-        (its ``session`` property would create one just to be measured). Either way a missing
-        or changed attribute only leaves this metric out."""
-        pool: Any = self.gateway.pool
-        try:
-            counts = getattr(pool, "connections", None)
-            if counts is not None:
-                active, idle = (int(count) for count in counts)
-            else:
-                session: Any = getattr(pool, "_session", None)
-                active = idle = 0  # no session yet (or any more): nothing pooled
-                if session is not None and not session.closed:
-                    connector: Any = session.connector
-                    active = len(connector._acquired)
-                    idle = sum(len(held) for held in connector._conns.values())
-        except (TypeError, ValueError, AttributeError):
-            return False
+        """The shared upstream pool's connections, in use and idle (``UpstreamPool``)."""
+        active, idle = self.gateway.pool.connections
         self.connections.set("active", value=active)
         self.connections.set("idle", value=idle)
         return True
