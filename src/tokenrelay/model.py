@@ -230,6 +230,16 @@ class GatewayError(Exception):
         return cls(error.type, error.message, error.status, retry_after=error.retry_after)
 
 
+class Untranslatable(GatewayError):
+    """A target's dialect cannot carry this request (a field, tool or option it has no
+    equivalent for). Raised by a dialect's ``encode_request``; failover skips that target with
+    the reason in ``x-tokenrelay-attempts``, and only when no target of the route can carry the
+    request does the client get it as a 400 naming the field."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__("invalid_request", message, 400, param=param)
+
+
 # --- accumulation ------------------------------------------------------------------------------
 
 
