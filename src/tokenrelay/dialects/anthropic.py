@@ -52,6 +52,7 @@ from tokenrelay.model import (
     ToolCallDelta,
     ToolCallPart,
     ToolResultPart,
+    Untranslatable,
     Usage,
     merge_usage,
 )
@@ -484,11 +485,9 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     """The body POSTed to an Anthropic upstream; ``extra`` only travels between Anthropic ends."""
     if request.extra and request.dialect != NAME:
         names = ", ".join(sorted(request.extra))
-        raise GatewayError(
-            "invalid_request",
+        raise Untranslatable(
             f"{names} cannot be sent to an Anthropic model; remove them or use a route served "
             f"by {request.dialect}",
-            400,
             param=min(request.extra),  # the first name of the message, for an OpenAI client
         )
     if request.temperature is not None and request.temperature > 1:

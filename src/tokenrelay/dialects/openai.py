@@ -39,6 +39,7 @@ from tokenrelay.model import (
     ToolCallDelta,
     ToolCallPart,
     ToolResultPart,
+    Untranslatable,
     Usage,
     merge_usage,
 )
@@ -358,11 +359,9 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     ``max_tokens``, because vLLM, Ollama and older servers know only ``max_tokens``."""
     if request.extra and request.dialect != NAME:
         fields = ", ".join(repr(key) for key in request.extra)
-        raise GatewayError(
-            "invalid_request",
+        raise Untranslatable(
             f"{fields} cannot be sent to an OpenAI-compatible model; remove them or use a route "
             f"served by {request.dialect}",
-            400,
             param=next(iter(request.extra)),
         )
     messages: list[dict[str, Any]] = []
