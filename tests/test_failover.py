@@ -84,13 +84,9 @@ async def test_first_token_deadline_moves_on_to_the_next_target(gw: RunningGatew
     elapsed = time.monotonic() - started
     assert response.status == 200 and body.endswith(b"data: [DONE]\n\n")
     assert response.headers["x-tokenrelay-provider"] == "openai"
-    # the deadline passed once per try: the first try and its one retry, then OpenAI
-    assert [a[1] for a in attempts(response)] == [
-        "outcome=timeout",
-        "outcome=timeout",
-        "outcome=ok",
-    ]
-    assert elapsed < 2.0  # not the 3 s the slow target would have taken
+    # a missed deadline moves on at once: no retry of the slow target while OpenAI is left
+    assert [a[1] for a in attempts(response)] == ["outcome=timeout", "outcome=ok"]
+    assert elapsed < 0.3 + 0.5  # one deadline, not one per try
 
 
 async def test_a_hanging_primary_is_answered_by_the_fallback_just_after_the_deadline(
@@ -154,10 +150,10 @@ async def test_an_error_event_before_any_content_fails_over(gw: RunningGateway) 
 async def test_a_refused_key_is_logged_loudly_and_not_retried(
     gw: RunningGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="tokenrelay.failover"):
+    with caplog.at_level(logging.ERROR, logger="tokenrelay"):
         response, _ = await generate(gw, "badkey")
     assert response.headers["x-tokenrelay-provider"] == "openai"
-    assert [a[1] for a in attempts(response)] == ["outcome=authentication", "outcome=ok"]
+    assert [a[1] for a in attempts(response)] == ["outcome=upstream_auth", "outcome=ok"]
     assert any(
         "CONFIGURATION ERROR" in r.message and "anthropic" in r.message for r in caplog.records
     )

@@ -139,8 +139,8 @@ async def test_without_hedging_the_primary_is_waited_for_until_its_deadline(
     started = time.monotonic()
     response, _ = await generate(gw, "nohedge")
     assert response.headers["x-tokenrelay-provider"] == "openai"
-    assert [a[1] for a in attempts(response)] == ["outcome=timeout"] * 2 + ["outcome=ok"]
-    assert time.monotonic() - started >= 0.8  # two deadlines of 0.4 s: no hedge shortcut
+    assert [a[1] for a in attempts(response)] == ["outcome=timeout", "outcome=ok"]
+    assert time.monotonic() - started >= 0.4  # the whole deadline: no hedge shortcut
 
 
 # --- the race and the statistics on their own ---------------------------------------------------

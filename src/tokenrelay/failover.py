@@ -2,11 +2,15 @@
 one produces content within its first-token deadline, and hold the response head until then.
 
 What moves on, what is retried and what is returned at once is the README's failover table:
-connection errors, 408/409/429/5xx/529, the first-token deadline and an error event before any
-content move on (after a jittered retry that honours ``retry-after`` when it fits the route's
-budget); 400/413/415/422 fail the same way everywhere and are returned at once; 401/403 are
-configuration errors, logged loudly and passed over. After the first token the response is
-committed, and a failure becomes an in-band error (the relay's business, not this module's).
+connection errors, 408/409/429/5xx/529 and an error event before any content move on after a
+jittered retry that honours ``retry-after`` when it fits the route's budget; a missed first-token
+deadline moves on at once (a hanging target is the likeliest to hang again), and is retried only
+on the last target that can carry the request; 400/413/415/422 fail the same way everywhere and
+are returned at once; 401/403 are configuration errors, logged loudly by the provider and passed
+over, and reach the client only as a generic 502. A target whose dialect cannot carry the request
+(``Untranslatable``) is skipped without a request, and the client gets a 400 only when no target
+of the route can carry it. After the first token the response is committed, and a failure becomes
+an in-band error (the relay's business, not this module's).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +37,7 @@ from tokenrelay.model import (
     Finish,
     GatewayError,
     Request,
+    Untranslatable,
     Usage,
     merge_usage,
 )
@@ -47,6 +52,8 @@ if TYPE_CHECKING:
 FINAL_STATUSES = frozenset({400, 413, 415, 422})
 # A target that refuses our key is misconfigured: never retried, loudly logged, passed over.
 AUTH_STATUSES = frozenset({401, 403})
+# What an attempt's outcome says for a target skipped because it cannot carry the request.
+UNSUPPORTED = "unsupported"
 # Observations of a target's time to first token needed before hedging trusts its percentile.
 HEDGE_MIN_SAMPLES = 20
 
@@ -65,8 +72,10 @@ class RouteFailed(GatewayError):
 class Attempt:
     provider: str
     model: str
-    outcome: str  # "ok", "hedged_out" (lost a hedge race), or the normalized error type
-    status: int
+    # "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot carry the request: not
+    # tried), "upstream_auth" (refused the gateway's credentials), or the normalized error type
+    outcome: str
+    status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
     ms: float
     usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
 
@@ -94,13 +103,20 @@ class _Target:
     request: Request
     client_headers: Mapping[str, str]
     _prepared: tuple[bytes, dict[str, str]] | None = None
+    refusal: Untranslatable | None = None  # why its dialect cannot carry the request, if so
     span: AttemptTrace | None = None  # the current try's, when tracing is on
 
     @property
     def key(self) -> str:
         return f"{self.provider.name}:{self.settings.model}"
 
+    @property
+    def label(self) -> str:
+        return f"{self.provider.name}/{self.settings.model}"
+
     def prepared(self) -> tuple[bytes, dict[str, str]]:
+        """The body and headers; raises ``Untranslatable`` when the dialect cannot carry the
+        request (``Failover._carries`` asks first, so a try never does)."""
         if self._prepared is None:
             body = self.provider.build_body(self.request, self.settings)
             self._prepared = body, self.provider.build_headers(self.settings, self.client_headers)
@@ -144,9 +160,10 @@ class Failover:
             if isinstance(outcome, OpenStream):
                 return outcome
             index, first_retry = outcome
-        if not self.errors:
+        refusals = self._refusals()
+        if not self.errors and not refusals:
             self.errors.append(Error("timeout", f"route {self.route.name!r} spent its budget", 504))
-        raise summarize(self.errors, self.attempts)
+        raise summarize(self.errors, self.attempts, refusals)
 
     def _remaining(self) -> float:
         return self.settings.budget - (time.perf_counter() - self.started)
@@ -160,6 +177,8 @@ class Failover:
     async def _walk(self, index: int, first_retry: int) -> OpenStream | tuple[int, int]:
         """Target ``index``'s tries from ``first_retry`` on: its stream, or where to go next."""
         target = self.targets[index]
+        if not self._carries(target):
+            return index + 1, 0
         retries = self.settings.retries
         for retry in range(first_retry, retries + 1):
             if self._remaining() <= 0:
@@ -169,8 +188,8 @@ class Failover:
             limit, why = self._limit(target)
             hedge = await self._hedge_for(index, limit)
             if hedge is not None:
-                backup, delay = hedge
-                return await self._race(target, backup, delay, limit, why, index)
+                after, delay = hedge
+                return await self._race(target, after, delay, limit, why)
             attempt_started = time.perf_counter()
             stream, error = await self._start(target, limit, why)
             if stream is not None:
@@ -180,6 +199,8 @@ class Failover:
                 break
             if retry == retries:
                 break
+            if _missed_deadline(error) and self._carrier_after(index) is not None:
+                break  # it hangs: the next target now, not a second deadline on this one
             wait = _backoff(self.settings.retry_backoff, retry, error.retry_after)
             if wait >= self._remaining():
                 break  # the upstream asks for longer than we may wait: next target
@@ -195,6 +216,27 @@ class Failover:
                 target.provider, target.settings.model, target.request, headers
             )
         return attempt(target.provider, body, headers, limit, why)
+
+    def _carries(self, target: _Target) -> bool:
+        """Whether ``target``'s dialect can carry the request. One that cannot is recorded once
+        (``outcome=unsupported``) and never tried, hedged to, or counted by its breaker."""
+        if target.refusal is not None:
+            return False
+        try:
+            target.prepared()
+        except Untranslatable as refusal:
+            target.refusal = refusal
+            name, model = target.provider.name, target.settings.model
+            self.attempts.append(Attempt(name, model, UNSUPPORTED, 0, 0.0))
+            return False
+        return True
+
+    def _carrier_after(self, index: int) -> int | None:
+        """The next target after ``index`` that can carry the request, if any."""
+        for later in range(index + 1, len(self.targets)):
+            if self._carries(self.targets[later]):
+                return later
+        return None
 
     async def _allowed(self, target: _Target) -> bool:
         if await self.breaker.allow(target.key):
@@ -217,35 +259,40 @@ class Failover:
 
     async def _lost(self, target: _Target, error: Error, since: float) -> bool:
         """Record a failed attempt; ``False`` when the target is not worth another try. Raises
-        ``RouteFailed`` for an error that would fail the same way on every target."""
+        ``RouteFailed`` for an error that would fail the same way on every target.
+
+        A refused credential (401/403) is the operator's problem, not the client's: the provider
+        has logged the upstream's words (redacted) as a CONFIGURATION ERROR, and the client only
+        ever hears a generic 502 about it, never the upstream's message, which may quote our key.
+        """
         ms = (time.perf_counter() - since) * 1000
         if target.span is not None:
             target.span.failed(error)
         name = target.provider.name
         model = target.settings.model
-        self.attempts.append(Attempt(name, model, error.type, error.status, ms, error.usage))
-        self.errors.append(error)
+        refused = error.status in AUTH_STATUSES
+        outcome = "upstream_auth" if refused else error.type
+        self.attempts.append(Attempt(name, model, outcome, error.status, ms, error.usage))
+        self.errors.append(_for_client(error) if refused else error)
         if error.status in FINAL_STATUSES:
-            raise summarize(self.errors, self.attempts)
+            raise summarize(self.errors, self.attempts, self._refusals())
         await self.breaker.failure(target.key)
-        if error.status in AUTH_STATUSES:
-            log.error(
-                "CONFIGURATION ERROR: %s refused our credentials (%d: %s); check its API key. "
-                "Moving on to the next target.",
-                name,
-                error.status,
-                error.message,
-            )
-            return False
-        return True
+        return not refused
 
-    async def _hedge_for(self, index: int, limit: float) -> tuple[_Target, float] | None:
-        """The next target and how long to wait for the current one before starting it, when
-        the route hedges and a hedge would start before the current attempt's deadline."""
+    def _refusals(self) -> list[tuple[str, Untranslatable]]:
+        return [(t.label, t.refusal) for t in self.targets if t.refusal is not None]
+
+    async def _hedge_for(self, index: int, limit: float) -> tuple[int, float] | None:
+        """The next target that can carry the request and how long to wait for the current one
+        before starting it, when the route hedges and a hedge would start before the current
+        attempt's deadline."""
         settings = self.settings
-        if not settings.hedge or self.hedged or index + 1 >= len(self.targets):
+        if not settings.hedge or self.hedged:
             return None
-        current, backup = self.targets[index], self.targets[index + 1]
+        after = self._carrier_after(index)
+        if after is None:
+            return None
+        current, backup = self.targets[index], self.targets[after]
         delay = settings.hedge_delay
         if delay is None:
             delay = self.latency.quantile(current.key, settings.hedge_quantile, HEDGE_MIN_SAMPLES)
@@ -254,15 +301,19 @@ class Failover:
         if delay >= limit or not await self.breaker.allow(backup.key):
             return None
         self.hedged = True
-        return backup, delay
+        return after, delay
 
     async def _race(
-        self, first: _Target, backup: _Target, delay: float, limit: float, why: str, index: int
+        self, first: _Target, after: int, delay: float, limit: float, why: str
     ) -> OpenStream | tuple[int, int]:
-        """The current target against the next one, started ``delay`` seconds later or as soon
-        as the current one fails: whichever produces content first is served, the other is
-        cancelled and its connection closed. With no winner the walk goes on at the next
-        target's second try (its first was the hedge)."""
+        """The current target against target ``after`` (the next that can carry the request),
+        started ``delay`` seconds later or as soon as the current one fails: whichever produces
+        content first is served, the other is cancelled and its connection closed. With no
+        winner the walk goes on at the backup's second try (its first was the hedge), unless
+        the backup is not worth one: it refused our key, or it missed its deadline and another
+        target is left."""
+        backup = self.targets[after]
+        retry_backup = True
 
         contenders = [
             Contender(first, lambda: self._start(first, limit, why)),
@@ -271,8 +322,13 @@ class Failover:
         async with contextlib.aclosing(race(contenders, delay)) as results:
             async for result in results:
                 if result.stream is None:
-                    assert result.error is not None
-                    await self._lost(result.key, result.error, result.started)
+                    error = result.error
+                    assert error is not None
+                    worth = await self._lost(result.key, error, result.started)
+                    if result.key is backup:
+                        retry_backup = worth and not (
+                            _missed_deadline(error) and self._carrier_after(after) is not None
+                        )
                     continue
                 for loser in result.cancelled:
                     name, model = loser.key.provider.name, loser.key.settings.model
@@ -280,7 +336,7 @@ class Failover:
                     if loser.key.span is not None:
                         loser.key.span.hedged_out()
                 return await self._won(result.key, result.stream, result.started)
-        return index + 1, 1
+        return (after, 1) if retry_backup else (after + 1, 0)
 
 
 async def attempt(
@@ -308,6 +364,18 @@ async def attempt(
     return (events, pending), None
 
 
+def _missed_deadline(error: Error) -> bool:
+    """A try that ended in a timeout: no first token within the deadline, no connection or no
+    answer in time, or the upstream's own 504. The strongest sign a target is unwell now."""
+    return error.type == "timeout"
+
+
+def _for_client(error: Error) -> Error:
+    """A refused credential as the client hears of it: a 502 about the gateway, not a 401/403
+    about the client's own key. Its message is already the provider's generic one."""
+    return msgspec.structs.replace(error, type="upstream_unavailable", status=502)
+
+
 def _backoff(base: float, retry: int, retry_after: float | None) -> float:
     """Seconds before retry ``retry + 1``: what the upstream asked for, else jittered
     exponential backoff (full jitter around the doubling, so retries from many requests
@@ -331,11 +399,20 @@ async def _until_content(events: Events) -> tuple[list[Event], Error | None]:
     return pending, Error("upstream_unavailable", "the upstream stream was empty", 502)
 
 
-def summarize(errors: list[Error], attempts: list[Attempt]) -> RouteFailed:
+def summarize(
+    errors: list[Error],
+    attempts: list[Attempt],
+    refusals: Sequence[tuple[str, Untranslatable]] = (),
+) -> RouteFailed:
     """One error for the client from every failed attempt: the upstream's own status and words
-    when they all agree, else a 503 (or 504 when all timed out) listing each distinct failure."""
+    when they all agree, else a 503 (or 504 when all timed out) listing each distinct failure.
+    ``refusals`` are the targets that could not carry the request (``"provider/model"`` and
+    why): with no failure besides, the request itself is the problem (a 400 naming the field);
+    with failures, the status is the outage's and the message says what was skipped."""
+    if not errors:
+        return _uncarried(refusals, attempts)
     last = errors[-1]
-    failed = [a for a in attempts if a.outcome not in ("ok", "hedged_out")]
+    failed = [a for a in attempts if a.outcome not in ("ok", "hedged_out", UNSUPPORTED)]
     pairs = zip(failed, errors, strict=False)  # strict fails only for a budget spent untried
     distinct = list(dict.fromkeys(f"{a.provider}: {e.message}" for a, e in pairs)) or [last.message]
     tries = f" ({len(errors)} attempts)" if len(errors) > 1 else ""
@@ -355,5 +432,22 @@ def summarize(errors: list[Error], attempts: list[Attempt]) -> RouteFailed:
         status = 504 if all(e.status == 504 for e in errors) else 503
         kind = "overloaded" if status == 503 else "timeout"
         error = RouteFailed(kind, f"no provider answered ({'; '.join(distinct)})", status)
+    if refusals:
+        skipped = "; ".join(f"{label}: {refusal.message}" for label, refusal in refusals)
+        error.message += f"; skipped as unable to carry this request: {skipped}"
+    error.attempts = attempts
+    return error
+
+
+def _uncarried(
+    refusals: Sequence[tuple[str, Untranslatable]], attempts: list[Attempt]
+) -> RouteFailed:
+    """No target of the route can carry the request: a 400 naming the (first) field."""
+    first = refusals[0][1]
+    message = first.message
+    if len(refusals) > 1:
+        each = "; ".join(f"{label}: {refusal.message}" for label, refusal in refusals)
+        message = f"no target of this route can carry the request ({each})"
+    error = RouteFailed(first.type, message, first.status, param=first.param)
     error.attempts = attempts
     return error
