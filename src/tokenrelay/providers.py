@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ import msgspec
 
 from tokenrelay import dialects
 from tokenrelay.dialects.sse import SSEParser
+from tokenrelay.gate.keys import KEY_PREFIX
 from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
 from tokenrelay.model import Error, Event, Request
 
@@ -28,6 +30,34 @@ log = logging.getLogger("tokenrelay.providers")
 
 _PATHS = {"anthropic": "/v1/messages", "openai": "/chat/completions"}
 _MAX_ERROR_BODY = 65_536
+
+# Client headers never passed upstream, whatever ``forward_headers`` says: the client's
+# credentials for us (a provider would see our users' keys), cookies, and what belongs to one
+# HTTP hop rather than to the request.
+_NEVER_FORWARDED = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "cookie",
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# An upstream that refuses our credentials: the client hears of it only in general terms.
+_AUTH_STATUSES = frozenset({401, 403})
+# Credential-shaped text in an upstream's message (``Bearer ...``, ``sk-...``), for the log.
+_CREDENTIALS = re.compile(r"(?i)(bearer\s+|\b(?:sk|rk|pk)-)[^\s\"',;]+")
+# Header names whose values are secrets, to be masked wherever an upstream quotes them.
+_SECRET_NAME = re.compile(r"(?i)auth|key|token|secret|cookie|signature")
 
 
 class Provider:
@@ -75,12 +105,22 @@ class Provider:
     def build_headers(
         self, target: TargetSettings, client_headers: Mapping[str, str]
     ) -> dict[str, str]:
+        """The upstream request's headers. A client header matching ``forward_headers`` goes
+        along unless it is a credential (ours: ``authorization``, ``x-api-key``, any value
+        holding a ``trk_`` key), a cookie, a hop-by-hop header, or one the gateway sets."""
         headers = dict(self._headers)
         if target.headers:
             headers.update({name.lower(): value for name, value in target.headers.items()})
         if self._forward:
+            ours = set(headers)
             for name, value in client_headers.items():
-                if name.startswith(self._forward):
+                name = name.lower()
+                if (
+                    name.startswith(self._forward)
+                    and name not in _NEVER_FORWARDED
+                    and name not in ours
+                    and KEY_PREFIX not in value
+                ):
                     headers[name] = value
         return headers
 
@@ -112,12 +152,13 @@ class Provider:
         try:
             if response.status != 200:
                 raw = await response.read(_MAX_ERROR_BODY)
-                yield [self.dialect.parse_error(response.status, raw, response.headers)]
+                error = self.dialect.parse_error(response.status, raw, response.headers)
+                yield [self._screened(error, headers)]
                 finished = response.at_eof()
                 return
             if response.content_type == "application/json":
                 raw = await response.read()
-                yield self.dialect.parse_response(raw).events()
+                yield self._screened_all(self.dialect.parse_response(raw).events(), headers)
                 finished = True
                 return
             parser = SSEParser()
@@ -128,6 +169,8 @@ class Provider:
                 batch: list[Event] = []
                 for sse in parser.feed(chunk):
                     batch.extend(reader.feed(sse))
+                if reader.done:  # an upstream's error event ends its stream: it is in here
+                    batch = self._screened_all(batch, headers)
                 if batch:
                     yield batch
                 if reader.done:
@@ -154,6 +197,38 @@ class Provider:
                 self._pool.recycle(response)
             else:
                 response.close()  # a half-read response is never reused
+
+    def _screened(self, error: Error, headers: Mapping[str, str]) -> Error:
+        """An upstream's error as the rest of the gateway may pass it on: our secrets masked
+        and, for a refused credential, only a generic message (its status kept, so failover
+        does not retry it). The upstream's own words go to the log, loudly and masked: an
+        upstream may quote the key it refused."""
+        message = self._masked(error.message, headers)
+        if error.status in _AUTH_STATUSES:
+            log.error(
+                "CONFIGURATION ERROR: %s refused the gateway's credentials (HTTP %d: %s); "
+                "check its API key. Requests move on to the route's next target.",
+                self.name,
+                error.status,
+                message[:500],
+            )
+            message = f"the gateway's credentials for {self.name} were refused; the operator "
+            message += "has been told"
+        if message == error.message:
+            return error
+        return msgspec.structs.replace(error, message=message)
+
+    def _screened_all(self, events: list[Event], headers: Mapping[str, str]) -> list[Event]:
+        return [self._screened(e, headers) if type(e) is Error else e for e in events]
+
+    def _masked(self, text: str, headers: Mapping[str, str]) -> str:
+        """``text`` without the secrets sent in ``headers``, nor anything shaped like a key."""
+        for name, value in headers.items():
+            if _SECRET_NAME.search(name):
+                for secret in (value, value.partition(" ")[2]):  # and the token of "Bearer ..."
+                    if len(secret) >= 8:
+                        text = text.replace(secret, "[redacted]")
+        return _CREDENTIALS.sub(lambda match: match.group(1) + "[redacted]", text)
 
 
 class _IdleWatch:
