@@ -61,7 +61,7 @@ from tokenrelay.breaker import (
     Transition,
 )
 from tokenrelay.latency import LocalLatencyStats, quantile_of
-from tokenrelay.ratelimit.shared import redis_client
+from tokenrelay.ratelimit.shared import redis_client, redis_health
 
 if TYPE_CHECKING:
     from tokenrelay.settings import Settings
@@ -174,8 +174,10 @@ class RedisLink:
     the request path never sees an exception; the first failure of an outage is logged once, at
     ERROR. While Redis is down nothing is sent: with a watcher (``SharedState``'s background
     task, which pings every ``retry_interval``) requests never pay a timeout again; without one,
-    the first call after ``retry_interval`` tries Redis. ``listeners`` hear every change, with
-    ``True`` when Redis is back."""
+    the first call after ``retry_interval`` tries Redis. A failure the rate limiter's client saw
+    within ``retry_interval`` counts as this link's own (``RedisHealth``), so a request that
+    has just waited for a hung Redis in the limiter does not wait for it again here.
+    ``listeners`` hear every change, with ``True`` when Redis is back."""
 
     def __init__(self, url: str, *, timeout: float, retry_interval: float, prefix: str) -> None:
         self.url = url
@@ -183,6 +185,7 @@ class RedisLink:
         self.retry_interval = retry_interval
         self.prefix = prefix
         self.client = redis_client(url, timeout, MAX_CONNECTIONS)  # see there: the pool blocks
+        self.health = redis_health(url)
         self.up = True
         self.outages = 0  # a metric: how many times Redis went away
         self.watched = False
@@ -195,6 +198,10 @@ class RedisLink:
         if not self.up and (self.watched or time.monotonic() < self.retry_at):
             call.close()
             return DOWN
+        if self.health.down_within(self.retry_interval):
+            call.close()
+            self._failed(ConnectionError("it just failed another client in this process"))
+            return DOWN
         return await self._attempt(call)
 
     async def probe(self) -> bool:
@@ -206,8 +213,10 @@ class RedisLink:
             async with asyncio.timeout(self.timeout):
                 result = await call
         except Exception as exc:  # never into a request: any failure means "use the local state"
+            self.health.failed()
             self._failed(exc)
             return DOWN
+        self.health.answered()
         if not self.up:
             self._recovered()
         return result

@@ -14,7 +14,8 @@ closed as configured: open answers allowed with ``degraded=True`` and counts ``f
 closed answers ``unavailable=True`` (the caller sends 503) and counts ``failures_closed``. A log
 line says so at most every ten seconds. After a failure Redis is left alone for
 ``redis_retry_interval`` seconds, then the next call tries it again, so the limits come back by
-themselves when Redis does.
+themselves when Redis does. A failure seen by the shared state's own client within that interval
+counts too (``RedisHealth``), so a request never waits for a hung Redis twice.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from collections.abc import Coroutine, Iterable, Sequence
 from enum import Enum
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from tokenrelay.ratelimit.base import Store
 from tokenrelay.ratelimit.decide import (
@@ -40,6 +41,9 @@ from tokenrelay.ratelimit.decide import (
 )
 from tokenrelay.ratelimit.memory import MemoryStore
 from tokenrelay.ratelimit.model import Decision, LimitSettings, Rule, Subject, policy_name
+
+if TYPE_CHECKING:
+    from tokenrelay.ratelimit.shared import RedisHealth
 
 log = logging.getLogger("tokenrelay.ratelimit")
 
@@ -90,9 +94,12 @@ class Lease:
 
 
 class RateLimiter:
-    def __init__(self, settings: LimitSettings, store: Store) -> None:
+    def __init__(
+        self, settings: LimitSettings, store: Store, health: RedisHealth | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
+        self._health = health  # a shared store's Redis, as this process's clients see it
         self.failures_open = 0  # decisions made without Redis and let through (a metric)
         self.failures_closed = 0  # decisions made without Redis and refused
         self.charges_lost = 0  # token charges that did not reach Redis
@@ -107,14 +114,14 @@ class RateLimiter:
     def create(cls, settings: LimitSettings) -> RateLimiter:
         """In process unless ``redis_url`` is set. Nothing connects yet."""
         if settings.redis_url:
-            from tokenrelay.ratelimit.shared import RedisStore  # redis and limits load here
+            # redis and limits load here
+            from tokenrelay.ratelimit.shared import RedisStore, redis_health
 
             store: Store = RedisStore(
                 settings.redis_url, settings.redis_timeout, settings.key_prefix
             )
-        else:
-            store = MemoryStore()
-        return cls(settings, store)
+            return cls(settings, store, redis_health(settings.redis_url))
+        return cls(settings, MemoryStore())
 
     async def check_requests(self, rules: Sequence[Rule]) -> Decision:
         """Count this request against every rule, or against none when one refuses."""
@@ -246,12 +253,21 @@ class RateLimiter:
         if now < self._skip_until:
             call.close()
             return DOWN
+        health = self._health
+        if health is not None and health.down_within(self.settings.redis_retry_interval):
+            call.close()
+            self._failed(ConnectionError("it just failed another client in this process"))
+            return DOWN
         try:
             async with asyncio.timeout(self.settings.redis_timeout):
                 result = await call
         except self.store.errors as exc:
+            if health is not None:
+                health.failed()
             self._failed(exc)
             return DOWN
+        if health is not None:
+            health.answered()
         if self._down_since is not None:
             log.warning(
                 "rate limiter: Redis at %s is back after %.1f s; limits are enforced again "

@@ -125,6 +125,43 @@ def client_url(url: str) -> str:
     return "unix://" + url.removeprefix("redis+unix://") if url.startswith("redis+unix") else url
 
 
+class RedisHealth:
+    """Whether a Redis answered lately, as every client of it in this process sees it.
+
+    The rate limiter and the shared state each have their own client (so a slow limiter call
+    never queues a breaker decision), and each bounds a call by ``redis_timeout``. Without a
+    common view, one request meeting a hung Redis waited for it once per client, one after the
+    other. Each client reports here; before calling, it asks whether a failure was seen within
+    its own retry interval, and if so goes on without Redis at once."""
+
+    __slots__ = ("failed_at",)
+
+    def __init__(self) -> None:
+        self.failed_at: float | None = None  # time.monotonic() of a failure since the last answer
+
+    def failed(self) -> None:
+        self.failed_at = time.monotonic()
+
+    def answered(self) -> None:
+        self.failed_at = None
+
+    def down_within(self, interval: float) -> bool:
+        """Whether a client failed less than ``interval`` seconds ago, with no answer since."""
+        failed_at = self.failed_at
+        return failed_at is not None and time.monotonic() - failed_at < interval
+
+
+_HEALTH: dict[str, RedisHealth] = {}
+
+
+def redis_health(url: str) -> RedisHealth:
+    """The one ``RedisHealth`` of the Redis at ``url`` in this process."""
+    health = _HEALTH.get(url)
+    if health is None:
+        health = _HEALTH[url] = RedisHealth()
+    return health
+
+
 def redis_client(url: str, timeout: float, max_connections: int) -> redis.asyncio.Redis:
     """A client for one of the gateway's uses of Redis (limits, shared state).
 
