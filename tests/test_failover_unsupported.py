@@ -124,6 +124,9 @@ async def test_a_target_that_cannot_carry_the_request_is_skipped(
         assert await simulator_requests(simulator) == {"/v1/messages": 3}
         states = await gw.gateway.router.breaker.snapshot()
         assert states.get("openai:gpt-5.5", "closed") == "closed"
+        async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as metrics:
+            exposition = await metrics.text()
+        assert "tokenrelay_upstream_failures_total{" not in exposition  # a skip is no failure
         response, _ = await messages(gw, "openaifirst")  # without top_k OpenAI serves it
         assert response.headers["x-tokenrelay-provider"] == "openai"
 

@@ -557,7 +557,7 @@ class GatewayMetrics:
         lost_race: Attempt | None = None
         for attempt in attempts:
             outcome = attempt.outcome
-            if outcome == "circuit_open":  # skipped, never sent
+            if outcome in ("circuit_open", "unsupported"):  # skipped, never sent
                 first_failure = first_failure or outcome
                 continue
             model = self._bounded(attempt.model)
