@@ -44,7 +44,6 @@ _REQUEST_DEFAULTS: dict[str, Any] = {
     "reasoning": {"effort": None, "summary": None},
     "safety_identifier": None,
     "service_tier": "auto",
-    "store": False,
     "temperature": 1.0,
     "text": {"format": {"type": "text"}, "verbosity": "medium"},
     "tool_choice": "auto",
@@ -148,7 +147,6 @@ def call_item(
         return {
             "id": id,
             "type": "custom_tool_call",
-            "status": status,
             "call_id": call_id,
             "name": name,
             "input": custom_input(arguments),
