@@ -607,3 +607,21 @@ def test_fixture_whole_response_parses_with_the_sdk() -> None:
     response = sdk_response(msgspec.json.decode((DATA / "whole.json").read_bytes()))
     assert response.status == "completed" and response.output[-1].type == "function_call"
     assert response.tools[0].type == "function"
+
+
+def test_reasoning_without_encrypted_content_keeps_only_its_id() -> None:
+    """Codex sends back every reasoning item; one without encrypted content cannot be taken back
+    by any model, so only its id goes on (to a Responses upstream), and a Chat Completions
+    upstream, which refuses earlier thinking, is not refused because of it."""
+    from tokenrelay.dialects import openai
+
+    item = {"type": "reasoning", "id": "rs_9", "summary": [{"type": "summary_text", "text": "x"}]}
+    request = parsed(input=[{"role": "user", "content": "hi"}, item, ASSISTANT_SAID])
+    assert request.messages[1] == Message("assistant", [ThinkingPart(""), TextPart("ok")])
+    sent = msgspec.json.decode(responses.encode_request(request, "gpt-5.5", stream=True))
+    assert sent["input"][1] == {"type": "reasoning", "id": "rs_9", "summary": []}
+    chat = msgspec.json.decode(openai.encode_request(request, "gpt-5.5", stream=True))
+    assert chat["messages"][1] == {"role": "assistant", "content": "ok"}
+
+
+ASSISTANT_SAID = {"role": "assistant", "content": "ok"}

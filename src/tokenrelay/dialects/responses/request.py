@@ -502,10 +502,14 @@ def _reasoning(item: dict[str, Any], where: str, ids: list[str]) -> ThinkingPart
     signature = item.get("encrypted_content")
     if signature is not None and not isinstance(signature, str):
         raise _invalid(f"{where}.encrypted_content", "must be a string")
-    if not texts and not signature:
-        return None  # nothing to carry back without the upstream's stored copy
-    ids.append(item["id"] if isinstance(item.get("id"), str) else "")
-    return ThinkingPart("\n\n".join(texts), signature or None)
+    item_id = item["id"] if isinstance(item.get("id"), str) else ""
+    if not signature and not item_id:
+        return None  # nothing any upstream could take back
+    ids.append(item_id)
+    # Without its encrypted content no model can take the reasoning back as its own (and a
+    # model never needs an earlier turn's), so the summary then stays out: only the id goes on,
+    # to a Responses upstream that may have stored the item.
+    return ThinkingPart("\n\n".join(texts) if signature else "", signature or None)
 
 
 # --- encoding for a Responses upstream ----------------------------------------------------------
@@ -630,6 +634,8 @@ def _part_json(
         if not same:
             return None
         item_id = reasoning_ids.pop(0) if reasoning_ids else ""
+        if not item_id and not part.signature:
+            return None
         summary = [{"type": "summary_text", "text": part.text}] if part.text else []
         item: dict[str, Any] = {"type": "reasoning", "id": item_id, "summary": summary}
         if part.signature:
