@@ -45,6 +45,7 @@ _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 
 _NONE, _TEXT, _THINKING, _TOOL = 0, 1, 2, 3
+_SEQ_TAIL = b',"sequence_number":%d}\n\n'
 _INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -82,6 +83,7 @@ class ResponsesWriter:
         "_response",
         "_seq",
         "_started",
+        "_text",
         "_tools",
         "_usage",
         "result",
@@ -94,6 +96,7 @@ class ResponsesWriter:
         self._seq = 0
         self._output: list[dict[str, Any]] = []
         self._item: _Item | None = None
+        self._text: list[str] | None = None  # the open message's text, while one is open
         self._head = b""  # the bytes before a delta's JSON string in the open item
         self._tools: dict[int, _Item] = {}  # our tool index -> its item
         self._usage = Usage()
@@ -108,8 +111,8 @@ class ResponsesWriter:
 
     def _delta(self, text: str) -> bytes:
         seq = self._seq
-        self._seq += 1
-        return self._head + _encode(text) + b',"sequence_number":' + str(seq).encode() + b"}\n\n"
+        self._seq = seq + 1
+        return self._head + _encode(text) + _SEQ_TAIL % seq
 
     def _start(self) -> bytes:
         if self._started:
@@ -121,16 +124,24 @@ class ResponsesWriter:
         )
 
     def write(self, event: Event) -> bytes:
+        if type(event) is TextDelta and self._text is not None:  # the hot path: more text
+            text = event.text
+            if not text:
+                return b""
+            self._text.append(text)
+            seq = self._seq
+            self._seq = seq + 1
+            return self._head + _encode(text) + _SEQ_TAIL % seq
         if self._closed:
             return b""
         if isinstance(event, TextDelta):
             if not event.text:
                 return b""
-            item = self._item
-            if item is not None and item.kind == _TEXT:
-                item.pieces.append(event.text)
-                return self._delta(event.text)
-            return self._open_text() + self._text(event.text)
+            out = self._open_text()
+            assert self._item is not None
+            self._text = self._item.pieces
+            self._item.pieces.append(event.text)
+            return out + self._delta(event.text)
         if isinstance(event, ThinkingDelta):
             return self._thinking(event)
         if isinstance(event, ToolCallDelta):
@@ -167,11 +178,6 @@ class ResponsesWriter:
             + self._added(item, added)
             + self._event({"type": "response.content_part.added", **where, "part": part})
         )
-
-    def _text(self, text: str) -> bytes:
-        assert self._item is not None
-        self._item.pieces.append(text)
-        return self._delta(text)
 
     def _thinking(self, event: ThinkingDelta) -> bytes:
         item = self._item
@@ -240,7 +246,7 @@ class ResponsesWriter:
         item = self._item
         if item is None:
             return b""
-        self._item = None
+        self._item = self._text = None
         text = "".join(item.pieces)
         where: dict[str, Any] = {"item_id": item.id, "output_index": item.index}
         if item.kind == _TEXT:
