@@ -256,12 +256,14 @@ def test_hosted_tools_unknown_fields_and_items_go_to_extra() -> None:
         input=[{"role": "user", "content": "hi"}, {"type": "web_search_call", "id": "ws_1"}],
         text={"format": {"type": "json_schema", "name": "w", "schema": SCHEMA}},
         client_metadata={"a": "b"},
+        context_management=[{"type": "compaction"}],
     )
-    assert set(request.extra) == {"tools", "tool_choice", "input", "text", "client_metadata"}
+    assert set(request.extra) == {"tools", "tool_choice", "input", "text", "context_management"}
     assert [tool.name for tool in request.tools] == ["get_weather"]
     sent = msgspec.json.decode(responses.encode_request(request, "gpt-5.5", stream=True))
     assert sent["tools"] == [FUNCTION, search] and sent["input"][1]["type"] == "web_search_call"
     assert sent["client_metadata"] == {"a": "b"} and sent["text"]["format"]["name"] == "w"
+    assert sent["context_management"] == [{"type": "compaction"}]
     with pytest.raises(GatewayError) as raised:
         anthropic.encode_request(request, "claude-sonnet-5-5", stream=True)
     assert raised.value.status == 400

@@ -7,8 +7,9 @@ and that another API cannot say (a ``json_schema`` text format, hosted tools suc
 ``Request.extra``: they reach a Responses upstream whole and make any other target refuse the
 request (``Untranslatable``). Fields that only tune how a Responses upstream serves it
 (``reasoning``, ``include``, ``store``, ``prompt_cache_key``, ``truncation``, ``service_tier``,
-``parallel_tool_calls``, function tools' ``strict``, ...) are hints: passed on to a Responses
-upstream, dropped by others. What the response object repeats goes to the writer.
+``parallel_tool_calls``, ``client_metadata``, function tools' ``strict``, ...) are hints: passed
+on to a Responses upstream, dropped by others. What the response object repeats goes to the
+writer.
 
 A ``custom`` (freeform) tool becomes a function tool taking one string, ``{"input": ...}``, with
 its grammar in the description; its calls come back to the client as ``custom_tool_call`` items.
@@ -59,6 +60,7 @@ _ECHOED = frozenset(
 _HINTED = frozenset(
     {"include", "metadata", "parallel_tool_calls", "prompt_cache_key", "reasoning"}
     | {"safety_identifier", "service_tier", "store", "stream_options", "truncation", "user"}
+    | {"client_metadata", "prompt_cache_retention"}  # Codex sends both
 )
 _CONSUMED = _HINTED | frozenset(
     {"model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools"}
