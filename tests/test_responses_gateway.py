@@ -388,3 +388,61 @@ async def test_demo_mode_serves_responses() -> None:
                 assert answer.status == "completed" and answer.output_text
         record = demo.records[-1]
         assert (record.dialect, record.provider) == ("responses", "openai-responses")
+
+
+# --- the simulator's Responses API on its own ----------------------------------------------------
+
+
+async def test_the_simulator_refuses_in_openais_shape(simulator: RunningSimulator) -> None:
+    async with httpx2.AsyncClient() as client:
+        answer = await client.post(
+            simulator.url + "/v1/responses",
+            json={"model": "gpt-5.5", "input": "Hi", "stream": True},
+            params={"fault": "429", "retry_after": "2"},
+        )
+        bad = await client.post(
+            simulator.url + "/v1/responses", json={"model": "gpt-5.5", "input": [{"type": "?"}]}
+        )
+    assert answer.status_code == 429
+    assert (answer.headers["retry-after"], answer.headers["retry-after-ms"]) == ("2", "2000")
+    assert answer.headers["x-request-id"].startswith("req_sim_")
+    assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "input[0].type"
+
+
+@pytest.mark.parametrize(
+    ("knobs", "kinds"),
+    [
+        (
+            {"fault": "error_before_content"},
+            ["response.created", "response.in_progress", "response.failed"],
+        ),
+        ({"tokens": "0"}, ["response.created", "response.in_progress", "response.completed"]),
+    ],
+)
+async def test_the_simulator_streams_its_faults_in_band(
+    simulator: RunningSimulator, knobs: dict[str, str], kinds: list[str]
+) -> None:
+    async with httpx2.AsyncClient() as client:
+        answer = await client.post(
+            simulator.url + "/v1/responses",
+            json={"model": "gpt-5.5", "input": "Hi", "stream": True},
+            params=knobs,
+        )
+    assert answer.status_code == 200
+    assert [event["type"] for event in check_stream(answer.content)] == kinds
+
+
+async def test_the_simulator_answers_whole_responses(simulator: RunningSimulator) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=simulator.url + "/v1", api_key="-", max_retries=0
+    ) as client:
+        answer = await client.responses.create(
+            model="gpt-5.5",
+            input="Hi",
+            max_output_tokens=2,
+            extra_headers={"x-sim-tokens": "5", "x-sim-thinking-tokens": "1"},
+        )
+    assert answer.id.startswith("resp_sim_") and answer.status == "incomplete"
+    assert [item.type for item in answer.output] == ["reasoning", "message"]
+    assert answer.usage is not None and answer.usage.output_tokens == 2
