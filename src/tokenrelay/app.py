@@ -89,6 +89,10 @@ class Gateway:
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )
+            # the simulator's Responses API too, behind the demo-responses route
+            providers["openai-responses"] = msgspec.structs.replace(
+                providers["openai"], api="responses"
+            )
             _add_demo_routes(settings)
             log.warning(
                 "DEMO MODE: no provider is configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY), "
@@ -231,6 +235,7 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         "/v1/chat/completions": RelayEndpoint(gateway, "openai"),
         "/api/generate": RelayEndpoint(gateway, "generate"),
         "/api/chat": RelayEndpoint(gateway, "uichat"),
+        "/v1/responses": RelayEndpoint(gateway, "responses"),
     }
     return Dispatch(gateway, relays)
 
@@ -248,6 +253,9 @@ def _add_demo_routes(settings: Settings) -> None:
                 provider="anthropic", model="claude-haiku-4-5", headers={"x-sim-fault": "529"}
             ),
             TargetSettings(provider="openai", model=DEFAULT_OPENAI_MODEL),
+        ],
+        "demo-responses": [  # served through the OpenAI Responses API
+            TargetSettings(provider="openai-responses", model=DEFAULT_OPENAI_MODEL),
         ],
         "demo-error": [
             TargetSettings(

@@ -28,7 +28,7 @@ __all__ = ["Provider", "UpstreamPool", "build_providers"]
 
 log = logging.getLogger("tokenrelay.providers")
 
-_PATHS = {"anthropic": "/v1/messages", "openai": "/chat/completions"}
+_PATHS = {"anthropic": "/v1/messages", "openai": "/chat/completions", "responses": "/responses"}
 _MAX_ERROR_BODY = 65_536
 
 # Client headers never passed upstream, whatever ``forward_headers`` says: the client's
@@ -68,9 +68,11 @@ class Provider:
     ) -> None:
         self.name = name
         self.kind = settings.kind
-        self.dialect = dialects.get(settings.kind)
+        # kind "openai" with api "responses" speaks the Responses API at base_url + /responses
+        dialect = "responses" if settings.api == "responses" else settings.kind
+        self.dialect = dialects.get(dialect)
         self.settings = settings
-        self.url = (settings.base_url or "").rstrip("/") + _PATHS[settings.kind]
+        self.url = (settings.base_url or "").rstrip("/") + _PATHS[dialect]
         self._pool = pool
         self._idle_timeout = idle_timeout
         self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)

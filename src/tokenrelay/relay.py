@@ -41,6 +41,7 @@ Send = Callable[[Message], Awaitable[None]]
 log = logging.getLogger("tokenrelay.relay")
 
 _ID_PREFIX = {"anthropic": "msg_", "openai": "chatcmpl-", "generate": "", "uichat": "msg_"}
+_ID_PREFIX["responses"] = "resp_"
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -474,11 +475,15 @@ class _Call:
             self._emit("error", error.type)
             await endpoint._send_error(self.send, error, self.request_id, opened.attempts)
             return "error", error.type
-        body = endpoint.dialect.encode_response(
-            completion,
-            id=_ID_PREFIX[endpoint.dialect_name] + self.request_id,
-            model=opened.target.model,
-        )
+        response_id = _ID_PREFIX[endpoint.dialect_name] + self.request_id
+        # a dialect whose whole response repeats the request (Responses) takes it too
+        encode_for = getattr(endpoint.dialect, "encode_response_for", None)
+        if encode_for is not None:
+            body = encode_for(self.request, completion, id=response_id, model=opened.target.model)
+        else:
+            body = endpoint.dialect.encode_response(
+                completion, id=response_id, model=opened.target.model
+            )
         head = self._head(b"application/json", opened)
         self.ttft_ms = _ms(self.started)
         self._emit("completed", None)

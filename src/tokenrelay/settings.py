@@ -43,6 +43,8 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     ``kind = "openai"`` with its own ``base_url``."""
 
     kind: Literal["anthropic", "openai"]
+    # for kind "openai": Chat Completions (``/chat/completions``) or Responses (``/responses``)
+    api: Literal["chat", "responses"] = "chat"
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead
@@ -50,6 +52,10 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.api == "responses" and self.kind != "openai":
+            raise ValueError("api = 'responses' is for a provider of kind 'openai'")
 
     def resolved_key(self) -> str | None:
         return self.api_key or None

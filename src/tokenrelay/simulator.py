@@ -1,5 +1,5 @@
-"""A wire-exact stand-in for the Anthropic Messages and OpenAI Chat Completions APIs, with fault
-injection, for tests, demos and benchmarks.
+"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions and OpenAI Responses
+APIs, with fault injection, for tests, demos and benchmarks.
 
 It reads requests and writes responses through the same dialect modules the gateway uses (front,
 provider, simulator and client share one codec per API), so whatever the simulator says is what
@@ -427,6 +427,9 @@ class _Simulator:
         self.openai = _Flavor(
             dialects.get("openai"), "x-request-id", "chatcmpl-sim", "call_sim_", False, True
         )
+        self.responses = _Flavor(
+            dialects.get("responses"), "x-request-id", "resp_sim_", "call_sim_", False, True
+        )
 
     # routes
 
@@ -435,6 +438,9 @@ class _Simulator:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.openai)
+
+    async def responses_create(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, self.responses)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -575,7 +581,13 @@ class _Simulator:
         if fault in ("error_after", "error_before_content"):
             error = GatewayError("overloaded", "simulated overload", 529)
             return self._error(flavor, error, request_id, knobs.retry_after)
-        body = flavor.dialect.encode_response(plan.completion(), id=message_id, model=request.model)
+        encode_for = getattr(flavor.dialect, "encode_response_for", None)  # Responses
+        if encode_for is not None:
+            body = encode_for(request, plan.completion(), id=message_id, model=request.model)
+        else:
+            body = flavor.dialect.encode_response(
+                plan.completion(), id=message_id, model=request.model
+            )
         self.stats.completed += 1
         self.stats.tokens_sent += plan.tokens_in(len(plan.events))
         return web.Response(
@@ -690,6 +702,7 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app = web.Application(client_max_size=_MAX_BODY)
     app.router.add_post("/v1/messages", simulator.messages)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
+    app.router.add_post("/v1/responses", simulator.responses_create)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

@@ -63,6 +63,7 @@ _MODULES = {
     "openai": "tokenrelay.dialects.openai",
     "generate": "tokenrelay.dialects.generate",
     "uichat": "tokenrelay.dialects.uichat",
+    "responses": "tokenrelay.dialects.responses",
 }
 
 

@@ -1,0 +1,43 @@
+"""The OpenAI Responses API (``POST /v1/responses``), wire-exact, as a front, an upstream and
+the simulator's third API. ``request`` reads and writes bodies, ``stream`` the event stream,
+``whole`` non-streaming responses and errors, ``wire`` the JSON shapes they share.
+
+Storage of responses (``previous_response_id``, ``store``, retrieval) is not part of this
+dialect: a request naming a previous response is refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+from tokenrelay.dialects.responses.request import encode_request, parse_request
+from tokenrelay.dialects.responses.stream import (
+    ResponsesReader,
+    ResponsesWriter,
+    stream_reader,
+    stream_writer,
+)
+from tokenrelay.dialects.responses.whole import (
+    encode_error,
+    encode_response,
+    encode_response_for,
+    parse_error,
+    parse_response,
+)
+from tokenrelay.dialects.responses.wire import NAME
+
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+__all__ = [
+    "CONTENT_TYPE",
+    "NAME",
+    "ResponsesReader",
+    "ResponsesWriter",
+    "encode_error",
+    "encode_request",
+    "encode_response",
+    "encode_response_for",
+    "parse_error",
+    "parse_request",
+    "parse_response",
+    "stream_reader",
+    "stream_writer",
+]
