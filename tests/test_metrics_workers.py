@@ -17,7 +17,7 @@ import pytest
 from tests.servers import ServeProcess, clean_environ
 from tests.test_metrics import CLAUDE, Family, fake_gateway, parse, record, value
 from tokenrelay.observe.metrics import GatewayMetrics, Metric, render
-from tokenrelay.observe.snapshots import Snapshots
+from tokenrelay.observe.snapshots import WRITE_EVERY, Snapshots
 
 REQUESTS = 24
 
@@ -100,6 +100,9 @@ def test_two_workers_serve_one_page(serve: ServeProcess) -> None:
     for _ in range(REQUESTS):
         assert post(serve.port, "/v1/chat/completions", body) == 200
     settle(serve.port, REQUESTS)
+    # Each worker's snapshot trails its live numbers by up to WRITE_EVERY: past that, every
+    # worker's file holds all it served, whichever worker answers.
+    time.sleep(WRITE_EVERY + 0.5)
     pids = workers(serve.proc.pid)
     assert len(pids) == 2
     for _ in range(12):  # fresh connections: both workers answer some of these
@@ -216,3 +219,18 @@ def test_the_cost_of_a_merged_scrape(capsys: pytest.CaptureFixture[str]) -> None
             f"\n/metrics with 2 workers: {merged:.3f} ms merged against {alone:.3f} ms alone "
             f"({len(page)} bytes); a snapshot write {written:.3f} ms (once a second per worker)"
         )
+
+
+def test_a_directory_the_operator_gives_starts_empty(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A previous run's snapshots would add its counts to this run's forever."""
+    from tokenrelay.server import METRICS_DIR_ENV, _metrics_dir
+
+    with tempfile.TemporaryDirectory() as directory:
+        for name in ("123.snap", "456.snap.1.tmp"):
+            open(os.path.join(directory, name), "wb").close()
+        open(os.path.join(directory, "keep.txt"), "wb").close()
+        monkeypatch.setenv(METRICS_DIR_ENV, directory)
+        with _metrics_dir() as shared:
+            assert shared == directory
+            assert os.listdir(directory) == ["keep.txt"]
+        assert os.path.isdir(directory)  # left in place

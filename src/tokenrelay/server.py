@@ -156,9 +156,12 @@ METRICS_DIR_ENV = "TOKENRELAY_METRICS__SHARED_DIR"
 def _metrics_dir() -> Iterator[str]:
     """A private directory for the workers' metric snapshots, on a memory file system when
     there is one (``/dev/shm``), removed when the supervisor ends. One set by the operator
-    (``TOKENRELAY_METRICS__SHARED_DIR``) is used as it is and left in place."""
+    (``TOKENRELAY_METRICS__SHARED_DIR``) is emptied of old snapshots and left in place."""
     given = os.environ.get(METRICS_DIR_ENV)
     if given:
+        from tokenrelay.observe.snapshots import clear
+
+        clear(given)  # a previous run's workers: this supervisor's counts start at zero
         yield given
         return
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None

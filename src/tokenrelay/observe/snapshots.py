@@ -105,6 +105,15 @@ class Snapshots:
                 log.warning("metrics: skipping the snapshot %s: %s", name, exc)
 
 
+def clear(directory: str) -> None:
+    """Remove the snapshots of an earlier run (a new supervisor starts its counts at zero)."""
+    with contextlib.suppress(OSError):
+        for name in os.listdir(directory):
+            if name.endswith(SUFFIX) or name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(directory, name))
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
