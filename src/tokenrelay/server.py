@@ -132,7 +132,10 @@ class _WorkerProcess(multiprocess.Process):
             # The last counts, so the merged /metrics keeps them after this worker is gone.
             gateway = find_gateway(self.config.loaded_app) if self.config.loaded else None
             if gateway is not None and gateway.metrics is not None:
-                gateway.metrics.close()
+                try:
+                    gateway.metrics.close()
+                except Exception:  # the exit goes on; the last periodic snapshot stands
+                    log.exception("metrics: cannot write this worker's last snapshot")
 
 
 def _run_workers(config: uvicorn.Config) -> None:
