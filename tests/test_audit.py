@@ -244,3 +244,122 @@ def test_a_stuck_destination_never_blocks_the_listener(caplog: pytest.LogCapture
     audit.close()
     assert audit.written + audit.dropped == 20
     assert len(out.getvalue().splitlines()) == audit.written
+
+
+# --- evasions: fullwidth forms and hidden characters (issue 13) ----------------------------------
+
+
+def wide(text: str) -> str:
+    """``text`` in fullwidth forms (U+FF21 for A ...), written so the source stays ASCII."""
+    return "".join(chr(ord(char) + 0xFEE0) if "!" <= char <= "~" else char for char in text)
+
+
+ZERO_WIDTH = ("\u00ad", "\u200b", "\u200c", "\u200d", "\u2060", "\ufeff")
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("mail jane\uff20example.com now", "mail [email] now"),
+        (f"mail {wide('jane@example.com')}!", "mail [email]!"),
+        ("key sk-ant-api03-AbCdEfGhIjKlMnOp_qr end", "key [key] end"),
+        ("key sk-proj-AbCdEfGhIjKlMnOp1234, ok", "key [key], ok"),
+        ("sk-AbCdEfGhIjKlMnOp1234", "[key]"),
+        ("trk_AbCdEfGh12345678901234567890", "[key]"),
+        ("iban DE89 3704 0044 0532 0130 00 ok", "iban [iban] ok"),
+        ("iban DE89370400440532013000.", "iban [iban]."),
+        ("pay GB82 WEST 1234 5698 7654 32 NOW", "pay [iban] NOW"),
+        (wide("DE89 3704 0044 0532 0130 00"), "[iban]"),
+        ("part DE12 3456 7890 1234 5678 is not one", "part DE12 3456 7890 1234 5678 is not one"),
+        ("sk-short and task-AbCdEfGhIjKlMnOp", "sk-short and task-AbCdEfGhIjKlMnOp"),
+    ],
+)  # fmt: skip
+def test_mask_keys_ibans_and_fullwidth(text: str, masked: str) -> None:
+    assert mask(text) == masked
+
+
+@pytest.mark.parametrize("hidden", ZERO_WIDTH)
+def test_hidden_characters_inside_an_item_do_not_hide_it(hidden: str) -> None:
+    items = {
+        "jane.doe@example.com": "[email]",
+        "sk-ant-api03-AbCdEfGhIjKlMnOp": "[key]",
+        "trk_AbCdEfGh1234567890": "[key]",
+        "DE89 3704 0044 0532 0130 00": "[iban]",
+        "4111 1111 1111 1111": "[card]",
+    }
+    for item, placeholder in items.items():
+        for at in range(1, len(item)):
+            hidden_item = item[:at] + hidden + item[at:]
+            assert mask(f"see {hidden_item} here") == f"see {placeholder} here", hidden_item
+            # and cut by the prefix, the hidden character counts as the prompt's own
+            text = "x" * 10 + " " + hidden_item + " tail"
+            for cut in range(12, len(text)):
+                assert item[:6] not in masked_prefix(text, cut).replace(hidden, "")
+
+
+def test_normalizing_keeps_the_rest_as_written() -> None:
+    """Only the items are replaced: other text keeps its fullwidth forms and hidden characters
+    (the prefix is the prompt's own first characters)."""
+    text = wide("hi") + "\u200b there, mail a\u00adb@example.com, \ufb01ne"
+    assert mask(text) == wide("hi") + "\u200b there, mail [email], \ufb01ne"
+
+
+def test_masking_non_ascii_is_linear_time() -> None:
+    started = time.perf_counter()
+    for text in (
+        "é" * 5000,
+        "\u200b1" * 2500,
+        wide("AB12") * 1250,
+        "a\u00ad@" * 1700,
+        "DE89 " * 1000,
+    ):
+        mask(text)
+    assert time.perf_counter() - started < 1.0
+
+
+# --- the secret's strength (issue 13) -------------------------------------------------------------
+
+
+def example_secret() -> str:
+    """The audit secret exactly as deploy/tokenrelay.env.example ships it."""
+    example = Path(__file__).parent.parent / "deploy" / "tokenrelay.env.example"
+    for line in example.read_text().splitlines():
+        if line.startswith("TOKENRELAY_AUDIT__SECRET="):
+            return line.partition("=")[2]
+    raise AssertionError("the example env file has no audit secret")
+
+
+@pytest.mark.parametrize(
+    "secret", [example_secret(), "change-me-please-0123456789abcdef", "sixteen-chars-ok!"]
+)
+def test_a_placeholder_or_short_secret_is_logged_loudly(
+    secret: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tokenrelay.settings import load
+
+    settings = load(environ={"TOKENRELAY_AUDIT__SECRET": secret})
+    with caplog.at_level(logging.WARNING, logger="tokenrelay.audit"):
+        audit = AuditLog(settings.audit, stream=io.BytesIO())
+        audit.close()
+    [warning] = [r for r in caplog.records if r.name == "tokenrelay.audit"]
+    assert warning.levelno == logging.WARNING
+    assert "audit.secret" in warning.getMessage() and secret not in warning.getMessage()
+
+
+def test_a_strong_secret_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="tokenrelay.audit"):
+        AuditLog(
+            AuditSettings(secret="k" * 8 + "Zq3vN8rT1xWb6yPa0sLm4dHe"), stream=io.BytesIO()
+        ).close()
+    assert not [r for r in caplog.records if r.name == "tokenrelay.audit"]
+
+
+def test_require_strong_secret_refuses_to_start() -> None:
+    from tokenrelay.settings import ConfigError, load
+
+    environ = {"TOKENRELAY_AUDIT__REQUIRE_STRONG_SECRET": "true"}
+    with pytest.raises(ConfigError, match="placeholder"):
+        load(environ={**environ, "TOKENRELAY_AUDIT__SECRET": example_secret()})
+    with pytest.raises(ConfigError, match="at least 32"):
+        load(environ={**environ, "TOKENRELAY_AUDIT__SECRET": "x" * 20})
+    assert load(environ={**environ, "TOKENRELAY_AUDIT__SECRET": "Zq3vN8rT1xWb6yPa0sLm4dHe" * 2})

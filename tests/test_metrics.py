@@ -604,3 +604,17 @@ async def test_the_cost_of_a_scrape(scripted: Scripted, capsys: pytest.CaptureFi
     elapsed = (time.perf_counter() - started) / rounds * 1000
     with capsys.disabled():
         print(f"\n/metrics: {elapsed:.3f} ms to build {len(page)} bytes (scripted run)")
+
+
+def test_model_labels_are_bounded_by_the_setting() -> None:
+    """metrics.max_model_labels: names past the configured ones and that many more are
+    "other"; nothing is lost."""
+    gateway = fake_gateway()
+    gateway.settings = SimpleNamespace(metrics=SimpleNamespace(max_model_labels=5, shared_dir=None))
+    metrics = GatewayMetrics(gateway)
+    for i in range(40):
+        metrics(record(route=f"gpt-5.5-x{i}", model=f"gpt-5.5-x{i}"))
+    requests = parse_requests(metrics)
+    models = {labels.get("model") for _, labels, _ in requests}
+    assert len(models) == 5 + 1 and "other" in models
+    assert sum(v for _, _, v in requests) == 40

@@ -1,8 +1,15 @@
 """Which route serves a request: resolving the name a client asks for, and applying the route's
-system prompt and token policy. The walk along the route's targets is ``failover``'s."""
+system prompt and token policy. The walk along the route's targets is ``failover``'s.
+
+A name is checked before anything else reads it (a header, a log line, a ledger row): at most
+``MAX_NAME_CHARS`` characters of a small safe set, so a NUL or a newline never travels further.
+A provider model asked for by name gets the ``[provider_models]`` policy (an allow-list, caps,
+screening), so naming one is never a way around a route's.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +23,7 @@ from tokenrelay.failover import RouteFailed as RouteFailed
 from tokenrelay.latency import LatencyStats, LocalLatencyStats
 from tokenrelay.model import GatewayError, Request
 from tokenrelay.providers import Provider
-from tokenrelay.settings import RouteSettings, Settings, TargetSettings
+from tokenrelay.settings import ProviderModelSettings, RouteSettings, Settings, TargetSettings
 
 if TYPE_CHECKING:
     from tokenrelay.observe.tracing import RequestTrace
@@ -26,6 +33,12 @@ _PROVIDER_MODELS = (
     (re.compile(r"claude-"), "anthropic"),
     (re.compile(r"(gpt-|chatgpt-|o\d)"), "openai"),
 )
+MAX_NAME_CHARS = 256
+# Letters, digits and the punctuation model names use (claude-sonnet-4-5@20250929,
+# ollama/llama3.2:8b, ft:gpt-4o:org+x): nothing a header, a log line or SQL could trip on.
+_NAME = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_NAME_CHARS}}}")
+# The rate-limit key every provider model shares: a new name is not a new window.
+PROVIDER_MODELS = "provider_models"
 
 
 @dataclass(slots=True)
@@ -34,6 +47,11 @@ class Route:
     settings: RouteSettings
     targets: list[tuple[TargetSettings, Provider]]
     configured: bool = True  # False for a provider model asked for by name
+
+    @property
+    def limit_key(self) -> str:
+        """What ``rate_limit`` is counted under: the route, or all provider models as one."""
+        return self.name if self.configured else PROVIDER_MODELS
 
 
 class Router:
@@ -60,6 +78,7 @@ class Router:
     def resolve(self, request: Request) -> Route:
         """The route for ``request.model``, with the route's system prompt and token policy
         applied to ``request``. Raises ``GatewayError`` 404 or 400 in plain words."""
+        check_name(request.model)
         route = self.routes.get(request.model) or self._provider_route(request.model)
         if route is None:
             raise GatewayError(
@@ -80,6 +99,9 @@ class Router:
         return route
 
     def _provider_route(self, model: str) -> Route | None:
+        """A one-target route under the ``provider_models`` policy, for a model of a configured
+        provider that the policy's ``allow`` patterns admit; a refused name is a 404 that says
+        which setting to change."""
         if not self._settings.allow_provider_models:
             return None
         provider_name, sep, rest = model.partition("/")
@@ -90,7 +112,17 @@ class Router:
             if owner is None or owner not in self._providers:
                 return None
             target = TargetSettings(provider=owner, model=model)
-        settings = RouteSettings(targets=[target], system=None, allow_client_system=True)
+        policy = self._settings.provider_models
+        if not allowed(policy, target.provider, target.model):
+            raise GatewayError(
+                "not_found",
+                f"model {model!r} is not among the provider models this gateway allows; "
+                "ask for a route, or have the operator add it to provider_models.allow "
+                f"(now: {', '.join(policy.allow) or 'none'})",
+                404,
+                param="model",
+            )
+        settings = policy.for_target(target)
         return Route(model, settings, [(target, self._providers[target.provider])], False)
 
     async def open_stream(
@@ -107,26 +139,52 @@ class Router:
         return await failover.run()
 
 
+def check_name(name: str) -> None:
+    """Refuse a model or route name outside the safe set, without echoing it."""
+    if _NAME.fullmatch(name) is None:
+        raise GatewayError(
+            "invalid_request",
+            f"model must be a route or model name of 1 to {MAX_NAME_CHARS} characters, "
+            "letters, digits and - . _ : / @ + only",
+            400,
+            param="model",
+        )
+
+
+def allowed(policy: ProviderModelSettings, provider: str, model: str) -> bool:
+    """Whether an ``allow`` pattern admits the model: a pattern with a ``/`` is matched
+    against ``provider/model``, one without against the model alone (case-sensitive)."""
+    qualified = f"{provider}/{model}"
+    return any(
+        fnmatch.fnmatchcase(qualified if "/" in pattern else model, pattern)
+        for pattern in policy.allow
+    )
+
+
 def _apply_policy(route: Route, request: Request) -> None:
     settings = route.settings
     if request.system is not None and not settings.allow_client_system:
         raise GatewayError(
             "invalid_request",
-            f"route {route.name!r} has its own system prompt and does not accept one from the "
-            "client; send the instructions as a user message instead",
+            f"{_whose(route)} policy has its own system prompt and does not accept one from "
+            "the client; send the instructions as a user message instead",
             400,
             param="system",
         )
     parts = [text for text in (settings.system, request.system) if text]
     request.system = "\n\n".join(parts) if parts else None
     if request.max_tokens is None:
-        if route.configured:
-            request.max_tokens = settings.max_tokens
+        request.max_tokens = settings.max_tokens
     elif settings.max_tokens_limit is not None and request.max_tokens > settings.max_tokens_limit:
         raise GatewayError(
             "invalid_request",
-            f"max tokens {request.max_tokens} is above route {route.name!r}'s limit of "
+            f"max tokens {request.max_tokens} is above {_whose(route)} limit of "
             f"{settings.max_tokens_limit}; ask for fewer",
             400,
             param="max_tokens",
         )
+
+
+def _whose(route: Route) -> str:
+    """The policy's owner, as an error message names it: the setting to look at."""
+    return f"route {route.name!r}'s" if route.configured else "the provider_models"

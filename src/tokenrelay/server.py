@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -123,12 +126,56 @@ class _WorkerProcess(multiprocess.Process):
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:
         configure_logging(str(self.config.log_level or "info"))
-        super().target(sockets)
+        try:
+            super().target(sockets)
+        finally:
+            # The last counts, so the merged /metrics keeps them after this worker is gone.
+            gateway = find_gateway(self.config.loaded_app) if self.config.loaded else None
+            if gateway is not None and gateway.metrics is not None:
+                try:
+                    gateway.metrics.close()
+                except Exception:  # the exit goes on; the last periodic snapshot stands
+                    log.exception("metrics: cannot write this worker's last snapshot")
 
 
 def _run_workers(config: uvicorn.Config) -> None:
     """What ``uvicorn.run(..., workers=N)`` does, with ``_WorkerProcess`` as the worker. The
-    supervisor SIGTERMs every worker on SIGTERM or SIGINT and waits for them to drain."""
+    supervisor SIGTERMs every worker on SIGTERM or SIGINT and waits for them to drain.
+
+    The workers share their metrics through a directory made here (``metrics.shared_dir``,
+    passed in the environment each spawned worker reads its settings from)."""
+    with _metrics_dir() as shared_dir:
+        os.environ[METRICS_DIR_ENV] = shared_dir
+        try:
+            _supervise(config)
+        finally:
+            os.environ.pop(METRICS_DIR_ENV, None)
+
+
+METRICS_DIR_ENV = "TOKENRELAY_METRICS__SHARED_DIR"
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[str]:
+    """A private directory for the workers' metric snapshots, on a memory file system when
+    there is one (``/dev/shm``), removed when the supervisor ends. One set by the operator
+    (``TOKENRELAY_METRICS__SHARED_DIR``) is emptied of old snapshots and left in place."""
+    given = os.environ.get(METRICS_DIR_ENV)
+    if given:
+        from tokenrelay.observe.snapshots import clear
+
+        clear(given)  # a previous run's workers: this supervisor's counts start at zero
+        yield given
+        return
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+    path = tempfile.mkdtemp(prefix="tokenrelay-metrics-", dir=base)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _supervise(config: uvicorn.Config) -> None:
     sock = config.bind_socket()
     # The supervisor builds each worker (at start, on a restart, on SIGTTIN) from its module's
     # `Process`, with no hook to give it another class; the swap lasts while it runs.

@@ -99,6 +99,36 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     screen: ScreenSettings = msgspec.field(default_factory=ScreenSettings)
 
 
+# Provider models asked for by name: the families the price table knows (so every answer is
+# priced), matched as shell-style patterns. A pattern with a "/" names "provider/model".
+DEFAULT_PROVIDER_MODELS = (
+    *("claude-opus-*", "claude-sonnet-*", "claude-haiku-*", "claude-3-*"),
+    *("gpt-4*", "gpt-5*", "chatgpt-4o*", "o1*", "o3*", "o4-mini*"),
+)
+
+
+class ProviderModelSettings(RouteSettings, kw_only=True, forbid_unknown_fields=True):
+    """The policy of a request that names a provider model (``claude-...``, ``gpt-...``,
+    ``provider/model``) instead of a route: a route's settings with no targets of its own
+    (the named model is its one target) and an ``allow`` list of name patterns.
+
+    The defaults suit coding agents, which send their own system prompt and long prompts on
+    model names: the client's system prompt is accepted and there is no prompt-length cap, but
+    ``max_tokens_limit`` holds and the screen runs as on any route."""
+
+    targets: list[TargetSettings] = msgspec.field(default_factory=list)
+    allow: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_PROVIDER_MODELS))
+    system: str | None = None
+    allow_client_system: bool = True
+    max_tokens: int = 8192
+    max_tokens_limit: int | None = 32_000
+
+    def for_target(self, target: TargetSettings) -> RouteSettings:
+        """The route settings of one named model: this policy with that model as its target."""
+        fields = {name: getattr(self, name) for name in RouteSettings.__struct_fields__}
+        return RouteSettings(**{**fields, "targets": [target]})
+
+
 class TracingSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """OpenTelemetry tracing (``observe.tracing``, the ``otel`` extra). Off by default, and then
     nothing of OpenTelemetry is imported: cold start and the hot path stay as they were."""
@@ -118,6 +148,12 @@ class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     and spend, so keep it off the public side of a proxy, or turn it off."""
 
     enabled: bool = True
+    # Distinct route and model names past the configured ones before a new one is labelled
+    # "other" (clients choose provider-model names): bounds the page and Prometheus' series.
+    max_model_labels: Annotated[int, msgspec.Meta(ge=0)] = 100
+    # Where workers share their numbers (``serve --workers N`` sets it, on /dev/shm when it
+    # can); None: this process serves its own.
+    shared_dir: str | None = None
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -130,6 +166,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace: float = 30.0
     demo: bool | None = None  # None: demo mode exactly when no provider is configured
     allow_provider_models: bool = True  # let `model` name a provider model, not only a route
+    # ... under this policy (an allow-list, caps, screening); see ProviderModelSettings.
+    provider_models: ProviderModelSettings = msgspec.field(default_factory=ProviderModelSettings)
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     # Where keys and the ledger live, and what instances share (TOKENRELAY_DATABASE_URL,
     # TOKENRELAY_REDIS_URL).
@@ -245,6 +283,9 @@ def _target(value: Any) -> Any:
 
 
 def _normalize(data: dict[str, Any]) -> dict[str, Any]:
+    policy = data.get("provider_models")
+    if isinstance(policy, dict) and isinstance(policy.get("allow"), str):  # "claude-*,gpt-*"
+        policy["allow"] = [part.strip() for part in policy["allow"].split(",") if part.strip()]
     for name, route in (data.get("routes") or {}).items():
         if not isinstance(route, dict):
             raise ConfigError(f"routes.{name} must be a table")
@@ -296,6 +337,8 @@ def _limit_strings(settings: Settings) -> list[tuple[str, str]]:
         for name, route in settings.routes.items()
         if route.rate_limit
     ]
+    if settings.provider_models.rate_limit:
+        found.append(("provider_models.rate_limit", settings.provider_models.rate_limit))
     return found
 
 
@@ -309,6 +352,10 @@ def _check(settings: Settings) -> None:
                 raise ConfigError(
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
                 )
+    if settings.provider_models.targets:
+        raise ConfigError(
+            "provider_models has no targets: the model a client names is its one target"
+        )
     for name, limit in _limit_strings(settings):
         try:
             parse_limit(limit)

@@ -250,7 +250,7 @@ class Gate:
         key_limit = f"{identity.rpm}/minute" if identity.rpm else None
         rules = settings.limits.request_rules(subject, route.name, key_limit)
         if route.settings.rate_limit:
-            rules.append(Rule(subject, route.settings.rate_limit, route.name))
+            rules.append(Rule(subject, route.settings.rate_limit, route.limit_key))
         if settings.user_limit and identity.user:
             rules.append(Rule(Subject("user", identity.user), settings.user_limit))
         if settings.org_limit and identity.org:

@@ -28,6 +28,7 @@ import secrets
 import sys
 import threading
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Annotated
@@ -44,6 +45,11 @@ log = logging.getLogger("tokenrelay.audit")
 # (an e-mail address is at most 254 characters long).
 MASK_MARGIN = 256
 MIN_SECRET_CHARS = 16
+STRONG_SECRET_BYTES = 32  # what the example env file asks for: 32 random characters
+# The example env file's placeholder (deploy/tokenrelay.env.example), and the word any
+# placeholder of ours contains.
+PLACEHOLDER_SECRET = "CHANGE-ME-to-32-random-characters"
+_PLACEHOLDER_WORD = "change-me"
 
 
 class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -57,13 +63,38 @@ class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     prefix_chars: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 50
     secret: str | None = None
     queue_size: Annotated[int, msgspec.Meta(ge=1)] = 10_000  # lines waiting to be written
+    # A placeholder or short secret is logged loudly at start; with this on, it stops the start.
+    require_strong_secret: bool = False
 
     def __post_init__(self) -> None:
         if self.secret is not None and len(self.secret) < MIN_SECRET_CHARS:
             # A short key can be brute-forced from one known prompt and its hash.
             raise ValueError(f"audit.secret must be at least {MIN_SECRET_CHARS} characters long")
+        problem = self.weak_secret()
+        if problem is not None and self.require_strong_secret:
+            raise ValueError(problem)
         if not self.destination.strip():
             raise ValueError('audit.destination must be "stdout" or a file path')
+
+    def weak_secret(self) -> str | None:
+        """Why the configured secret should not be trusted, or None. A placeholder copied from
+        the example env file is public: anyone can key a dictionary of prompts with it."""
+        secret = self.secret
+        if secret is None:
+            return None
+        if secret == PLACEHOLDER_SECRET or _PLACEHOLDER_WORD in secret.lower():
+            return (
+                "audit.secret is the example file's placeholder, which is public: prompt hashes "
+                "made with it can be matched by anyone; set TOKENRELAY_AUDIT__SECRET to 32 "
+                "random characters (python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+            )
+        if len(secret.encode()) < STRONG_SECRET_BYTES:
+            return (
+                f"audit.secret is {len(secret.encode())} bytes; use at least "
+                f"{STRONG_SECRET_BYTES} random bytes (python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
+        return None
 
 
 # --- masking -------------------------------------------------------------------------------------
@@ -72,12 +103,28 @@ class AuditSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
 # of the original text: the prefix is cut at the prompt's own n-th character, and an item cut
 # there still becomes its whole placeholder. Marks the client sent are neutralized first.
 _EMAIL_MARK, _CARD_MARK, _PHONE_MARK = "\ue000", "\ue001", "\ue002"
-_NEUTRAL = str.maketrans(dict.fromkeys(map(ord, (_EMAIL_MARK, _CARD_MARK, _PHONE_MARK)), "\ufffd"))
-_RUNS = re.compile("\ue000+|\ue001+|\ue002+")
-_PLACEHOLDERS = {_EMAIL_MARK: "[email]", _CARD_MARK: "[card]", _PHONE_MARK: "[phone]"}
+_KEY_MARK, _IBAN_MARK = "\ue003", "\ue004"
+_MARKS = (_EMAIL_MARK, _CARD_MARK, _PHONE_MARK, _KEY_MARK, _IBAN_MARK)
+_NEUTRAL = str.maketrans(dict.fromkeys(map(ord, _MARKS), "\ufffd"))
+_RUNS = re.compile("|".join(f"{mark}+" for mark in _MARKS))
+_PLACEHOLDERS = {
+    _EMAIL_MARK: "[email]",
+    _CARD_MARK: "[card]",
+    _PHONE_MARK: "[phone]",
+    _KEY_MARK: "[key]",
+    _IBAN_MARK: "[iban]",
+}
 
 # The look-behinds make a match start only where a run starts: linear time on long runs.
 _EMAIL = re.compile(r"(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]++@[\w-]+(?:\.[\w-]+)+")
+# API keys: OpenAI's (sk-, sk-proj-), Anthropic's (sk-ant-), ours (trk_), and the usual
+# secret-key prefixes of payment and platform APIs.
+_KEY = re.compile(
+    r"(?<![\w-])(?:sk-(?:ant-|proj-)?|sk_(?:live|test)_|rk_(?:live|test)_|trk_)[\w-]{12,}"
+)
+# IBAN: country, check digits, 11 to 30 letters or digits, maybe in groups of four; the
+# checksum (mod 97) decides, so a product code of the same shape stays.
+_IBAN = re.compile(r"(?<![\w])[A-Z]{2}\d{2}(?: ?[A-Z0-9]{1,4}){3,8}(?![\w])")
 _CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?!\d)")
 _PHONE = re.compile(r"(?<![\w+])(?:\+|\()?\d[\d ().-]{5,30}\d(?!\w)")
 _NOT_PHONE = re.compile(
@@ -103,6 +150,31 @@ def _email(match: re.Match[str]) -> str:
     return _EMAIL_MARK * len(match.group())
 
 
+def _key(match: re.Match[str]) -> str:
+    return _KEY_MARK * len(match.group())
+
+
+def iban_valid(text: str) -> bool:
+    """ISO 13616's check: the country and check digits moved to the end, letters as numbers
+    (A = 10), the whole mod 97 is 1."""
+    compact = text.replace(" ", "").upper()
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(char, 36)) for char in rearranged)) % 97 == 1
+
+
+def _iban(match: re.Match[str]) -> str:
+    """The longest valid IBAN the match starts with (a word in capitals may follow one)."""
+    text = match.group()
+    end = len(text)
+    while end >= 15:
+        if iban_valid(text[:end]):
+            return _IBAN_MARK * end + text[end:]
+        end = text.rfind(" ", 0, end)
+    return text
+
+
 def _card(match: re.Match[str]) -> str:
     text = match.group()
     return _CARD_MARK * len(text) if luhn_valid(re.sub(r"\D", "", text)) else text
@@ -116,11 +188,51 @@ def _phone(match: re.Match[str]) -> str:
     return _PHONE_MARK * len(text)
 
 
-def _marked(text: str) -> str:
-    """``text`` with every masked character replaced by its item's mark (same length)."""
-    text = _EMAIL.sub(_email, text.translate(_NEUTRAL))
+def _marks(text: str) -> str:
+    """The matchers, on text already normalized: every masked character becomes its item's
+    mark (same length)."""
+    text = _EMAIL.sub(_email, text)
+    text = _KEY.sub(_key, text)
+    text = _IBAN.sub(_iban, text)  # before cards and phones: it holds runs of digits
     text = _CARD.sub(_card, text)  # before phones: a card number has the digits of one
     return _PHONE.sub(_phone, text)
+
+
+def _normalized(text: str) -> tuple[str, list[int]]:
+    """``text`` as the matchers should see it, and for each of its characters the index of
+    the original character it came from: NFKC per character (the fullwidth at sign U+FF20 is
+    an @, fullwidth digits are digits), format characters (soft hyphens, zero-width spaces
+    and joiners, word joiners, byte-order marks, bidi controls) left out: they hide an item
+    from a pattern but not from a reader."""
+    chars: list[str] = []
+    origin: list[int] = []
+    for index, char in enumerate(text):
+        if char.isascii():
+            chars.append(char)
+            origin.append(index)
+        elif unicodedata.category(char) != "Cf":
+            for part in unicodedata.normalize("NFKC", char):
+                chars.append(part)
+                origin.append(index)
+    return "".join(chars), origin
+
+
+def _marked(text: str) -> str:
+    """``text`` with every masked character replaced by its item's mark (same length). Items
+    are found in the normalized text and marked over their original span, hidden characters
+    inside included."""
+    text = text.translate(_NEUTRAL)
+    if text.isascii():
+        return _marks(text)
+    normalized, origin = _normalized(text)
+    found = _marks(normalized)
+    if found == normalized:
+        return text
+    out = list(text)
+    for run in _RUNS.finditer(found):
+        start, end = origin[run.start()], origin[run.end() - 1] + 1
+        out[start:end] = run.group()[0] * (end - start)
+    return "".join(out)
 
 
 def _placeholders(marked: str) -> str:
@@ -128,9 +240,11 @@ def _placeholders(marked: str) -> str:
 
 
 def mask(text: str) -> str:
-    """``text`` with e-mail addresses, card numbers (Luhn-checked, 13 to 19 digits, spaces or
-    hyphens allowed) and phone numbers (7 to 15 digits, not dates or decimals) replaced by
-    ``[email]``, ``[card]`` and ``[phone]``."""
+    """``text`` with e-mail addresses, API keys (``sk-...``, ``sk-ant-...``, ``trk_...``),
+    IBANs (checksum-checked), card numbers (Luhn-checked, 13 to 19 digits, spaces or hyphens
+    allowed) and phone numbers (7 to 15 digits, not dates or decimals) replaced by
+    ``[email]``, ``[key]``, ``[iban]``, ``[card]`` and ``[phone]``, also when written with
+    fullwidth or hidden characters."""
     return _placeholders(_marked(text))
 
 
@@ -318,6 +432,11 @@ class AuditLog:
         self.dropped = 0
         if settings.secret is not None:
             self.secret = settings.secret.encode()
+            weak = settings.weak_secret()
+            if weak is not None and settings.enabled:
+                log.warning(
+                    "WARNING: %s (audit.require_strong_secret = true refuses to start)", weak
+                )
         else:
             self.secret = secrets.token_bytes(32)
             if settings.enabled:

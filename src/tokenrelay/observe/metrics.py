@@ -18,6 +18,13 @@ How it stays off the stream's path:
   upstream connections) are read when ``/metrics`` is asked, from the objects that already keep
   them, so nothing is maintained for them in between.
 
+Several workers (``tokenrelay serve --workers N``) serve one page: the supervisor makes a
+directory (``metrics.shared_dir``) and each worker writes its families there as a compact
+snapshot at most once a second and once more when it exits (``workers.Snapshots``); the worker
+asked for ``/metrics`` merges the others' snapshots with its own live values. Counters and
+histograms are summed over every worker that ever wrote (a worker that died keeps its counts),
+gauges over the live ones. Nothing of this runs per request.
+
 Names follow the OpenTelemetry GenAI semantic conventions where they have one (dots become
 underscores, the unit becomes a ``_seconds`` suffix, attributes become labels such as
 ``gen_ai_provider_name``); the rest are ``tokenrelay_*``. Counters end in ``_total``. A label
@@ -33,13 +40,14 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from tokenrelay import __version__
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.failover import Attempt
+    from tokenrelay.observe.snapshots import Snapshots
     from tokenrelay.records import StreamRecord
 
 log = logging.getLogger("tokenrelay.metrics")
@@ -75,10 +83,10 @@ REJECTION_REASONS = {
     "overloaded": "ratelimit_unavailable",  # Redis down and limits.fail = "closed"
     "api_error": "unavailable",  # keys cannot be checked now, or the route has no provider
 }
-# Distinct route and model names beyond the configured ones (a client may name any provider
-# model when allow_provider_models is on) before further new names are labelled "other", so a
-# client cannot grow /metrics without bound.
-EXTRA_LABEL_VALUES = 200
+# Distinct route and model names beyond the configured ones (a client may name provider models
+# that provider_models.allow admits) before further new names are labelled "other", so a
+# client cannot grow /metrics without bound: the default of metrics.max_model_labels.
+EXTRA_LABEL_VALUES = 100
 OTHER = "other"
 
 Labels = tuple[str, ...]
@@ -160,11 +168,22 @@ class Metric:
     (the dict is the cache: asking for the same labels again returns the same child)."""
 
     kind = "untyped"
+    # Across workers: "sum" over every snapshot (counters, histograms; gauges over live workers
+    # only), "max" over live workers, or "own": this process's value alone.
+    merge: Literal["sum", "max", "own"] = "sum"
 
     def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
         self.name = name
         self.help = help
         self.labelnames = tuple(labelnames)
+
+    def dump(self) -> list[Any]:
+        """The children as plain data for a snapshot: ``[labels, value...]`` each."""
+        raise NotImplementedError  # abstract: _Scalar and Histogram implement it
+
+    def merged(self, dumps: Iterable[list[Any]]) -> Metric:
+        """A copy of this family with other workers' dumps added to its children."""
+        raise NotImplementedError
 
     def header(self, out: list[str]) -> None:
         out.append(f"# HELP {self.name} {escape_help(self.help)}")
@@ -191,6 +210,31 @@ class _Scalar(Metric):
         if child is None:
             child = self.children[values] = Value(label_text(self.labelnames, values))
         return child
+
+    def dump(self) -> list[Any]:
+        return [[labels, child.value] for labels, child in self.children.items()]
+
+    def merged(self, dumps: Iterable[list[Any]]) -> _Scalar:
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        children: dict[Labels, Value] = {}
+        for labels, child in self.children.items():
+            children[labels] = mine = Value(child.labels)
+            mine.value = child.value
+        take_max = self.merge == "max"
+        for dump in dumps:
+            for raw, number in dump:
+                labels = tuple(raw)
+                found = children.get(labels)
+                if found is None:
+                    children[labels] = found = Value(label_text(self.labelnames, labels))
+                    found.value = number
+                elif take_max:
+                    found.value = max(found.value, number)
+                else:
+                    found.value += number
+        copy.children = children
+        return copy
 
     def render(self, out: list[str]) -> None:
         self.header(out)
@@ -255,6 +299,31 @@ class Histogram(Metric):
 
     def observe(self, *values: str, value: float) -> None:
         self.labels(*values).observe(value)
+
+    def dump(self) -> list[Any]:
+        return [[labels, child.counts, child.sum] for labels, child in self.children.items()]
+
+    def merged(self, dumps: Iterable[list[Any]]) -> Histogram:
+        copy = object.__new__(Histogram)
+        copy.__dict__.update(self.__dict__)
+        copy.children = children = {}
+        for labels, child in self.children.items():  # the lines' text is reused as it is
+            mine = children[labels] = HistogramChild(child.bounds, child.lines, child.tail)
+            mine.counts, mine.sum = list(child.counts), child.sum
+        width = len(self.bounds) + 1
+        for dump in dumps:
+            for raw, counts, total in dump:
+                if len(counts) != width:
+                    continue  # another version's buckets: cannot be added
+                labels = tuple(raw)
+                found = children.get(labels)
+                if found is None:
+                    found = copy.labels(*labels)
+                mine_counts = found.counts
+                for index, count in enumerate(counts):
+                    mine_counts[index] += count
+                found.sum += total
+        return copy
 
     def render(self, out: list[str]) -> None:
         self.header(out)
@@ -472,12 +541,35 @@ class GatewayMetrics:
             "process_start_time_seconds", "Start time of the process since the Unix epoch."
         )
         self.build = Gauge("tokenrelay_build_info", "The running version.", ("version",))
+        self.workers = Gauge(
+            "tokenrelay_metrics_workers",
+            "Worker processes whose numbers this page adds up (metrics.shared_dir): running "
+            "ones, and exited ones whose counters still count.",
+            ("state",),
+        )
         self.start_time.set(value=_process_start_time())
         self.build.set(__version__, value=1)
+        # Across workers: a circuit open in any worker shows; the rest describe this process.
+        self.breaker.merge = "max"
+        for own in (self.spool_bytes, self.start_time, self.build, self.workers):
+            own.merge = "own"
 
         self._series: dict[tuple[str, str, str, str, str], _Series] = {}
         self._known: set[str] | None = None  # route and model names allowed as label values
         self._extra = 0
+        settings = getattr(gateway, "settings", None)
+        shared_dir = settings.metrics.shared_dir if settings is not None else None
+        self._max_extra = (
+            settings.metrics.max_model_labels if settings is not None else EXTRA_LABEL_VALUES
+        )
+        self.snapshots: Snapshots | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._pending: asyncio.Future[None] | None = None
+        if shared_dir:
+            from tokenrelay.observe.snapshots import Snapshots
+
+            self.snapshots = Snapshots(shared_dir)
+            self._schedule()
 
     # --- per request ---------------------------------------------------------------------------
 
@@ -522,7 +614,7 @@ class GatewayMetrics:
 
     def _new_series(self, key: tuple[str, str, str, str, str]) -> _Series:
         """The bundle for ``key``, with route and model names bounded: past the configured
-        ones and ``EXTRA_LABEL_VALUES`` more, a new name is labelled "other", and its records
+        ones and ``metrics.max_model_labels`` more, a new name is labelled "other", and its records
         share that bundle (they are never cached under their own key)."""
         route, outcome, error_type, provider, model = key
         bounded = (self._bounded(route), outcome, error_type, provider, self._bounded(model))
@@ -537,7 +629,7 @@ class GatewayMetrics:
             known = self._known = self._configured_names()
         if value in known:
             return value
-        if self._extra < EXTRA_LABEL_VALUES:
+        if self._extra < self._max_extra:
             self._extra += 1
             known.add(value)
             return value
@@ -597,10 +689,19 @@ class GatewayMetrics:
     # --- at scrape time ------------------------------------------------------------------------
 
     async def exposition(self) -> bytes:
-        """The ``/metrics`` body: the present state read now, then every family rendered."""
+        """The ``/metrics`` body: the present state read now, then every family rendered; with
+        other workers, their snapshots added."""
+        await self._read_breaker()
+        families = self._present()
+        if self.snapshots is not None:
+            families = self._merged(families, self.snapshots)
+        return render(families)
+
+    def _present(self) -> list[Metric]:
+        """Every family, with what describes the present read now (all but the breakers,
+        which need an await)."""
         gateway = self.gateway
         self.active.set(value=len(gateway.calls))
-        await self._read_breaker()
         families: list[Metric] = [
             self.duration,
             self.ttft,
@@ -626,7 +727,58 @@ class GatewayMetrics:
         if self._read_connections():
             families.append(self.connections)
         families += [self.start_time, self.build]
-        return render(families)
+        return families
+
+    def _merged(self, families: list[Metric], snapshots: Snapshots) -> list[Metric]:
+        others = snapshots.read_others()
+        self.workers.set("running", value=1 + others.running)
+        self.workers.set("exited", value=others.workers - others.running)
+        merged: list[Metric] = []
+        for family in families:
+            if family.merge == "own":
+                merged.append(family)
+                continue
+            summed_ever = family.merge == "sum" and not isinstance(family, Gauge)
+            dumps = (others.every if summed_ever else others.live).get(family.name, [])
+            merged.append(family.merged(dumps))
+        merged.append(self.workers)
+        return merged
+
+    # --- this worker's snapshot ----------------------------------------------------------------
+
+    def write_snapshot(self, *, running: bool = True) -> None:
+        """This worker's families to its file (on a timer, and once more at exit)."""
+        if self.snapshots is None:
+            return
+        skip = {"own"} if self.gateway.shared is None else {"own", "max"}  # see _tick
+        families = self._present()
+        self.snapshots.write(
+            {f.name: f.dump() for f in families if f.merge not in skip}, running=running
+        )
+
+    def _schedule(self) -> None:
+        from tokenrelay.observe.snapshots import WRITE_EVERY
+
+        self._timer = asyncio.get_running_loop().call_later(WRITE_EVERY, self._tick)
+
+    def _tick(self) -> None:
+        self._schedule()
+        if self.gateway.shared is None:  # in-process breakers differ by worker: read them
+            task = asyncio.ensure_future(self._tick_with_breaker())
+            self._pending = task  # a reference, so the task is not collected mid-way
+        else:  # Redis: every worker sees the same circuits; the scraped one reads them
+            self.write_snapshot()
+
+    async def _tick_with_breaker(self) -> None:
+        await self._read_breaker()
+        self.write_snapshot()
+
+    def close(self) -> None:
+        """The final snapshot (the worker is exiting): its counts stay, its gauges go."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.write_snapshot(running=False)
 
     async def _read_breaker(self) -> None:
         try:
