@@ -782,7 +782,9 @@ class AnthropicReader:
             return self._block_start(data)
         if kind == "message_start":
             message = data.get("message") or {}
-            return [_read_usage(message.get("usage"), self._seen)]
+            usage = _read_usage(message.get("usage"), self._seen)
+            served = message.get("model")  # may differ from the one asked for: metered on it
+            return [msgspec.structs.replace(usage, model=served) if served else usage]
         if kind == "message_delta":
             delta = data.get("delta") or {}
             events: list[Event] = []
@@ -892,6 +894,8 @@ def parse_response(body: bytes) -> Completion:
     completion.text = "".join(texts)
     completion.thinking = "".join(thinking)
     completion.usage = _read_usage(data.get("usage"), [None, None, None])
+    if isinstance(data.get("model"), str):
+        completion.usage = msgspec.structs.replace(completion.usage, model=data["model"])
     completion.finish = _finish(data.get("stop_reason"), data.get("stop_sequence"))
     return completion
 

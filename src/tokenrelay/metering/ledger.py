@@ -25,7 +25,12 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
 
     Times are Unix seconds; ``created_at`` is when the request arrived (its end minus its
     duration), so a time range selects requests by when they were made. Booleans are stored as
-    0/1 (the table's ``INTEGER``, the same on both backends)."""
+    0/1 (the table's ``INTEGER``, the same on both backends).
+
+    ``model`` is the model the route asked the provider for, ``served_model`` the one the
+    upstream said answered (an alias resolved to a dated snapshot, say), and ``priced_model``
+    the one the cost was computed on: the served model when the price table knows it, else the
+    requested one; ``None`` when neither has a known price (then ``priced`` is false)."""
 
     request_id: str
     created_at: float
@@ -51,6 +56,9 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
     priced: bool = False  # the model had a known price when the cost was computed
     ttft_ms: float | None = None
     duration_ms: float
+    # Migration 4 (appended, as ALTER TABLE adds columns at the end).
+    served_model: str | None = None
+    priced_model: str | None = None
 
 
 COLUMNS: tuple[str, ...] = LedgerRow.__struct_fields__
@@ -104,6 +112,7 @@ def row_from(record: StreamRecord, *, now: float | None = None) -> LedgerRow:
         reasoning_tokens=usage.reasoning_tokens or 0,
         ttft_ms=record.ttft_ms,
         duration_ms=record.duration_ms,
+        served_model=usage.model,
     )
 
 
@@ -120,6 +129,10 @@ def attempts_json(attempts: Sequence[Any]) -> str:
         }
         usage = getattr(attempt, "usage", None)
         if usage is not None:
-            item["usage"] = {k: v for k, v in msgspec.structs.asdict(usage).items() if v}
+            counts = msgspec.structs.asdict(usage)
+            served = counts.pop("model")
+            item["usage"] = {k: v for k, v in counts.items() if v}
+            if served:
+                item["served_model"] = served
         detail.append(item)
     return msgspec.json.encode(detail).decode()
