@@ -67,6 +67,34 @@ INSERT_SQL = (
     "ON CONFLICT (request_id) DO NOTHING"
 )
 _BOOLEANS = tuple(i for i, name in enumerate(COLUMNS) if name in ("estimated", "priced"))
+_TEXT = tuple(f.name for f in msgspec.structs.fields(LedgerRow) if f.type in (str, str | None))
+REPLACEMENT = "\ufffd"
+
+
+def sanitized(row: LedgerRow) -> LedgerRow:
+    """``row`` with text no database can store made storable: NUL (PostgreSQL refuses it in
+    text) and lone surrogates (not UTF-8, so neither the spool nor a driver can encode them)
+    become U+FFFD. Defence in depth: names are checked at the edge, but one bad row must never
+    reach the spool or the database as it is. The row itself when it is clean (the usual case:
+    a few ``in`` tests per request)."""
+    changes: dict[str, str] = {}
+    for name in _TEXT:
+        value = getattr(row, name)
+        if value is None or ("\x00" not in value and (value.isascii() or _encodable(value))):
+            continue
+        changes[name] = "".join(
+            REPLACEMENT if char == "\x00" or "\ud800" <= char <= "\udfff" else char
+            for char in value
+        )
+    return msgspec.structs.replace(row, **changes) if changes else row
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def params(row: LedgerRow) -> tuple[Any, ...]:
@@ -80,7 +108,7 @@ def params(row: LedgerRow) -> tuple[Any, ...]:
 
 async def insert_rows(db: Queries, rows: Iterable[LedgerRow]) -> None:
     """Insert ``rows`` atomically; a request already in the ledger is left as it is."""
-    batch = [params(row) for row in rows]
+    batch = [params(sanitized(row)) for row in rows]
     if batch:
         await db.execute_many(INSERT_SQL, batch)
 
