@@ -8,6 +8,7 @@ snapshot): the ledger keeps both names, prices the served one when the price tab
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ import pytest_asyncio
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tests.test_failover import CLAUDE, GPT, faulty, route
 from tests.test_metering import ledger_row
+from tests.test_reports import run
 from tokenrelay.gate.keys import KeyStore
 from tokenrelay.metering import LedgerRow
 from tokenrelay.metering.meter import UNPRICED, Meter
@@ -32,6 +34,7 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 SNAPSHOT = "claude-sonnet-4-5-20250929"  # genai-prices knows it as claude-sonnet-4-5
 UNKNOWN = "claude-experimental-7"  # a name no price table has
+MINI = "gpt-5-mini-2025-08-07"  # genai-prices knows it as gpt-5-mini
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -44,7 +47,15 @@ async def gw(
         "TOKENRELAY_DATABASE_URL": f"sqlite:///{scratch}/ledger.db",
         **route("snap", [faulty(CLAUDE, served_model=SNAPSHOT)]),
         **route("unknown", [faulty(CLAUDE, served_model=UNKNOWN)]),
-        **route("mini", [faulty(GPT, served_model="gpt-5-mini-2025-08-07")]),
+        **route("mini", [faulty(GPT, served_model=MINI)]),
+        **route(
+            "early",
+            [
+                faulty(CLAUDE, fault="error_before_content", served_model=SNAPSHOT),
+                faulty(GPT, served_model=MINI),
+            ],
+            retries=0,
+        ),
     }
     async with gateway_server(env) as running:
         await running.gateway.meter.pricer.load()  # type: ignore[union-attr]
@@ -103,6 +114,25 @@ async def test_an_openai_chunk_model_is_priced_as_served(gw: RunningGateway) -> 
     assert row["cost_nanousd"] == nanousd("openai", "gpt-5-mini", record.usage, row["created_at"])
 
 
+async def test_a_failed_attempt_is_priced_on_the_model_that_served_it(gw: RunningGateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(
+            gw.url + "/api/generate", json={"prompt": "hi", "route": "early"}
+        )
+        await response.read()
+    request_id = response.headers["x-request-id"]
+    record = await gw.wait_record(request_id)
+    row = await ledger_row(gw, request_id)
+    failed = record.attempts[0]
+    assert failed.usage is not None and failed.usage.input_tokens and failed.usage.model == SNAPSHOT
+    detail = json.loads(row["attempts_detail"])
+    assert detail[0]["served_model"] == SNAPSHOT and "model" not in detail[0]["usage"]
+    assert (row["model"], row["served_model"], row["priced_model"]) == ("gpt-5.5", MINI, MINI)
+    both = nanousd("anthropic", "claude-sonnet-4-5", failed.usage, row["created_at"])
+    both += nanousd("openai", "gpt-5-mini", record.usage, row["created_at"])
+    assert abs(row["cost_nanousd"] - both) <= 1  # each part rounded on its own in the test
+
+
 async def test_a_served_model_without_a_price_is_priced_as_requested(gw: RunningGateway) -> None:
     request_id = await ask(gw, "/v1/messages", messages("unknown"))
     record = await gw.wait_record(request_id)
@@ -143,8 +173,11 @@ async def test_reports_and_the_dashboard_group_by_served_or_requested_model(
         db, make_query("1h", by="route", filters={"model": SNAPSHOT}, now=_now())
     )
     assert {row.group for row in filtered.rows} == {"snap"}
-    asked = make_query("1h", by="route", filters={"requested_model": "gpt-5.5"}, now=_now())
-    assert {row.group for row in (await usage(db, asked)).rows} <= {"mini", "oa"}
+    asked = make_query(
+        "1h", by="route", filters={"requested_model": "claude-sonnet-5-5"}, now=_now()
+    )
+    routes = {row.group for row in (await usage(db, asked)).rows}
+    assert {"snap", "unknown", "an"} <= routes and not routes & {"mini", "oa"}
 
     # Over HTTP: the dashboard (open while no key exists), then /v1/usage with an admin key.
     async with aiohttp.ClientSession() as http:
@@ -163,6 +196,26 @@ async def test_reports_and_the_dashboard_group_by_served_or_requested_model(
             assert response.status == 200
             rows = json.loads(await response.read())["rows"]
         assert "anthropic:claude-sonnet-5-5" in {row["requested_model"] for row in rows}
+
+    # And on the command line.
+    database = gw.gateway.settings.database_url
+    for by, name in (("model", SNAPSHOT), ("requested_model", "claude-sonnet-5-5")):
+        result = await asyncio.to_thread(
+            run,
+            "usage",
+            "--database-url",
+            database,
+            "--since",
+            "1d",
+            "--by",
+            by,
+            "--format",
+            "json",
+        )
+        assert result.exit_code == 0, result.output
+        groups = {row[by] for row in json.loads(result.stdout)["rows"]}
+        assert f"anthropic:{name}" in groups
+        assert by == "model" or f"anthropic:{SNAPSHOT}" not in groups
 
 
 async def test_rows_priced_after_the_table_loads_use_the_served_model(tmp_path: Path) -> None:
