@@ -159,7 +159,8 @@ def attempts_json(attempts: Sequence[Any]) -> str:
         if usage is not None:
             counts = msgspec.structs.asdict(usage)
             served = counts.pop("model")
-            item["usage"] = {k: v for k, v in counts.items() if v}
+            if any(counts.values()):
+                item["usage"] = {k: v for k, v in counts.items() if v}
             if served:
                 item["served_model"] = served
         detail.append(item)
