@@ -784,7 +784,9 @@ class AnthropicReader:
             message = data.get("message") or {}
             usage = _read_usage(message.get("usage"), self._seen)
             served = message.get("model")  # may differ from the one asked for: metered on it
-            return [msgspec.structs.replace(usage, model=served) if served else usage]
+            if isinstance(served, str) and served:
+                usage = msgspec.structs.replace(usage, model=served)
+            return [usage]
         if kind == "message_delta":
             delta = data.get("delta") or {}
             events: list[Event] = []

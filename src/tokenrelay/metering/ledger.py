@@ -30,7 +30,7 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
     ``model`` is the model the route asked the provider for, ``served_model`` the one the
     upstream said answered (an alias resolved to a dated snapshot, say), and ``priced_model``
     the one the cost was computed on: the served model when the price table knows it, else the
-    requested one; ``None`` when neither has a known price (then ``priced`` is false)."""
+    requested one; ``None`` when neither has a known price."""
 
     request_id: str
     created_at: float
