@@ -203,3 +203,15 @@ async def test_a_password_in_the_query_is_not_in_the_error_or_the_log(
                 await running.gateway.gate.database()
     logged = "\n".join(record.getMessage() for record in caplog.records)
     assert "127.0.0.1" in logged and "hunter2" not in logged
+
+
+def test_the_command_line_names_the_parameter_too(tmp_path: Path) -> None:
+    from tests.test_reports import run
+
+    url = f"sqlite:///{tmp_path}/ledger.db"
+    result = run("usage", "--database-url", url, "--since", "99999999999999999999d")
+    assert result.exit_code == 2 and "since: '99999999999999999999d' is out of range" in (
+        result.output
+    )
+    result = run("usage", "--database-url", url, "--org", "a\x00b")
+    assert result.exit_code == 2 and "org: control characters" in result.output
