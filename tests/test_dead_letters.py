@@ -25,7 +25,7 @@ from tests.test_ledger import eventually, ids_in, provider, row, spool_lines, wr
 from tests.test_metering import ledger_row
 from tokenrelay.metering import LedgerWriter
 from tokenrelay.metering.writer import DEAD_LETTERS
-from tokenrelay.store import Database, open_database
+from tokenrelay.store import Database, DatabaseError, open_database
 
 POISON = 2**70  # no BIGINT holds it: PostgreSQL says out of range, sqlite3 cannot bind it
 
@@ -187,3 +187,40 @@ async def _nul_model_request(simulator: Any, pg_url: str, tmp_path: Path) -> Non
         assert response.status == 200 and ready["status"] == "ready"
         assert "1 ledger row(s) were refused" in ready["degraded"]["ledger"]["reason"]
         assert DEAD_LETTERS in ready["degraded"]["ledger"]["reason"]
+
+
+class DropsOnceAfterADeadLetter:
+    """The database, losing its connection once, just after the writer set a row aside: the
+    whole batch is then tried again, poisoned row included."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.backend = db.backend
+        self.ledger: LedgerWriter | None = None
+        self.dropped = False
+
+    async def execute_many(self, sql: str, rows: Any) -> None:
+        if self.ledger is not None and self.ledger.dead_letters and not self.dropped:
+            self.dropped = True
+            raise DatabaseError("connection lost (simulated)")
+        await self.db.execute_many(sql, rows)
+
+
+async def test_a_batch_retried_after_a_lost_connection_sets_a_row_aside_once(
+    sqlite_db_url: str, tmp_path: Path
+) -> None:
+    db = await open_database(sqlite_db_url)
+    try:
+        flaky = DropsOnceAfterADeadLetter(db)
+        spool = tmp_path / "spool"
+        ledger = flaky.ledger = writer(spool)
+        for n in range(1, 11):
+            ledger.submit(row(n, input_tokens=POISON) if n == 4 else row(n))
+        ledger.start(provider(flaky))  # type: ignore[arg-type]
+        await eventually(lambda: ledger.backlog == 0)
+        await ledger.close()
+        assert flaky.dropped and ledger.write_errors == 1
+        assert await ids_in(db) == [f"req-{n:06d}" for n in range(1, 11) if n != 4]
+        assert ledger.dead_letters == 1 and len(dead_letters(spool)) == 1
+    finally:
+        await db.close()

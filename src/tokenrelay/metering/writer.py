@@ -120,6 +120,8 @@ class LedgerWriter:
         self._down_since: float | None = None
         self._logged_at = 0.0
         self._spool_failed_at = 0.0
+        self._set_aside: set[str] = set()  # request ids dead-lettered (a retried batch skips)
+        self._dead_logged_at = -LOG_EVERY
 
     # --- counters -------------------------------------------------------------------------------
 
@@ -347,19 +349,29 @@ class LedgerWriter:
 
     async def _dead_letter(self, row: LedgerRow, exc: DataError) -> None:
         """Set ``row`` aside with the reason, durably, before its spool line is passed over;
-        if that fails (a full disk) the error propagates and the batch waits in the spool."""
+        if that fails (a full disk) the error propagates and the batch waits in the spool.
+        A row already set aside (its batch retried after the connection failed) is not again."""
+        if row.request_id in self._set_aside:
+            return
         reason = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
         entry = {"at": time.time(), "reason": reason, "row": sanitized(row)}
         line = _encoder.encode(entry) + b"\n"
         await asyncio.to_thread(_append_synced, self.dead_letter_path, line)
         self.dead_letters += 1
-        log.error(
-            "ledger: the database refused request %s's row (%s); it is set aside in %s and the "
-            "other rows are written",
-            row.request_id,
-            reason,
-            self.dead_letter_path,
-        )
+        if len(self._set_aside) >= self.memory_rows:
+            self._set_aside.clear()
+        self._set_aside.add(row.request_id)
+        now = time.monotonic()
+        if now - self._dead_logged_at >= LOG_EVERY:  # one line, then one every 30 s at most
+            self._dead_logged_at = now
+            log.error(
+                "ledger: the database refused request %s's row (%s); it is set aside in %s "
+                "and the other rows are written (%d set aside since start-up)",
+                row.request_id,
+                reason,
+                self.dead_letter_path,
+                self.dead_letters,
+            )
 
     def _failed(self, exc: Exception) -> None:
         self.write_errors += 1
