@@ -438,7 +438,7 @@ async def test_bad_parameters_say_what_to_write(
     gw: RunningGateway, http: aiohttp.ClientSession
 ) -> None:
     cases = {
-        "by=day": "cannot group the dashboard by 'day': use one of org, user, model, route",
+        "by=day": "by 'day': use one of org, user, model, requested_model, route",
         "since=last+tuesday": "is not a time",
         "since=2d&until=3d": "range is empty",
         "since=2024-01-01&until=2026-01-01": "the range spans 731 days; the dashboard shows 400",

@@ -300,7 +300,7 @@ def test_frames_are_the_real_apis() -> None:
 def test_reader_reads_back_what_the_writer_wrote() -> None:
     events, done = read_all(write_all(STREAM))
     assert done
-    assert events[0] == Usage(100, 0, 60, 10)  # our input includes the cache again
+    assert events[0] == Usage(100, 0, 60, 10, model="claude-x")  # input includes the cache again
     assert events[-2:] == [Usage(100, 42, 60, 10, 7), Finish("tool_calls")]
     assert [e for e in events if isinstance(e, ToolCallDelta)] == [
         ToolCallDelta(0, "toolu_1", "weather"),
@@ -309,7 +309,9 @@ def test_reader_reads_back_what_the_writer_wrote() -> None:
         ToolCallDelta(1, "toolu_2", "clock"),
         ToolCallDelta(1, arguments='{"tz":"UTC"}'),
     ]
-    assert fold(events) == fold(STREAM)
+    served, expected = fold(events), fold(STREAM)  # message_start names the served model too
+    assert served.usage == msgspec.structs.replace(expected.usage, model="claude-x")
+    assert msgspec.structs.replace(served, usage=expected.usage) == expected
 
 
 @pytest.mark.parametrize(
@@ -359,7 +361,8 @@ def test_an_error_ends_the_stream_and_close_adds_nothing() -> None:
     after_usage = write_all([Usage(input_tokens=5), Error("overloaded", "Overloaded", 529)])
     assert names(after_usage) == ["message_start", "ping", "error"]
     events = read_all(after_usage)[0]
-    assert events[0] == Usage(5, 0, 0, 0) and events[-1] == Error("overloaded", "Overloaded", 529)
+    assert events[0] == Usage(5, 0, 0, 0, model="claude-x")
+    assert events[-1] == Error("overloaded", "Overloaded", 529)
 
 
 def test_reader_skips_unknown_events_and_reports_garbage() -> None:
@@ -379,7 +382,8 @@ def test_whole_response_round_trip() -> None:
     raw = dialect.encode_response(completion, id="msg_1", model="claude-x")
     assert msgspec.json.decode(raw)["usage"] == {**CACHED, **END_USAGE}
     back = dialect.parse_response(raw)
-    assert back == completion
+    assert back.usage.model == "claude-x"  # the served model, for metering
+    assert msgspec.structs.replace(back, usage=completion.usage) == completion
     broken = Completion(tool_calls=[ToolCall("t", "f", '{"city":')])
     with pytest.raises(GatewayError, match="not a JSON object") as raised:
         dialect.encode_response(broken, id="msg_1", model="m")

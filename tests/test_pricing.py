@@ -227,7 +227,11 @@ def test_anthropic_reported_usage_exact_cost(pricer: Pricer) -> None:
 def test_openai_reported_usage_with_cached_tokens_exact_cost(pricer: Pricer) -> None:
     usage = _read(openai.stream_reader(), _openai_wire(finished=True)).result().usage
     assert usage == Usage(
-        input_tokens=5130, output_tokens=911, cache_read_tokens=4864, reasoning_tokens=640
+        input_tokens=5130,
+        output_tokens=911,
+        cache_read_tokens=4864,
+        reasoning_tokens=640,
+        model="gpt-5.5",
     )
     tier = lowest_tier("openai", "gpt-5.5")
     assert tier is None or (usage.input_tokens is not None and usage.input_tokens <= tier)
@@ -253,7 +257,7 @@ def test_estimated_usage_of_an_aborted_anthropic_stream_exact_cost(pricer: Price
 
 def test_estimated_usage_of_an_aborted_openai_stream_exact_cost(pricer: Pricer) -> None:
     reported = _read(openai.stream_reader(), _openai_wire(finished=False)).result()
-    assert reported.usage == Usage()  # OpenAI reports usage only at the end
+    assert reported.usage == Usage(model="gpt-5.5")  # OpenAI reports usage only at the end
     usage = estimate_usage(REQUEST, reported.text, reported=reported.usage)
     assert usage.input_tokens is not None and usage.output_tokens is not None
     rates = table_rates("openai", "gpt-5.5", WHEN.date())

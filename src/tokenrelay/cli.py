@@ -384,16 +384,18 @@ def keys_revoke(key: str, database_url: str | None, config: str | None, fmt: str
 @click.option("--until", help="End, exclusive, in the same forms. Default: now.")
 @click.option(
     "--by",
-    type=click.Choice(["org", "user", "key", "model", "route", "day"]),
+    type=click.Choice(["org", "user", "key", "model", "requested_model", "route", "day"]),
     default="day",
     show_default=True,
-    help="One line per organization, user, key, provider:model, route or UTC day.",
+    help="One line per organization, user, key, provider:model (served, or as requested), "
+    "route or UTC day.",
 )
 @click.option("--org", help="Only this organization's requests.")
 @click.option("--user", help="Only this user's requests.")
 @click.option("--key", "key_id", help="Only this key's requests (its id).")
 @click.option("--route", help="Only this route's requests.")
 @click.option("--model", help="Only requests served by this model.")
+@click.option("--requested-model", help="Only requests that asked for this model.")
 @click.option(
     "--format",
     "fmt",
@@ -412,6 +414,7 @@ def usage(
     key_id: str | None,
     route: str | None,
     model: str | None,
+    requested_model: str | None,
     fmt: str,
     database_url: str | None,
     config: str | None,
@@ -427,6 +430,7 @@ def usage(
     from tokenrelay.store import DatabaseError, open_database
 
     filters = {"org": org, "user": user, "key": key_id, "route": route, "model": model}
+    filters["requested_model"] = requested_model
     try:
         query = make_query(since, until, by, filters, now=time.time())
     except ValueError as exc:

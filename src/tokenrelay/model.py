@@ -152,7 +152,9 @@ class Usage(msgspec.Struct, frozen=True):
     """Token counts known so far; ``None`` means this event did not report that count.
 
     ``input_tokens`` is the whole prompt including cached tokens (OpenAI's convention, and what
-    pricing needs); ``output_tokens`` includes reasoning tokens.
+    pricing needs); ``output_tokens`` includes reasoning tokens. ``model`` is the model the
+    upstream says served the request (it may differ from the one asked for: an alias resolved
+    to a dated snapshot, a fallback), carried here so metering prices what actually ran.
     """
 
     input_tokens: int | None = None
@@ -160,6 +162,7 @@ class Usage(msgspec.Struct, frozen=True):
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    model: str | None = None
 
 
 class Finish(msgspec.Struct, frozen=True):
@@ -285,6 +288,7 @@ def merge_usage(old: Usage, new: Usage) -> Usage:
         new.cache_read_tokens if new.cache_read_tokens is not None else old.cache_read_tokens,
         new.cache_write_tokens if new.cache_write_tokens is not None else old.cache_write_tokens,
         new.reasoning_tokens if new.reasoning_tokens is not None else old.reasoning_tokens,
+        new.model if new.model is not None else old.model,
     )
 
 

@@ -554,8 +554,6 @@ class SharedState:
 
 
 def _redact(url: str) -> str:
-    head, sep, tail = url.rpartition("@")
-    if not sep:
-        return url
-    scheme, _, _ = head.partition("//")
-    return f"{scheme}//***@{tail}"
+    from tokenrelay.store.urls import redact_url  # the one URL masker (password, ?password=)
+
+    return redact_url(url)

@@ -17,7 +17,8 @@ OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overload
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
 connection with an RST after ``fault_after`` tokens. ``slow_fraction`` of requests, drawn at
 random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a primary that is
-slow now and then, for hedging).
+slow now and then, for hedging). ``served_model`` names another model in the answer than the one
+asked for (an alias resolved to a dated snapshot, as real APIs do).
 
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
@@ -81,6 +82,7 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
     cache_write_tokens: int = 0
     slow_fraction: float = 0  # this share of requests, drawn at random, waits slow_ttft_ms
     slow_ttft_ms: float = 1000
+    served_model: str | None = None  # the model the answer names, when not the one asked for
     api_key: str | None = None
 
 
@@ -157,6 +159,7 @@ _KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
     "cache_write_tokens": (_int, "an integer >= 0"),
     "slow_fraction": (_fraction, "a number from 0 to 1"),
     "slow_ttft_ms": (_float, "a number of milliseconds >= 0"),
+    "served_model": (_optional, "a model name (empty: the one asked for)"),
 }
 _HEADER_KNOBS = {"x-sim-" + name.replace("_", "-"): name for name in _KNOBS}
 
@@ -582,12 +585,11 @@ class _Simulator:
             error = GatewayError("overloaded", "simulated overload", 529)
             return self._error(flavor, error, request_id, knobs.retry_after)
         encode_for = getattr(flavor.dialect, "encode_response_for", None)  # Responses
+        served = knobs.served_model or request.model
         if encode_for is not None:
-            body = encode_for(request, plan.completion(), id=message_id, model=request.model)
+            body = encode_for(request, plan.completion(), id=message_id, model=served)
         else:
-            body = flavor.dialect.encode_response(
-                plan.completion(), id=message_id, model=request.model
-            )
+            body = flavor.dialect.encode_response(plan.completion(), id=message_id, model=served)
         self.stats.completed += 1
         self.stats.tokens_sent += plan.tokens_in(len(plan.events))
         return web.Response(
@@ -614,7 +616,9 @@ class _Simulator:
             events = []
         elif fault in _MID_FAULTS:
             events = events[: plan.events_for(knobs.fault_after)]
-        writer = flavor.dialect.stream_writer(request, id=message_id, model=request.model)
+        writer = flavor.dialect.stream_writer(
+            request, id=message_id, model=knobs.served_model or request.model
+        )
         write = writer.write
         response = web.StreamResponse(
             headers={

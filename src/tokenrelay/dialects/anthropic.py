@@ -781,7 +781,11 @@ class AnthropicReader:
             return self._block_start(data)
         if kind == "message_start":
             message = data.get("message") or {}
-            return [_read_usage(message.get("usage"), self._seen)]
+            usage = _read_usage(message.get("usage"), self._seen)
+            served = message.get("model")  # may differ from the one asked for: metered on it
+            if isinstance(served, str) and served:
+                usage = msgspec.structs.replace(usage, model=served)
+            return [usage]
         if kind == "message_delta":
             delta = data.get("delta") or {}
             events: list[Event] = []
@@ -891,6 +895,8 @@ def parse_response(body: bytes) -> Completion:
     completion.text = "".join(texts)
     completion.thinking = "".join(thinking)
     completion.usage = _read_usage(data.get("usage"), [None, None, None])
+    if isinstance(data.get("model"), str):
+        completion.usage = msgspec.structs.replace(completion.usage, model=data["model"])
     completion.finish = _finish(data.get("stop_reason"), data.get("stop_sequence"))
     return completion
 

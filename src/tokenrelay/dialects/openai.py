@@ -568,10 +568,11 @@ class OpenAIReader:
     """Reads chunks from OpenAI or any compatible server (usage may come in the finish chunk, as
     Ollama and vLLM send it, or in a chunk of its own, as OpenAI does)."""
 
-    __slots__ = ("_ids", "_last", "done")
+    __slots__ = ("_ids", "_last", "_model", "done")
 
     def __init__(self) -> None:
         self.done = False
+        self._model: str | None = None  # the served model, once reported (metered on it)
         self._ids: dict[str, int] = {}  # call ids by index, for servers that leave out ``index``
         self._last = 0
 
@@ -601,6 +602,10 @@ class OpenAIReader:
 
     def _events(self, data: dict[str, Any]) -> list[Event]:
         events: list[Event] = []
+        served = data.get("model")
+        if self._model is None and isinstance(served, str) and served:
+            self._model = served
+            events.append(Usage(model=served))
         finish: Finish | None = None
         for choice in data.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -737,12 +742,14 @@ def _completion(data: dict[str, Any]) -> Completion:
         for c in message.get("tool_calls") or ()
         if isinstance(c.get("function"), dict)
     ]
-    usage = data.get("usage")
+    usage = _usage_from_json(data["usage"]) if isinstance(data.get("usage"), dict) else Usage()
+    if isinstance(data.get("model"), str):
+        usage = msgspec.structs.replace(usage, model=data["model"])
     return Completion(
         text=message.get("content") or message.get("refusal") or "",
         thinking=reasoning if isinstance(reasoning, str) else "",
         tool_calls=calls,
-        usage=_usage_from_json(usage) if isinstance(usage, dict) else Usage(),
+        usage=usage,
         finish=_finish(choices[0]) or Finish("tool_calls" if calls else "stop"),
     )
 

@@ -107,7 +107,9 @@ def usd(nanousd: int, quantum: Decimal = Decimal("0.01")) -> str:
     return "$" + str((Decimal(nanousd) / NANOUSD).quantize(quantum, ROUND_HALF_UP))
 
 
-def _iso(timestamp: float) -> str:
+def iso_time(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC to the second (``2026-11-01T12:00:00Z``), as metering
+    writes every time it shows."""
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -329,7 +331,7 @@ class Budgets:
                 budget.label,
                 usd(limit),
                 round(budget.alert_at * 100),
-                _iso(end),
+                iso_time(end),
                 extra={"budget": budget.label, "subject": subject, "spent_nanousd": spent},
             )
         if spent >= limit and noted.get((index, subject, "exhausted")) != start:
@@ -341,7 +343,7 @@ class Budgets:
                 usd(spent),
                 budget.label,
                 usd(limit),
-                _iso(end),
+                iso_time(end),
                 extra={"budget": budget.label, "subject": subject, "spent_nanousd": spent},
             )
 
@@ -458,11 +460,11 @@ def _exceeded(
     exponent = budget.limit_usd.normalize().as_tuple().exponent
     places = max(2, -exponent) if isinstance(exponent, int) else 2
     quantum = Decimal(1).scaleb(-places)
-    reset = _iso(end)
+    reset = iso_time(end)
     return GatewayError(
         ERROR_TYPE,
         f"budget exceeded: {budget.scope} {subject!r} has spent {usd(spent, quantum)} of its "
-        f"{budget.label} of {usd(budget.limit_nanousd, quantum)} since {_iso(start)}; "
+        f"{budget.label} of {usd(budget.limit_nanousd, quantum)} since {iso_time(start)}; "
         f"it resets at {reset} (in {_until(end - now)})",
         402,
         retry_after=max(1.0, end - now),

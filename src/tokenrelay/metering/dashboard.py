@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
+from tokenrelay.metering.budgets import iso_time
 from tokenrelay.metering.reports import (
     _COLUMNS,
     _COUNTS,
@@ -33,11 +34,11 @@ from tokenrelay.metering.reports import (
     DAY,
     ERROR_OUTCOMES,
     FILTERS,
+    MODEL_KEYS,
     Refused,
     UsageQuery,
     UsageRow,
     _exact_usd,
-    _iso,
     _row,
     admin_database,
     csv_cell,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.store import Queries
 
-Grouping = Literal["org", "user", "model", "route"]
+Grouping = Literal["org", "user", "model", "requested_model", "route"]
 GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
 WEB = Path(__file__).resolve().parent.parent / "web"
 MAX_DAYS = 400  # a year and a bit: the page's longest range is 90 days
@@ -155,8 +156,7 @@ def _where(query: UsageQuery) -> tuple[str, list[Any]]:
 
 
 def _keys(by: Grouping) -> list[str]:
-    # one model name may be served by several providers, as in the reports
-    return ["provider", "model"] if by == "model" else [_COLUMNS[by]]
+    return MODEL_KEYS[by] if by in MODEL_KEYS else [_COLUMNS[by]]
 
 
 async def collect(db: Queries, query: UsageQuery, by: Grouping) -> Dashboard:
@@ -366,8 +366,8 @@ def shape(found: Dashboard) -> dict[str, Any]:
         _add(total, row)
     return {
         "by": found.by,
-        "since": _iso(query.since),
-        "until": _iso(query.until),
+        "since": iso_time(query.since),
+        "until": iso_time(query.until),
         "filters": query.filters,
         "days": [_day_name(found.first_day + offset) for offset in range(found.days)],
         "groups": groups,

@@ -25,7 +25,12 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
 
     Times are Unix seconds; ``created_at`` is when the request arrived (its end minus its
     duration), so a time range selects requests by when they were made. Booleans are stored as
-    0/1 (the table's ``INTEGER``, the same on both backends)."""
+    0/1 (the table's ``INTEGER``, the same on both backends).
+
+    ``model`` is the model the route asked the provider for, ``served_model`` the one the
+    upstream said answered (an alias resolved to a dated snapshot, say), and ``priced_model``
+    the one the cost was computed on: the served model when the price table knows it, else the
+    requested one; ``None`` when neither has a known price."""
 
     request_id: str
     created_at: float
@@ -51,6 +56,9 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
     priced: bool = False  # the model had a known price when the cost was computed
     ttft_ms: float | None = None
     duration_ms: float
+    # Migration 4 (appended, as ALTER TABLE adds columns at the end).
+    served_model: str | None = None
+    priced_model: str | None = None
 
 
 COLUMNS: tuple[str, ...] = LedgerRow.__struct_fields__
@@ -59,6 +67,34 @@ INSERT_SQL = (
     "ON CONFLICT (request_id) DO NOTHING"
 )
 _BOOLEANS = tuple(i for i, name in enumerate(COLUMNS) if name in ("estimated", "priced"))
+_TEXT = tuple(f.name for f in msgspec.structs.fields(LedgerRow) if f.type in (str, str | None))
+REPLACEMENT = "\ufffd"
+
+
+def sanitized(row: LedgerRow) -> LedgerRow:
+    """``row`` with text no database can store made storable: NUL (PostgreSQL refuses it in
+    text) and lone surrogates (not UTF-8, so neither the spool nor a driver can encode them)
+    become U+FFFD. Defence in depth: names are checked at the edge, but one bad row must never
+    reach the spool or the database as it is. The row itself when it is clean (the usual case:
+    a few ``in`` tests per request)."""
+    changes: dict[str, str] = {}
+    for name in _TEXT:
+        value = getattr(row, name)
+        if value is None or ("\x00" not in value and (value.isascii() or _encodable(value))):
+            continue
+        changes[name] = "".join(
+            REPLACEMENT if char == "\x00" or "\ud800" <= char <= "\udfff" else char
+            for char in value
+        )
+    return msgspec.structs.replace(row, **changes) if changes else row
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def params(row: LedgerRow) -> tuple[Any, ...]:
@@ -72,7 +108,7 @@ def params(row: LedgerRow) -> tuple[Any, ...]:
 
 async def insert_rows(db: Queries, rows: Iterable[LedgerRow]) -> None:
     """Insert ``rows`` atomically; a request already in the ledger is left as it is."""
-    batch = [params(row) for row in rows]
+    batch = [params(sanitized(row)) for row in rows]
     if batch:
         await db.execute_many(INSERT_SQL, batch)
 
@@ -104,6 +140,7 @@ def row_from(record: StreamRecord, *, now: float | None = None) -> LedgerRow:
         reasoning_tokens=usage.reasoning_tokens or 0,
         ttft_ms=record.ttft_ms,
         duration_ms=record.duration_ms,
+        served_model=usage.model,
     )
 
 
@@ -120,6 +157,11 @@ def attempts_json(attempts: Sequence[Any]) -> str:
         }
         usage = getattr(attempt, "usage", None)
         if usage is not None:
-            item["usage"] = {k: v for k, v in msgspec.structs.asdict(usage).items() if v}
+            counts = msgspec.structs.asdict(usage)
+            served = counts.pop("model")
+            if any(counts.values()):
+                item["usage"] = {k: v for k, v in counts.items() if v}
+            if served:
+                item["served_model"] = served
         detail.append(item)
     return msgspec.json.encode(detail).decode()

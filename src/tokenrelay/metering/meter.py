@@ -6,6 +6,11 @@ Failed attempts that reported usage before failing (Anthropic's ``message_start`
 overload error) are metered with the request: their tokens are in the row's totals, each priced
 at its own model's rate, and listed in ``attempts_detail``.
 
+Each part is priced on the model the upstream said served it (``message_start.message.model``,
+an OpenAI chunk's ``model``) when the price table knows that one, else on the model the route
+asked for: an alias the provider resolved to another snapshot is billed as what ran. The row
+keeps both names and the one priced (``served_model``, ``model``, ``priced_model``).
+
 Rows are spooled at once. The price table loads in a worker thread shortly after start-up
 (``genai-prices`` takes ~0.4 s to import); a row that ends before then is spooled with
 ``cost_nanousd = UNPRICED`` and priced by the writer, which waits for the table, just before the
@@ -36,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenrelay.metering")
 
 UNPRICED = -1  # cost_nanousd of a row spooled before the price table was loaded
+# What one attempt is priced on: provider, requested model, served model (if said), usage.
+Part = tuple[str | None, str | None, str | None, Usage]
 
 
 def metered_usage(record: StreamRecord) -> tuple[Usage, bool]:
@@ -80,9 +87,13 @@ class Meter:
     def __call__(self, record: StreamRecord) -> None:
         row = row_from(record)
         usage, estimated = metered_usage(record)
-        parts = [(record.provider, record.model, usage)]
-        parts += [(a.provider, a.model, a.usage) for a in record.attempts if a.usage is not None]
-        total = functools.reduce(_add, (part[2] for part in parts))
+        parts: list[Part] = [(record.provider, record.model, record.usage.model, usage)]
+        parts += [
+            (a.provider, a.model, a.usage.model, a.usage)
+            for a in record.attempts
+            if a.usage is not None
+        ]
+        total = functools.reduce(_add, (part[3] for part in parts))
         row.input_tokens = total.input_tokens or 0
         row.output_tokens = total.output_tokens or 0
         row.cache_read_tokens = total.cache_read_tokens or 0
@@ -106,20 +117,31 @@ class Meter:
             cost = row.cost_nanousd if row.priced and row.cost_nanousd >= 0 else None
             self.audit.write(record, prompt, cost)
 
-    def _price(self, row: LedgerRow, parts: list[tuple[str | None, str | None, Usage]]) -> None:
+    def _price(self, row: LedgerRow, parts: list[Part]) -> None:
+        """The row's cost, each part at its served model's rate when known (else the
+        requested one's); ``priced_model`` is the first part's (the attempt that answered)."""
         when = datetime.fromtimestamp(row.created_at, UTC)
         total = Decimal(0)
         priced = True
-        for provider, model, usage in parts:
-            if provider is None or model is None:
+        row.priced_model = None
+        for index, (provider, requested, served, usage) in enumerate(parts):
+            if provider is None or requested is None:
                 continue
-            cost = self.pricer.cost(
-                provider, model, usage, when=when, provider_kind=self.kinds.get(provider)
-            )
+            kind = self.kinds.get(provider)
+            model = requested
+            if (
+                served
+                and served != requested
+                and self.pricer.knows(provider, served, provider_kind=kind)
+            ):
+                model = served
+            cost = self.pricer.cost(provider, model, usage, when=when, provider_kind=kind)
             if cost is None:
                 priced = False
             else:
                 total += cost
+                if index == 0 and self.pricer.knows(provider, model, provider_kind=kind):
+                    row.priced_model = model
         row.cost_nanousd = self.pricer.nanousd(total)
         row.priced = priced
 
@@ -138,7 +160,7 @@ class Meter:
                 cache_write_tokens=row.cache_write_tokens,
                 reasoning_tokens=row.reasoning_tokens,
             )
-            self._price(row, [(row.provider, row.model, usage)])
+            self._price(row, [(row.provider, row.model, row.served_model, usage)])
             if row.cost_nanousd > 0 and self.budgets is not None:
                 self.budgets.charge(
                     _identity(row), row.cost_nanousd, row.request_id, row.created_at
@@ -159,6 +181,7 @@ def _add(a: Usage, b: Usage) -> Usage:
         cache_read_tokens=plus(a.cache_read_tokens, b.cache_read_tokens),
         cache_write_tokens=plus(a.cache_write_tokens, b.cache_write_tokens),
         reasoning_tokens=plus(a.reasoning_tokens, b.reasoning_tokens),
+        model=a.model,
     )
 
 

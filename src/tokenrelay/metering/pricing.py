@@ -169,6 +169,13 @@ class Pricer:
             return None
         return self._package_cost(found, provider, model, usage, when)
 
+    def knows(self, provider: str, model: str, *, provider_kind: str | None = None) -> bool:
+        """Whether ``model`` has a price: an override, or a table entry (genai-prices resolves
+        dated snapshots and aliases, so ``claude-sonnet-4-5-20250929`` is known)."""
+        if f"{provider}:{model}".lower() in self._overrides or model.lower() in self._overrides:
+            return True
+        return self._lookup(provider, model, provider_kind) is not None
+
     def nanousd(self, cost: Decimal) -> int:
         """Whole nanodollars, rounded half to even, for the ledger's integer column."""
         return int(cost.quantize(NANO, context=_ROUND).scaleb(9, context=_ROUND))

@@ -2,6 +2,11 @@
 tokens, cost and the share of estimated token counts, per org, user, key, model, route or UTC day,
 over a time range.
 
+``model`` (to group or filter by) is the model that served the request, as the upstream named it
+(``claude-sonnet-4-5-20250929``), or the one asked for when the upstream did not say (and for
+rows written before it was recorded); ``requested_model`` is the one the route asked for
+(``claude-sonnet-5-5``). Costs are priced on the served model when its price is known.
+
 The database does the sums, so a report costs one indexed query however large the ledger. Cost
 is summed as integer nanodollars (exact on SQLite and PostgreSQL alike) and shown in USD as a
 ``Decimal``; a day is bucketed by each backend's own floor of ``created_at / 86400``, since their
@@ -14,6 +19,7 @@ import csv
 import datetime
 import io
 import re
+import unicodedata
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
 import msgspec
 
 from tokenrelay.gate.keys import KeyRecord, KeyStore
+from tokenrelay.metering.budgets import iso_time
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -30,15 +37,28 @@ if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.store import Database, Queries
 
-Group = Literal["org", "user", "key", "model", "route", "day"]
+Group = Literal["org", "user", "key", "model", "requested_model", "route", "day"]
 Format = Literal["table", "csv", "json"]
 GROUPS: tuple[Group, ...] = get_args(Group)
 FORMATS: tuple[Format, ...] = get_args(Format)
-FILTERS = {"org": "org_id", "user": "user_id", "key": "key_id", "route": "route", "model": "model"}
+SERVED_MODEL = "COALESCE(served_model, model)"  # the upstream's name, else the one asked for
+FILTERS = {
+    "org": "org_id",
+    "user": "user_id",
+    "key": "key_id",
+    "route": "route",
+    "model": SERVED_MODEL,
+    "requested_model": "model",
+}
+# One model name may be served by several providers: a model group is provider:model.
+MODEL_KEYS: dict[str, list[str]] = {
+    "model": ["provider", SERVED_MODEL],
+    "requested_model": ["provider", "model"],
+}
+MAX_FILTER = 256  # characters of a filter value; ids and names are far shorter
 # What counts as an error: the gateway refused it, or it failed or was cut off; a client that
 # went away ("aborted") is not one.
 ERROR_OUTCOMES = ("error", "rejected", "interrupted")
-NANOUSD = 1_000_000_000
 DAY = 86400
 
 _COLUMNS = {"org": "org_id", "user": "user_id", "key": "key_id", "route": "route"}
@@ -67,6 +87,10 @@ _SUMS = ", ".join(
 )
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+# Times a report can name: the ledger's created_at is Unix seconds, and a datetime ends in 9999.
+EARLIEST = 0.0
+LATEST = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC).timestamp()
+_RANGE = "from 1970-01-01 to 9999-12-31 (UTC)"
 T = TypeVar("T")
 
 
@@ -120,17 +144,36 @@ def parse_time(text: str, now: float) -> float:
         return now
     relative = _RELATIVE.fullmatch(value)
     if relative:
-        return now - float(relative.group(1)) * _UNITS[relative.group(2)]
+        ago = now - float(relative.group(1)) * _UNITS[relative.group(2)]
+        if not EARLIEST <= ago <= LATEST:  # also catches inf from a 400-digit count
+            days = int((now - EARLIEST) // DAY)
+            raise ValueError(
+                f"{text[:40]!r} is out of range: a time {_RANGE}, so at most {days}d ago"
+            )
+        return ago
     try:
         moment = datetime.datetime.fromisoformat(text.strip())
-    except ValueError:
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.UTC)
+        stamp = moment.timestamp()
+    except (ValueError, OverflowError):
         raise ValueError(
-            f"{text!r} is not a time: use 7d, 24h, 30m (ago), a date like 2026-11-01 (UTC) "
+            f"{text[:40]!r} is not a time: use 7d, 24h, 30m (ago), a date like 2026-11-01 (UTC) "
             "or an ISO time like 2026-11-01T12:00Z"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    return moment.timestamp()
+    if not EARLIEST <= stamp <= LATEST:
+        raise ValueError(f"{text[:40]!r} is out of range: a time {_RANGE}")
+    return stamp
+
+
+def check_filter(name: str, value: str) -> str:
+    """A filter's value as given, or ``ValueError`` naming it: at most ``MAX_FILTER``
+    characters and no control characters (PostgreSQL refuses NUL in text; no id holds one)."""
+    if len(value) > MAX_FILTER:
+        raise ValueError(f"{name}: at most {MAX_FILTER} characters")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
+        raise ValueError(f"{name}: control characters (such as NUL) are not allowed")
+    return value
 
 
 def make_query(
@@ -143,16 +186,24 @@ def make_query(
 ) -> UsageQuery:
     """A query from the words of the command line or the URL; ``ValueError`` says what is wrong."""
     if by not in GROUPS:
-        raise ValueError(f"cannot group by {by!r}: use one of {', '.join(GROUPS)}")
-    start = parse_time(since, now)
-    end = parse_time(until, now) if until else now
+        raise ValueError(f"cannot group by {by[:40]!r}: use one of {', '.join(GROUPS)}")
+    start = _time("since", since, now)
+    end = _time("until", until, now) if until else now
     if end <= start:
         raise ValueError("the range is empty: 'until' must come after 'since'")
     given = {name: value for name, value in (filters or {}).items() if value}
     unknown = sorted(set(given) - set(FILTERS))
     if unknown:
         raise ValueError(f"cannot filter on {', '.join(unknown)}: use {', '.join(FILTERS)}")
+    given = {name: check_filter(name, value) for name, value in given.items()}
     return UsageQuery(since=start, until=end, by=by, filters=given)
+
+
+def _time(name: str, text: str, now: float) -> float:
+    try:
+        return parse_time(text, now)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 # --- the query -----------------------------------------------------------------------------------
@@ -162,8 +213,8 @@ async def usage(db: Queries, query: UsageQuery) -> UsageReport:
     """The report for ``query``: its rows (by day in order, else costliest first) and total."""
     if query.by == "day":
         keys = [_DAY[db.backend]]
-    elif query.by == "model":
-        keys = ["provider", "model"]  # one model name may be served by several providers
+    elif query.by in MODEL_KEYS:
+        keys = MODEL_KEYS[query.by]
     else:
         keys = [_COLUMNS[query.by]]
     where = ["created_at >= ?", "created_at < ?"]
@@ -198,7 +249,7 @@ def _row(by: Group, row: Mapping[str, Any]) -> UsageRow:
     group: str | None
     if by == "day":
         group = (datetime.date(1970, 1, 1) + datetime.timedelta(days=int(row["g0"]))).isoformat()
-    elif by == "model":
+    elif by in MODEL_KEYS:
         provider, model = row["g0"], row["g1"]
         group = f"{provider}:{model}" if provider and model else (model or provider)
     else:
@@ -210,10 +261,6 @@ def _row(by: Group, row: Mapping[str, Any]) -> UsageRow:
 # --- rendering -----------------------------------------------------------------------------------
 
 _SIX_PLACES = Decimal("0.000001")
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _exact_usd(row: UsageRow) -> str:
@@ -233,8 +280,8 @@ def render_json(report: UsageReport) -> str:
     query = report.query
     body = {
         "by": query.by,
-        "since": _iso(query.since),
-        "until": _iso(query.until),
+        "since": iso_time(query.since),
+        "until": iso_time(query.until),
         "filters": query.filters,
         "rows": [_json_row(query.by, row) for row in report.rows],
         "total": _json_row(None, report.total),
@@ -252,13 +299,24 @@ _CSV_FIELDS = (
 )
 
 
+# What makes a spreadsheet read a cell as a formula, once it skips leading blanks (the
+# full-width forms too: some spreadsheets fold them to ASCII).
+_FORMULA = frozenset("=+-@\uff1d\uff0b\uff0d\uff20")
+
+
 def csv_cell(name: str | None) -> str:
     """A group name (a user or org id from a JWT or a key's metadata) made safe for a
-    spreadsheet: one starting with ``=``, ``+``, ``-``, ``@`` or a control character would be
-    read as a formula (CSV injection), so it gets a leading apostrophe, as OWASP advises."""
+    spreadsheet: one that starts with a control character, or whose first character after any
+    whitespace and control characters is ``=``, ``+``, ``-`` or ``@``, could be read as a formula
+    (CSV injection), so it gets a leading apostrophe, as OWASP advises."""
     if not name:
         return ""
-    return "'" + name if name[0] in "=+-@\t\r" else name
+    if unicodedata.category(name[0]) == "Cc":
+        return "'" + name
+    for char in name:
+        if not (char.isspace() or unicodedata.category(char) in ("Cc", "Cf")):
+            return "'" + name if char in _FORMULA else name
+    return name
 
 
 def render_csv(report: UsageReport) -> str:

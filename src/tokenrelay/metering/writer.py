@@ -16,6 +16,13 @@ owners whose lock it can take (they are dead) by renaming them into its own name
 worker processes can share one spool directory and a file still being appended is never
 replayed. Only when the spool cannot be written (full disk) are rows kept in memory instead,
 up to ``memory_rows``.
+
+No single row can stop the ledger. Text no database stores (NUL, lone surrogates) is replaced
+before a row is spooled or inserted, and a batch the database refuses for its *values* (a
+``DataError``: a number out of range, a constraint), not for being unreachable, is split in
+halves until the refused rows are alone: each goes to ``dead-letters.jsonl`` in the spool
+directory with the reason (never replayed, as it is not a spool file), ``dead_letters`` counts
+it, readiness reports it as degraded, and the rest are written.
 """
 
 from __future__ import annotations
@@ -34,8 +41,8 @@ from pathlib import Path
 
 import msgspec
 
-from tokenrelay.metering.ledger import LedgerRow, insert_rows
-from tokenrelay.store import Database, parse_url
+from tokenrelay.metering.ledger import LedgerRow, insert_rows, sanitized
+from tokenrelay.store import Database, DataError, parse_url
 
 log = logging.getLogger("tokenrelay.ledger")
 
@@ -43,6 +50,7 @@ PREFIX = "ledger-"
 SEGMENT = ".jsonl"
 LOCK = ".lock"
 DEFAULT_SPOOL_DIR = "tokenrelay-spool"
+DEAD_LETTERS = "dead-letters.jsonl"  # rows the database refused, with why; never replayed
 LOG_EVERY = 30.0  # seconds between "still down" lines
 DatabaseProvider = Callable[[], Awaitable[Database]]
 BatchHook = Callable[[list[LedgerRow]], Awaitable[None]]
@@ -98,6 +106,7 @@ class LedgerWriter:
         self.written = 0  # rows committed (a duplicate the database ignored included)
         self.write_errors = 0  # failed attempts to write a batch
         self.dropped = 0  # rows lost: the spool could not be written and memory was full
+        self.dead_letters = 0  # rows the database refused for their values, set aside
         self._owner: str | None = None
         self._lock_fd: int | None = None
         self._seq = 0
@@ -111,6 +120,8 @@ class LedgerWriter:
         self._down_since: float | None = None
         self._logged_at = 0.0
         self._spool_failed_at = 0.0
+        self._set_aside: set[str] = set()  # request ids dead-lettered (a retried batch skips)
+        self._dead_logged_at = -LOG_EVERY
 
     # --- counters -------------------------------------------------------------------------------
 
@@ -139,6 +150,11 @@ class LedgerWriter:
         return self._down_since
 
     @property
+    def dead_letter_path(self) -> Path:
+        """Where refused rows go, one JSON line each: ``{"at", "reason", "row"}``."""
+        return self.spool_dir / DEAD_LETTERS
+
+    @property
     def backlog(self) -> int:
         """Rows accepted and not yet in the database."""
         return self.spooled + len(self._memory)
@@ -147,6 +163,7 @@ class LedgerWriter:
 
     def submit(self, row: LedgerRow) -> None:
         """Queue ``row``; never blocks or awaits. On return the row survives a process kill."""
+        row = sanitized(row)
         try:
             segment = self._append(row)
         except OSError as exc:
@@ -277,10 +294,10 @@ class LedgerWriter:
         db = await database()
         while self._memory:
             chunk = [self._memory[i] for i in range(min(self.batch_size, len(self._memory)))]
-            await self._insert(db, chunk)
+            written = await self._insert(db, chunk)
             for _ in chunk:
                 self._memory.popleft()
-            self.written += len(chunk)
+            self.written += written
         while self._sealed:
             await self._write_segment(db, self._sealed[0])
             self._sealed.pop(0)
@@ -301,16 +318,60 @@ class LedgerWriter:
                 log.warning("ledger: %d unreadable line(s) in %s skipped", bad, segment.path)
             if end == segment.offset:
                 break
-            await self._insert(db, rows)
+            written = await self._insert(db, rows)
             segment.offset, segment.done = end, segment.done + len(rows) + bad
-            self.written += len(rows)
+            self.written += written
         with contextlib.suppress(FileNotFoundError):
             os.unlink(segment.path)
 
-    async def _insert(self, db: Database, rows: list[LedgerRow]) -> None:
+    async def _insert(self, db: Database, rows: list[LedgerRow]) -> int:
+        """Write ``rows``; how many went to the database (the others to the dead letters).
+        Any error but a ``DataError`` propagates, and the whole batch is tried again later."""
         if self.before_write is not None and rows:
             await self.before_write(rows)
-        await insert_rows(db, rows)
+        return await self._isolate(db, rows)
+
+    async def _isolate(self, db: Database, rows: list[LedgerRow]) -> int:
+        """Insert ``rows``; when the database refuses their values, each half on its own, down
+        to the single rows it refuses (a few statements for one bad row in a full batch). The
+        insert is idempotent, so a half written before a later failure is harmless."""
+        if not rows:
+            return 0
+        try:
+            await insert_rows(db, rows)
+            return len(rows)
+        except DataError as exc:
+            if len(rows) == 1:
+                await self._dead_letter(rows[0], exc)
+                return 0
+        half = len(rows) // 2
+        return await self._isolate(db, rows[:half]) + await self._isolate(db, rows[half:])
+
+    async def _dead_letter(self, row: LedgerRow, exc: DataError) -> None:
+        """Set ``row`` aside with the reason, durably, before its spool line is passed over;
+        if that fails (a full disk) the error propagates and the batch waits in the spool.
+        A row already set aside (its batch retried after the connection failed) is not again."""
+        if row.request_id in self._set_aside:
+            return
+        reason = f"{type(exc).__name__}: {exc}".encode("utf-8", "backslashreplace").decode()
+        entry = {"at": time.time(), "reason": reason, "row": sanitized(row)}
+        line = _encoder.encode(entry) + b"\n"
+        await asyncio.to_thread(_append_synced, self.dead_letter_path, line)
+        self.dead_letters += 1
+        if len(self._set_aside) >= self.memory_rows:
+            self._set_aside.clear()
+        self._set_aside.add(row.request_id)
+        now = time.monotonic()
+        if now - self._dead_logged_at >= LOG_EVERY:  # one line, then one every 30 s at most
+            self._dead_logged_at = now
+            log.error(
+                "ledger: the database refused request %s's row (%s); it is set aside in %s "
+                "and the other rows are written (%d set aside since start-up)",
+                row.request_id,
+                reason,
+                self.dead_letter_path,
+                self.dead_letters,
+            )
 
     def _failed(self, exc: Exception) -> None:
         self.write_errors += 1
@@ -418,6 +479,19 @@ def _adopt(spool_dir: Path, owner: str) -> list[_Segment]:
             if fd is not None:
                 os.close(fd)
     return adopted
+
+
+def _append_synced(path: Path, line: bytes) -> None:
+    """One ``write()`` to an ``O_APPEND`` file (so processes sharing it never interleave a
+    line), fsynced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync_close(fd: int) -> None:

@@ -10,7 +10,8 @@ so, and it checks what a request needs and the process cannot fix by itself:
 - ``ledger``: the ledger's writer task runs and its spool directory is writable, and no rows
   are held only in memory (what the writer does when the spool fails). A database that is down
   does not fail it: rows wait in the spool, which is what the spool is for; the 200 answer then
-  says so under ``degraded``;
+  says so under ``degraded`` (``database``), as it does for rows the database refused and the
+  writer set aside as dead letters (``ledger``);
 - ``redis``, when ``redis_url`` is set: a ``PING`` on the rate limiter's own client, answered
   within ``limits.redis_timeout``. The result is kept for ``REDIS_TTL`` seconds and concurrent
   probes share one ping, so polling readiness every second costs at most one ping per second;
@@ -97,9 +98,10 @@ class Readiness:
             if gateway.settings.redis_url:
                 checks["redis"] = await self._redis_check()
         if all(check["ok"] for check in checks.values()):
-            degraded = self._database()
-            if degraded is not None:
-                return 200, {"status": "ready", "degraded": {"database": degraded}}, {}
+            degraded = {"database": self._database(), "ledger": self._dead_letters()}
+            degraded = {name: check for name, check in degraded.items() if check is not None}
+            if degraded:
+                return 200, {"status": "ready", "degraded": degraded}, {}
             return 200, {"status": "ready"}, {}
         return 503, {"status": "not_ready", "checks": checks}, {}
 
@@ -118,6 +120,18 @@ class Readiness:
             "reason": f"the database has failed writes for {down:.0f} s; {ledger.backlog} "
             "ledger row(s) wait in the spool and recently checked API keys are served from "
             "the cache",
+        }
+
+    def _dead_letters(self) -> Check | None:
+        """Ledger rows the database refused for their values since start-up: set aside, not
+        lost, and the ledger goes on; an operator should look at them."""
+        ledger = self.gateway.ledger
+        if ledger is None or not ledger.dead_letters:
+            return None
+        return {
+            "ok": False,
+            "reason": f"{ledger.dead_letters} ledger row(s) were refused by the database and "
+            f"set aside in {ledger.dead_letter_path} with the reason (see the log)",
         }
 
     def _config(self) -> Check:

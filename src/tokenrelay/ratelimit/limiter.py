@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import time
 from collections.abc import Coroutine, Iterable, Sequence
@@ -315,8 +314,7 @@ class RateLimiter:
         return Decision(False, 0, 0, 0.0, 1.0, "", unavailable=True)
 
 
-_SECRET = re.compile(r"//[^@/]*@")
-
-
 def _redact(url: str | None) -> str:
-    return _SECRET.sub("//***@", url or "")
+    from tokenrelay.store.urls import redact_url  # the one URL masker (password, ?password=)
+
+    return redact_url(url or "")

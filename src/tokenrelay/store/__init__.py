@@ -10,18 +10,19 @@ from tokenrelay.store.database import (
     DEFAULT_DATABASE_URL,
     Database,
     DatabaseError,
+    DataError,
     IntegrityError,
     Queries,
     Row,
     connect,
-    display_url,
-    parse_url,
 )
 from tokenrelay.store.migrations import MIGRATIONS, Migration, migrate
+from tokenrelay.store.urls import display_url, parse_url, redact_url
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "MIGRATIONS",
+    "DataError",
     "Database",
     "DatabaseError",
     "IntegrityError",
@@ -33,6 +34,7 @@ __all__ = [
     "migrate",
     "open_database",
     "parse_url",
+    "redact_url",
 ]
 
 

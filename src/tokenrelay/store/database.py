@@ -21,8 +21,9 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from tokenrelay.store.urls import Backend, display_url, parse_url
 
 if TYPE_CHECKING:
     import sqlite3
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 # TOKENRELAY_DATABASE_URL (an absolute ``sqlite:////path`` or ``postgresql://...``).
 DEFAULT_DATABASE_URL = "sqlite:///tokenrelay.db"
 
-Backend = Literal["sqlite", "postgresql"]
 Row = dict[str, Any]
 Params = Sequence[Any]
 T = TypeVar("T")
@@ -44,7 +44,13 @@ class DatabaseError(Exception):
     """The database is unreachable or refused a statement; the driver's error is the cause."""
 
 
-class IntegrityError(DatabaseError):
+class DataError(DatabaseError):
+    """The database refused a statement for the values it was given (a data exception: NUL in
+    text, a number out of range, text that is not UTF-8; or a constraint), not because it is
+    unreachable: the same statement with other values can succeed, so retrying it cannot."""
+
+
+class IntegrityError(DataError):
     """A constraint (unique, not null, foreign key) refused a write."""
 
 
@@ -101,46 +107,6 @@ class Database(ABC):
 
 
 # --- URLs ----------------------------------------------------------------------------------------
-
-
-def parse_url(url: str) -> tuple[Backend, str]:
-    """``(backend, target)``: a SQLite file path (or ``:memory:``) or a libpq URL.
-
-    ``sqlite:///rel/path.db`` is relative to the working directory and ``sqlite:////abs/path.db``
-    absolute (SQLAlchemy's convention); a plain path is a SQLite file too.
-    """
-    url = url.strip()
-    scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme in ("postgresql", "postgres"):
-        return "postgresql", url
-    if scheme == "sqlite":
-        rest = url[len("sqlite://") :].split("?", 1)[0]
-        if rest in ("", "/", "/:memory:"):
-            return "sqlite", ":memory:"
-        return "sqlite", os.path.expanduser(rest[1:] if rest.startswith("/") else rest)
-    if scheme:
-        raise ValueError(
-            f"unsupported database URL {display_url(url)!r}: use sqlite:///path/to/file.db, "
-            "a plain file path, or postgresql://user@host/dbname"
-        )
-    if not url:
-        raise ValueError("the database URL is empty")
-    return "sqlite", os.path.expanduser(url)
-
-
-def display_url(url: str) -> str:
-    """The URL without its password, for logs and messages; a SQLite file as its absolute path."""
-    if "://" not in url or url.lower().startswith("sqlite:"):
-        with contextlib.suppress(ValueError):
-            _, path = parse_url(url)
-            return path if path == ":memory:" else os.path.abspath(path)
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 async def connect(url: str, *, pool_size: int = 4, busy_timeout: float = 5.0) -> Database:
@@ -229,6 +195,8 @@ class SQLiteDatabase(Database):
         integrity, error = self._errors
         if isinstance(exc, integrity):
             return IntegrityError(f"{exc} (SQLite {self.path})")
+        if isinstance(exc, (UnicodeError, OverflowError)):  # a value sqlite3 cannot bind
+            return DataError(f"{exc} (SQLite {self.path})")
         if isinstance(exc, error):
             return DatabaseError(f"{exc} (SQLite {self.path})")
         return exc
@@ -380,6 +348,8 @@ def _pg_errors(url: str) -> Iterator[None]:
         yield
     except psycopg.errors.IntegrityError as exc:
         raise IntegrityError(f"{exc} (PostgreSQL {display_url(url)})") from exc
+    except (psycopg.DataError, UnicodeError, OverflowError) as exc:
+        raise DataError(f"{exc} (PostgreSQL {display_url(url)})") from exc
     except psycopg.Error as exc:
         raise DatabaseError(f"{exc} (PostgreSQL {display_url(url)})") from exc
 

@@ -110,6 +110,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "admin_keys",
         ("ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0",),
     ),
+    Migration(
+        4,
+        "ledger_served_model",
+        (
+            # The model the upstream said served the request (it may differ from ``model``, the
+            # one asked for), and the one the cost was computed on (see metering.ledger).
+            "ALTER TABLE ledger ADD COLUMN served_model TEXT",
+            "ALTER TABLE ledger ADD COLUMN priced_model TEXT",
+        ),
+    ),
 )
 
 _CREATE_TABLE = """
