@@ -426,7 +426,8 @@ def test_writer_and_reader_round_trip_everything() -> None:
         ToolCall("call_1", "get_weather", '{"city":"Paris"}'),
         ToolCall("call_2", "apply_patch", '{"input":"*** Begin Patch"}'),
     ]
-    assert back.usage == Usage(30, 12, 10, 0, 4) and back.finish == Finish("tool_calls")
+    assert back.usage == Usage(30, 12, 10, 0, 4, model="gpt-5.5")
+    assert back.finish == Finish("tool_calls")
 
 
 @pytest.mark.parametrize(
@@ -627,3 +628,18 @@ def test_reasoning_without_encrypted_content_keeps_only_its_id() -> None:
 
 
 ASSISTANT_SAID = {"role": "assistant", "content": "ok"}
+
+
+def test_the_served_model_comes_with_the_usage_streamed_and_whole() -> None:
+    """Pricing uses the model a Responses upstream says served (a dated snapshot), not the
+    alias asked for."""
+    served = "gpt-5-mini-2025-08-07"
+    usage = {"input_tokens": 3, "output_tokens": 5}
+    done = {"type": "response.completed", "response": {"model": served, "usage": usage}}
+    raw = b"event: response.completed\ndata: " + msgspec.json.encode(done) + b"\n\n"
+    reader = responses.stream_reader()
+    events = [e for sse in SSEParser().feed(raw) for e in reader.feed(sse)]
+    assert Usage(3, 5, model=served) in events
+    whole = {"object": "response", "model": served, "status": "completed", "output": []}
+    completion = responses.parse_response(msgspec.json.encode({**whole, "usage": usage}))
+    assert completion.usage.model == served

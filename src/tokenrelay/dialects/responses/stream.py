@@ -401,7 +401,7 @@ class ResponsesReader:
             self.done = True
             response = data.get("response") or {}
             error = response.get("error") or {}
-            events: list[Event] = [usage_from_json(response.get("usage"))]
+            events: list[Event] = [usage_from_json(response.get("usage"), response.get("model"))]
             return [*events, _error(error, "the Responses upstream reported a failure")]
         if kind == "error":
             self.done = True
@@ -435,7 +435,7 @@ class ResponsesReader:
         return []
 
     def _finished(self, response: dict[str, Any]) -> list[Event]:
-        events: list[Event] = [usage_from_json(response.get("usage"))]
+        events: list[Event] = [usage_from_json(response.get("usage"), response.get("model"))]
         details = response.get("incomplete_details") or {}
         reason = details.get("reason") if isinstance(details, dict) else None
         if response.get("status") == "incomplete" or reason:

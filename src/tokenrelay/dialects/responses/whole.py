@@ -57,7 +57,7 @@ def parse_response(body: bytes) -> Completion:
 
 
 def _completion(data: dict[str, Any]) -> Completion:
-    completion = Completion(usage=usage_from_json(data.get("usage")))
+    completion = Completion(usage=usage_from_json(data.get("usage"), data.get("model")))
     texts: list[str] = []
     thinking: list[str] = []
     for item in data.get("output") or ():

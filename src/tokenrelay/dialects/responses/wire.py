@@ -95,9 +95,11 @@ def usage_json(usage: Usage) -> dict[str, Any]:
     }
 
 
-def usage_from_json(data: Any) -> Usage:
+def usage_from_json(data: Any, model: Any = None) -> Usage:
+    """Usage as a Responses object reports it; ``model`` is the model that served (priced on)."""
+    served = model if isinstance(model, str) and model else None
     if not isinstance(data, dict):
-        return Usage()
+        return Usage(model=served)
     inputs = data.get("input_tokens_details") or {}
     outputs = data.get("output_tokens_details") or {}
     return Usage(
@@ -106,6 +108,7 @@ def usage_from_json(data: Any) -> Usage:
         _int(inputs.get("cached_tokens")),
         _int(inputs.get("cache_write_tokens")),
         _int(outputs.get("reasoning_tokens")),
+        model=served,
     )
 
 
