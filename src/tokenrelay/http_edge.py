@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenrelay.http")
 
 _LOG_EVERY = 10.0  # seconds between two warnings about refused connections
+# After a refusal, what the client still sends is read and dropped this long before the close:
+# closing with unread bytes would reset the connection, and the client would lose the answer.
+_LINGER = 2.0
 
 
 class _Refusal(Exception):
@@ -100,6 +103,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._deadline: asyncio.TimerHandle | None = None
+        self._lingering = False  # answered with a refusal: the rest is dropped, then closed
 
     # --- connection --------------------------------------------------------------------------
 
@@ -120,6 +124,8 @@ class EdgeProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
         self._unset_keepalive_if_required()
         if self._in_head:
             if self._deadline is None and self._idle():
@@ -272,7 +278,12 @@ class EdgeProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n" % (content_type, len(body), error.type.encode())
         )
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = True
+        self._deadline = self.loop.call_later(_LINGER, self.transport.close)
 
 
 def _too_large_head(limits: HttpSettings) -> GatewayError:
