@@ -98,6 +98,8 @@ class EdgeProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = _settings_of(config)
+        self._max_head = self.limits.max_header_bytes
+        self._max_headers = self.limits.max_headers
         self.url = b""
         self._in_head = True  # between requests too: the next bytes begin a head
         self._head_bytes = 0
@@ -128,9 +130,7 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         self._unset_keepalive_if_required()
         if self._in_head:
-            if self._deadline is None and self._idle():
-                self._arm(self.limits.header_timeout, self._head_timed_out)
-            room = self.limits.max_header_bytes - self._head_bytes
+            room = self._max_head - self._head_bytes
             if len(data) > room:
                 # Feed no more than the head may hold: either it ends within, or it is too big.
                 self._head_bytes += room
@@ -142,7 +142,14 @@ class EdgeProtocol(HttpToolsProtocol):
                 data = data[room:]
             else:
                 self._head_bytes += len(data)
-        self._feed(data)
+        if not self._feed(data) or self._deadline is not None:
+            return
+        # What is still incomplete after this chunk gets its timer (a request that arrives in
+        # one piece, the common case, never needs one).
+        if not self._in_head:
+            self._arm(self.limits.body_timeout, self._body_timed_out)
+        elif self._head_bytes and self._idle():
+            self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def _feed(self, data: bytes) -> bool:
         """``data`` to the parser; False when the connection was answered and is closing."""
@@ -167,31 +174,32 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # --- parser callbacks --------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head = True
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
-        if self._header_count > self.limits.max_headers:
+        if self._header_count > self._max_headers:
             raise _Refusal(
                 GatewayError(
                     "request_too_large",
-                    f"the request has more than {self.limits.max_headers} headers; send fewer",
+                    f"the request has more than {self._max_headers} headers; send fewer",
                     431,
                 )
             )
-        super().on_header(name, value)
+        # uvicorn's own, inlined: this runs for every header.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_bytes = self._header_count = 0
-        self._disarm()
-        self._arm(self.limits.body_timeout, self._body_timed_out)
+        if self._deadline is not None:
+            self._disarm()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        if self._deadline is not None:
+            self._disarm()
         self._in_head = True
         super().on_message_complete()
 
