@@ -264,6 +264,16 @@ async def test_a_slow_body_gets_408_in_the_dialect(simulator: Any) -> None:
         await raw.send(b"POST /nothing HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
         answer = await raw.answer(within=4)
         assert parse(answer)[0] == 404
+        # Nor is a connection idle once the body of an early answer has ended.
+        raw = await Raw.open(gw.port)
+        await raw.send(b"POST /nothing HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+        assert (await raw.reader.readuntil(b"}}")).startswith(b"HTTP/1.1 404")
+        await raw.send(b"0123456789")  # the body's end: the request is complete, then idle
+        ended = time.monotonic()
+        assert await raw.answer(within=8) == b""
+        idle = time.monotonic() - ended
+        print(f"idle after an early answer and its body closed after {idle:.2f} s")
+        assert idle < 5 + 1.5  # keep_alive_timeout + margin
 
 
 async def test_connections_beyond_the_cap_are_closed_at_once(simulator: Any) -> None:

@@ -202,6 +202,10 @@ class EdgeProtocol(HttpToolsProtocol):
             self._disarm()
         self._in_head = True
         super().on_message_complete()
+        if self.cycle.response_complete and not self.transport.is_closing():
+            # Answered before its body ended (a 429 or 404 sent unread): uvicorn's keep-alive
+            # timer went with the body's bytes, so the idle time is counted here.
+            self._arm(self.limits.keep_alive_timeout, self._head_timed_out)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
