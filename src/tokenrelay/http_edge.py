@@ -237,10 +237,9 @@ class EdgeProtocol(HttpToolsProtocol):
             return
         timeout = self.limits.header_timeout
         self._refuse(
+            # A client too slow: its request's fault (a "timeout" type would read as ours).
             GatewayError(
-                "timeout",
-                f"the request's headers did not arrive within {timeout:g} seconds",
-                408,
+                "invalid_request", f"the request's headers did not arrive within {timeout:g} s", 408
             )
         )
 
@@ -258,7 +257,7 @@ class EdgeProtocol(HttpToolsProtocol):
         timeout = self.limits.body_timeout
         self._refuse(
             GatewayError(
-                "timeout", f"the request body did not arrive within {timeout:g} seconds", 408
+                "invalid_request", f"the request body did not arrive within {timeout:g} s", 408
             )
         )
 
