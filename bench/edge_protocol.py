@@ -4,8 +4,9 @@ plain httptools one, in one process.
     .venv/bin/python bench/edge_protocol.py
 
 Each protocol parses the same 200-byte request with six headers, many times, over a transport
-that writes nothing, on uvloop; the ASGI task is not started, so the figure is the protocol's own work
-(parse, callbacks, timers), the median of several repetitions, in microseconds per request.
+that writes nothing, on uvloop; the ASGI task is not started, so the figure is the protocol's
+own work (parse, callbacks, timers), the median of several repetitions, in microseconds per
+request.
 """
 
 from __future__ import annotations

@@ -346,7 +346,13 @@ async def test_ipv6_addresses_are_grouped_by_their_network() -> None:
 
 
 async def test_two_addresses_of_one_64_share_the_anonymous_limit() -> None:
-    settings = load(environ={"TOKENRELAY_ANONYMOUS_LIMIT": "2/minute", "TOKENRELAY_DEMO": "1"})
+    scratch = tempfile.mkdtemp(prefix="tokenrelay-edge-")
+    settings = load(
+        environ={
+            "TOKENRELAY_ANONYMOUS_LIMIT": "2/minute",
+            "TOKENRELAY_DATABASE_URL": f"sqlite:///{scratch}/keys.db",
+        }
+    )
     gate = Gate.create(settings)
     try:
         await gate.admit_caller({}, "2001:db8:1:2::1")
