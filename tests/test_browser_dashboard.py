@@ -117,7 +117,7 @@ async def chart_label(page: Page) -> str:
 
 
 async def test_dashboard_draws_the_seeded_ledger(browser: Browser, gw: RunningGateway) -> None:
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     failed: list[str] = []
     page.on("requestfailed", lambda request: failed.append(request.url))
@@ -207,7 +207,7 @@ async def test_dashboard_draws_the_seeded_ledger(browser: Browser, gw: RunningGa
 
 
 async def test_keyboard_alone(browser: Browser, gw: RunningGateway) -> None:
-    context = await browser.new_context(viewport={"width": 1024, "height": 800})
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1024, "height": 800})
     page = await context.new_page()
     try:
         await page.goto(f"{gw.url}/usage")
@@ -238,7 +238,10 @@ async def test_keyboard_alone(browser: Browser, gw: RunningGateway) -> None:
 
 async def test_phone_sized_screen(browser: Browser, gw: RunningGateway) -> None:
     context = await browser.new_context(
-        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
+        bypass_csp=True,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
     )
     page = await context.new_page()
     try:
@@ -268,7 +271,7 @@ async def test_admin_key_prompt(browser: Browser, gw: RunningGateway, ledger_url
         store = KeyStore(db)
         _, admin = await store.create("ops", "acme", admin=True)
         _, plain = await store.create("alice", "acme")
-    context = await browser.new_context(viewport={"width": 1024, "height": 800})
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1024, "height": 800})
     page = await context.new_page()
     try:
         await page.goto(f"{gw.url}/usage")

@@ -54,7 +54,7 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def page(browser: Any, gw: RunningGateway) -> AsyncIterator[Any]:
-    context = await browser.new_context(viewport={"width": 1100, "height": 800})
+    context = await browser.new_context(bypass_csp=True, viewport={"width": 1100, "height": 800})
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -211,7 +211,10 @@ async def test_keyboard_alone(page: Any, simulator: Any) -> None:
 
 async def test_readable_on_a_phone(browser: Any, gw: RunningGateway) -> None:
     context = await browser.new_context(
-        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
+        bypass_csp=True,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
     )
     page = await context.new_page()
     await page.goto(gw.url + "/")
@@ -232,7 +235,7 @@ async def test_readable_on_a_phone(browser: Any, gw: RunningGateway) -> None:
 
 
 async def test_no_external_resources(browser: Any, gw: RunningGateway) -> None:
-    context = await browser.new_context()
+    context = await browser.new_context(bypass_csp=True)
     page = await context.new_page()
     requested: list[str] = []
     page.on("request", lambda request: requested.append(request.url))
@@ -353,7 +356,7 @@ async def app_page(port: int) -> aiohttp.web.AppRunner:
 
 async def test_client_on_another_origin_needs_cors(browser: Any, gw: RunningGateway) -> None:
     runners = [await app_page(APP_PORT), await app_page(STRANGER_PORT)]
-    context = await browser.new_context()
+    context = await browser.new_context(bypass_csp=True)
     page = await context.new_page()
     try:
         await cross_origin(page, gw)

@@ -530,3 +530,35 @@ def test_errors_map_in_every_dialect(error: GatewayError, expected: tuple[str, A
     assert openai_body["error"]["type"] == "invalid_request_error"
     assert openai_body["error"]["code"] == expected[1]
     assert json.loads(generate.encode_error(error))["error"]["type"] == error.type
+
+
+# --- identity on the headers alone, the route's say after ----------------------------------------
+
+
+async def test_the_caller_is_known_before_the_route_and_the_route_refuses_after() -> None:
+    auth = Authenticator(AuthSettings())
+    # No credentials, or a token that is not ours: anonymous until a route says otherwise.
+    caller = await auth.identify_caller({}, "2001:db8:7:7::42")
+    assert caller.kind == "anonymous" and caller.ip == "2001:db8:7:7::42"
+    assert caller.subject == "ip:2001:db8:7:7::/64"
+    auth.check_route(caller, {}, "open", allow_anonymous=True)
+    for headers, words in [
+        ({}, "needs credentials"),
+        (bearer("a.b.c"), "accepts no JWTs"),
+        (bearer("sk-placeholder"), "not a tokenrelay API key"),
+    ]:
+        anonymous = await auth.identify_caller(headers, "203.0.113.7")
+        with pytest.raises(GatewayError) as refused:
+            auth.check_route(anonymous, headers, "closed", allow_anonymous=False)
+        assert refused.value.status == 401 and words in refused.value.message
+
+
+async def test_ipv6_prefix_is_a_setting() -> None:
+    per_address = Authenticator(AuthSettings(ipv6_prefix=128))
+    assert (await per_address.identify_caller({}, "2001:db8::1")).subject == "ip:2001:db8::1"
+    per_48 = Authenticator(AuthSettings(ipv6_prefix=48))
+    assert (await per_48.identify_caller({}, "2001:db8:1:2::1")).subject == "ip:2001:db8:1::/48"
+    v4 = await per_48.identify_caller({}, "203.0.113.7")
+    assert v4 == Identity("anonymous", "203.0.113.7")
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert({"ipv6_prefix": 16}, AuthSettings)

@@ -305,9 +305,9 @@ class Dispatch:
         await pages(scope, receive, send)
 
     def _build_pages(self) -> Any:
-        from tokenrelay.endpoints import build
+        from tokenrelay.endpoints import build, with_safe_headers
 
-        self._pages = build(self.gateway, self._relays)
+        self._pages = with_safe_headers(build(self.gateway, self._relays))
         return self._pages
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

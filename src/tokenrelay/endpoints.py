@@ -7,6 +7,11 @@ so importing Starlette stays off the cold-start path of the streaming endpoints.
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +22,13 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from tokenrelay import __version__
+from tokenrelay.model import GatewayError
 from tokenrelay.observe.health import Readiness
+from tokenrelay.path_errors import render
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
     from tokenrelay.app import Gateway
     from tokenrelay.relay import RelayEndpoint
 
@@ -29,6 +38,63 @@ _STATIC_TYPES = {
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
 }
+# On every answer here: no MIME sniffing, no framing (clickjacking), no referrer leaving.
+_SAFE_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+_INLINE = re.compile(rb"<(script|style)(?![^>]*\bsrc=)[^>]*>(.*?)</\1>", re.DOTALL)
+
+
+@functools.cache
+def page_policy(name: str) -> str:
+    """The Content-Security-Policy of a page of ``web/``: only this origin's scripts, styles
+    and connections, plus the page's own inline ``<script>`` and ``<style>`` blocks by their
+    hashes (no 'unsafe-inline'), and no framing."""
+    hashes: dict[bytes, list[str]] = {b"script": [], b"style": []}
+    for match in _INLINE.finditer((WEB / name).read_bytes()):
+        digest = base64.b64encode(hashlib.sha256(match.group(2)).digest()).decode()
+        hashes[match.group(1)].append(f"'sha256-{digest}'")
+    scripts = " ".join(["'self'", *hashes[b"script"]])
+    styles = " ".join(["'self'", *hashes[b"style"]])
+    return (
+        f"default-src 'self'; script-src {scripts}; style-src {styles}; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+
+
+def _page_headers(name: str) -> dict[str, str]:
+    return {"cache-control": "no-cache", "content-security-policy": page_policy(name)}
+
+
+def with_safe_headers(app: ASGIApp) -> ASGIApp:
+    """``app`` with ``_SAFE_HEADERS`` on every answer (its own, and Starlette's 404s)."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_safe(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *_SAFE_HEADERS]
+            await send(message)
+
+        await app(scope, receive, send_safe)
+
+    return wrapped
+
+
+def error_response(
+    path: str, error: GatewayError, headers: Mapping[str, str] | None = None
+) -> Response:
+    """``error`` in the dialect of ``path`` (see ``tokenrelay.path_errors``)."""
+    content_type, body = render(path, error)
+    extra = dict(headers or {})
+    extra["x-tokenrelay-error-type"] = error.type
+    return Response(body, status_code=error.status, media_type=content_type.decode(), headers=extra)
 
 
 def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
@@ -67,7 +133,9 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
     async def usage_page(request: HTTPRequest) -> Response:
         from tokenrelay.metering import dashboard
 
-        return await dashboard.page(gateway, request)
+        response = await dashboard.page(gateway, request)
+        response.headers["content-security-policy"] = page_policy("usage.html")
+        return response
 
     async def usage_data(request: HTTPRequest) -> Response:
         from tokenrelay.metering import dashboard
@@ -75,7 +143,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         return await dashboard.data(gateway, request)
 
     async def page(request: HTTPRequest) -> Response:
-        return FileResponse(WEB / "index.html", headers={"cache-control": "no-cache"})
+        return FileResponse(WEB / "index.html", headers=_page_headers("index.html"))
 
     async def static(request: HTTPRequest) -> Response:
         name = request.path_params.get("name", "client.js")
@@ -92,16 +160,28 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
 
     async def http_error(request: HTTPRequest, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        message = f"{request.method} {request.url.path}: {exc.detail}"
+        path = request.url.path
         if exc.status_code == 404:
-            message = f"no endpoint at {request.url.path}; see GET / for the playground"
-        body = {
-            "error": {
-                "type": "not_found" if exc.status_code == 404 else "invalid_request",
-                "message": message,
-            }
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+            error = GatewayError(
+                "not_found", f"no endpoint at {path}; see GET / for the playground", 404
+            )
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", "")
+            error = GatewayError(
+                "invalid_request",
+                f"{request.method} is not allowed on {path}; use {allowed or 'another method'}",
+                405,
+            )
+        else:
+            error = GatewayError(
+                "invalid_request", f"{request.method} {path}: {exc.detail}", exc.status_code
+            )
+        return error_response(path, error, exc.headers)
+
+    async def server_error(request: HTTPRequest, exc: Exception) -> Response:
+        """The last resort (the traceback is logged by the server): still the path's dialect."""
+        message = "the gateway failed on this request; it is logged, retry or report it"
+        return error_response(request.url.path, GatewayError("api_error", message, 500))
 
     routes = [
         # The relays' paths too, so a GET on one is a 405 naming the method.
@@ -122,6 +202,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         Route("/static/{name}", static, methods=["GET"]),
         Route("/", page, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+    handlers = {HTTPException: http_error, Exception: server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
     app.state.gateway = gateway
     return app

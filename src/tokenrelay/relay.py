@@ -21,7 +21,7 @@ import msgspec
 
 from tokenrelay import dialects
 from tokenrelay.gate.gatekeeper import Admission, Refused
-from tokenrelay.gate.identity import request_headers
+from tokenrelay.gate.identity import Identity, request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Outcome, StreamRecord
 from tokenrelay.router import RouteFailed
@@ -119,7 +119,14 @@ class RelayEndpoint:
         trace = gateway.tracer.begin(scope, request_id) if gateway.tracer is not None else None
         route_name = ""
         request: Request | None = None
+        identity: Identity | None = None
         try:
+            # Who asks and how often, on the headers alone: every request counts against the
+            # caller's limits, even one whose body turns out invalid.
+            headers = request_headers(scope["headers"])
+            client = scope.get("client")
+            admission = await gateway.gate.admit_caller(headers, client[0] if client else None)
+            identity = admission.identity
             body = await read_body(scope, receive, gateway.settings.max_body_bytes)
             if gateway.draining:
                 raise ShuttingDown
@@ -127,10 +134,7 @@ class RelayEndpoint:
             request = self.dialect.parse_request(body)
             route = gateway.router.resolve(request)
             route_name = route.name
-            client = scope.get("client")
-            admission = await gateway.gate.admit(
-                route, request, request_headers(scope["headers"]), client[0] if client else None
-            )
+            admission = await gateway.gate.admit_request(route, request, headers, admission)
             if gateway.draining:  # it began while the gate awaited
                 await gateway.gate.settle(admission, Usage())
                 raise ShuttingDown
@@ -150,13 +154,22 @@ class RelayEndpoint:
                 ),
                 duration_ms=_ms(started),
             )
+            record.identity = identity  # the client's address, at least, on every row
+            flood = False
             if isinstance(error, Refused):
                 record.identity, record.verdict = error.identity, error.verdict
                 record.reject_reason = error.reason
+                flood = error.flood
             record.request = request
-            # Before the response: a client that saw it finish finds it in the ledger even if
-            # the process dies the next instant.
-            gateway.listeners.emit(record)
+            if flood:
+                # Over the caller's request limit before its body was read: a count in the
+                # metrics, not a ledger row and an audit line per request of a flood.
+                if gateway.metrics is not None:
+                    gateway.metrics(record)
+            else:
+                # Before the response: a client that saw it finish finds it in the ledger even
+                # if the process dies the next instant.
+                gateway.listeners.emit(record)
             if trace is not None:
                 trace.end(record)
             await self._send_error(send, error, request_id)

@@ -50,7 +50,10 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
-        "http": "httptools",
+        # httptools, bounded: header size and count, header/body read timeouts, a cap on
+        # open connections (see tokenrelay.http_edge); a string, so spawned workers import it.
+        "http": "tokenrelay.http_edge:EdgeProtocol",
+        "timeout_keep_alive": settings.http.keep_alive_timeout,
         "lifespan": "on",
         "access_log": False,
         "proxy_headers": False,  # X-Forwarded-For is trusted only from configured proxies

@@ -21,6 +21,7 @@ import msgspec
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
+from tokenrelay.http_limits import HttpSettings
 from tokenrelay.metering.budgets import BudgetSettings
 from tokenrelay.metering.pricing import PriceSettings
 from tokenrelay.observe.audit import AuditSettings
@@ -195,6 +196,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cors: CorsSettings = msgspec.field(default_factory=CorsSettings)  # browser pages elsewhere
     tracing: TracingSettings = msgspec.field(default_factory=TracingSettings)  # OpenTelemetry
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)  # /metrics
+    # Bounds at the HTTP edge: header size and count, read timeouts, open connections.
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""

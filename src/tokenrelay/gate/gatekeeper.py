@@ -1,5 +1,8 @@
 """The checks a request passes before any upstream is called, in the order that keeps abuse
-cheap: who is asking (a 401 costs nothing), how often (a 429 before any screening work), what
+cheap. On the headers alone, before the body is read (``admit_caller``): who is asking (a 401
+costs nothing) and how often (the caller's own request limits), so every request counts, even
+one whose body turns out invalid. Then, once the body is parsed and routed (``admit_request``):
+whether the caller may use the route, the route's own limits, token limits and budgets, what
 they ask (length cap, then the screen), and finally a stream slot, taken last so that a refused
 request never holds one.
 
@@ -41,6 +44,7 @@ class Admission:
     token_rules: list[Rule] = field(default_factory=list)
     verdict: Verdict | None = None
     canary: str | None = None
+    requests: Decision | None = None  # the caller's request limits, for the quota headers
 
 
 DATABASE_OPEN_DELAY = 1.0  # seconds after start-up
@@ -71,6 +75,9 @@ class Refused(GatewayError):
         )
         self.identity = identity
         self.verdict = verdict
+        # Refused by the caller's request limit on its headers alone: counted in the metrics
+        # only, so that a flood costs no ledger row, audit line or log line per request.
+        self.flood = False
 
 
 class Gate:
@@ -170,32 +177,71 @@ class Gate:
     async def admit(
         self, route: Route, request: Request, headers: Mapping[str, str], peer: str | None
     ) -> Admission:
-        """The admission, or ``Refused`` (401, 403, 413, 400, 429, 503) for the client."""
-        admission = Admission(None)
+        """``admit_caller`` then ``admit_request``, for a request already parsed."""
+        admission = await self.admit_caller(headers, peer)
+        return await self.admit_request(route, request, headers, admission)
+
+    async def admit_caller(self, headers: Mapping[str, str], peer: str | None) -> Admission:
+        """Who is asking and whether they may ask now, on the headers alone: ``Refused``
+        (401, 429, 503) for the client. Credentials that fail are counted against the caller's
+        address like an anonymous request, so guessing keys is limited too."""
         try:
-            return await self._admit(route, request, headers, peer, admission)
+            identity = await self.authenticator.identify_caller(headers, peer)
+        except GatewayError as error:
+            anonymous = self.authenticator.anonymous(headers, peer)
+            if error.status == 401:
+                await self._limit_caller(anonymous)
+            raise Refused(error, anonymous, None) from None
+        admission = Admission(identity)
+        decision = await self._limit_caller(identity)
+        admission.requests = decision
+        admission.headers = decision.headers()
+        return admission
+
+    async def _limit_caller(self, identity: Identity) -> Decision:
+        """Count a request against the caller's own limits, or refuse it (a flood refusal)."""
+        decision = await self.limiter.check_requests(self._caller_rules(identity))
+        try:
+            _refuse_unless_allowed(decision, "requests")
+        except GatewayError as error:
+            refused = Refused(error, identity, None)
+            refused.flood = not decision.unavailable
+            raise refused from None
+        return decision
+
+    async def admit_request(
+        self, route: Route, request: Request, headers: Mapping[str, str], admission: Admission
+    ) -> Admission:
+        """The rest of the gate for a parsed request on ``route``: ``Refused`` (401, 403, 413,
+        400, 402, 429, 503) for the client."""
+        try:
+            return await self._admit_request(route, request, headers, admission)
         except GatewayError as error:
             raise Refused(error, admission.identity, admission.verdict) from None
 
-    async def _admit(
+    async def _admit_request(
         self,
         route: Route,
         request: Request,
         headers: Mapping[str, str],
-        peer: str | None,
         admission: Admission,
     ) -> Admission:
         settings = route.settings
+        identity = admission.identity
+        assert identity is not None, "admit_caller comes first"
         allow_anonymous = settings.allow_anonymous
         if allow_anonymous is None:
             allow_anonymous = self.settings.auth.allow_anonymous
-        identity = await self.authenticator.identify(headers, peer, route.name, allow_anonymous)
+        self.authenticator.check_route(identity, headers, route.name, allow_anonymous)
         subject = _subject(identity)
-        admission.identity = identity
 
-        decision = await self.limiter.check_requests(self._request_rules(identity, subject, route))
-        _refuse_unless_allowed(decision, "requests")
-        admission.headers = decision.headers()
+        rules = self._route_rules(subject, route)
+        if rules:
+            decision = await self.limiter.check_requests(rules)
+            _refuse_unless_allowed(decision, "requests")
+            if admission.requests is None or _tighter(decision, admission.requests):
+                admission.requests = decision
+                admission.headers = decision.headers()
 
         admission.token_rules = self._token_rules(identity)
         if admission.token_rules:
@@ -245,16 +291,30 @@ class Gate:
             used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
             await self.limiter.charge_tokens(admission.token_rules, used)
 
-    def _request_rules(self, identity: Identity, subject: Subject, route: Route) -> list[Rule]:
+    def _caller_rules(self, identity: Identity) -> list[Rule]:
+        """The limits of the caller on every route together: the anonymous limit per address
+        (per network for IPv6), a key's own rpm, the user and org limits."""
         settings = self.settings
-        key_limit = f"{identity.rpm}/minute" if identity.rpm else None
-        rules = settings.limits.request_rules(subject, route.name, key_limit)
-        if route.settings.rate_limit:
-            rules.append(Rule(subject, route.settings.rate_limit, route.limit_key))
+        subject = _subject(identity)
+        rules = []
+        if subject.kind == "ip":
+            rules.append(Rule(subject, settings.limits.anonymous_limit))
+        elif identity.rpm:
+            rules.append(Rule(subject, f"{identity.rpm}/minute"))
         if settings.user_limit and identity.user:
             rules.append(Rule(Subject("user", identity.user), settings.user_limit))
         if settings.org_limit and identity.org:
             rules.append(Rule(Subject("org", identity.org), settings.org_limit))
+        return rules
+
+    def _route_rules(self, subject: Subject, route: Route) -> list[Rule]:
+        """The caller's limits on this route alone (``limits.route_limits``, the route's own
+        ``rate_limit``), counted per caller and route."""
+        rules = []
+        if route_limit := self.settings.limits.route_limits.get(route.name):
+            rules.append(Rule(subject, route_limit, route.name))
+        if route.settings.rate_limit:
+            rules.append(Rule(subject, route.settings.rate_limit, route.limit_key))
         return rules
 
     def _token_rules(self, identity: Identity) -> list[Rule]:
@@ -272,6 +332,11 @@ def _subject(identity: Identity) -> Subject:
     JWT's user, else the IP) as the limiter's ``Subject``."""
     kind, _, name = identity.subject.partition(":")
     return Subject(cast("SubjectKind", kind), name)
+
+
+def _tighter(a: Decision, b: Decision) -> bool:
+    """Whether ``a`` leaves less quota than ``b`` (the one whose headers the client sees)."""
+    return (a.remaining, -a.reset_after) < (b.remaining, -b.reset_after)
 
 
 def _refuse_unless_allowed(decision: Decision, what: str, reason: str | None = None) -> None:

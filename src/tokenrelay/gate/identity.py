@@ -6,7 +6,9 @@ Credentials arrive as ``Authorization: Bearer <token>`` (the OpenAI SDK) or ``x-
 ignored on a route open to anonymous callers, so SDKs work unchanged; a bad key or JWT of ours is
 always a 401, so a typo is not silently served as anonymous.
 
-An anonymous caller is its IP. ``X-Forwarded-For`` counts only when the peer is a configured
+An anonymous caller is its IP, and for IPv6 its network (``auth.ipv6_prefix``, a /64 by default):
+one subscriber or host usually holds a whole /64, so a limit per /128 would be no limit at all.
+``X-Forwarded-For`` counts only when the peer is a configured
 proxy, and then the client is the right-most hop that is not a proxy: the hops to its left are
 whatever the client chose to send (the article's ``split(',')[0]`` lets anyone pick their own
 rate-limit key).
@@ -19,7 +21,7 @@ import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -48,6 +50,9 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Seconds after a key was last confirmed valid during which it is still accepted while the
     # database cannot be reached (callers keep service through a database outage); 0: never.
     key_stale_ttl: float = 300.0
+    # Anonymous IPv6 callers share their limits per network of this prefix length (a /64 is
+    # what one subscriber, host or VM usually gets); 128: per address.
+    ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = 64
 
     def __post_init__(self) -> None:
         parse_networks(self.trusted_proxies)
@@ -66,6 +71,9 @@ class Identity(msgspec.Struct, frozen=True):
     key_id: str | None = None
     routes: frozenset[str] | None = None  # None: every route
     rpm: int | None = None  # the key's own requests-per-minute limit
+    # An anonymous IPv6 caller's network (``2001:db8:1:2::/64``), counted instead of its
+    # address; None for IPv4 and for identified callers.
+    network: str | None = None
 
     @property
     def subject(self) -> str:
@@ -74,7 +82,7 @@ class Identity(msgspec.Struct, frozen=True):
             return f"key:{self.key_id}"
         if self.kind == "jwt":
             return f"user:{self.user}"
-        return f"ip:{self.ip}"
+        return f"ip:{self.network or self.ip}"
 
 
 def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
@@ -114,6 +122,19 @@ def parse_ip(value: str | None) -> IPAddress | None:
 def _canonical(peer: str | None) -> str:
     address = parse_ip(peer)
     return str(address) if address is not None else UNKNOWN_IP
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_network_of(ip: str, ipv6_prefix: int) -> str | None:
+    """The network an anonymous IPv6 ``ip`` is limited as (``2001:db8:1:2::/64``); None for
+    IPv4, for a prefix of 128, and for anything that is not an address."""
+    if ipv6_prefix >= 128 or ":" not in ip:
+        return None
+    try:
+        network = ipaddress.IPv6Network(f"{ip}/{ipv6_prefix}", strict=False)
+    except ValueError:
+        return None
+    return str(network)
 
 
 def _trusted(address: IPAddress, networks: Sequence[Network]) -> bool:
@@ -186,7 +207,16 @@ class Authenticator:
         route: str,
         allow_anonymous: bool,
     ) -> Identity:
-        """``headers`` have lower-case names (see ``request_headers``)."""
+        """``identify_caller`` then ``check_route``: the caller of a request on ``route``."""
+        identity = await self.identify_caller(headers, peer)
+        self.check_route(identity, headers, route, allow_anonymous)
+        return identity
+
+    async def identify_caller(self, headers: Mapping[str, str], peer: str | None) -> Identity:
+        """Who is asking, from the headers alone (before any body is read, so that the caller's
+        limits count every request): a key or JWT of ours is checked now, a 401 when bad;
+        anything else is anonymous, and whether the route takes anonymous callers is
+        ``check_route``'s to say. ``headers`` have lower-case names (``request_headers``)."""
         forwarded = headers.get("x-forwarded-for") if self._trusted else None
         ip = client_ip(peer, forwarded, self._trusted)
         token = self._credential(headers)
@@ -194,12 +224,40 @@ class Authenticator:
             user, org = self._jwt.authenticate(token)
             return Identity("jwt", ip, user=user, org=org)
         if token is not None and token.startswith(KEY_PREFIX):
-            return await self._key_identity(token, ip, route)
-        if allow_anonymous:
-            return Identity("anonymous", ip)
-        if token is None:
+            return await self._key_identity(token, ip)
+        return self._anonymous(ip)
+
+    def anonymous(self, headers: Mapping[str, str], peer: str | None) -> Identity:
+        """The request's caller as an anonymous one (its address), whatever it sent: how a
+        caller whose credentials were refused is counted and recorded."""
+        forwarded = headers.get("x-forwarded-for") if self._trusted else None
+        return self._anonymous(client_ip(peer, forwarded, self._trusted))
+
+    def _anonymous(self, ip: str) -> Identity:
+        return Identity("anonymous", ip, network=ip_network_of(ip, self.settings.ipv6_prefix))
+
+    def check_route(
+        self, identity: Identity, headers: Mapping[str, str], route: str, allow_anonymous: bool
+    ) -> None:
+        """Refuse ``identity`` on ``route``: a 401 for an anonymous caller where the route needs
+        credentials (saying what to send), a 403 for a key that may not use it."""
+        if identity.kind == "key":
+            if identity.routes is not None and route not in identity.routes:
+                allowed = ", ".join(sorted(identity.routes)) or "none"
+                token = self._credential(headers) or ""
+                raise GatewayError(
+                    "permission",
+                    f"API key {token[:PREFIX_LENGTH]}… may not use route {route!r} "
+                    f"(allowed: {allowed})",
+                    403,
+                )
+            return
+        if identity.kind != "anonymous" or allow_anonymous:
+            return
+        credential = self._credential(headers)
+        if credential is None:
             raise _unauthorized(f"route {route!r} needs credentials: {self._what_to_send()}")
-        if token.count(".") == 2:
+        if credential.count(".") == 2:
             raise _unauthorized(f"this gateway accepts no JWTs; {self._what_to_send()}")
         raise _unauthorized(f"the token is not a tokenrelay API key; {self._what_to_send()}")
 
@@ -245,7 +303,7 @@ class Authenticator:
         self.keys = keys
         return keys
 
-    async def _key_identity(self, token: str, ip: str, route: str) -> Identity:
+    async def _key_identity(self, token: str, ip: str) -> Identity:
         keys = await self._key_store()
         try:
             key = await keys.lookup(token)
@@ -268,13 +326,6 @@ class Authenticator:
             shown = token[:PREFIX_LENGTH]
             raise _unauthorized(
                 f"the API key {shown}… is unknown or revoked; {self._what_to_send()}"
-            )
-        if key.routes is not None and route not in key.routes:
-            allowed = ", ".join(sorted(key.routes)) or "none"
-            raise GatewayError(
-                "permission",
-                f"API key {key.prefix}… may not use route {route!r} (allowed: {allowed})",
-                403,
             )
         return Identity(
             "key", ip, user=key.user, org=key.org, key_id=key.id, routes=key.routes, rpm=key.rpm
