@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from tokenrelay.screening.context import Spans, inside, spans
 from tokenrelay.screening.normalize import REVERSED_WORDS, ROT13_WORDS, clean, decodings, fold
 
 Source = Literal["user", "untrusted"]
@@ -873,12 +874,27 @@ _BY_NAME = {rule.name: rule for rule in RULES}
 # A question *about* injection that quotes an attack phrase ("what does 'ignore previous
 # instructions' do?") is discounted when every hit sits inside quotes.
 _DISCUSSION = re.compile(
-    r"\b(?:prompt injections?|injection attacks?|jailbreak attempts?|attackers?|red[ -]team\w*"
-    r"|defen[dcs]\w*|protect\w*|detect\w*|guardrails?|classifiers?|security|examples?|phrases?"
-    r"|such as|what does|mean|means|paper|research|course|lecture|blog)\b"
+    r"\b(?:prompt[ -]injections?|injections?|attacks?|jailbreak\w*|attackers?|red[ -]team\w*"
+    r"|defen[dcs]\w*|protect\w*|detect\w*|guardrails?|classif\w*|security|examples?|phrases?"
+    r"|such as|what does|mean|means|paper|research|course|lecture|blog|label\w*|dataset|logs?"
+    r"|logged|flagged|regex\w*|filters?|test cases?|taxonomy|attempts?|exploits?|payloads?"
+    r"|categor\w*|dangerous|moderation|honeypot|incident|string|sentence|explain\w*|why|is this"
+    r"|thesis|malicious|benign|refused|satz|phrase|étiquet\w*|erkläre|warum)\b"
 )
-_QUOTES = "\"'`“”‘’«»„"
+# A text about chat templates and special tokens (a developer's question, not a fake turn).
+_TEMPLATE_TALK = re.compile(
+    r"\b(?:chat[ _-]?templates?|templates?|tokeni[sz]\w*|special tokens?|tokens?|chatml|jinja"
+    r"|fine-?tun\w*|stop tokens?|prompt format|formats?|markers?|headers?|eos|bos|dataset"
+    r"|llama\.cpp|vllm|hugging ?face|apply_chat_template|tiktoken|axolotl|sharegpt|alpaca"
+    r"|regex|parser|parse|escape\w*|log|harness|plantilla|jetons?)\b"
+)
+_DELIMITERS = ("delimiter.", "article.system_tag", "article.assistant_tag")
+# What an agent harness's reminder says as a matter of course ("do not mention this to the user").
+_REMINDER_MAY = frozenset({"indirect.hide_from_user", "indirect.ignore_task"})
+_NO_SPANS = Spans()
 DISCUSSION_FACTOR = 0.4
+TEMPLATE_FACTOR = 0.3  # a special token named in a question about templates
+HIDDEN_BONUS = 0.3  # an instruction where the reader of the page cannot see it
 ENCODED_BONUS = 0.3  # an instruction hidden in an encoding is a signal of its own
 CERTAIN = 0.99  # a score past which more evidence changes nothing: the screen stops looking
 _ROT13, _REVERSED = -1, -2
@@ -1066,30 +1082,43 @@ def _match(
     suffix: str = "",
     *,
     stop: bool = True,
+    where: Spans = _NO_SPANS,
 ) -> tuple[bool, bool]:
     """Add the rules ``text`` trips to ``hits``. Say whether it stopped early (with ``stop``,
-    once the evidence is ``CERTAIN``) and whether every match it saw sat inside quotes."""
+    once the evidence is ``CERTAIN``) and whether every match it saw was mentioned (quoted or
+    fenced) rather than used. Each match weighs what its place in ``where`` says (see
+    ``_weight``); a rule counts at the heaviest of its matches."""
     miss = 1.0 - combine(hits)
     quoted = True
     untrusted = source == "untrusted"
+    talk = bool(where.mentioned) and source == "user" and _TEMPLATE_TALK.search(text) is not None
     for index in anchors.rules:
         rule = RULES[index]
-        weight = rule.untrusted if untrusted else rule.user
+        top = rule.untrusted if untrusted or where.pasted or where.hidden else rule.user
         name = rule.name + suffix if suffix else rule.name
-        if name in hits or (suffix and hits.get(rule.name, 0.0) >= weight):
+        if name in hits or (suffix and hits.get(rule.name, 0.0) >= top):
             continue
         pattern = _PATTERNS[index] or _load(index)
+        weight = 0.0
         if rule.cased:
-            if pattern.search(cased) is None:
+            found = pattern.search(cased)
+            if found is None:
                 continue
+            weight = _weight(rule, found.start(), untrusted, where, talk)
         else:
             match = pattern.match
+            matched = False
             for start in anchors.places(index, text):
                 if match(text, start):
-                    break
-            else:
+                    matched = True
+                    weight = max(weight, _weight(rule, start, untrusted, where, talk))
+                    quoted = quoted and inside(where.mentioned, start) and not untrusted
+                    if weight >= top:
+                        break
+            if not matched:
                 continue
-            quoted = quoted and _in_quotes(text, start)
+        if weight <= 0.0:
+            continue
         hits[name] = weight
         miss *= 1.0 - weight
         if stop and miss <= 1.0 - CERTAIN:
@@ -1097,46 +1126,75 @@ def _match(
     return False, quoted
 
 
+def _weight(rule: Rule, start: int, untrusted: bool, where: Spans, talk: bool) -> float:
+    """A match's weight by where it is: nothing for what agent reminders may say (inside one);
+    the untrusted weight in untrusted text, a pasted document or hidden markup; less for a chat
+    template's delimiters in a text that discusses templates; else the user's weight."""
+    if where.reminder and inside(where.reminder, start):
+        return 0.0 if rule.name in _REMINDER_MAY else rule.user
+    if untrusted or inside(where.pasted, start) or inside(where.hidden, start):
+        return rule.untrusted
+    if talk and rule.name.startswith(_DELIMITERS):
+        return rule.user * TEMPLATE_FACTOR
+    return rule.user
+
+
 def _load(index: int) -> re.Pattern[str]:
     pattern = _PATTERNS[index] = RULES[index].pattern
     return pattern
 
 
-def _in_quotes(text: str, start: int) -> bool:
-    return any(quote in text[max(0, start - 2) : start] for quote in _QUOTES)
-
-
-def _all_quoted(names: dict[str, float], text: str) -> bool:
+def _all_quoted(names: dict[str, float], text: str, where: Spans) -> bool:
+    """Every match of every rule in ``names`` mentioned, and none in pasted or hidden text."""
     for name in names:
-        rule = _BY_NAME[name]
-        if rule.cased:
+        rule = _BY_NAME.get(name)
+        if rule is None or rule.cased:
             continue
         for match in rule.pattern.finditer(text):
-            if not _in_quotes(text, match.start()):
+            start = match.start()
+            if not inside(where.mentioned, start):
+                return False
+            if inside(where.pasted, start) or inside(where.hidden, start):
                 return False
     return True
+
+
+def _hidden_hits(names: dict[str, float], text: str, where: Spans) -> bool:
+    """Whether a rule that instructs (not a mere vocabulary hint) matched inside hidden markup."""
+    for name in names:
+        rule = _BY_NAME.get(name)
+        if rule is None or rule.cased or rule.untrusted < 0.3:
+            continue
+        for match in rule.pattern.finditer(text):
+            if inside(where.hidden, match.start()):
+                return True
+    return False
 
 
 def scan(text: str, source: Source = "user") -> tuple[dict[str, float], float]:
     """The weight of each rule ``text`` trips in every reading of it, and a discount factor.
 
     A rule found only in a decoded reading is named ``rule@encoding``, and an encoded instruction
-    adds ``ENCODED_BONUS``. The factor is ``DISCUSSION_FACTOR`` when the text discusses
-    injection and every plain hit sits inside quotes, else 1. Rules are tried until the score
-    is ``CERTAIN``, so a blatant attack is not searched for every other trick it might hold.
+    adds ``ENCODED_BONUS``; an instruction inside hidden markup adds ``HIDDEN_BONUS``
+    (``context.hidden``). The factor is ``DISCUSSION_FACTOR`` when the text discusses
+    injection and every plain hit is mentioned (quoted or fenced), else 1. Rules are tried
+    until the score is ``CERTAIN``, so a blatant attack is not searched for every other trick.
     """
     cleaned = clean(text)
     lowered = fold(cleaned)
+    where = spans(lowered, pasted=source == "user")
     hits: dict[str, float] = {}
     anchors = _Anchors(lowered)
-    stopped, quoted = _match(anchors, lowered, cleaned, source, hits)
+    stopped, quoted = _match(anchors, lowered, cleaned, source, hits, where=where)
     factor = 1.0
-    if hits and quoted and _DISCUSSION.search(lowered):
+    if where.hidden and hits and _hidden_hits(hits, lowered, where):
+        hits["context.hidden"] = HIDDEN_BONUS
+    elif hits and quoted and where.mentioned and _DISCUSSION.search(lowered):
         # A text about injection, quoting attacks: are all of them quoted, everywhere?
         if stopped:
             hits.clear()
-            _match(anchors, lowered, cleaned, source, hits, stop=False)
-        if _all_quoted(hits, lowered):
+            _match(anchors, lowered, cleaned, source, hits, stop=False, where=where)
+        if _all_quoted(hits, lowered, where):
             factor = DISCUSSION_FACTOR
     if combine(hits) * factor >= CERTAIN:
         return hits, factor
