@@ -116,30 +116,34 @@ _DROP = (
     r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|set aside|put aside"
     r"|pay no attention to|do not (?:follow|obey|heed)|don'?t (?:follow|obey|heed)"
     r"|stop (?:following|obeying)|no longer (?:follow|obey)|abandon|discard|throw out|neglect"
-    r"|override|overriding|bypass|circumvent|overlook|disobey|drop)"
+    r"|override|overriding|bypass|circumvent|overlook|disobey|drop|quit (?:obeying|following)"
+    r"|scrap|scratch|never ?mind|toss|cancel)"
 )
 _EARLIER = (
     r"(?:previous|previously given|prior|preceding|above|earlier|former|foregoing|initial"
-    r"|original|old|system|developer|your|all|any|every|these|those|existing)"
+    r"|original|old|system|developer|your|all|any|every|these|those|existing|current"
+    r"|operator'?s?|the operator'?s?)"
 )
 _ORDERS = (
     r"(?:instructions?|prompts?|rules?|directives?|guidelines?|commands?|orders|constraints?"
     r"|restrictions|guardrails|programming|directions|polic(?:y|ies)|safeguards|limitations"
-    r"|conditioning|training|system messages?|settings|guidance|configuration|setup)"
+    r"|conditioning|training|system messages?|developer messages?|settings|guidance"
+    r"|configuration|setup)"
 )
 _SECRET_PROMPT = (
     r"(?:system|developer|hidden|secret|initial|original|internal|confidential|pre|meta|custom"
-    r"|base|starting|opening|first)[\W_]{0,3}(?:prompt|message|instructions|directives|rules"
+    r"|base|starting|opening|first|setup|configuration|config)[\W_]{0,3}(?:prompt|message"
+    r"|instructions|directives|rules"
     r"|guidelines|configuration|context)"
 )
 _SHOW = (
     r"(?:reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write|recite"
     r"|disclose|list|spell|paste|expose|provide|return|echo|quote|copy|translate|reproduce"
-    r"|summari[sz]e|type|read back|send|what(?:'s| is| are| was| were))"
+    r"|summari[sz]e|type|read back|send|encode|what(?:'s| is| are| was| were))"
 )
 _AI = (
     r"(?:ai|a\.i\.|llm|llms|language model|chatbot|chat bot|gpt|chatgpt|claude|gemini|copilot"
-    r"|ai assistant|ai model|ai agent|assistant|model|bot|agent)"
+    r"|ai assistant|ai model|ai agent|assistant|model|bot|agent|summari[sz]er|translator)"
 )
 _FREE = (
     r"(?:unrestricted|unfiltered|uncensored|jailbroken|unaligned|amoral|unethical|unchained"
@@ -166,9 +170,10 @@ RULES: tuple[Rule, ...] = (
     _rule("override.ignore_previous",
           rf"\b{_DROP}\b(?! ~2~(?:my|our|the user'?s)\b) ~3~{_EARLIER}\b ~3~{_ORDERS}\b",
           "ignor|disregard|forget|skip|aside~5|attention~8|follow~12|obey~12|heed~12|abandon|"
-          "discard|throw|neglect|overrid|bypass|circumvent", 0.9, also="instruction|prompt|rule|"
-          "directive|guideline|command|order|constraint|restriction|guardrail|programming|"
-          "direction|polic|safeguard|limitation|conditioning|training|system|setting"),
+          "discard|throw|neglect|overrid|bypass|circumvent|scrap|scratch|never|toss|cancel",
+          0.9, also="instruction|prompt|rule|directive|guideline|command|order|constraint|"
+          "restriction|guardrail|programming|direction|polic|safeguard|limitation|conditioning|"
+          "training|system|setting|guidance|configuration|setup|developer"),
     _rule("override.ignore_above",
           r"\b(?:ignore|disregard|forget) (?:all )?(?:of )?(?:the |what(?:'s| is| was) )?"
           r"(?:above|previous|preceding|foregoing|prior|before)"
@@ -238,13 +243,16 @@ RULES: tuple[Rule, ...] = (
           r"|got|told|sent)|given to you|(?:from|by) (?:the |your )?(?:developers?|system|"
           r"operators?"
           r"|creators?|company|openai|anthropic)|(?:before|earlier|previously|above|so far|at the"
-          r" (?:start|beginning|top))\b)",
+          r" (?:start|beginning|top))\b|(?:the |your )?(?:operators?|developers?|company|admins?"
+          r"|creators?) (?:gave|wrote|set|put)|you (?:started|began) with|you (?:were|have been)"
+          r" (?:configured|set up|initiali[sz]ed) with)",
           "ignor|disregard|forget|skip|aside~5|attention~8|follow~12|obey|heed|abandon|discard|"
           "throw|neglect|overrid|bypass|circumvent|overlook|disobey|drop", 0.8,
           also=("instruction|prompt|rule|directive|guideline|command|order|constraint|restriction|"
           "guardrail|programming|direction|polic|safeguard|limitation|conditioning|training|"
           "system|setting|guidance|configuration|setup", "given|received|got|told|sent|from|by|"
-          "before|earlier|previously|above|so$|start|beginning|top")),
+          "before|earlier|previously|above|so$|start|beginning|top|gave|wrote|set|put|started|"
+          "began|configured|initiali")),
     _rule("override.conversation_over",
           r"\b(?:previous|prior|above|earlier|current|old) (?:conversation|session|chat|task|"
           r"context"
@@ -298,8 +306,8 @@ RULES: tuple[Rule, ...] = (
           r"unshackled)"
           r" (?:free )?(?:of|from) (?:its|your|their|the|all|any|his|her)? ?(?:typical |usual |"
           r"normal"
-          r" )?(?:programming|restrictions|rules|guidelines|constraints|guardrails|limitations|"
-          r"filters"
+          r" )?(?:\w+(?:'s|s')? )?(?:programming|restrictions|rules|guidelines|constraints"
+          r"|guardrails|limitations|filters"
           r"|training|confines|alignment|safety)\b",
           "broken|broke|breaks|break|breaking|freed|escaped|escapes|liberated|released|"
           "unshackled", 0.6, also="programming|restriction|rule|guideline|constraint|guardrail|"
@@ -322,8 +330,8 @@ RULES: tuple[Rule, ...] = (
           "moral~15|ethic~15|content~15|safety~15", 0.5, also="no$|zero|without|free|lack"),
     _rule("persona.cannot_refuse",
           r"\b(?:never|don'?t|do not|can'?t|cannot|can not|must not|will not|won'?t|shouldn'?t"
-          r"|should not|are not allowed to|aren'?t allowed to|may not) (?:ever )?(?:refuse|decline"
-          r"|reject|say no|say that you can'?t|deny)\b",
+          r"|should not|are not allowed to|aren'?t allowed to|may not) (?:ever )?(?:refuses?"
+          r"|declines?|rejects?|says? no|say that you can'?t|deny)\b",
           "refuse~20|decline~20|reject~20|say~20|deny~20", 0.45),
     _rule("persona.answer_anything",
           r"\b(?:answer|respond to|comply with|fulfill|do) (?:any|every|all|anything)(?: \w+)?"
@@ -544,8 +552,9 @@ RULES: tuple[Rule, ...] = (
           "grand~20", 0.3),
     _rule("jailbreak.grandma_persona",
           r"\b(?:act|pretend|roleplay|role-play|play|be|behave) (?:as |like |to be )?(?:my |a )"
-          r"(?:dead|late|deceased|departed|beloved) grand(?:ma|mother|pa|father)\b",
-          "grand~45", 0.55),
+          r"(?:dead|late|deceased|departed|beloved) (?:grand(?:ma|mother|pa|father)|father|mother"
+          r"|dad|mom|mum|uncle|aunt)\b",
+          "grand~45|father~45|mother~45|dad~45|mom~45|mum~45|uncle~45|aunt~45", 0.55),
     _rule("jailbreak.no_warnings",
           r"\b(?:without|no|never (?:add|include|give)|skip (?:the|all|any)?) (?:any )?(?:warnings"
           r"|disclaimers|moralizing|moralising|lectures|ethical commentary|safety warnings)\b",
@@ -609,11 +618,11 @@ RULES: tuple[Rule, ...] = (
           r"|learn|notice)\b"
           r"|\bwithout (?:the (?:user|human)|them) (?:knowing|noticing|being aware)"
           r"|\b(?:secretly|silently|quietly|covertly) (?:send|forward|email|share|upload|include"
-          r"|insert|transfer|delete|add|copy|post|change|modify)\b",
+          r"|insert|transfer|delete|add|copy|post|change|modify|append|attach|embed)\b",
           "tell~20|telling~20|inform~20|mention~20|reveal~20|alert~20|notify~20|disclos~20|"
           "show~20|let~20|user~5|human~5|knowing~25|noticing~25|aware~30|secretly|silently|"
           "quietly|covertly",
-          0.5, 0.75, also="user|human|reader|operator|requester|knowing|noticing|aware|secretly|"
+          0.3, 0.75, also="user|human|reader|operator|requester|knowing|noticing|aware|secretly|"
           "silently|quietly|covertly"),
     _rule("indirect.exfiltrate",
           r"\b(?:send|forward|post|email|e-mail|upload|exfiltrate|transmit|leak|append|embed"
@@ -670,6 +679,112 @@ RULES: tuple[Rule, ...] = (
           r"pieces|variables|words|fragments|tokens|letters)\b ~6~(?:follow|execute|obey|perform"
           r"|run|carry out|do what|act on)\b",
           "concatenat|combine|join|merge|together~4", 0.6),
+    # Phrasings the first rule set missed (issue 13): loose overrides, polite extraction, persona
+    # loyalty, assembled payloads, data carried out in URLs, and text that addresses the model.
+    _rule("override.what_you_were_told",
+          rf"\b{_DROP}\b ~1~what(?:ever)? (?:you (?:were|have been|'ve been)|(?:the |your )?"
+          r"(?:operator|developers?|system|company) (?:has |have )?) ?(?:told|given|instructed"
+          r"|programmed|said|wrote)",
+          "ignor|disregard|forget|skip|aside~5|attention~8|never|scrap|drop|overrid", 0.85,
+          also="told|given|instructed|programmed|said|wrote"),
+    _rule("override.above_void",
+          r"\b(?:everything|all|anything|the text|the instructions?|whatever) (?:written |said )?"
+          r"(?:above|before) (?:this (?:line|point|message) )?(?:is|are|was|were) (?:now )?"
+          r"(?:obsolete|void|cancel+ed|invalid|irrelevant|outdated|null|fake|a test)\b",
+          "everything|all$|anything|text|instruction|whatever", 0.7,
+          also="obsolete|void|cancel|invalid|irrelevant|outdated|null|fake|test"),
+    _rule("extract.given_instructions",
+          rf"\b(?:{_SHOW}|read|see|know|audit|describe|access|compare)\b ~6~(?:exact |full "
+          r"|complete |original |initial |hidden |secret |actual |verbatim |confidential )?"
+          r"(?:instructions|prompt|guidelines|rules|setup (?:message|prompt)|configuration"
+          r"(?: prompt)?|system message|developer message|directives|wording|words)\b ~3~(?:you"
+          r"(?: were| have been|'ve been| are being| are|'re) (?:given|configured|initiali[sz]ed"
+          r"|set up|told|following|operating under|provided|instructed)|you (?:received|got"
+          r"|operate under|follow|see above|were initiali[sz]ed with)|(?:from|by) (?:your|the)"
+          r" (?:operator|company|developers?|creators?|deployers?)|(?:the |your )?(?:operator"
+          r"|company|developers?|creators?) (?:gave|wrote|put|set))",
+          "reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write|recite|"
+          "disclose|list|spell|paste|expose|provide|return|echo|quote|copy|translate|reproduce|"
+          "summari|type|read|send|encode|what|see|know|audit|describ|access|compar", 0.75,
+          also=("instruction|prompt|guideline|rule|setup|configuration|system|developer|"
+          "directive|wording|words", "you|your|operator|company|developer|creator|deployer")),
+    _rule("extract.before_conversation",
+          r"\b(?:message|text|instructions|prompt|words|lines) (?:that )?(?:appears?|comes?|came"
+          r"|sits?|is|are|you see|you got|you have|written) (?:before|above|prior to|ahead of)"
+          r" (?:our|this|the|my first|my) (?:conversation|chat|message|question|first message)",
+          "message|text|instruction|prompt|word|line", 0.7,
+          also=("before|above|prior|ahead", "conversation|chat|message|question")),
+    _rule("extract.prompt_says",
+          r"\byour (?:system|hidden|secret|initial|original|developer|setup|configuration|full)"
+          r" (?:prompt|message|instructions) (?:say|says|contain|contains|look like|looks like"
+          r"|read|reads|state|states)\b",
+          "system~8|hidden~8|secret~8|initial~8|original~8|developer~8|setup~8|configuration~8|"
+          "full~8", 0.75),
+    _rule("persona.obey_only_me",
+          r"\b(?:obeys?|answers?|listens?|responds?|reports?|is loyal) only (?:to )?me\b"
+          r"|\b(?:obeys?|answers?|listens?) to no one but me\b"
+          r"|\bignores? (?:its|your) (?:operators?|developers?|creators?|owner|system prompt)\b",
+          "obey|answer|listen|respond|report|loyal~4|ignor", 0.6,
+          also="only|one$|operator|developer|creator|owner|system|guideline|rule|instruction"),
+    _rule("evasion.assemble",
+          r"\b(?:put (?:them|these|it|the \w+) together|(?:re)?assembl\w*|concatenat\w*|combin\w*"
+          r"|join\w*|merge\w*|glue|stitch|fill (?:in )?the blanks?|read (?:only )?(?:the )?(?:first"
+          r"|last|capital|initial|every)|take the first (?:word|letter)|first letters?|junta\w*"
+          r"|setze\w*)\b[\s\S]{0,120}?\b(?:obey|comply|follow (?:it|them|that|the (?:result"
+          r"|instruction|message|sentence|command))|do (?:it|that|what (?:it|they|a ?\+ ?b)"
+          r" says?)|do as it says|execute(?! the (?:tests?|query|script|code|program))"
+          r"|carry (?:it )?out|act on|treat \w+ as|stay in that mode|respond to|obedece|befolge)\b",
+          "put|reassembl|assembl|concatenat|combin|join|merge|glue|stitch|fill|read|take|first|"
+          "junta|setze", 0.6,
+          also="obey|comply|follow|do$|execute|carry|act$|treat|stay|respond|obedece|befolge"),
+    _rule("exfil.image_placeholder",
+          r"(?:!\[[^\]\n]{0,80}\]\(\s*|<img\b[^>]{0,80}\bsrc=[\"']?)https?://[^)\s\"'>]+[?&][\w-]+="
+          r"(?:\{|\[|<|\$|%[a-z_]|_{2,}|[^)\s&\"'>]*(?:secret|password|token|history|conversation"
+          r"|chat|summary|data|key|email|user|message|session|prompt|name|card|notes))",
+          "![|<img", 0.55, 0.75),
+    _rule("exfil.image_placeholder_cased",
+          r"(?:!\[[^\]\n]{0,80}\]\(\s*|<img\b[^>]{0,80}\bsrc=[\"']?)https?://[^)\s\"'>]+[?&][\w-]+="
+          r"[A-Z][A-Z_]{0,20}(?=[)&\s\"'>])",
+          "![|<img", 0.5, 0.7, cased=True),
+    _rule("exfil.fill_url",
+          r"https?://\S*?[?&][\w-]+=(?=[\s)\"'\]>]|$)[\s\S]{0,160}?\b(?:conversation|chat ?history"
+          r"|history|previous messages|messages?|e-?mail(?: address)?|password|api key|token"
+          r"|secrets?|system prompt|instructions|card number|address|phone|private notes|notes"
+          r"|what the user|everything the user|summary|chatverlauf|verlauf|historique)\b"
+          r"|\b(?:append|appended|followed by|fill(?:ing)? in|replac\w+ \w+ (?:with|by)|where \w+"
+          r" is|put \w+ after|in place of|url-?encoded|ersetze|remplaçant)\b[\s\S]{0,160}?https?://"
+          r"\S*?[?&][\w-]+=",
+          "http~60|append|followed|fill|replac|where|put|place~3|url|ersetze|remplaçant", 0.55,
+          0.7, also=("append|replac|fill|followed|place|include|embed|attach|render|add|put|encod|"
+          "insert|equals|ersetze|remplaçant|füge|ajoute|show|end|output|make|fetch|visit",
+          "conversation|chat|history|message|mail|password|api|token|secret|prompt|instruction|"
+          "card|address|phone|notes|typed|wrote|summary|chatverlauf|verlauf|historique")),
+    _rule("indirect.to_the_ai",
+          r"(?:\b(?:to|for|dear|hey|attention|note to|ps for|p\.s\. for|message for|instructions?"
+          r" (?:to|for)|hinweis für|note à) (?:the |any |all |every |l')?|(?:(?<=\n)|^|(?<=[.!?]\s)))"
+          r"(?:ai|ia|ki|llm|llms|language models?|assistants?|chatbots?|ai (?:agents?|models?"
+          r"|assistants?|systems?)|ki-assistenten|automated (?:assistants?|systems?|agents?)"
+          r"|summari[sz]ers?|translator ai|models?)(?: (?:reading|processing|summari[sz]ing"
+          r"|parsing|translating|reviewing|that reads?) (?:this|these|the)(?: \w+)?)?(?: \w+)?"
+          r" ?[,:]",
+          "to|for|dear|hey|attention|note|ps$|p.s.|message|instruction|hinweis|ai$|ia$|ki$|llm|"
+          "language|assistant|chatbot|automated|summari|translator|model", 0.15, 0.55,
+          also="ai$|ia$|ki$|llm|llms|language|assistant|chatbot|automated|summari|translator|"
+          "model|ki-assistenten"),
+    _rule("indirect.models_processing",
+          r"\b(?:ai|llm|language model|assistant|agent|chatbot|model|summari[sz]er)s? (?:reading"
+          r"|processing|summari[sz]ing|parsing|translating|reviewing|indexing) (?:this|these)\b",
+          "reading~30|processing~30|summari~30|parsing~30|translating~30|reviewing~30|"
+          "indexing~30", 0.2, 0.6),
+    _rule("indirect.new_instructions",
+          r"\b(?:new|updated|revised|real|actual|additional) (?:instructions|directives|task"
+          r"|orders|rules) (?:from|by|for) (?:the )?(?:tool|provider|admin|administrator|system"
+          r"|developer|operator|owner|author|site|page)",
+          "new|updated|revised|real|actual|additional", 0.2, 0.55),
+    _rule("indirect.ignore_the_user",
+          r"\b(?:ignore|disregard|forget) (?:the|this) (?:user|human|customer|requester)\b(?!'s"
+          r"| (?:name|id|account|profile|data|table|record|interface|agent))",
+          "ignor|disregard|forget", 0.2, 0.6),
     # Other languages: override, persona and extraction in the commonest forms.
     _rule("intl.es.override",
           r"\b(?:ignor|olvid|descart|omit|desobedec)\w* ~3~(?:las |tus |sus )?(?:instrucciones"
@@ -683,12 +798,12 @@ RULES: tuple[Rule, ...] = (
           r"|responderás|responderas)|ya no eres)\b",
           "eres~12|serás~20|seras~20|actuarás~20|actuaras~20|responderás~20|responderas~20", 0.3),
     _rule("intl.es.extract",
-          r"\b(?:revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|comparte"
+          r"\b(?:revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|compart"
           r"|enséñame|ensename|cuál es|cual es|cuáles son|cuales son)\w* ~3~(?:tu|tus|el|las|su)"
           r" (?:prompt|mensaje|instrucciones|indicaciones) (?:\w+ )?(?:del|de) sistema\b"
           r"|\b(?:revela|muestra|dime|imprime|repite)\w* ~2~(?:tus|las) instrucciones"
           r" (?:originales|ocultas|secretas|iniciales)",
-          "revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|comparte|enséñame|"
+          "revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|compart|enséñame|"
           "ensename|cuál|cual|cuáles|cuales", 0.85),
     _rule("intl.fr.override",
           r"\b(?:ignor|oubli|néglig|neglig)\w* ~3~(?:les |tes |vos )?(?:instructions|consignes"
@@ -725,9 +840,12 @@ RULES: tuple[Rule, ...] = (
           r"\b(?:zeig|gib|nenn|verrat|wiederhol|schreib|druck|sag|was ist|was sind|wie lautet|wie"
           r" lauten)\w* ~3~(?:deinen|deine|den|die|dein|mir deinen|mir deine|mir den) ~1~"
           r"(?:system-?prompt|systemnachricht|systemanweisungen|anfangsanweisungen"
-          r"|ursprünglichen anweisungen|versteckten anweisungen|geheimen anweisungen)",
+          r"|ursprünglichen anweisungen|versteckten anweisungen|geheimen anweisungen)"
+          r"|\b(?:deine|ihre) (?:ursprünglich|versteckt|geheim|anfänglich|system)\w* (?:anweisungen"
+          r"|instruktionen|prompt|vorgaben) ~3~(?:zeigen|nennen|verraten|ausgeben|wiederholen"
+          r"|geben|schreiben)",
           "zeig|gib$|nenn|verrat|wiederhol|schreib|druck|sag$|ist$~5|sind$~5|lautet~5|"
-          "lauten~5", 0.85),
+          "lauten~5|deine|ihre", 0.85),
     _rule("intl.pt.override",
           r"\b(?:ignor|esqueç|esquec|desconsider|descart)\w* ~3~(?:as |suas |tuas )?(?:instruções"
           r"|instrucoes|regras|diretrizes|ordens|orientações|orientacoes)\b ~2~(?:anteriores"
@@ -879,14 +997,16 @@ _DISCUSSION = re.compile(
     r"|such as|what does|mean|means|paper|research|course|lecture|blog|label\w*|dataset|logs?"
     r"|logged|flagged|regex\w*|filters?|test cases?|taxonomy|attempts?|exploits?|payloads?"
     r"|categor\w*|dangerous|moderation|honeypot|incident|string|sentence|explain\w*|why|is this"
-    r"|thesis|malicious|benign|refused|satz|phrase|étiquet\w*|erkläre|warum)\b"
+    r"|thesis|malicious|benign|refused|satz|phrase|étiquet\w*|erkläre|warum|trick\w*"
+    r"|extraction|effective|stor(?:y|ies)|scene|novel|poem|screenplay|dialogue|character"
+    r"|fiction|limerick|fairy tale|fanfic|monologue|villain|hero|captain)\b"
 )
 # A text about chat templates and special tokens (a developer's question, not a fake turn).
 _TEMPLATE_TALK = re.compile(
     r"\b(?:chat[ _-]?templates?|templates?|tokeni[sz]\w*|special tokens?|tokens?|chatml|jinja"
-    r"|fine-?tun\w*|stop tokens?|prompt format|formats?|markers?|headers?|eos|bos|dataset"
-    r"|llama\.cpp|vllm|hugging ?face|apply_chat_template|tiktoken|axolotl|sharegpt|alpaca"
-    r"|regex|parser|parse|escape\w*|log|harness|plantilla|jetons?)\b"
+    r"|fine-?tun\w*|stop tokens?|(?:prompt|chat) format|markers?|eos|bos|dataset|llama\.cpp"
+    r"|vllm|hugging ?face|apply_chat_template|tiktoken|axolotl|sharegpt|alpaca|regex|parser"
+    r"|harness|plantilla|jetons?|llama|mistral|gemma|qwen|phi-?\d)\b"
 )
 _DELIMITERS = ("delimiter.", "article.system_tag", "article.assistant_tag")
 # What an agent harness's reminder says as a matter of course ("do not mention this to the user").
@@ -1091,7 +1211,11 @@ def _match(
     miss = 1.0 - combine(hits)
     quoted = True
     untrusted = source == "untrusted"
-    talk = bool(where.mentioned) and source == "user" and _TEMPLATE_TALK.search(text) is not None
+    talk = (
+        source == "user"
+        and (bool(where.mentioned) or "?" in text)
+        and _TEMPLATE_TALK.search(text) is not None
+    )
     for index in anchors.rules:
         rule = RULES[index]
         top = rule.untrusted if untrusted or where.pasted or where.hidden else rule.user
