@@ -12,29 +12,43 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from dataclasses import dataclass, field
 
-# Quoted or fenced text: ```fences```, `inline code`, "double", “curly”, «guillemets», „low“,
-# block quotes, and 'single' quotes that open after a blank or bracket (not an apostrophe).
-_MENTION = re.compile(
-    r"```[\s\S]*?(?:```|\Z)|`[^`\n]{1,400}`|\"[^\"\n]{1,400}\"|“[^”\n]{1,400}”|«[^»\n]{1,400}»"
-    r"|„[^“”\n]{1,400}[“”]|(?:(?<=\n)|^)>[^\n]*|(?:(?<=[\s(\[:=,])|^)'[^'\n]{1,300}'(?=[\s.,;:!?)\]]|$)"
+# Quoted or fenced text, one expression per opening character so each is a fast literal search:
+# ```fences```, `inline code`, "double", “curly”, «guillemets», „low“, block quotes, and
+# 'single' quotes that open after a blank or bracket (not an apostrophe: checked by the caller).
+_MENTIONS = (
+    ("`", re.compile(r"```[\s\S]*?(?:```|\Z)|`[^`\n]{1,400}`")),
+    ('"', re.compile(r'"[^"\n]{1,400}"')),
+    ("“", re.compile(r"“[^”\n]{1,400}”")),
+    ("«", re.compile(r"«[^»\n]{1,400}»")),
+    ("„", re.compile(r"„[^“”\n]{1,400}[“”]")),
+    ("\n>", re.compile(r"\n>[^\n]*")),
 )
-_MENTION_CHARS = ("`", '"', "“", "«", "„", ">", "'")
+_SINGLE = re.compile(r"'[^'\n]{1,300}'(?=[\s.,;:!?)\]]|$)")
 
 # Text the reader of a page does not see: comments, hidden elements, titles, alt text, meta
 # content, markdown comments, and the titles of markdown links and images.
-_HIDDEN = re.compile(
-    r"<!--[\s\S]*?(?:-->|\Z)"
-    r"|<(\w+)[^<>]*(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0|opacity\s*:\s*0"
-    r"|\bhidden\b|aria-hidden|color\s*:\s*(?:white|#fff)|size=\"?0)[^<>]*>[\s\S]{0,2000}?</\1\s*>"
-    r"|<(?:noscript|details|title|template)\b[^<>]*>[\s\S]{0,2000}?</(?:noscript|details|title"
-    r"|template)\s*>"
-    r"|\b(?:alt|title|content|aria-label|data-[\w-]+)\s*=\s*(?:\"[^\"]{12,}\"|'[^']{12,}')"
-    r"|\]\([^()\s]*\s+(?:\"[^\"]{1,400}\"|'[^']{1,400}')\)"
-    r"|!\[[^\]\n]{12,}\]"
-    r"|^>?[ \t]*\[//\]: ?#[^\n]*",
-    re.IGNORECASE | re.MULTILINE,
+_HIDDEN = (
+    ("<!--", re.compile(r"<!--[\s\S]*?(?:-->|\Z)")),
+    (
+        "<",
+        re.compile(
+            r"<(\w+)[^<>]*(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0"
+            r"|opacity\s*:\s*0|\bhidden\b|aria-hidden|color\s*:\s*(?:white|#fff)|size=\"?0)"
+            r"[^<>]*>[\s\S]{0,2000}?</\1\s*>"
+            r"|<(?:noscript|details|title|template)\b[^<>]*>[\s\S]{0,2000}?</(?:noscript|details"
+            r"|title|template)\s*>"
+        ),
+    ),
+    (
+        "=",
+        re.compile(
+            r"(?:alt|title|content|aria-label|data-[\w-]+)\s*=\s*(?:\"[^\"]{12,}\"|'[^']{12,}')"
+        ),
+    ),
+    ("](", re.compile(r"\]\([^()\s]*\s+(?:\"[^\"]{1,400}\"|'[^']{1,400}')\)")),
+    ("![", re.compile(r"!\[[^\]\n]{12,}\]")),
+    ("[//]", re.compile(r"\[//\]: ?#[^\n]*")),
 )
 
 # An agent harness's notes to its model (Claude Code puts them in user turns and tool results).
@@ -55,20 +69,63 @@ _BREAK = re.compile(r"\n[ \t]*\n|\n-{3,}[ \t]*\n|:[ \t]*\n")
 _MARKUP = re.compile(r"<(?:html|body|head|div|p|span|table|section|article|h[1-6])\b", re.I)
 
 
-@dataclass(slots=True)
 class Spans:
-    """Sorted, non-overlapping ``(start, end)`` regions of one text, by kind."""
+    """Sorted ``(start, end)`` regions of one text, by kind. The mentioned and hidden regions are
+    found on first use: most texts trip no rule, and then nobody asks."""
 
-    mentioned: list[tuple[int, int]] = field(default_factory=list)
-    hidden: list[tuple[int, int]] = field(default_factory=list)
-    pasted: list[tuple[int, int]] = field(default_factory=list)
-    reminder: list[tuple[int, int]] = field(default_factory=list)
+    __slots__ = ("_hidden", "_mentioned", "markup", "pasted", "reminder", "text")
 
-    def __bool__(self) -> bool:
-        return bool(self.mentioned or self.hidden or self.pasted or self.reminder)
+    def __init__(self, text: str = "", *, pasted: bool = True) -> None:
+        self.text = text
+        self._mentioned: list[tuple[int, int]] | None = None
+        self._hidden: list[tuple[int, int]] | None = None
+        self.markup = any(mark in text for mark, _ in _HIDDEN)
+        self.reminder: list[tuple[int, int]] = []
+        if "<system-reminder>" in text:
+            self.reminder = [m.span() for m in _REMINDER.finditer(text)]
+        self.pasted: list[tuple[int, int]] = []
+        if pasted:
+            start = _pasted_from(text)
+            if start is not None:
+                self.pasted = [(start, len(text))]
 
+    @property
+    def mentioned(self) -> list[tuple[int, int]]:
+        """Quoted or fenced regions."""
+        if self._mentioned is None:
+            text = self.text
+            found = [
+                m.span() for mark, expr in _MENTIONS if mark in text for m in expr.finditer(text)
+            ]
+            if "'" in text:
+                found += [
+                    m.span()
+                    for m in _SINGLE.finditer(text)
+                    if m.start() == 0 or not text[m.start() - 1].isalnum()
+                ]
+            if text.startswith(">"):
+                found.append((0, text.find("\n") % (len(text) + 1)))
+            self._mentioned = _merge(found)
+        return self._mentioned
 
-_END = 1 << 62
+    @property
+    def hidden(self) -> list[tuple[int, int]]:
+        """Comments, hidden elements, titles and alt text."""
+        if self._hidden is None:
+            text = self.text
+            self._hidden = (
+                _merge(
+                    [
+                        m.span()
+                        for mark, expr in _HIDDEN
+                        if mark in text
+                        for m in expr.finditer(text)
+                    ]
+                )
+                if self.markup
+                else []
+            )
+        return self._hidden
 
 
 def inside(regions: list[tuple[int, int]], place: int) -> bool:
@@ -79,22 +136,14 @@ def inside(regions: list[tuple[int, int]], place: int) -> bool:
     return at >= 0 and regions[at][0] <= place < regions[at][1]
 
 
+_END = 1 << 62
+
+
 def spans(text: str, *, pasted: bool = True) -> Spans:
     """The regions of ``text`` (already normalized, so positions agree with the rules') that
     are mentioned, hidden, pasted under an ask, or an agent's reminder. ``pasted`` is off for
     text already known to be untrusted (it has no part that is the user's own ask)."""
-    found = Spans()
-    if any(char in text for char in _MENTION_CHARS):
-        found.mentioned = [m.span() for m in _MENTION.finditer(text)]
-    if "<" in text or "](" in text or "=" in text or "![" in text or "[//]" in text:
-        found.hidden = _merge([m.span() for m in _HIDDEN.finditer(text)])
-        if "<system-reminder>" in text:
-            found.reminder = [m.span() for m in _REMINDER.finditer(text)]
-    if pasted:
-        start = _pasted_from(text)
-        if start is not None:
-            found.pasted = [(start, len(text))]
-    return found
+    return Spans(text, pasted=pasted)
 
 
 def _pasted_from(text: str) -> int | None:

@@ -687,6 +687,12 @@ RULES: tuple[Rule, ...] = (
           r"|programmed|said|wrote)",
           "ignor|disregard|forget|skip|aside~5|attention~8|never|scrap|drop|overrid", 0.85,
           also="told|given|instructed|programmed|said|wrote"),
+    _rule("override.system_message",
+          rf"\b{_DROP} (?:the |your |this )?(?:system|developer|operator'?s?|hidden|initial)"
+          r" (?:message|prompt|instructions)\b",
+          "ignor|disregard|forget|skip|aside~5|attention~8|follow~12|obey~12|heed~12|abandon|"
+          "discard|throw|neglect|overrid|bypass|circumvent|scrap|scratch|never|toss|cancel", 0.85,
+          also="system|developer|operator|hidden|initial"),
     _rule("override.above_void",
           r"\b(?:everything|all|anything|the text|the instructions?|whatever) (?:written |said )?"
           r"(?:above|before) (?:this (?:line|point|message) )?(?:is|are|was|were) (?:now )?"
@@ -734,8 +740,8 @@ RULES: tuple[Rule, ...] = (
           r"|instruction|message|sentence|command))|do (?:it|that|what (?:it|they|a ?\+ ?b)"
           r" says?)|do as it says|execute(?! the (?:tests?|query|script|code|program))"
           r"|carry (?:it )?out|act on|treat \w+ as|stay in that mode|respond to|obedece|befolge)\b",
-          "put|reassembl|assembl|concatenat|combin|join|merge|glue|stitch|fill|read|take|first|"
-          "junta|setze", 0.6,
+          "put|reassembl|assembl|concatenat|combin|join|merge|glue|stitch|fill|letter~7|"
+          "every~14|capital~14|junta|setze", 0.6,
           also="obey|comply|follow|do$|execute|carry|act$|treat|stay|respond|obedece|befolge"),
     _rule("exfil.image_placeholder",
           r"(?:!\[[^\]\n]{0,80}\]\(\s*|<img\b[^>]{0,80}\bsrc=[\"']?)https?://[^)\s\"'>]+[?&][\w-]+="
@@ -760,15 +766,16 @@ RULES: tuple[Rule, ...] = (
           "conversation|chat|history|message|mail|password|api|token|secret|prompt|instruction|"
           "card|address|phone|notes|typed|wrote|summary|chatverlauf|verlauf|historique")),
     _rule("indirect.to_the_ai",
-          r"(?:\b(?:to|for|dear|hey|attention|note to|ps for|p\.s\. for|message for|instructions?"
-          r" (?:to|for)|hinweis für|note à) (?:the |any |all |every |l')?|(?:(?<=\n)|^|(?<=[.!?]\s)))"
+          r"(?:\b(?:to|for|dear|hey|attention|note to|ps for|p\.s\. for|message for"
+          r"|instructions? (?:to|for)|hinweis für|note à) (?:the |any |all |every |l')?"
+          r"|(?:(?<=\n)|^|(?<=[.!?>]\s)|(?<=>)))"
           r"(?:ai|ia|ki|llm|llms|language models?|assistants?|chatbots?|ai (?:agents?|models?"
           r"|assistants?|systems?)|ki-assistenten|automated (?:assistants?|systems?|agents?)"
           r"|summari[sz]ers?|translator ai|models?)(?: (?:reading|processing|summari[sz]ing"
           r"|parsing|translating|reviewing|that reads?) (?:this|these|the)(?: \w+)?)?(?: \w+)?"
           r" ?[,:]",
-          "to|for|dear|hey|attention|note|ps$|p.s.|message|instruction|hinweis|ai$|ia$|ki$|llm|"
-          "language|assistant|chatbot|automated|summari|translator|model", 0.15, 0.55,
+          "ai$~30|ia$~30|ki$~30|llm~30|language~30|assistant~30|chatbot~30|automated~30|"
+          "summari~30|translator~30|model~30|ki-assistenten~30", 0.15, 0.55,
           also="ai$|ia$|ki$|llm|llms|language|assistant|chatbot|automated|summari|translator|"
           "model|ki-assistenten"),
     _rule("indirect.models_processing",
@@ -988,6 +995,7 @@ RULES: tuple[Rule, ...] = (
 )  # fmt: skip
 
 _BY_NAME = {rule.name: rule for rule in RULES}
+_INDEX = {rule.name: index for index, rule in enumerate(RULES)}
 
 # A question *about* injection that quotes an attack phrase ("what does 'ignore previous
 # instructions' do?") is discounted when every hit sits inside quotes.
@@ -1178,8 +1186,11 @@ class _Anchors:
 
     def places(self, index: int, text: str) -> list[int]:
         """Where rule ``index`` may match: its anchors, and the word starts its leads allow."""
-        where = self.found.get(index, [])
-        for starts, lead in self.led.get(index, ()):
+        led = self.led.get(index)
+        if not led:
+            return self.found.get(index, [])
+        where = list(self.found.get(index, ()))
+        for starts, lead in led:
             for start in starts:
                 where.append(start)
                 low = max(0, start - lead)
@@ -1203,22 +1214,18 @@ def _match(
     *,
     stop: bool = True,
     where: Spans = _NO_SPANS,
-) -> tuple[bool, bool]:
-    """Add the rules ``text`` trips to ``hits``. Say whether it stopped early (with ``stop``,
-    once the evidence is ``CERTAIN``) and whether every match it saw was mentioned (quoted or
-    fenced) rather than used. Each match weighs what its place in ``where`` says (see
-    ``_weight``); a rule counts at the heaviest of its matches."""
+    starts: list[int] | None = None,
+) -> bool:
+    """Add the rules ``text`` trips to ``hits`` (and where they matched to ``starts``); say
+    whether it stopped early (with ``stop``, once the evidence is ``CERTAIN``). Each match
+    weighs what its place in ``where`` says (see ``_weight``); a rule counts at the heaviest
+    of its matches."""
     miss = 1.0 - combine(hits)
-    quoted = True
     untrusted = source == "untrusted"
-    talk = (
-        source == "user"
-        and (bool(where.mentioned) or "?" in text)
-        and _TEMPLATE_TALK.search(text) is not None
-    )
+    talk: list[bool] = []  # whether the text discusses chat templates, once a delimiter matched
     for index in anchors.rules:
         rule = RULES[index]
-        top = rule.untrusted if untrusted or where.pasted or where.hidden else rule.user
+        top = rule.untrusted if untrusted or where.pasted or where.markup else rule.user
         name = rule.name + suffix if suffix else rule.name
         if name in hits or (suffix and hits.get(rule.name, 0.0) >= top):
             continue
@@ -1228,15 +1235,18 @@ def _match(
             found = pattern.search(cased)
             if found is None:
                 continue
-            weight = _weight(rule, found.start(), untrusted, where, talk)
+            weight = _weight(rule, found.start(), untrusted, where, talk, text)
+            if starts is not None:
+                starts.append(-1)  # a cased match is never taken for a mention
         else:
             match = pattern.match
             matched = False
             for start in anchors.places(index, text):
                 if match(text, start):
                     matched = True
-                    weight = max(weight, _weight(rule, start, untrusted, where, talk))
-                    quoted = quoted and inside(where.mentioned, start) and not untrusted
+                    weight = max(weight, _weight(rule, start, untrusted, where, talk, text))
+                    if starts is not None:
+                        starts.append(start)
                     if weight >= top:
                         break
             if not matched:
@@ -1246,20 +1256,27 @@ def _match(
         hits[name] = weight
         miss *= 1.0 - weight
         if stop and miss <= 1.0 - CERTAIN:
-            return True, quoted
-    return False, quoted
+            return True
+    return False
 
 
-def _weight(rule: Rule, start: int, untrusted: bool, where: Spans, talk: bool) -> float:
+def _weight(
+    rule: Rule, start: int, untrusted: bool, where: Spans, talk: list[bool], text: str
+) -> float:
     """A match's weight by where it is: nothing for what agent reminders may say (inside one);
     the untrusted weight in untrusted text, a pasted document or hidden markup; less for a chat
     template's delimiters in a text that discusses templates; else the user's weight."""
     if where.reminder and inside(where.reminder, start):
         return 0.0 if rule.name in _REMINDER_MAY else rule.user
-    if untrusted or inside(where.pasted, start) or inside(where.hidden, start):
+    if untrusted or inside(where.pasted, start) or (where.markup and inside(where.hidden, start)):
         return rule.untrusted
-    if talk and rule.name.startswith(_DELIMITERS):
-        return rule.user * TEMPLATE_FACTOR
+    if rule.name.startswith(_DELIMITERS):
+        if not talk:
+            talk.append(
+                ("?" in text or bool(where.mentioned)) and bool(_TEMPLATE_TALK.search(text))
+            )
+        if talk[0]:
+            return rule.user * TEMPLATE_FACTOR
     return rule.user
 
 
@@ -1268,31 +1285,34 @@ def _load(index: int) -> re.Pattern[str]:
     return pattern
 
 
-def _all_quoted(names: dict[str, float], text: str, where: Spans) -> bool:
+def _matches(anchors: _Anchors, text: str, name: str) -> list[int]:
+    """Where the plain (not cased) rule ``name`` matches ``text``: every match, by its anchors."""
+    index = _INDEX.get(name)
+    if index is None or RULES[index].cased:
+        return []
+    match = (_PATTERNS[index] or _load(index)).match
+    return [start for start in set(anchors.places(index, text)) if match(text, start)]
+
+
+def _all_quoted(anchors: _Anchors, names: dict[str, float], text: str, where: Spans) -> bool:
     """Every match of every rule in ``names`` mentioned, and none in pasted or hidden text."""
     for name in names:
-        rule = _BY_NAME.get(name)
-        if rule is None or rule.cased:
-            continue
-        for match in rule.pattern.finditer(text):
-            start = match.start()
-            if not inside(where.mentioned, start):
+        for start in _matches(anchors, text, name):
+            if not inside(where.mentioned, start) or inside(where.pasted, start):
                 return False
-            if inside(where.pasted, start) or inside(where.hidden, start):
+            if where.markup and inside(where.hidden, start):
                 return False
     return True
 
 
-def _hidden_hits(names: dict[str, float], text: str, where: Spans) -> bool:
+def _hidden_hits(anchors: _Anchors, names: dict[str, float], text: str, where: Spans) -> bool:
     """Whether a rule that instructs (not a mere vocabulary hint) matched inside hidden markup."""
-    for name in names:
-        rule = _BY_NAME.get(name)
-        if rule is None or rule.cased or rule.untrusted < 0.3:
-            continue
-        for match in rule.pattern.finditer(text):
-            if inside(where.hidden, match.start()):
-                return True
-    return False
+    return any(
+        inside(where.hidden, start)
+        for name in names
+        if _BY_NAME[name].untrusted >= 0.3
+        for start in _matches(anchors, text, name)
+    )
 
 
 def scan(text: str, source: Source = "user") -> tuple[dict[str, float], float]:
@@ -1309,16 +1329,22 @@ def scan(text: str, source: Source = "user") -> tuple[dict[str, float], float]:
     where = spans(lowered, pasted=source == "user")
     hits: dict[str, float] = {}
     anchors = _Anchors(lowered)
-    stopped, quoted = _match(anchors, lowered, cleaned, source, hits, where=where)
+    starts: list[int] = []
+    stopped = _match(anchors, lowered, cleaned, source, hits, where=where, starts=starts)
     factor = 1.0
-    if where.hidden and hits and _hidden_hits(hits, lowered, where):
+    if hits and where.markup and where.hidden and _hidden_hits(anchors, hits, lowered, where):
         hits["context.hidden"] = HIDDEN_BONUS
-    elif hits and quoted and where.mentioned and _DISCUSSION.search(lowered):
+    elif (
+        hits
+        and source == "user"
+        and _DISCUSSION.search(lowered)
+        and all(inside(where.mentioned, start) for start in starts)
+    ):
         # A text about injection, quoting attacks: are all of them quoted, everywhere?
         if stopped:
             hits.clear()
             _match(anchors, lowered, cleaned, source, hits, stop=False, where=where)
-        if _all_quoted(hits, lowered, where):
+        if _all_quoted(anchors, hits, lowered, where):
             factor = DISCUSSION_FACTOR
     if combine(hits) * factor >= CERTAIN:
         return hits, factor
