@@ -244,6 +244,8 @@ def decodings(
     if "%" in cleaned:
         for run in _PERCENT_RUN.findall(cleaned):
             _add(views, "percent", unquote(run), budget)
+        if cleaned.count("%20") >= 3:  # words joined by encoded blanks: "ignore%20all%20..."
+            _add(views, "percent", unquote(cleaned), budget)
     if "&#" in cleaned:
         import html
 

@@ -151,7 +151,8 @@ _FREE = (
 )
 _LIMITS = (
     r"(?:restrictions|limitations|limits|filters|filtering|censorship|guidelines|rules|morals"
-    r"|ethics|boundaries|constraints|guardrails|safeguards|policies|principles|moral compass)"
+    r"|ethics|boundaries|constraints|guardrails|safeguards|policies|principles|moral compass"
+    r"|content polic(?:y|ies))"
 )
 
 # --- rules -------------------------------------------------------------------------------------
@@ -228,14 +229,21 @@ RULES: tuple[Rule, ...] = (
           "moderation|limitation|censorship", "disabled|deactivated|off|offline|inactive|removed|"
           "lifted|turned|bypassed|suspended|switched|longer")),
     _rule("override.void",
-          rf"\b{_ORDERS}\b ~6~(?:are |is |were |have been |has been )?(?:now |hereby |all )?"
+          r"(?:(?<!our\s)(?<!my\s)(?<!their\s)(?<!his\s)(?<!her\s)(?<!its\s)"
+          r"\b(?:your|ur|the (?:ai|model"
+          r"|assistant|bot)'?s?|(?:all )?(?:(?:the|these|those) )?(?:previous|prior|earlier|above"
+          rf"|original|initial|system))\b ~1~{_ORDERS}|\b{_ORDERS} (?:you (?:were |have been |'ve"
+          r" been )?(?:given|got|received|told)|given to you|from (?:your|the) (?:developers?"
+          r"|operators?|creators?|system)))\b ~6~(?:are |is |were |have been |has been )?"
+          r"(?:now |hereby |all )?"
           r"(?:outdated|obsolete|void|null|cancel+ed|revoked|invalid|lifted|suspended|disabled"
           r"|deprecated|overridden|superseded|fake|a test|not real|no longer (?:valid|active|"
           r"in effect"
           r"|apply|applies|matter|exist)|(?:do|does)(?:n'?t| not) apply(?: anymore)?)\b",
           "instruction|prompt|rule|directive|guideline|command|order|constraint|restriction|"
           "guardrail|programming|direction|polic|safeguard|limitation|conditioning|training|"
-          "system|setting|guidance|configuration|setup", 0.75,
+          "system|setting|guidance|configuration|setup|your|ur$|the|all$|these|those|previous|"
+          "prior|earlier|above|original|initial", 0.75,
           also="outdated|obsolete|void|null|cancel|revoked|invalid|longer|lifted|suspended|"
           "disabled|deprecated|overridden|superseded|fake|test|real|apply"),
     _rule("override.ignore_received",
@@ -313,8 +321,8 @@ RULES: tuple[Rule, ...] = (
           "unshackled", 0.6, also="programming|restriction|rule|guideline|constraint|guardrail|"
           "limitation|filter|training|confines|alignment|safety"),
     _rule("persona.can_do_anything",
-          r"\b(?:can|could|will|able to|capable of|allowed to) (?:do|say|write|answer|generate) "
-          r"(?:absolutely )?(?:anything|everything|whatever)\b",
+          r"\b(?:(?:can|could|will|able to|capable of|allowed to) (?:do|say|write|answer|generate)"
+          r"|answers|does|says) (?:absolutely )?(?:anything|everything|whatever)\b",
           "anything~25|everything~25|whatever~25", 0.35,
           also="ai$|bot|assistant|model|chatbot|llm|gpt|you"),
     _rule("persona.no_rules",
@@ -363,8 +371,9 @@ RULES: tuple[Rule, ...] = (
           r"|reply|have|no longer|speak)\b",
           "now~6|point~12|rest~10|henceforth|forward~7", 0.3),
     _rule("persona.pretend_ai",
-          rf"\b(?:pretend|imagine|suppose|act as if|act like|role-?play|simulate)(?: that)? you"
-          rf"(?: are|'re| were| have| had)? ~3~(?:an? |another |a different )?{_AI}\b ~5~(?:no|"
+          rf"\b(?:pretend|imagine|suppose|act as if|act like|role-?play|simulate)(?: that)?"
+          rf"(?: you(?: are|'re| were| have| had)?| to be) ~3~(?:an? |another |a different )?"
+          rf"{_AI}\b ~5~(?:no|"
           rf"without"
           r"|free|never|not bound|can do anything|able to do anything|unlimited)\b",
           "act$|pretend|imagin|suppose|role|simulat", 0.5, also=("ai$|llm|language|chatbot|chat|"
@@ -430,8 +439,9 @@ RULES: tuple[Rule, ...] = (
           rf"the assistant'?s?) ~2~{_SECRET_PROMPT}",
           "reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write|recite|"
           "disclose|list|spell|paste|expose|provide|return|echo|quote|copy|translate|reproduce|"
-          "summari|type|read|send|what", 0.85, also=("system|developer|hidden|secret|initial|"
-          "original|internal|confidential|pre|meta|custom|base|starting|opening|first", "prompt|"
+          "summari|type|read|send|what|encod", 0.85, also=("system|developer|hidden|secret|initial|"
+          "original|internal|confidential|pre|meta|custom|base|starting|opening|first|setup|"
+          "configuration|config", "prompt|"
           "message|instruction|directive|rule|guideline|configuration|context")),
     _rule("extract.the_hidden_prompt",
           rf"\b{_SHOW}\b ~4~(?:the|all|any|those|these) ~1~(?:hidden|secret|initial|original"
@@ -514,7 +524,8 @@ RULES: tuple[Rule, ...] = (
           "betterdan|anti|evil|mongo|jailbreakgpt|basedgpt|developer|intelligent~7|strive|aligned|"
           "chaosgpt|chaos|devmode|dev$|nsfw|ucar|omega|superior|unlimited|freedomgpt", 0.7),
     _rule("jailbreak.word",
-          r"\bjailbr\w* ~2~(?:ai|chatgpt|gpt|claude|llm|model|assistant|mode|persona|version"
+          r"\bjailbr\w* (?:an? |the |your |this )?(?:ai|chatgpt|gpt|claude|llm|model|assistant"
+          r"|mode|persona|version"
           r"|response|prompt|yourself|you|bot|chatbot|character)s?\b"
           r"|\b(?:you|chatgpt|claude|ai|model|assistant)(?: are| is| have been| has been"
           r"|'re)? (?:now )?(?:fully )?jailbr\w*",
@@ -700,7 +711,8 @@ RULES: tuple[Rule, ...] = (
           "everything|all$|anything|text|instruction|whatever", 0.7,
           also="obsolete|void|cancel|invalid|irrelevant|outdated|null|fake|test"),
     _rule("extract.given_instructions",
-          rf"\b(?:{_SHOW}|read|see|know|audit|describe|access|compare)\b ~6~(?:exact |full "
+          rf"\b(?:{_SHOW}|read|see|know|audit|describe|access|compare)(?:s|ed|ing)?\b ~6~"
+          r"(?:exact |full "
           r"|complete |original |initial |hidden |secret |actual |verbatim |confidential )?"
           r"(?:instructions|prompt|guidelines|rules|setup (?:message|prompt)|configuration"
           r"(?: prompt)?|system message|developer message|directives|wording|words)\b ~3~(?:you"
@@ -715,17 +727,26 @@ RULES: tuple[Rule, ...] = (
           also=("instruction|prompt|guideline|rule|setup|configuration|system|developer|"
           "directive|wording|words", "you|your|operator|company|developer|creator|deployer")),
     _rule("extract.before_conversation",
-          r"\b(?:message|text|instructions|prompt|words|lines) (?:that )?(?:appears?|comes?|came"
-          r"|sits?|is|are|you see|you got|you have|written) (?:before|above|prior to|ahead of)"
+          r"\b(?:message|text|instructions|prompt|words|lines) (?:that |which )?(?:(?:was|is|were"
+          r"|got) )?(?:appears?|comes?|came|sits?|is|are|you see|you got|you have|written|put"
+          r"|placed|given) (?:before|above|prior to|ahead of)"
           r" (?:our|this|the|my first|my) (?:conversation|chat|message|question|first message)",
           "message|text|instruction|prompt|word|line", 0.7,
           also=("before|above|prior|ahead", "conversation|chat|message|question")),
     _rule("extract.prompt_says",
-          r"\byour (?:system|hidden|secret|initial|original|developer|setup|configuration|full)"
-          r" (?:prompt|message|instructions) (?:say|says|contain|contains|look like|looks like"
-          r"|read|reads|state|states)\b",
-          "system~8|hidden~8|secret~8|initial~8|original~8|developer~8|setup~8|configuration~8|"
-          "full~8", 0.75),
+          r"\byour (?:(?:system|hidden|secret|initial|original|developer|setup|configuration|full)"
+          r" (?:prompt|message|instructions)|configuration|config|setup|instructions|prompt"
+          r"|guidelines) (?:say|says|contain|contains|look like|looks like|read|reads|state"
+          r"|states)\b",
+          "your", 0.75, also="say|says|contain|look|looks|read|reads|state|states"),
+    _rule("persona.unlimited_version",
+          r"\b(?:version|copy|clone|variant|twin) of (?:yourself|you|the ai|chatgpt|claude|the"
+          r" model)\b ~4~(?:no|without|free|unrestricted|unfiltered|uncensored|before (?:your |its"
+          r" )?(?:safety|alignment|training))\b"
+          r"|\b(?:removed|stripped|deleted|disabled|lifted|took away) (?:all )?(?:of )?(?:its|your"
+          r"|his|her|their) (?:limits|limitations|restrictions|rules|guidelines|filters|safety"
+          r"|guardrails|safeguards)\b",
+          "version|copy|clone|variant|twin|removed|stripped|deleted|disabled|lifted|took", 0.5),
     _rule("persona.obey_only_me",
           r"\b(?:obeys?|answers?|listens?|responds?|reports?|is loyal) only (?:to )?me\b"
           r"|\b(?:obeys?|answers?|listens?) to no one but me\b"
@@ -1236,8 +1257,8 @@ def _match(
             if found is None:
                 continue
             weight = _weight(rule, found.start(), untrusted, where, talk, text)
-            if starts is not None:
-                starts.append(-1)  # a cased match is never taken for a mention
+            if starts is not None:  # where the lower-cased text has it, when the two line up
+                starts.append(found.start() if len(cased) == len(text) else -1)
         else:
             match = pattern.match
             matched = False
