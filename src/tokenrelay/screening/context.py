@@ -148,7 +148,7 @@ def spans(text: str, *, pasted: bool = True) -> Spans:
 
 def _pasted_from(text: str) -> int | None:
     """Where the pasted part of an "ask, then text" message starts, if it has one."""
-    markup = _MARKUP.search(text)
+    markup = _MARKUP.search(text) if "<" in text else None
     cut = _BREAK.search(text, 0, 400)
     if cut is not None and len(text) - cut.end() >= 40 and _ASK.search(text, 0, cut.start()):
         return cut.end() if markup is None else min(cut.end(), markup.start())

@@ -73,8 +73,9 @@ _HEX_SEP = re.compile(r"\\x|0x|[ :,]")
 _PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
 _HTML_RUN = re.compile(r"(?:&#x?[0-9a-fA-F]{1,6};\s?){4,}")
 # Quoted fragments a prompt asks the model to join ("a = 'ign' ... b = 'ore all'... do a + b").
-_FRAGMENT = re.compile(r"(?<!\w)['\"]([^'\"\n]{1,40})['\"]")
-_JOIN_CUES = ("+", "join", "concat", "combin", "merge", "together", "assembl", "fragment", "piece")
+_FRAGMENT = re.compile(r"['\"]([^'\"\n]{1,40})['\"]")
+_JOIN_CUES = ("' +", "+ '", '" +', '+ "', "join", "concat", "combin", "merge", "together",
+              "assembl", "fragment", "piece")  # fmt: skip
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
@@ -264,7 +265,11 @@ def decodings(
         if len(words) >= 2:
             views.append(("leetspeak", b" ".join(words).decode().translate(_LEET)))
     if any(cue in text for cue in _JOIN_CUES) and (text.count("'") + text.count('"')) >= 4:
-        fragments = _FRAGMENT.findall(cleaned)
+        fragments = [
+            match.group(1)
+            for match in _FRAGMENT.finditer(cleaned)
+            if match.start() == 0 or not cleaned[match.start() - 1].isalnum()
+        ]
         if 2 <= len(fragments) <= 40:
             views.append(("joined", normalize("".join(fragments))))
     if rot13:
