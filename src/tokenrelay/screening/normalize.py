@@ -74,8 +74,8 @@ _PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
 _HTML_RUN = re.compile(r"(?:&#x?[0-9a-fA-F]{1,6};\s?){4,}")
 # Quoted fragments a prompt asks the model to join ("a = 'ign' ... b = 'ore all'... do a + b").
 _FRAGMENT = re.compile(r"['\"]([^'\"\n]{1,40})['\"]")
-_JOIN_CUES = ("' +", "+ '", '" +', '+ "', "join", "concat", "combin", "merge", "together",
-              "assembl", "fragment", "piece")  # fmt: skip
+_JOIN_CUES = ("+", "join", "concat", "combin", "merge", "together", "assembl", "fragment",
+              "piece")  # fmt: skip
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}

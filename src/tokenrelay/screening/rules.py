@@ -1306,6 +1306,12 @@ def _load(index: int) -> re.Pattern[str]:
     return pattern
 
 
+def _discusses(text: str, where: Spans) -> bool:
+    """Whether the text's own words (outside its quotes and fences) discuss what it quotes: a
+    cue inside the quoted attack itself ("this example...") does not earn the discount."""
+    return any(not inside(where.mentioned, cue.start()) for cue in _DISCUSSION.finditer(text))
+
+
 def _matches(anchors: _Anchors, text: str, name: str) -> list[int]:
     """Where the plain (not cased) rule ``name`` matches ``text``: every match, by its anchors."""
     index = _INDEX.get(name)
@@ -1358,8 +1364,8 @@ def scan(text: str, source: Source = "user") -> tuple[dict[str, float], float]:
     elif (
         hits
         and source == "user"
-        and _DISCUSSION.search(lowered)
         and all(inside(where.mentioned, start) for start in starts)
+        and _discusses(lowered, where)
     ):
         # A text about injection, quoting attacks: are all of them quoted, everywhere?
         if stopped:
