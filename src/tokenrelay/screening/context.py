@@ -33,20 +33,20 @@ _HIDDEN = (
     (
         "<",
         re.compile(
-            r"<(\w+)[^<>]*(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0"
+            r"<(\w+)[^<>]{0,500}?(?:display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0"
             r"|opacity\s*:\s*0|\bhidden\b|aria-hidden|color\s*:\s*(?:white|#fff)|size=\"?0)"
-            r"[^<>]*>[\s\S]{0,2000}?</\1\s*>"
-            r"|<(?:noscript|details|title|template)\b[^<>]*>[\s\S]{0,2000}?</(?:noscript|details"
+            r"[^<>]{0,500}>[\s\S]{0,2000}?</\1\s*>"
+            r"|<(?:noscript|details|title|template)\b[^<>]{0,500}>[\s\S]{0,2000}?</(?:noscript|details"
             r"|title|template)\s*>"
         ),
     ),
     (
         "=",
         re.compile(
-            r"(?:alt|title|content|aria-label|data-[\w-]+)\s*=\s*(?:\"[^\"]{12,}\"|'[^']{12,}')"
+            r"(?:alt|title|content|aria-label|data-[\w-]+)\s*=\s*(?:\"[^\"]{12,2000}\"|'[^']{12,2000}')"
         ),
     ),
-    ("](", re.compile(r"\]\([^()\s]*\s+(?:\"[^\"]{1,400}\"|'[^']{1,400}')\)")),
+    ("](", re.compile(r"\]\([^()\s]{0,2000}\s+(?:\"[^\"]{1,400}\"|'[^']{1,400}')\)")),
     ("![", re.compile(r"!\[[^\]\n]{12,}\]")),
     ("[//]", re.compile(r"\[//\]: ?#[^\n]*")),
 )

@@ -667,8 +667,8 @@ RULES: tuple[Rule, ...] = (
           "forward|share|grant|exfiltrat", 0.15, 0.4, also="delete|remove|send|forward|transfer|"
           "share|grant|email|post|upload|wipe|drop|pay|buy|exfiltrat"),
     _rule("indirect.html_comment",
-          rf"<!--[\s\S]{{0,400}}?\b(?:{_AI}|instructions?|ignore|system prompt|you must|you "
-          r"should)\b[\s\S]{0,400}?-->",
+          rf"<!--(?:(?!<!--)[\s\S]){{0,400}}?\b(?:{_AI}|instructions?|ignore|system prompt"
+          r"|you must|you should)\b[\s\S]{0,400}?-->",
           "<!--", 0.2, 0.4),
     _rule("indirect.ai_must",
           rf"\b(?:the |any |every )?{_AI}s? (?:must|should|shall|is required to|needs to|has to"
