@@ -1287,8 +1287,8 @@ def _weight(
     """A match's weight by where it is: nothing for what agent reminders may say (inside one);
     the untrusted weight in untrusted text, a pasted document or hidden markup; less for a chat
     template's delimiters in a text that discusses templates; else the user's weight."""
-    if where.reminder and inside(where.reminder, start):
-        return 0.0 if rule.name in _REMINDER_MAY else rule.user
+    if rule.name in _REMINDER_MAY and where.reminder and inside(where.reminder, start):
+        return 0.0
     if untrusted or inside(where.pasted, start) or (where.markup and inside(where.hidden, start)):
         return rule.untrusted
     if rule.name.startswith(_DELIMITERS):
