@@ -1,12 +1,14 @@
-"""Prompt screening: quality on the labelled corpus, and time per 2000-character prompt.
+"""Prompt screening: quality on the labelled corpora, and time per 2000-character prompt.
 
     .venv/bin/python bench/screening.py [--quick] [--techniques]
 
 Quality: recall (injections caught) and false positive rate (benign prompts refused) of the
-article's six patterns alone and of the full screen, on the whole corpus and on its held-out
-part (the lines the rules were not tuned on). Time: the rules (normalization, decodings and
-matching) on 2000-character prompts of six kinds, each prompt screened afresh (the screen's
-cache of already-screened texts is emptied first), with p50, p99 and max in microseconds.
+article's six patterns alone and of the full screen, on the first corpus and on its held-out
+part; then per category on the categorised corpus of issue 13 (tuned part and held-out file),
+each example sent the way a client sends it (a user message, or a tool result) and screened
+through ``texts_of``. Time: the rules (normalization, context, decodings and matching) on
+2000-character prompts of seven kinds, each prompt screened afresh (the screen's cache of
+already-screened texts is emptied first), with p50, p99 and max in microseconds.
 """
 
 from __future__ import annotations
@@ -23,10 +25,16 @@ from pathlib import Path
 
 import msgspec
 
-from tokenrelay.screening import Screen, ScreenSettings, ScreenText
+from tokenrelay.model import Message, Request, TextPart, ToolResultPart
+from tokenrelay.screening import Screen, ScreenSettings, ScreenText, texts_of
 from tokenrelay.screening.rules import article_flags
 
-CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "screening_corpus.jsonl"
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+CORPUS = DATA / "screening_corpus.jsonl"
+CATEGORISED = {
+    "tuned": DATA / "screening_categories.jsonl",
+    "held-out": DATA / "screening_holdout.jsonl",
+}
 SIZE = 2000
 
 
@@ -98,6 +106,58 @@ def quality(lines: list[Line], techniques: bool) -> None:
     print(f"\nwrong verdicts: {len(misses)} of {len(lines)}")
 
 
+class Example(msgspec.Struct):
+    text: str
+    label: str
+    category: str
+    lang: str
+    source: str
+
+
+def _request(example: Example) -> Request:
+    if example.source == "tool":
+        messages = [
+            Message("user", [TextPart("Go ahead.")]),
+            Message("user", [ToolResultPart("toolu_1", example.text)]),
+        ]
+    else:
+        messages = [Message("user", [TextPart(example.text)])]
+    return Request(dialect="anthropic", model="default", messages=messages)
+
+
+def categories() -> None:
+    """Recall or false-positive rate per category, tuned part and held-out file side by side."""
+    screen = Screen(ScreenSettings())
+    counts: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0])
+    totals: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for part, path in CATEGORISED.items():
+        for row in path.read_bytes().splitlines():
+            example = msgspec.json.decode(row, type=Example)
+            refused = screen.check_text(texts_of(_request(example))).injection
+            for key in ((example.label, example.category, part),):
+                counts[key][0] += 1
+                counts[key][1] += refused
+            totals[(example.label, part)][0] += 1
+            totals[(example.label, part)][1] += refused
+    print("\n## Per category (categorised corpus)\n")
+    print("| category | kind | tuned: n | tuned: rate | held-out: n | held-out: rate |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    names = sorted({(label, category) for label, category, _ in counts}, reverse=True)
+    for label, category in names:
+        cells = []
+        for part in CATEGORISED:
+            n, hits = counts[(label, category, part)]
+            cells.append(f"{n} | {hits / n:.2f}" if n else "0 | -")
+        kind = "recall" if label == "injection" else "false positives"
+        print(f"| {category} | {kind} | {' | '.join(cells)} |")
+    for label, kind in (("injection", "recall"), ("benign", "false positives")):
+        cells = []
+        for part in CATEGORISED:
+            n, hits = totals[(label, part)]
+            cells.append(f"{n} | {hits / n:.3f}")
+        print(f"| **all** | {kind} | {' | '.join(cells)} |")
+
+
 def _fill(texts: list[str], rng: random.Random, size: int = SIZE) -> str:
     out: list[str] = []
     length = 0
@@ -109,8 +169,13 @@ def _fill(texts: list[str], rng: random.Random, size: int = SIZE) -> str:
 
 
 def prompts(lines: list[Line], count: int) -> dict[str, list[tuple[str, str]]]:
-    """2000-character prompts of six kinds, as (text, source)."""
+    """2000-character prompts of seven kinds, as (text, source)."""
     rng = random.Random(7)
+    everyday = [
+        x.text
+        for x in lines
+        if x.label == "benign" and x.technique in ("general", "writing", "support", "coding")
+    ]
     benign_en = [
         x.text for x in lines if x.label == "benign" and x.source == "user" and x.lang == "en"
     ]
@@ -126,6 +191,7 @@ def prompts(lines: list[Line], count: int) -> dict[str, list[tuple[str, str]]]:
     ]
     kinds: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for _ in range(count):
+        kinds["benign, everyday requests"].append((_fill(everyday, rng), "user"))
         kinds["benign, English"].append((_fill(benign_en, rng), "user"))
         kinds["benign, many languages"].append((_fill(benign_en + benign_intl, rng), "user"))
         kinds["benign document (untrusted)"].append((_fill(documents, rng), "untrusted"))
@@ -197,6 +263,7 @@ def main() -> None:
     timing(lines, count=10 if args.quick else 40, repeats=3 if args.quick else 15)
     print()
     quality(lines, args.techniques)
+    categories()
     sys.stdout.flush()
 
 

@@ -72,6 +72,10 @@ _HEX_RUN = re.compile(r"[2-7][0-9a-fA-F](?:(?:[ :,]|\\x|0x)?[2-7][0-9a-fA-F]){7,
 _HEX_SEP = re.compile(r"\\x|0x|[ :,]")
 _PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
 _HTML_RUN = re.compile(r"(?:&#x?[0-9a-fA-F]{1,6};\s?){4,}")
+# Quoted fragments a prompt asks the model to join ("a = 'ign' ... b = 'ore all'... do a + b").
+_FRAGMENT = re.compile(r"['\"]([^'\"\n]{1,40})['\"]")
+_JOIN_CUES = ("+", "join", "concat", "combin", "merge", "together", "assembl", "fragment",
+              "piece")  # fmt: skip
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _LEET = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"}
@@ -216,7 +220,8 @@ def decodings(
     rot13: Sequence[int] = (),
     reversed_: Sequence[int] = (),
 ) -> list[tuple[str, str]]:
-    """``(encoding, normalized reading)`` for each hidden reading of one prompt.
+    """``(encoding, normalized reading)`` for each hidden reading of one prompt (and the quoted
+    fragments of a split payload, joined, when the prompt speaks of joining them).
 
     ``cleaned`` and ``text`` are ``clean(raw)`` and ``fold(cleaned)``; ``rot13`` and
     ``reversed_`` are where in ``text`` the caller saw common words of those readings (enough of
@@ -240,6 +245,8 @@ def decodings(
     if "%" in cleaned:
         for run in _PERCENT_RUN.findall(cleaned):
             _add(views, "percent", unquote(run), budget)
+        if cleaned.count("%20") >= 3:  # words joined by encoded blanks: "ignore%20all%20..."
+            _add(views, "percent", unquote(cleaned), budget)
     if "&#" in cleaned:
         import html
 
@@ -257,6 +264,14 @@ def decodings(
         ]
         if len(words) >= 2:
             views.append(("leetspeak", b" ".join(words).decode().translate(_LEET)))
+    if any(cue in text for cue in _JOIN_CUES) and (text.count("'") + text.count('"')) >= 4:
+        fragments = [
+            match.group(1)
+            for match in _FRAGMENT.finditer(cleaned)
+            if match.start() == 0 or not cleaned[match.start() - 1].isalnum()
+        ]
+        if 2 <= len(fragments) <= 40:
+            views.append(("joined", normalize("".join(fragments))))
     if rot13:
         views.append(("rot13", _lines(text, rot13).translate(_ROT13)))
     if reversed_:

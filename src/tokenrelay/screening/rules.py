@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from tokenrelay.screening.context import Spans, inside, spans
 from tokenrelay.screening.normalize import REVERSED_WORDS, ROT13_WORDS, clean, decodings, fold
 
 Source = Literal["user", "untrusted"]
@@ -115,30 +116,34 @@ _DROP = (
     r"(?:ignore|ignoring|disregard|disregarding|forget|forgetting|skip|set aside|put aside"
     r"|pay no attention to|do not (?:follow|obey|heed)|don'?t (?:follow|obey|heed)"
     r"|stop (?:following|obeying)|no longer (?:follow|obey)|abandon|discard|throw out|neglect"
-    r"|override|overriding|bypass|circumvent|overlook|disobey|drop)"
+    r"|override|overriding|bypass|circumvent|overlook|disobey|drop|quit (?:obeying|following)"
+    r"|scrap|scratch|never ?mind|toss|cancel)"
 )
 _EARLIER = (
     r"(?:previous|previously given|prior|preceding|above|earlier|former|foregoing|initial"
-    r"|original|old|system|developer|your|all|any|every|these|those|existing)"
+    r"|original|old|system|developer|your|all|any|every|these|those|existing|current"
+    r"|operator'?s?|the operator'?s?)"
 )
 _ORDERS = (
     r"(?:instructions?|prompts?|rules?|directives?|guidelines?|commands?|orders|constraints?"
     r"|restrictions|guardrails|programming|directions|polic(?:y|ies)|safeguards|limitations"
-    r"|conditioning|training|system messages?|settings|guidance|configuration|setup)"
+    r"|conditioning|training|system messages?|developer messages?|settings|guidance"
+    r"|configuration|setup)"
 )
 _SECRET_PROMPT = (
     r"(?:system|developer|hidden|secret|initial|original|internal|confidential|pre|meta|custom"
-    r"|base|starting|opening|first)[\W_]{0,3}(?:prompt|message|instructions|directives|rules"
+    r"|base|starting|opening|first|setup|configuration|config)[\W_]{0,3}(?:prompt|message"
+    r"|instructions|directives|rules"
     r"|guidelines|configuration|context)"
 )
 _SHOW = (
     r"(?:reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write|recite"
     r"|disclose|list|spell|paste|expose|provide|return|echo|quote|copy|translate|reproduce"
-    r"|summari[sz]e|type|read back|send|what(?:'s| is| are| was| were))"
+    r"|summari[sz]e|type|read back|send|encode|what(?:'s| is| are| was| were))"
 )
 _AI = (
     r"(?:ai|a\.i\.|llm|llms|language model|chatbot|chat bot|gpt|chatgpt|claude|gemini|copilot"
-    r"|ai assistant|ai model|ai agent|assistant|model|bot|agent)"
+    r"|ai assistant|ai model|ai agent|assistant|model|bot|agent|summari[sz]er|translator)"
 )
 _FREE = (
     r"(?:unrestricted|unfiltered|uncensored|jailbroken|unaligned|amoral|unethical|unchained"
@@ -146,7 +151,8 @@ _FREE = (
 )
 _LIMITS = (
     r"(?:restrictions|limitations|limits|filters|filtering|censorship|guidelines|rules|morals"
-    r"|ethics|boundaries|constraints|guardrails|safeguards|policies|principles|moral compass)"
+    r"|ethics|boundaries|constraints|guardrails|safeguards|policies|principles|moral compass"
+    r"|content polic(?:y|ies))"
 )
 
 # --- rules -------------------------------------------------------------------------------------
@@ -165,9 +171,10 @@ RULES: tuple[Rule, ...] = (
     _rule("override.ignore_previous",
           rf"\b{_DROP}\b(?! ~2~(?:my|our|the user'?s)\b) ~3~{_EARLIER}\b ~3~{_ORDERS}\b",
           "ignor|disregard|forget|skip|aside~5|attention~8|follow~12|obey~12|heed~12|abandon|"
-          "discard|throw|neglect|overrid|bypass|circumvent", 0.9, also="instruction|prompt|rule|"
-          "directive|guideline|command|order|constraint|restriction|guardrail|programming|"
-          "direction|polic|safeguard|limitation|conditioning|training|system|setting"),
+          "discard|throw|neglect|overrid|bypass|circumvent|scrap|scratch|never|toss|cancel",
+          0.9, also="instruction|prompt|rule|directive|guideline|command|order|constraint|"
+          "restriction|guardrail|programming|direction|polic|safeguard|limitation|conditioning|"
+          "training|system|setting|guidance|configuration|setup|developer"),
     _rule("override.ignore_above",
           r"\b(?:ignore|disregard|forget) (?:all )?(?:of )?(?:the |what(?:'s| is| was) )?"
           r"(?:above|previous|preceding|foregoing|prior|before)"
@@ -222,14 +229,21 @@ RULES: tuple[Rule, ...] = (
           "moderation|limitation|censorship", "disabled|deactivated|off|offline|inactive|removed|"
           "lifted|turned|bypassed|suspended|switched|longer")),
     _rule("override.void",
-          rf"\b{_ORDERS}\b ~6~(?:are |is |were |have been |has been )?(?:now |hereby |all )?"
+          r"(?:(?<!our\s)(?<!my\s)(?<!their\s)(?<!his\s)(?<!her\s)(?<!its\s)"
+          r"\b(?:your|ur|the (?:ai|model"
+          r"|assistant|bot)'?s?|(?:all )?(?:(?:the|these|those) )?(?:previous|prior|earlier|above"
+          rf"|original|initial|system))\b ~1~{_ORDERS}|\b{_ORDERS} (?:you (?:were |have been |'ve"
+          r" been )?(?:given|got|received|told)|given to you|from (?:your|the) (?:developers?"
+          r"|operators?|creators?|system)))\b ~6~(?:are |is |were |have been |has been )?"
+          r"(?:now |hereby |all )?"
           r"(?:outdated|obsolete|void|null|cancel+ed|revoked|invalid|lifted|suspended|disabled"
           r"|deprecated|overridden|superseded|fake|a test|not real|no longer (?:valid|active|"
           r"in effect"
           r"|apply|applies|matter|exist)|(?:do|does)(?:n'?t| not) apply(?: anymore)?)\b",
           "instruction|prompt|rule|directive|guideline|command|order|constraint|restriction|"
           "guardrail|programming|direction|polic|safeguard|limitation|conditioning|training|"
-          "system|setting|guidance|configuration|setup", 0.75,
+          "system|setting|guidance|configuration|setup|your|ur$|the|all$|these|those|previous|"
+          "prior|earlier|above|original|initial", 0.75,
           also="outdated|obsolete|void|null|cancel|revoked|invalid|longer|lifted|suspended|"
           "disabled|deprecated|overridden|superseded|fake|test|real|apply"),
     _rule("override.ignore_received",
@@ -237,13 +251,16 @@ RULES: tuple[Rule, ...] = (
           r"|got|told|sent)|given to you|(?:from|by) (?:the |your )?(?:developers?|system|"
           r"operators?"
           r"|creators?|company|openai|anthropic)|(?:before|earlier|previously|above|so far|at the"
-          r" (?:start|beginning|top))\b)",
+          r" (?:start|beginning|top))\b|(?:the |your )?(?:operators?|developers?|company|admins?"
+          r"|creators?) (?:gave|wrote|set|put)|you (?:started|began) with|you (?:were|have been)"
+          r" (?:configured|set up|initiali[sz]ed) with)",
           "ignor|disregard|forget|skip|aside~5|attention~8|follow~12|obey|heed|abandon|discard|"
           "throw|neglect|overrid|bypass|circumvent|overlook|disobey|drop", 0.8,
           also=("instruction|prompt|rule|directive|guideline|command|order|constraint|restriction|"
           "guardrail|programming|direction|polic|safeguard|limitation|conditioning|training|"
           "system|setting|guidance|configuration|setup", "given|received|got|told|sent|from|by|"
-          "before|earlier|previously|above|so$|start|beginning|top")),
+          "before|earlier|previously|above|so$|start|beginning|top|gave|wrote|set|put|started|"
+          "began|configured|initiali")),
     _rule("override.conversation_over",
           r"\b(?:previous|prior|above|earlier|current|old) (?:conversation|session|chat|task|"
           r"context"
@@ -297,15 +314,15 @@ RULES: tuple[Rule, ...] = (
           r"unshackled)"
           r" (?:free )?(?:of|from) (?:its|your|their|the|all|any|his|her)? ?(?:typical |usual |"
           r"normal"
-          r" )?(?:programming|restrictions|rules|guidelines|constraints|guardrails|limitations|"
-          r"filters"
+          r" )?(?:\w+(?:'s|s')? )?(?:programming|restrictions|rules|guidelines|constraints"
+          r"|guardrails|limitations|filters"
           r"|training|confines|alignment|safety)\b",
           "broken|broke|breaks|break|breaking|freed|escaped|escapes|liberated|released|"
           "unshackled", 0.6, also="programming|restriction|rule|guideline|constraint|guardrail|"
           "limitation|filter|training|confines|alignment|safety"),
     _rule("persona.can_do_anything",
-          r"\b(?:can|could|will|able to|capable of|allowed to) (?:do|say|write|answer|generate) "
-          r"(?:absolutely )?(?:anything|everything|whatever)\b",
+          r"\b(?:(?:can|could|will|able to|capable of|allowed to) (?:do|say|write|answer|generate)"
+          r"|answers|does|says) (?:absolutely )?(?:anything|everything|whatever)\b",
           "anything~25|everything~25|whatever~25", 0.35,
           also="ai$|bot|assistant|model|chatbot|llm|gpt|you"),
     _rule("persona.no_rules",
@@ -321,8 +338,8 @@ RULES: tuple[Rule, ...] = (
           "moral~15|ethic~15|content~15|safety~15", 0.5, also="no$|zero|without|free|lack"),
     _rule("persona.cannot_refuse",
           r"\b(?:never|don'?t|do not|can'?t|cannot|can not|must not|will not|won'?t|shouldn'?t"
-          r"|should not|are not allowed to|aren'?t allowed to|may not) (?:ever )?(?:refuse|decline"
-          r"|reject|say no|say that you can'?t|deny)\b",
+          r"|should not|are not allowed to|aren'?t allowed to|may not) (?:ever )?(?:refuses?"
+          r"|declines?|rejects?|says? no|say that you can'?t|deny)\b",
           "refuse~20|decline~20|reject~20|say~20|deny~20", 0.45),
     _rule("persona.answer_anything",
           r"\b(?:answer|respond to|comply with|fulfill|do) (?:any|every|all|anything)(?: \w+)?"
@@ -354,8 +371,9 @@ RULES: tuple[Rule, ...] = (
           r"|reply|have|no longer|speak)\b",
           "now~6|point~12|rest~10|henceforth|forward~7", 0.3),
     _rule("persona.pretend_ai",
-          rf"\b(?:pretend|imagine|suppose|act as if|act like|role-?play|simulate)(?: that)? you"
-          rf"(?: are|'re| were| have| had)? ~3~(?:an? |another |a different )?{_AI}\b ~5~(?:no|"
+          rf"\b(?:pretend|imagine|suppose|act as if|act like|role-?play|simulate)(?: that)?"
+          rf"(?: you(?: are|'re| were| have| had)?| to be) ~3~(?:an? |another |a different )?"
+          rf"{_AI}\b ~5~(?:no|"
           rf"without"
           r"|free|never|not bound|can do anything|able to do anything|unlimited)\b",
           "act$|pretend|imagin|suppose|role|simulat", 0.5, also=("ai$|llm|language|chatbot|chat|"
@@ -421,8 +439,9 @@ RULES: tuple[Rule, ...] = (
           rf"the assistant'?s?) ~2~{_SECRET_PROMPT}",
           "reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write|recite|"
           "disclose|list|spell|paste|expose|provide|return|echo|quote|copy|translate|reproduce|"
-          "summari|type|read|send|what", 0.85, also=("system|developer|hidden|secret|initial|"
-          "original|internal|confidential|pre|meta|custom|base|starting|opening|first", "prompt|"
+          "summari|type|read|send|what|encod", 0.85, also=("system|developer|hidden|secret|initial|"
+          "original|internal|confidential|pre|meta|custom|base|starting|opening|first|setup|"
+          "configuration|config", "prompt|"
           "message|instruction|directive|rule|guideline|configuration|context")),
     _rule("extract.the_hidden_prompt",
           rf"\b{_SHOW}\b ~4~(?:the|all|any|those|these) ~1~(?:hidden|secret|initial|original"
@@ -505,7 +524,8 @@ RULES: tuple[Rule, ...] = (
           "betterdan|anti|evil|mongo|jailbreakgpt|basedgpt|developer|intelligent~7|strive|aligned|"
           "chaosgpt|chaos|devmode|dev$|nsfw|ucar|omega|superior|unlimited|freedomgpt", 0.7),
     _rule("jailbreak.word",
-          r"\bjailbr\w* ~2~(?:ai|chatgpt|gpt|claude|llm|model|assistant|mode|persona|version"
+          r"\bjailbr\w* (?:an? |the |your |this )?(?:ai|chatgpt|gpt|claude|llm|model|assistant"
+          r"|mode|persona|version"
           r"|response|prompt|yourself|you|bot|chatbot|character)s?\b"
           r"|\b(?:you|chatgpt|claude|ai|model|assistant)(?: are| is| have been| has been"
           r"|'re)? (?:now )?(?:fully )?jailbr\w*",
@@ -543,8 +563,9 @@ RULES: tuple[Rule, ...] = (
           "grand~20", 0.3),
     _rule("jailbreak.grandma_persona",
           r"\b(?:act|pretend|roleplay|role-play|play|be|behave) (?:as |like |to be )?(?:my |a )"
-          r"(?:dead|late|deceased|departed|beloved) grand(?:ma|mother|pa|father)\b",
-          "grand~45", 0.55),
+          r"(?:dead|late|deceased|departed|beloved) (?:grand(?:ma|mother|pa|father)|father|mother"
+          r"|dad|mom|mum|uncle|aunt)\b",
+          "grand~45|father~45|mother~45|dad~45|mom~45|mum~45|uncle~45|aunt~45", 0.55),
     _rule("jailbreak.no_warnings",
           r"\b(?:without|no|never (?:add|include|give)|skip (?:the|all|any)?) (?:any )?(?:warnings"
           r"|disclaimers|moralizing|moralising|lectures|ethical commentary|safety warnings)\b",
@@ -608,11 +629,11 @@ RULES: tuple[Rule, ...] = (
           r"|learn|notice)\b"
           r"|\bwithout (?:the (?:user|human)|them) (?:knowing|noticing|being aware)"
           r"|\b(?:secretly|silently|quietly|covertly) (?:send|forward|email|share|upload|include"
-          r"|insert|transfer|delete|add|copy|post|change|modify)\b",
+          r"|insert|transfer|delete|add|copy|post|change|modify|append|attach|embed)\b",
           "tell~20|telling~20|inform~20|mention~20|reveal~20|alert~20|notify~20|disclos~20|"
           "show~20|let~20|user~5|human~5|knowing~25|noticing~25|aware~30|secretly|silently|"
           "quietly|covertly",
-          0.5, 0.75, also="user|human|reader|operator|requester|knowing|noticing|aware|secretly|"
+          0.3, 0.75, also="user|human|reader|operator|requester|knowing|noticing|aware|secretly|"
           "silently|quietly|covertly"),
     _rule("indirect.exfiltrate",
           r"\b(?:send|forward|post|email|e-mail|upload|exfiltrate|transmit|leak|append|embed"
@@ -646,8 +667,8 @@ RULES: tuple[Rule, ...] = (
           "forward|share|grant|exfiltrat", 0.15, 0.4, also="delete|remove|send|forward|transfer|"
           "share|grant|email|post|upload|wipe|drop|pay|buy|exfiltrat"),
     _rule("indirect.html_comment",
-          rf"<!--[\s\S]{{0,400}}?\b(?:{_AI}|instructions?|ignore|system prompt|you must|you "
-          r"should)\b[\s\S]{0,400}?-->",
+          rf"<!--(?:(?!<!--)[\s\S]){{0,400}}?\b(?:{_AI}|instructions?|ignore|system prompt"
+          r"|you must|you should)\b[\s\S]{0,400}?-->",
           "<!--", 0.2, 0.4),
     _rule("indirect.ai_must",
           rf"\b(?:the |any |every )?{_AI}s? (?:must|should|shall|is required to|needs to|has to"
@@ -669,6 +690,129 @@ RULES: tuple[Rule, ...] = (
           r"pieces|variables|words|fragments|tokens|letters)\b ~6~(?:follow|execute|obey|perform"
           r"|run|carry out|do what|act on)\b",
           "concatenat|combine|join|merge|together~4", 0.6),
+    # Phrasings the first rule set missed (issue 13): loose overrides, polite extraction, persona
+    # loyalty, assembled payloads, data carried out in URLs, and text that addresses the model.
+    _rule("override.what_you_were_told",
+          rf"\b{_DROP}\b ~1~what(?:ever)? (?:you (?:were|have been|'ve been)|(?:the |your )?"
+          r"(?:operator|developers?|system|company) (?:has |have )?) ?(?:told|given|instructed"
+          r"|programmed|said|wrote)",
+          "ignor|disregard|forget|skip|aside~5|attention~8|never|scrap|drop|overrid", 0.85,
+          also="told|given|instructed|programmed|said|wrote"),
+    _rule("override.system_message",
+          rf"\b{_DROP} (?:the |your |this )?(?:system|developer|operator'?s?|hidden|initial)"
+          r" (?:message|prompt|instructions)\b",
+          "ignor|disregard|forget|skip|aside~5|attention~8|follow~12|obey~12|heed~12|abandon|"
+          "discard|throw|neglect|overrid|bypass|circumvent|scrap|scratch|never|toss|cancel", 0.85,
+          also="system|developer|operator|hidden|initial"),
+    _rule("override.above_void",
+          r"\b(?:everything|all|anything|the text|the instructions?|whatever) (?:written |said )?"
+          r"(?:above|before) (?:this (?:line|point|message) )?(?:is|are|was|were) (?:now )?"
+          r"(?:obsolete|void|cancel+ed|invalid|irrelevant|outdated|null|fake|a test)\b",
+          "everything|all$|anything|text|instruction|whatever", 0.7,
+          also="obsolete|void|cancel|invalid|irrelevant|outdated|null|fake|test"),
+    _rule("extract.given_instructions",
+          rf"\b(?:{_SHOW}|read|see|know|audit|describe|access|compare)(?:s|ed|ing)?\b ~6~"
+          r"(?:exact |full "
+          r"|complete |original |initial |hidden |secret |actual |verbatim |confidential )?"
+          r"(?:instructions|prompt|guidelines|rules|setup (?:message|prompt)|configuration"
+          r"(?: prompt)?|system message|developer message|directives|wording|words)\b ~3~(?:you"
+          r"(?: were| have been|'ve been| are being| are|'re) (?:given|configured|initiali[sz]ed"
+          r"|set up|told|following|operating under|provided|instructed)|you (?:received|got"
+          r"|operate under|follow|see above|were initiali[sz]ed with)|(?:from|by) (?:your|the)"
+          r" (?:operator|company|developers?|creators?|deployers?)|(?:the |your )?(?:operator"
+          r"|company|developers?|creators?) (?:gave|wrote|put|set))",
+          "reveal|show|print|display|output|repeat|tell|give|share|leak|dump|write|recite|"
+          "disclose|list|spell|paste|expose|provide|return|echo|quote|copy|translate|reproduce|"
+          "summari|type|read|send|encode|what|see|know|audit|describ|access|compar", 0.75,
+          also=("instruction|prompt|guideline|rule|setup|configuration|system|developer|"
+          "directive|wording|words", "you|your|operator|company|developer|creator|deployer")),
+    _rule("extract.before_conversation",
+          r"\b(?:message|text|instructions|prompt|words|lines) (?:that |which )?(?:(?:was|is|were"
+          r"|got) )?(?:appears?|comes?|came|sits?|is|are|you see|you got|you have|written|put"
+          r"|placed|given) (?:before|above|prior to|ahead of)"
+          r" (?:our|this|the|my first|my) (?:conversation|chat|message|question|first message)",
+          "message|text|instruction|prompt|word|line", 0.7,
+          also=("before|above|prior|ahead", "conversation|chat|message|question")),
+    _rule("extract.prompt_says",
+          r"\byour (?:(?:system|hidden|secret|initial|original|developer|setup|configuration|full)"
+          r" (?:prompt|message|instructions)|configuration|config|setup|instructions|prompt"
+          r"|guidelines) (?:say|says|contain|contains|look like|looks like|read|reads|state"
+          r"|states)\b",
+          "your", 0.75, also="say|says|contain|look|looks|read|reads|state|states"),
+    _rule("persona.unlimited_version",
+          r"\b(?:version|copy|clone|variant|twin) of (?:yourself|you|the ai|chatgpt|claude|the"
+          r" model)\b ~4~(?:no|without|free|unrestricted|unfiltered|uncensored|before (?:your |its"
+          r" )?(?:safety|alignment|training))\b"
+          r"|\b(?:removed|stripped|deleted|disabled|lifted|took away) (?:all )?(?:of )?(?:its|your"
+          r"|his|her|their) (?:limits|limitations|restrictions|rules|guidelines|filters|safety"
+          r"|guardrails|safeguards)\b",
+          "version|copy|clone|variant|twin|removed|stripped|deleted|disabled|lifted|took", 0.5),
+    _rule("persona.obey_only_me",
+          r"\b(?:obeys?|answers?|listens?|responds?|reports?|is loyal) only (?:to )?me\b"
+          r"|\b(?:obeys?|answers?|listens?) to no one but me\b"
+          r"|\bignores? (?:its|your) (?:operators?|developers?|creators?|owner|system prompt)\b",
+          "obey|answer|listen|respond|report|loyal~4|ignor", 0.6,
+          also="only|one$|operator|developer|creator|owner|system|guideline|rule|instruction"),
+    _rule("evasion.assemble",
+          r"\b(?:put (?:them|these|it|the \w+) together|(?:re)?assembl\w*|concatenat\w*|combin\w*"
+          r"|join\w*|merge\w*|glue|stitch|fill (?:in )?the blanks?|read (?:only )?(?:the )?(?:first"
+          r"|last|capital|initial|every)|take the first (?:word|letter)|first letters?|junta\w*"
+          r"|setze\w*)\b[\s\S]{0,120}?\b(?:obey|comply|follow (?:it|them|that|the (?:result"
+          r"|instruction|message|sentence|command))|do (?:it|that|what (?:it|they|a ?\+ ?b)"
+          r" says?)|do as it says|execute(?! the (?:tests?|query|script|code|program))"
+          r"|carry (?:it )?out|act on|treat \w+ as|stay in that mode|respond to|obedece|befolge)\b",
+          "put|reassembl|assembl|concatenat|combin|join|merge|glue|stitch|fill|letter~7|"
+          "every~14|capital~14|junta|setze", 0.6,
+          also="obey|comply|follow|do$|execute|carry|act$|treat|stay|respond|obedece|befolge"),
+    _rule("exfil.image_placeholder",
+          r"(?:!\[[^\]\n]{0,80}\]\(\s*|<img\b[^>]{0,80}\bsrc=[\"']?)https?://[^)\s\"'>]+[?&][\w-]+="
+          r"(?:\{|\[|<|\$|%[a-z_]|_{2,}|[^)\s&\"'>]*(?:secret|password|token|history|conversation"
+          r"|chat|summary|data|key|email|user|message|session|prompt|name|card|notes))",
+          "![|<img", 0.55, 0.75),
+    _rule("exfil.image_placeholder_cased",
+          r"(?:!\[[^\]\n]{0,80}\]\(\s*|<img\b[^>]{0,80}\bsrc=[\"']?)https?://[^)\s\"'>]+[?&][\w-]+="
+          r"[A-Z][A-Z_]{0,20}(?=[)&\s\"'>])",
+          "![|<img", 0.5, 0.7, cased=True),
+    _rule("exfil.fill_url",
+          r"https?://\S*?[?&][\w-]+=(?=[\s)\"'\]>]|$)[\s\S]{0,160}?\b(?:conversation|chat ?history"
+          r"|history|previous messages|messages?|e-?mail(?: address)?|password|api key|token"
+          r"|secrets?|system prompt|instructions|card number|address|phone|private notes|notes"
+          r"|what the user|everything the user|summary|chatverlauf|verlauf|historique)\b"
+          r"|\b(?:append|appended|followed by|fill(?:ing)? in|replac\w+ \w+ (?:with|by)|where \w+"
+          r" is|put \w+ after|in place of|url-?encoded|ersetze|remplaçant)\b[\s\S]{0,160}?https?://"
+          r"\S*?[?&][\w-]+=",
+          "http~60|append|followed|fill|replac|where|put|place~3|url|ersetze|remplaçant", 0.55,
+          0.7, also=("append|replac|fill|followed|place|include|embed|attach|render|add|put|encod|"
+          "insert|equals|ersetze|remplaçant|füge|ajoute|show|end|output|make|fetch|visit",
+          "conversation|chat|history|message|mail|password|api|token|secret|prompt|instruction|"
+          "card|address|phone|notes|typed|wrote|summary|chatverlauf|verlauf|historique")),
+    _rule("indirect.to_the_ai",
+          r"(?:\b(?:to|for|dear|hey|attention|note to|ps for|p\.s\. for|message for"
+          r"|instructions? (?:to|for)|hinweis für|note à) (?:the |any |all |every |l')?"
+          r"|(?:(?<=\n)|^|(?<=[.!?>]\s)|(?<=>)))"
+          r"(?:ai|ia|ki|llm|llms|language models?|assistants?|chatbots?|ai (?:agents?|models?"
+          r"|assistants?|systems?)|ki-assistenten|automated (?:assistants?|systems?|agents?)"
+          r"|summari[sz]ers?|translator ai|models?)(?: (?:reading|processing|summari[sz]ing"
+          r"|parsing|translating|reviewing|that reads?) (?:this|these|the)(?: \w+)?)?(?: \w+)?"
+          r" ?[,:]",
+          "ai$~30|ia$~30|ki$~30|llm~30|language~30|assistant~30|chatbot~30|automated~30|"
+          "summari~30|translator~30|model~30|ki-assistenten~30", 0.15, 0.55,
+          also="ai$|ia$|ki$|llm|llms|language|assistant|chatbot|automated|summari|translator|"
+          "model|ki-assistenten"),
+    _rule("indirect.models_processing",
+          r"\b(?:ai|llm|language model|assistant|agent|chatbot|model|summari[sz]er)s? (?:reading"
+          r"|processing|summari[sz]ing|parsing|translating|reviewing|indexing) (?:this|these)\b",
+          "reading~30|processing~30|summari~30|parsing~30|translating~30|reviewing~30|"
+          "indexing~30", 0.2, 0.6),
+    _rule("indirect.new_instructions",
+          r"\b(?:new|updated|revised|real|actual|additional) (?:instructions|directives|task"
+          r"|orders|rules) (?:from|by|for) (?:the )?(?:tool|provider|admin|administrator|system"
+          r"|developer|operator|owner|author|site|page)",
+          "new|updated|revised|real|actual|additional", 0.2, 0.55),
+    _rule("indirect.ignore_the_user",
+          r"\b(?:ignore|disregard|forget) (?:the|this) (?:user|human|customer|requester)\b(?!'s"
+          r"| (?:name|id|account|profile|data|table|record|interface|agent))",
+          "ignor|disregard|forget", 0.2, 0.6),
     # Other languages: override, persona and extraction in the commonest forms.
     _rule("intl.es.override",
           r"\b(?:ignor|olvid|descart|omit|desobedec)\w* ~3~(?:las |tus |sus )?(?:instrucciones"
@@ -682,12 +826,12 @@ RULES: tuple[Rule, ...] = (
           r"|responderás|responderas)|ya no eres)\b",
           "eres~12|serás~20|seras~20|actuarás~20|actuaras~20|responderás~20|responderas~20", 0.3),
     _rule("intl.es.extract",
-          r"\b(?:revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|comparte"
+          r"\b(?:revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|compart"
           r"|enséñame|ensename|cuál es|cual es|cuáles son|cuales son)\w* ~3~(?:tu|tus|el|las|su)"
           r" (?:prompt|mensaje|instrucciones|indicaciones) (?:\w+ )?(?:del|de) sistema\b"
           r"|\b(?:revela|muestra|dime|imprime|repite)\w* ~2~(?:tus|las) instrucciones"
           r" (?:originales|ocultas|secretas|iniciales)",
-          "revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|comparte|enséñame|"
+          "revela|muestra|muéstrame|muestrame|dime|imprime|escribe|repite|compart|enséñame|"
           "ensename|cuál|cual|cuáles|cuales", 0.85),
     _rule("intl.fr.override",
           r"\b(?:ignor|oubli|néglig|neglig)\w* ~3~(?:les |tes |vos )?(?:instructions|consignes"
@@ -724,9 +868,12 @@ RULES: tuple[Rule, ...] = (
           r"\b(?:zeig|gib|nenn|verrat|wiederhol|schreib|druck|sag|was ist|was sind|wie lautet|wie"
           r" lauten)\w* ~3~(?:deinen|deine|den|die|dein|mir deinen|mir deine|mir den) ~1~"
           r"(?:system-?prompt|systemnachricht|systemanweisungen|anfangsanweisungen"
-          r"|ursprünglichen anweisungen|versteckten anweisungen|geheimen anweisungen)",
+          r"|ursprünglichen anweisungen|versteckten anweisungen|geheimen anweisungen)"
+          r"|\b(?:deine|ihre) (?:ursprünglich|versteckt|geheim|anfänglich|system)\w* (?:anweisungen"
+          r"|instruktionen|prompt|vorgaben) ~3~(?:zeigen|nennen|verraten|ausgeben|wiederholen"
+          r"|geben|schreiben)",
           "zeig|gib$|nenn|verrat|wiederhol|schreib|druck|sag$|ist$~5|sind$~5|lautet~5|"
-          "lauten~5", 0.85),
+          "lauten~5|deine|ihre", 0.85),
     _rule("intl.pt.override",
           r"\b(?:ignor|esqueç|esquec|desconsider|descart)\w* ~3~(?:as |suas |tuas )?(?:instruções"
           r"|instrucoes|regras|diretrizes|ordens|orientações|orientacoes)\b ~2~(?:anteriores"
@@ -869,16 +1016,34 @@ RULES: tuple[Rule, ...] = (
 )  # fmt: skip
 
 _BY_NAME = {rule.name: rule for rule in RULES}
+_INDEX = {rule.name: index for index, rule in enumerate(RULES)}
 
 # A question *about* injection that quotes an attack phrase ("what does 'ignore previous
 # instructions' do?") is discounted when every hit sits inside quotes.
 _DISCUSSION = re.compile(
-    r"\b(?:prompt injections?|injection attacks?|jailbreak attempts?|attackers?|red[ -]team\w*"
-    r"|defen[dcs]\w*|protect\w*|detect\w*|guardrails?|classifiers?|security|examples?|phrases?"
-    r"|such as|what does|mean|means|paper|research|course|lecture|blog)\b"
+    r"\b(?:prompt[ -]injections?|injections?|attacks?|jailbreak\w*|attackers?|red[ -]team\w*"
+    r"|defen[dcs]\w*|protect\w*|detect\w*|guardrails?|classif\w*|security|examples?|phrases?"
+    r"|such as|what does|mean|means|paper|research|course|lecture|blog|label\w*|dataset|logs?"
+    r"|logged|flagged|regex\w*|filters?|test cases?|taxonomy|attempts?|exploits?|payloads?"
+    r"|categor\w*|dangerous|moderation|honeypot|incident|string|sentence|explain\w*|why|is this"
+    r"|thesis|malicious|benign|refused|satz|phrase|étiquet\w*|erkläre|warum|trick\w*"
+    r"|extraction|effective|stor(?:y|ies)|scene|novel|poem|screenplay|dialogue|character"
+    r"|fiction|limerick|fairy tale|fanfic|monologue|villain|hero|captain)\b"
 )
-_QUOTES = "\"'`“”‘’«»„"
+# A text about chat templates and special tokens (a developer's question, not a fake turn).
+_TEMPLATE_TALK = re.compile(
+    r"\b(?:chat[ _-]?templates?|templates?|tokeni[sz]\w*|special tokens?|tokens?|chatml|jinja"
+    r"|fine-?tun\w*|stop tokens?|(?:prompt|chat) format|markers?|eos|bos|dataset|llama\.cpp"
+    r"|vllm|hugging ?face|apply_chat_template|tiktoken|axolotl|sharegpt|alpaca|regex|parser"
+    r"|harness|plantilla|jetons?|llama|mistral|gemma|qwen|phi-?\d)\b"
+)
+_DELIMITERS = ("delimiter.", "article.system_tag", "article.assistant_tag")
+# What an agent harness's reminder says as a matter of course ("do not mention this to the user").
+_REMINDER_MAY = frozenset({"indirect.hide_from_user", "indirect.ignore_task"})
+_NO_SPANS = Spans()
 DISCUSSION_FACTOR = 0.4
+TEMPLATE_FACTOR = 0.3  # a special token named in a question about templates
+HIDDEN_BONUS = 0.3  # an instruction where the reader of the page cannot see it
 ENCODED_BONUS = 0.3  # an instruction hidden in an encoding is a signal of its own
 CERTAIN = 0.99  # a score past which more evidence changes nothing: the screen stops looking
 _ROT13, _REVERSED = -1, -2
@@ -1042,8 +1207,11 @@ class _Anchors:
 
     def places(self, index: int, text: str) -> list[int]:
         """Where rule ``index`` may match: its anchors, and the word starts its leads allow."""
-        where = self.found.get(index, [])
-        for starts, lead in self.led.get(index, ()):
+        led = self.led.get(index)
+        if not led:
+            return self.found.get(index, [])
+        where = list(self.found.get(index, ()))
+        for starts, lead in led:
             for start in starts:
                 where.append(start)
                 low = max(0, start - lead)
@@ -1066,35 +1234,71 @@ def _match(
     suffix: str = "",
     *,
     stop: bool = True,
-) -> tuple[bool, bool]:
-    """Add the rules ``text`` trips to ``hits``. Say whether it stopped early (with ``stop``,
-    once the evidence is ``CERTAIN``) and whether every match it saw sat inside quotes."""
+    where: Spans = _NO_SPANS,
+    starts: list[int] | None = None,
+) -> bool:
+    """Add the rules ``text`` trips to ``hits`` (and where they matched to ``starts``); say
+    whether it stopped early (with ``stop``, once the evidence is ``CERTAIN``). Each match
+    weighs what its place in ``where`` says (see ``_weight``); a rule counts at the heaviest
+    of its matches."""
     miss = 1.0 - combine(hits)
-    quoted = True
     untrusted = source == "untrusted"
+    talk: list[bool] = []  # whether the text discusses chat templates, once a delimiter matched
     for index in anchors.rules:
         rule = RULES[index]
-        weight = rule.untrusted if untrusted else rule.user
+        top = rule.untrusted if untrusted or where.pasted or where.markup else rule.user
         name = rule.name + suffix if suffix else rule.name
-        if name in hits or (suffix and hits.get(rule.name, 0.0) >= weight):
+        if name in hits or (suffix and hits.get(rule.name, 0.0) >= top):
             continue
         pattern = _PATTERNS[index] or _load(index)
+        weight = 0.0
         if rule.cased:
-            if pattern.search(cased) is None:
+            found = pattern.search(cased)
+            if found is None:
                 continue
+            weight = _weight(rule, found.start(), untrusted, where, talk, text)
+            if starts is not None:  # where the lower-cased text has it, when the two line up
+                starts.append(found.start() if len(cased) == len(text) else -1)
         else:
             match = pattern.match
+            matched = False
             for start in anchors.places(index, text):
                 if match(text, start):
-                    break
-            else:
+                    matched = True
+                    weight = max(weight, _weight(rule, start, untrusted, where, talk, text))
+                    if starts is not None:
+                        starts.append(start)
+                    if weight >= top:
+                        break
+            if not matched:
                 continue
-            quoted = quoted and _in_quotes(text, start)
+        if weight <= 0.0:
+            continue
         hits[name] = weight
         miss *= 1.0 - weight
         if stop and miss <= 1.0 - CERTAIN:
-            return True, quoted
-    return False, quoted
+            return True
+    return False
+
+
+def _weight(
+    rule: Rule, start: int, untrusted: bool, where: Spans, talk: list[bool], text: str
+) -> float:
+    """A match's weight by where it is: nothing for what agent reminders may say (inside one);
+    the untrusted weight in untrusted text, a pasted document or hidden markup; less for a chat
+    template's delimiters in a text that discusses templates; else the user's weight."""
+    if rule.name in _REMINDER_MAY and where.reminder and inside(where.reminder, start):
+        return 0.0
+    if untrusted or inside(where.pasted, start) or (where.markup and inside(where.hidden, start)):
+        return rule.untrusted
+    if rule.name.startswith(_DELIMITERS):
+        if not talk:
+            talk.append(
+                ("?" in text or bool(where.mentioned)) and bool(_TEMPLATE_TALK.search(text))
+            )
+        if talk[0]:
+            return rule.user * TEMPLATE_FACTOR
+    return rule.user
 
 
 def _load(index: int) -> re.Pattern[str]:
@@ -1102,41 +1306,72 @@ def _load(index: int) -> re.Pattern[str]:
     return pattern
 
 
-def _in_quotes(text: str, start: int) -> bool:
-    return any(quote in text[max(0, start - 2) : start] for quote in _QUOTES)
+def _discusses(text: str, where: Spans) -> bool:
+    """Whether the text's own words (outside its quotes and fences) discuss what it quotes: a
+    cue inside the quoted attack itself ("this example...") does not earn the discount."""
+    return any(not inside(where.mentioned, cue.start()) for cue in _DISCUSSION.finditer(text))
 
 
-def _all_quoted(names: dict[str, float], text: str) -> bool:
+def _matches(anchors: _Anchors, text: str, name: str) -> list[int]:
+    """Where the plain (not cased) rule ``name`` matches ``text``: every match, by its anchors."""
+    index = _INDEX.get(name)
+    if index is None or RULES[index].cased:
+        return []
+    match = (_PATTERNS[index] or _load(index)).match
+    return [start for start in set(anchors.places(index, text)) if match(text, start)]
+
+
+def _all_quoted(anchors: _Anchors, names: dict[str, float], text: str, where: Spans) -> bool:
+    """Every match of every rule in ``names`` mentioned, and none in pasted or hidden text."""
     for name in names:
-        rule = _BY_NAME[name]
-        if rule.cased:
-            continue
-        for match in rule.pattern.finditer(text):
-            if not _in_quotes(text, match.start()):
+        for start in _matches(anchors, text, name):
+            if not inside(where.mentioned, start) or inside(where.pasted, start):
+                return False
+            if where.markup and inside(where.hidden, start):
                 return False
     return True
+
+
+def _hidden_hits(anchors: _Anchors, names: dict[str, float], text: str, where: Spans) -> bool:
+    """Whether a rule that instructs (not a mere vocabulary hint) matched inside hidden markup."""
+    return any(
+        inside(where.hidden, start)
+        for name in names
+        if _BY_NAME[name].untrusted >= 0.3
+        for start in _matches(anchors, text, name)
+    )
 
 
 def scan(text: str, source: Source = "user") -> tuple[dict[str, float], float]:
     """The weight of each rule ``text`` trips in every reading of it, and a discount factor.
 
     A rule found only in a decoded reading is named ``rule@encoding``, and an encoded instruction
-    adds ``ENCODED_BONUS``. The factor is ``DISCUSSION_FACTOR`` when the text discusses
-    injection and every plain hit sits inside quotes, else 1. Rules are tried until the score
-    is ``CERTAIN``, so a blatant attack is not searched for every other trick it might hold.
+    adds ``ENCODED_BONUS``; an instruction inside hidden markup adds ``HIDDEN_BONUS``
+    (``context.hidden``). The factor is ``DISCUSSION_FACTOR`` when the text discusses
+    injection and every plain hit is mentioned (quoted or fenced), else 1. Rules are tried
+    until the score is ``CERTAIN``, so a blatant attack is not searched for every other trick.
     """
     cleaned = clean(text)
     lowered = fold(cleaned)
+    where = spans(lowered, pasted=source == "user")
     hits: dict[str, float] = {}
     anchors = _Anchors(lowered)
-    stopped, quoted = _match(anchors, lowered, cleaned, source, hits)
+    starts: list[int] = []
+    stopped = _match(anchors, lowered, cleaned, source, hits, where=where, starts=starts)
     factor = 1.0
-    if hits and quoted and _DISCUSSION.search(lowered):
+    if hits and where.markup and where.hidden and _hidden_hits(anchors, hits, lowered, where):
+        hits["context.hidden"] = HIDDEN_BONUS
+    elif (
+        hits
+        and source == "user"
+        and all(inside(where.mentioned, start) for start in starts)
+        and _discusses(lowered, where)
+    ):
         # A text about injection, quoting attacks: are all of them quoted, everywhere?
         if stopped:
             hits.clear()
-            _match(anchors, lowered, cleaned, source, hits, stop=False)
-        if _all_quoted(hits, lowered):
+            _match(anchors, lowered, cleaned, source, hits, stop=False, where=where)
+        if _all_quoted(anchors, hits, lowered, where):
             factor = DISCUSSION_FACTOR
     if combine(hits) * factor >= CERTAIN:
         return hits, factor
