@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tokenrelay import dialects
+from tokenrelay.dialects.responses.wire import CONTINUES
 from tokenrelay.gate.gatekeeper import Admission, Refused
 from tokenrelay.gate.identity import request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
@@ -128,6 +129,10 @@ class RelayEndpoint:
             route = gateway.router.resolve(request)
             route_name = route.name
             client = scope.get("client")
+            # previous_response_id (Responses): the stored turns join the request first
+            if CONTINUES in request.front_options:
+                peer = client[0] if client else None
+                request = await gateway.responses.continued(request, route, scope["headers"], peer)
             admission = await gateway.gate.admit(
                 route, request, request_headers(scope["headers"]), client[0] if client else None
             )

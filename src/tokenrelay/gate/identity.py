@@ -183,10 +183,11 @@ class Authenticator:
         self,
         headers: Mapping[str, str],
         peer: str | None,
-        route: str,
+        route: str | None,
         allow_anonymous: bool,
     ) -> Identity:
-        """``headers`` have lower-case names (see ``request_headers``)."""
+        """``headers`` have lower-case names (see ``request_headers``); ``route`` None: an
+        endpoint that uses no route (reading one's own stored responses)."""
         forwarded = headers.get("x-forwarded-for") if self._trusted else None
         ip = client_ip(peer, forwarded, self._trusted)
         token = self._credential(headers)
@@ -198,7 +199,8 @@ class Authenticator:
         if allow_anonymous:
             return Identity("anonymous", ip)
         if token is None:
-            raise _unauthorized(f"route {route!r} needs credentials: {self._what_to_send()}")
+            where = "this endpoint" if route is None else f"route {route!r}"
+            raise _unauthorized(f"{where} needs credentials: {self._what_to_send()}")
         if token.count(".") == 2:
             raise _unauthorized(f"this gateway accepts no JWTs; {self._what_to_send()}")
         raise _unauthorized(f"the token is not a tokenrelay API key; {self._what_to_send()}")
@@ -245,7 +247,7 @@ class Authenticator:
         self.keys = keys
         return keys
 
-    async def _key_identity(self, token: str, ip: str, route: str) -> Identity:
+    async def _key_identity(self, token: str, ip: str, route: str | None) -> Identity:
         keys = await self._key_store()
         try:
             key = await keys.lookup(token)
@@ -269,7 +271,7 @@ class Authenticator:
             raise _unauthorized(
                 f"the API key {shown}… is unknown or revoked; {self._what_to_send()}"
             )
-        if key.routes is not None and route not in key.routes:
+        if key.routes is not None and route is not None and route not in key.routes:
             allowed = ", ".join(sorted(key.routes)) or "none"
             raise GatewayError(
                 "permission",
