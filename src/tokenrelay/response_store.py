@@ -154,6 +154,11 @@ class ResponseStore:
             with contextlib.suppress(BaseException):
                 await task
 
+    @property
+    def pending(self) -> int:
+        """Responses noted and not yet written (or given up on)."""
+        return len(self._pending)
+
     async def _database(self) -> Database:
         if self._gate is None:
             raise RuntimeError("the response store has not started")

@@ -30,9 +30,18 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _error(error: GatewayError) -> Response:
+    """OpenAI's error shape; a 404 has no code (the shared one, ``model_not_found``, is about
+    models)."""
+    body = msgspec.json.decode(openai.encode_error(error))
+    if error.type == "not_found":
+        body["error"]["code"] = None
     headers = {"retry-after": str(round(error.retry_after))} if error.retry_after else None
-    return Response(
-        openai.encode_error(error), status_code=error.status, media_type=_JSON, headers=headers
+    return (
+        _json(body, error.status)
+        if headers is None
+        else Response(
+            msgspec.json.encode(body), status_code=error.status, media_type=_JSON, headers=headers
+        )
     )
 
 
