@@ -21,6 +21,7 @@ import pytest_asyncio
 from tests.pg_server import machine_database
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tokenrelay.gate.keys import KeyStore
+from tokenrelay.settings import ConfigError, load
 from tokenrelay.simulator import RunningSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -394,3 +395,79 @@ async def test_a_malformed_previous_response_id_is_a_400(
     assert isinstance(error, dict) and error["param"] == "background"
     assert simulator.stats()["last_requests"] == []
     assert json.dumps(error)  # an OpenAI error object, whole
+
+
+# --- what the operator sets ----------------------------------------------------------------------
+
+
+async def test_kept_anonymous_responses_and_a_failed_write(
+    simulator: RunningSimulator, tmp_path: Any
+) -> None:
+    """With responses.anonymous on, an anonymous caller reads and continues its own responses
+    (by address); a write that fails is counted in /metrics and never seen by the client."""
+    environ = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/anonymous.db",
+        "TOKENRELAY_RESPONSES__ANONYMOUS": "true",
+        "TOKENRELAY_RESPONSES__RETENTION": "2h",
+        **_route("to_chat", "openai:gpt-5.5"),
+    }
+    async with gateway_server(environ) as running, client(running, "-") as anonymous:
+        assert running.gateway.responses.retention == 7200
+        first = await anonymous.responses.create(model="to_chat", input=FIRST)
+        await written(running)
+        assert (await anonymous.responses.retrieve(first.id)).id == first.id
+        simulator.reset_stats()
+        await anonymous.responses.create(
+            model="to_chat", previous_response_id=first.id, input=SECOND
+        )
+        _, body = received(simulator)
+        assert [m["content"] for m in body["messages"] if m["role"] == "user"] == [FIRST, SECOND]
+
+        db = await running.gateway.gate.database()
+        await db.execute("DROP TABLE responses")
+        lost = await anonymous.responses.create(model="to_chat", input=FIRST)
+        assert lost.status == "completed" and lost.output_text
+        await written(running)
+        assert running.gateway.responses.write_errors == 1
+        async with httpx2.AsyncClient() as http:
+            page = (await http.get(running.url + "/metrics")).text
+        assert "tokenrelay_responses_store_errors_total 1" in page
+        assert "tokenrelay_responses_stored_total 2" in page
+
+
+async def test_a_gateway_that_stores_nothing_says_so(
+    simulator: RunningSimulator, tmp_path: Any
+) -> None:
+    environ = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/off.db",
+        "TOKENRELAY_RESPONSES__STORE": "false",
+        **_route("to_chat", "openai:gpt-5.5"),
+    }
+    async with gateway_server(environ) as running:
+        _, secret = await KeyStore(await running.gateway.gate.database()).create("carol")
+        async with client(running, secret) as carol:
+            answer = await carol.responses.create(model="to_chat", input=FIRST)
+            with pytest.raises(openai.NotFoundError):
+                await carol.responses.retrieve(answer.id)
+            with pytest.raises(openai.BadRequestError) as raised:
+                await carol.responses.create(
+                    model="to_chat", previous_response_id=answer.id, input=SECOND
+                )
+    error = raised.value.body
+    assert isinstance(error, dict) and error["param"] == "previous_response_id"
+    assert "responses.store is off" in error["message"]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [("30d", 2592000), ("12h", 43200), (90, 90)])
+async def test_retention_takes_a_duration(value: object, seconds: float) -> None:
+    settings = load(environ={"TOKENRELAY_RESPONSES__RETENTION": json.dumps(value)})
+    assert settings.responses.retention_seconds == seconds
+    assert load(environ={}).responses.retention_seconds == 30 * 86400
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5m"])
+async def test_a_bad_retention_names_the_setting(value: str) -> None:
+    with pytest.raises(ConfigError, match="retention"):
+        load(environ={"TOKENRELAY_RESPONSES__RETENTION": value})

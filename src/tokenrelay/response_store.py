@@ -38,6 +38,7 @@ from tokenrelay.model import GatewayError, Request
 if TYPE_CHECKING:
     from tokenrelay.gate.gatekeeper import Gate
     from tokenrelay.gate.identity import Identity
+    from tokenrelay.observe.metrics import Counter, Metric
     from tokenrelay.records import StreamRecord
     from tokenrelay.router import Route
     from tokenrelay.settings import ResponsesSettings
@@ -131,6 +132,7 @@ class ResponseStore:
         self.written = 0  # rows committed
         self.write_errors = 0  # rows lost to a failed write
         self.swept = 0  # rows deleted past retention
+        self._counters: tuple[Counter, Counter, Counter] | None = None
 
     def start(self, gate: Gate) -> None:
         """Begin writing and sweeping; the database is the gate's (opened when first used)."""
@@ -153,6 +155,27 @@ class ResponseStore:
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+    def metrics(self) -> list[Metric]:
+        """This store's counters for ``GET /metrics``, read now."""
+        from tokenrelay.observe.metrics import Counter
+
+        if self._counters is None:
+            self._counters = (
+                Counter("tokenrelay_responses_stored_total", "Responses written to the database."),
+                Counter(
+                    "tokenrelay_responses_store_errors_total",
+                    "Responses that could not be stored (the client was answered all the same).",
+                ),
+                Counter(
+                    "tokenrelay_responses_expired_total", "Stored responses deleted past retention."
+                ),
+            )
+        for counter, value in zip(
+            self._counters, (self.written, self.write_errors, self.swept), strict=True
+        ):
+            counter.labels().value = value
+        return list(self._counters)
 
     @property
     def pending(self) -> int:
