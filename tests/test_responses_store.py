@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from tests.pg_server import machine_database
-from tests.servers import RunningGateway, gateway_environ, gateway_server
+from tests.servers import RunningGateway, free_port, gateway_environ, gateway_server
 from tokenrelay.gate.keys import KeyStore
 from tokenrelay.settings import ConfigError, load
 from tokenrelay.simulator import RunningSimulator
@@ -471,3 +471,27 @@ async def test_retention_takes_a_duration(value: object, seconds: float) -> None
 async def test_a_bad_retention_names_the_setting(value: str) -> None:
     with pytest.raises(ConfigError, match="retention"):
         load(environ={"TOKENRELAY_RESPONSES__RETENTION": value})
+
+
+async def test_an_unreachable_database_is_a_503_and_never_fails_an_answer(
+    simulator: RunningSimulator,
+) -> None:
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing?connect_timeout=1"
+    environ = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": dead,
+        "TOKENRELAY_RESPONSES__ANONYMOUS": "true",
+        **_route("to_chat", "openai:gpt-5.5"),
+    }
+    async with gateway_server(environ) as running, client(running, "-") as anonymous:
+        answer = await anonymous.responses.create(model="to_chat", input=FIRST)
+        assert answer.status == "completed" and answer.output_text
+        await written(running)
+        assert running.gateway.responses.write_errors == 1
+        with pytest.raises(openai.InternalServerError) as raised:
+            await anonymous.responses.create(
+                model="to_chat", previous_response_id=answer.id, input=SECOND
+            )
+        assert raised.value.status_code == 503 and "try again" in raised.value.message
+        with pytest.raises(openai.InternalServerError):
+            await anonymous.responses.retrieve(answer.id)

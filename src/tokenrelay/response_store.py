@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenrelay.responses")
 
 MISS_RETRY = 0.1  # seconds before a response not found is read once more
+# Responses waiting for their write, at most: past it (a database hanging) new ones are not
+# kept, and counted as store errors, rather than held in memory without bound.
+MAX_PENDING = 10_000
 FIRST_SWEEP = 60.0  # seconds after start-up
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -206,6 +209,11 @@ class ResponseStore:
             return
         owner = self.owner(record.identity)
         if owner is None:
+            return
+        if len(self._pending) >= MAX_PENDING:
+            self.write_errors += 1
+            if self.write_errors % 1000 == 1:
+                log.error("%d responses wait for the database; new ones are not kept", MAX_PENDING)
             return
         pending = _Pending("resp_" + record.request_id, owner, self.clock(), request)
         self._pending[pending.id] = pending
