@@ -25,6 +25,7 @@ from tokenrelay.gate.gatekeeper import Admission, Refused
 from tokenrelay.gate.identity import request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Outcome, StreamRecord
+from tokenrelay.response_store import caller_on
 from tokenrelay.router import RouteFailed
 from tokenrelay.screening.canary import CanaryWatch, leak_error
 
@@ -132,7 +133,8 @@ class RelayEndpoint:
             # previous_response_id (Responses): the stored turns join the request first
             if CONTINUES in request.front_options:
                 peer = client[0] if client else None
-                request = await gateway.responses.continued(request, route, scope["headers"], peer)
+                caller = await caller_on(gateway.gate, route, scope["headers"], peer)
+                request = await gateway.responses.continued(request, caller)
             admission = await gateway.gate.admit(
                 route, request, request_headers(scope["headers"]), client[0] if client else None
             )

@@ -32,7 +32,6 @@ import msgspec
 from tokenrelay.dialects.responses import continue_request
 from tokenrelay.dialects.responses.items import input_items
 from tokenrelay.dialects.responses.wire import CONTINUES, HINTS, HISTORY, INPUT, NAME, RESULT
-from tokenrelay.gate.identity import request_headers
 from tokenrelay.model import GatewayError, Request
 
 if TYPE_CHECKING:
@@ -335,25 +334,15 @@ class ResponseStore:
 
     # --- continuing -----------------------------------------------------------------------------
 
-    async def continued(
-        self, request: Request, route: Route, headers: Iterable[tuple[bytes, bytes]], peer: Any
-    ) -> Request:
-        """``request``, which names a ``previous_response_id``, with the stored turns before
-        its own input; a 400 naming ``previous_response_id`` when there are none to add."""
+    async def continued(self, request: Request, identity: Identity) -> Request:
+        """``request``, which names a ``previous_response_id``, with ``identity``'s stored turns
+        before its own input; a 400 naming ``previous_response_id`` when there are none."""
         previous: str = request.front_options[CONTINUES]
         if not self.settings.store:
             raise _invalid(
                 "this gateway keeps no responses (responses.store is off), so none can be "
                 "continued; send the whole conversation in 'input'"
             )
-        gate = self._gate
-        assert gate is not None
-        allow = route.settings.allow_anonymous
-        if allow is None:
-            allow = gate.settings.auth.allow_anonymous
-        identity = await gate.authenticator.identify(
-            request_headers(headers), peer, route.name, allow
-        )
         owner = self.owner(identity)
         if owner is None:
             raise _invalid(
@@ -371,3 +360,16 @@ class ResponseStore:
             )
         output = found.response.get("output") or []
         return continue_request(request, [*found.input_items, *output])
+
+
+async def caller_on(
+    gate: Gate, route: Route, headers: Iterable[tuple[bytes, bytes]], peer: str | None
+) -> Identity:
+    """The caller of a request on ``route`` (ASGI ``headers``), as the gate will find it: its
+    admission identifies it again, from the key cache."""
+    from tokenrelay.gate.identity import request_headers
+
+    allow = route.settings.allow_anonymous
+    if allow is None:
+        allow = gate.settings.auth.allow_anonymous
+    return await gate.authenticator.identify(request_headers(headers), peer, route.name, allow)
