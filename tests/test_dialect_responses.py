@@ -152,7 +152,7 @@ def read(raw: bytes) -> Completion:
             "64",
         ),
         (body(text={"format": {"type": "xml"}}), "text.format.type", "json_schema"),
-        (body(previous_response_id="resp_1"), "previous_response_id", "not supported yet"),
+        (body(previous_response_id=3), "previous_response_id", "id of a stored response"),
         (body(background=True), "background", "not supported"),
         (body(tools=[{"type": "teleport"}]), "tools[0].type", "unknown tool type"),
         (body(tools=[{**PATCH, "format": {"type": "grammar"}}]), "tools[0].format.syntax", "lark"),

@@ -347,7 +347,7 @@ async def test_an_upstream_refusal_before_the_first_token_is_an_openai_error(
             "text.format.schema",
             "JSON Schema",
         ),
-        ({"previous_response_id": "resp_123"}, "previous_response_id", "not supported yet"),
+        ({"previous_response_id": "resp_123"}, "previous_response_id", "anonymous callers"),
         ({"background": True}, "background", "not supported"),
     ],
 )

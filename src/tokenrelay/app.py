@@ -22,6 +22,7 @@ from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
 from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
+from tokenrelay.response_store import ResponseStore
 from tokenrelay.router import Router
 from tokenrelay.settings import Settings, load
 
@@ -63,6 +64,8 @@ class Gateway:
         self.tracer: Tracer | None = None  # OpenTelemetry, only when tracing.enabled
         # Breaker state and TTFT statistics in Redis, only when redis_url is set.
         self.shared: SharedState | None = None
+        # /v1/responses answers kept for previous_response_id and GET /v1/responses/{id}
+        self.responses = ResponseStore(settings.responses)
 
     @property
     def router(self) -> Router:
@@ -120,6 +123,8 @@ class Gateway:
         )
         self._gate = Gate.create(settings)
         self._start_metering()
+        self.responses.start(self._gate)
+        self.listeners.add(self.responses)
         if settings.metrics.enabled:  # after metering's listener, which prices the record
             from tokenrelay.observe.metrics import GatewayMetrics
 
@@ -211,6 +216,7 @@ class Gateway:
             self._pricing.cancel()
         if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
             await self.ledger.close(timeout=5.0)
+        await self.responses.close()  # writes the responses still pending, before the gate
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         if self._gate is not None:

@@ -21,7 +21,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tokenrelay import __version__
+from tokenrelay import __version__, responses_api
 from tokenrelay.model import GatewayError
 from tokenrelay.observe.health import Readiness
 from tokenrelay.path_errors import render
@@ -187,6 +187,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         # The relays' paths too, so a GET on one is a 405 naming the method.
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
         Route("/v1/models", models, methods=["GET"]),
+        *responses_api.routes(gateway),  # GET and DELETE /v1/responses/{id}, input_items
         Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/usage/dashboard", usage_data, methods=["GET"]),
         Route("/usage", usage_page, methods=["GET"]),

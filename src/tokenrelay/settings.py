@@ -157,6 +157,41 @@ class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shared_dir: str | None = None
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ResponsesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Stored responses (``/v1/responses`` with ``store``, ``previous_response_id``, and
+    ``GET``/``DELETE /v1/responses/{id}``; see ``tokenrelay.response_store``). Each is readable
+    only by the caller that made it: the same API key, or the same JWT user."""
+
+    store: bool = True  # False: keep nothing, and refuse previous_response_id
+    retention: float | str = "30d"  # seconds, or "90m", "12h", "30d"
+    # Keep anonymous callers' responses too, each readable from the address that made it (so by
+    # anyone behind the same address or proxy); off, they are never stored.
+    anonymous: bool = False
+    cleanup_interval: Annotated[float, msgspec.Meta(gt=0)] = 3600.0  # seconds between sweeps
+
+    def __post_init__(self) -> None:
+        self.retention = self.retention_seconds
+
+    @property
+    def retention_seconds(self) -> float:
+        value = self.retention
+        if isinstance(value, str):
+            text = value.strip().lower()
+            try:
+                value = float(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else float(text)
+            except ValueError:
+                raise ValueError(
+                    f"responses.retention {self.retention!r} is not a duration; write it like "
+                    "'30d', '12h' or a number of seconds"
+                ) from None
+        if value <= 0:
+            raise ValueError("responses.retention must be more than 0")
+        return float(value)
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8787
@@ -198,6 +233,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)  # /metrics
     # Bounds at the HTTP edge: header size and count, read timeouts, open connections.
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)  # store
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""

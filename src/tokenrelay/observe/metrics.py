@@ -720,6 +720,7 @@ class GatewayMetrics:
         ]
         families += self._read_ledger()
         families += self._read_gate()
+        families += gateway.responses.metrics()  # stored /v1/responses answers
         if gateway.audit is not None:
             self.audit_written.labels().value = gateway.audit.written
             self.audit_dropped.labels().value = gateway.audit.dropped

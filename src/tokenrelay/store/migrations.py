@@ -120,6 +120,26 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE ledger ADD COLUMN priced_model TEXT",
         ),
     ),
+    Migration(
+        5,
+        "responses",
+        (
+            # Stored /v1/responses answers (tokenrelay.store.responses): the response object
+            # and the input items, both JSON, readable only by ``owner`` (the caller's
+            # Identity.subject: "key:<id>", "user:<jwt sub>", or "ip:<address>").
+            """
+            CREATE TABLE responses (
+                id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                status TEXT NOT NULL,
+                response TEXT NOT NULL,
+                input_items TEXT NOT NULL
+            )
+            """,
+            "CREATE INDEX responses_created ON responses (created_at)",
+        ),
+    ),
 )
 
 _CREATE_TABLE = """

@@ -2,13 +2,14 @@
 the simulator's third API. ``request`` reads and writes bodies, ``stream`` the event stream,
 ``whole`` non-streaming responses and errors, ``wire`` the JSON shapes they share.
 
-Storage of responses (``previous_response_id``, ``store``, retrieval) is not part of this
-dialect: a request naming a previous response is refused with a 400 that says so.
+Storage of responses (``store``, ``previous_response_id``, retrieval) is not part of this
+dialect: ``tokenrelay.response_store`` keeps them; ``items`` and ``continue_request`` are what
+it needs from here.
 """
 
 from __future__ import annotations
 
-from tokenrelay.dialects.responses.request import encode_request, parse_request
+from tokenrelay.dialects.responses.request import continue_request, encode_request, parse_request
 from tokenrelay.dialects.responses.stream import (
     ResponsesReader,
     ResponsesWriter,
@@ -31,6 +32,7 @@ __all__ = [
     "NAME",
     "ResponsesReader",
     "ResponsesWriter",
+    "continue_request",
     "encode_error",
     "encode_request",
     "encode_response",

@@ -25,11 +25,16 @@ from typing import Any
 import msgspec
 
 from tokenrelay.dialects import decode_body
+from tokenrelay.dialects.responses.items import input_items
 from tokenrelay.dialects.responses.wire import (
+    BODY,
+    CONTINUES,
     CUSTOM_INPUT,
     CUSTOM_TOOLS,
     ECHO,
     HINTS,
+    HISTORY,
+    INPUT,
     NAME,
     REASONING_IDS,
     custom_arguments,
@@ -55,7 +60,7 @@ _ECHOED = frozenset(
     {"instructions", "max_output_tokens", "max_tool_calls", "metadata", "parallel_tool_calls"}
     | {"prompt_cache_key", "reasoning", "safety_identifier", "service_tier", "store"}
     | {"temperature", "text", "tool_choice", "tools", "top_logprobs", "top_p", "truncation"}
-    | {"user"}
+    | {"user", "previous_response_id"}
 )
 _HINTED = frozenset(
     {"include", "metadata", "parallel_tool_calls", "prompt_cache_key", "reasoning"}
@@ -108,7 +113,11 @@ def _str(data: dict[str, Any], key: str, where: str, *, optional: bool = False) 
 
 
 def parse_request(body: bytes) -> Request:
-    """A client's body; every problem is a 400 in OpenAI's shape whose ``param`` names it."""
+    """A client's body; every problem is a 400 in OpenAI's shape whose ``param`` names it.
+
+    A body naming a ``previous_response_id`` is parsed as far as it can be alone (its outputs
+    may answer calls of the stored response) and keeps the body, so that
+    ``continue_request`` can parse it again behind the stored turns once they are read."""
     data = decode_body(body)
     if not isinstance(data, dict):
         raise GatewayError(
@@ -116,15 +125,22 @@ def parse_request(body: bytes) -> Request:
             'the request body must be a JSON object like {"model": ..., "input": ...}',
             400,
         )
+    return _parse(data, None)
+
+
+def continue_request(request: Request, history: list[Any]) -> Request:
+    """``request`` (which continues a stored response) parsed again with ``history``, the
+    stored response's input and output items, before its own input."""
+    return _parse(request.front_options[BODY], history)
+
+
+def _parse(data: dict[str, Any], history: list[Any] | None) -> Request:
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise _invalid("model", "a string naming a route or a model is required")
-    if data.get("previous_response_id") is not None:
-        raise _invalid(
-            "previous_response_id",
-            "continuing a stored response is not supported yet by this gateway; send the whole "
-            "conversation in 'input' instead",
-        )
+    previous = data.get("previous_response_id")
+    if previous is not None and (not isinstance(previous, str) or not previous):
+        raise _invalid("previous_response_id", "must be the id of a stored response (resp_...)")
     if data.get("background"):
         raise _invalid(
             "background",
@@ -149,7 +165,16 @@ def parse_request(body: bytes) -> Request:
         if instructions:
             system.append(instructions)
     reasoning_ids: list[str] = []
-    messages = _input(data.get("input"), system, extra, reasoning_ids)
+    raw_input = data.get("input")
+    if history is not None:
+        if not isinstance(raw_input, str | list):
+            raise _invalid("input", "a string or a list of input items is required")
+        items: Any = [*history, *input_items(raw_input)]
+    else:
+        items = raw_input
+    # alone, a continuing request's outputs may answer calls only the stored turns hold
+    check_calls = previous is None or history is not None
+    messages = _input(items, system, extra, reasoning_ids, check_calls)
     metadata = data.get("metadata")
     user = data.get("safety_identifier") or data.get("user")
     front: dict[str, Any] = {ECHO: {k: v for k, v in data.items() if k in _ECHOED}}
@@ -159,6 +184,12 @@ def parse_request(body: bytes) -> Request:
         front[HINTS] = hints
     if reasoning_ids:
         front[REASONING_IDS] = reasoning_ids
+    front[INPUT] = raw_input
+    if previous is not None:
+        front[CONTINUES] = previous
+        front[BODY] = data
+        if history is not None:
+            front[HISTORY] = history
     if isinstance(metadata, dict) and "user_id" in metadata and not user:
         user = metadata["user_id"]
     return Request(
@@ -346,7 +377,11 @@ def _tool_choice(value: Any, extra: dict[str, Any]) -> str | None:
 
 
 def _input(
-    value: Any, system: list[str], extra: dict[str, Any], reasoning_ids: list[str]
+    value: Any,
+    system: list[str],
+    extra: dict[str, Any],
+    reasoning_ids: list[str],
+    check_calls: bool = True,
 ) -> list[Message]:
     if isinstance(value, str):
         return [Message("user", [TextPart(value)])]
@@ -394,7 +429,7 @@ def _input(
         elif kind in ("function_call_output", "custom_tool_call_output"):
             assistant = None
             call_id = _str(item, "call_id", where)
-            if call_id not in calls:
+            if check_calls and call_id not in calls:
                 raise _invalid(
                     f"{where}.call_id",
                     f"no function_call or custom_tool_call with call_id {call_id!r} comes "

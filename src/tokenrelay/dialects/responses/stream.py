@@ -19,6 +19,7 @@ from tokenrelay.dialects.responses.wire import (
     CUSTOM_TOOLS,
     ECHO,
     FOREIGN_CODES,
+    RESULT,
     call_item,
     failed_error,
     message_item,
@@ -86,11 +87,22 @@ class ResponsesWriter:
         "_text",
         "_tools",
         "_usage",
+        "keep",
         "result",
     )
 
-    def __init__(self, id: str, model: str, echo: dict[str, Any], custom: frozenset[str]) -> None:
+    def __init__(
+        self,
+        id: str,
+        model: str,
+        echo: dict[str, Any],
+        custom: frozenset[str],
+        keep: dict[str, Any] | None = None,
+    ) -> None:
         self._response = response_object(id, model, echo)
+        # where the final response object goes too (a request's front_options: a stored
+        # response keeps what the client saw)
+        self.keep = keep
         self._base = id.removeprefix("resp_")
         self._custom = custom
         self._seq = 0
@@ -306,6 +318,8 @@ class ResponsesWriter:
         response["status"] = status
         response["output"] = self._output
         response["usage"] = usage_json(self._usage)
+        if self.keep is not None:
+            self.keep[RESULT] = response
         return response
 
     def close(self) -> bytes:
@@ -327,7 +341,7 @@ class ResponsesWriter:
 def stream_writer(request: Request, *, id: str, model: str) -> ResponsesWriter:
     options = request.front_options
     return ResponsesWriter(
-        id, model, options.get(ECHO, {}), frozenset(options.get(CUSTOM_TOOLS, ()))
+        id, model, options.get(ECHO, {}), frozenset(options.get(CUSTOM_TOOLS, ())), options
     )
 
 

@@ -26,13 +26,18 @@ def encode_response_for(request: Request, completion: Completion, *, id: str, mo
     ``custom_tool_call`` items (the gateway's relay calls this one when it exists)."""
     options = request.front_options
     custom = frozenset(options.get(CUSTOM_TOOLS, ()))
-    return _encode(_whole(completion, id, model, options.get(ECHO, {}), custom))
+    return _encode(_whole(completion, id, model, options.get(ECHO, {}), custom, options))
 
 
 def _whole(
-    completion: Completion, id: str, model: str, echo: dict[str, Any], custom: frozenset[str]
+    completion: Completion,
+    id: str,
+    model: str,
+    echo: dict[str, Any],
+    custom: frozenset[str],
+    keep: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    writer = ResponsesWriter(id, model, echo, custom)
+    writer = ResponsesWriter(id, model, echo, custom, keep)
     for event in completion.events():
         writer.write(event)
     writer.close()
@@ -92,8 +97,14 @@ def _completion(data: dict[str, Any]) -> Completion:
 
 
 def encode_error(error: GatewayError) -> bytes:
-    """OpenAI's error shape, exactly as on ``/v1/chat/completions``."""
-    return openai.encode_error(error)
+    """OpenAI's error shape, exactly as on ``/v1/chat/completions``; an error with a ``code`` of
+    its own (``previous_response_not_found``, which clients such as Codex act on) says it."""
+    code = getattr(error, "code", None)
+    if code is None:
+        return openai.encode_error(error)
+    wire = msgspec.json.decode(openai.encode_error(error))
+    wire["error"]["code"] = code
+    return _encode(wire)
 
 
 def parse_error(status: int, body: bytes, headers: Mapping[str, str]) -> Error:

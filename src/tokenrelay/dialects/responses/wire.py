@@ -16,6 +16,12 @@ ECHO = "responses_echo"  # request fields the response object repeats
 CUSTOM_TOOLS = "responses_custom_tools"  # names of `custom` (freeform) tools
 HINTS = "responses_hints"  # fields only a Responses upstream uses; other upstreams drop them
 REASONING_IDS = "responses_reasoning_ids"  # ids of the input's reasoning items, in order
+# ... and the keys stored responses use (``tokenrelay.response_store``)
+INPUT = "responses_input"  # ``input`` as the client sent it (kept with the response)
+CONTINUES = "responses_continues"  # ``previous_response_id``, when the request continues one
+BODY = "responses_body"  # the decoded body of such a request, until the stored turns join it
+HISTORY = "responses_history"  # the stored items a continued request starts with
+RESULT = "responses_result"  # the response object, once the writer has ended it
 
 CUSTOM_INPUT = "input"  # the one string argument a custom tool becomes elsewhere
 
