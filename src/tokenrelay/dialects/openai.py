@@ -16,7 +16,8 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects import passthrough, retry_after_seconds
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     ERROR_STATUS,
@@ -39,6 +40,7 @@ from tokenrelay.model import (
     ToolCallDelta,
     ToolCallPart,
     ToolResultPart,
+    Untranslatable,
     Usage,
     merge_usage,
 )
@@ -108,7 +110,7 @@ _DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
 _ROLES = "system, developer, user, assistant, tool"
 _CONSUMED = frozenset(
     {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop"}
-    | {"tools", "tool_choice", "stream", "stream_options", "n", "user"}
+    | {"tools", "tool_choice", "stream", "stream_options", "user"}
 )
 
 _encode = msgspec.json.encode
@@ -140,9 +142,9 @@ def parse_request(body: bytes) -> Request:
     for legacy in ("functions", "function_call"):
         if data.get(legacy) is not None:
             raise _invalid(f"'{legacy}' is deprecated; use 'tools' and 'tool_choice'", legacy)
-    n = data.get("n")
-    if n is not None and n != 1:
-        raise _invalid("'n' must be 1: this gateway streams a single choice", "n")
+    wrong = passthrough.first_wrong(data, passthrough.OPENAI)
+    if wrong is not None:
+        raise _invalid(f"'{wrong[0]}' must be {wrong[1]}", wrong[0])
     system: list[str] = []
     parsed = [_message(m, f"messages[{i}]", system) for i, m in enumerate(messages)]
     max_tokens = _positive(data, "max_tokens")
@@ -150,7 +152,8 @@ def parse_request(body: bytes) -> Request:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("'stream' must be true or false", "stream")
-    options = data.get("stream_options") or {}
+    options = data.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise _invalid("'stream_options' must be like {\"include_usage\": true}", "stream_options")
     user = data.get("user")
@@ -356,15 +359,7 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     """The body for any OpenAI-compatible server. Usage is always asked for when streaming;
     ``max_completion_tokens`` goes only to reasoning models (o1/o3/o4/gpt-5), which refuse
     ``max_tokens``, because vLLM, Ollama and older servers know only ``max_tokens``."""
-    if request.extra and request.dialect != NAME:
-        fields = ", ".join(repr(key) for key in request.extra)
-        raise GatewayError(
-            "invalid_request",
-            f"{fields} cannot be sent to an OpenAI-compatible model; remove them or use a route "
-            f"served by {request.dialect}",
-            400,
-            param=next(iter(request.extra)),
-        )
+    translated = _foreign_extra(request, model) if request.extra and request.dialect != NAME else {}
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -396,9 +391,55 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if request.dialect == NAME:
-        body.update(request.extra)
+    body.update(request.extra if request.dialect == NAME else translated)
     return _encode(body)
+
+
+def reasoning_effort(budget_tokens: int) -> str:
+    """An Anthropic thinking budget as the effort an OpenAI reasoning model takes (the inverse of
+    ``anthropic.THINKING_BUDGETS``, rounded to the efforts every reasoning model knows)."""
+    if budget_tokens < 4096:
+        return "low"
+    return "medium" if budget_tokens < 16384 else "high"
+
+
+def _foreign_extra(request: Request, model: str) -> dict[str, Any]:
+    """Another dialect's extra fields as OpenAI's; ``Untranslatable`` naming what has no
+    equivalent. ``thinking`` becomes ``reasoning_effort`` for reasoning models only (others
+    cannot think on request); Anthropic's ``disable_parallel_tool_use`` becomes
+    ``parallel_tool_calls``."""
+    out: dict[str, Any] = {}
+    refused: list[str] = []
+    for key, value in request.extra.items():
+        if key == "thinking" and isinstance(value, dict):
+            if value.get("type") == "disabled":
+                continue
+            if value.get("type") != "enabled":
+                refused.append(key)
+            elif not _REASONING_MODEL.search(model):
+                raise Untranslatable(
+                    f"'thinking' cannot be sent to {model}, an OpenAI-compatible model that does "
+                    "not reason; use a reasoning model (o3, o4-mini, gpt-5...) or a route served "
+                    f"by {request.dialect}",
+                    param="thinking",
+                )
+            else:
+                out["reasoning_effort"] = reasoning_effort(value["budget_tokens"])
+        elif key == "tool_choice" and isinstance(value, dict):
+            if set(value) - {"type", "name", "disable_parallel_tool_use"}:
+                refused.append(key)
+            elif value.get("disable_parallel_tool_use") and value.get("type") != "none":
+                out["parallel_tool_calls"] = False
+        else:
+            refused.append(key)
+    if refused:
+        fields = ", ".join(repr(key) for key in refused)
+        raise Untranslatable(
+            f"{fields} cannot be sent to an OpenAI-compatible model; remove them or use a route "
+            f"served by {request.dialect}",
+            param=refused[0],
+        )
+    return out
 
 
 def _tool_json(tool: Tool) -> dict[str, Any]:
@@ -429,20 +470,20 @@ def _encode_message(message: Message, index: int, dialect: str) -> list[dict[str
             calls.append({"id": part.id, "type": "function", "function": function})
         elif isinstance(part, ThinkingPart) and message.role == "assistant":
             if part.text and dialect != NAME:
-                raise _invalid(
+                raise Untranslatable(
                     f"messages[{index}] carries thinking from an earlier turn, which an "
                     "OpenAI-compatible model cannot take back; remove it or use a route served "
                     f"by {dialect}",
-                    "messages",
+                    param="messages",
                 )
             if part.text:
                 reasoning.append(part.text)
         else:
             kind = type(part).__name__
-            raise _invalid(
+            raise Untranslatable(
                 f"messages[{index}] is a {message.role} message holding a {kind}; OpenAI takes "
                 "images only from the user and tool calls only from the assistant",
-                "messages",
+                param="messages",
             )
     if message.role == "assistant":
         text = "".join(item["text"] for item in content)

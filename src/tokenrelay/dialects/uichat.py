@@ -22,7 +22,8 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects import retry_after_seconds
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.fields import (
     invalid,
     known_fields,
