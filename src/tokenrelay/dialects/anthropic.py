@@ -298,7 +298,7 @@ def _tool_choice(value: Any, extra: dict[str, Any]) -> str:
     if kind == "tool":
         name: str = _field(value, "name", "tool_choice")
         return name
-    if kind in _TOOL_CHOICES:
+    if isinstance(kind, str) and kind in _TOOL_CHOICES:
         return _TOOL_CHOICES[kind]
     raise _invalid("tool_choice.type", "Input should be 'auto', 'any', 'tool' or 'none'")
 
