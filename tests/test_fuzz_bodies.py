@@ -124,6 +124,10 @@ ABSENT: dict[str, list[str]] = {
     "/api/chat": ["messageId", "model"],
 }
 PATHS = list(BASES)
+ROUTE_FIELD = {"/v1/chat/completions": "model", "/v1/messages": "model"} | {
+    "/api/generate": "route",
+    "/api/chat": "route",
+}
 
 
 @pytest.fixture(scope="module")
@@ -261,10 +265,12 @@ def mutated(path: str) -> st.SearchStrategy[bytes]:
 
     @st.composite
     def build(draw: st.DrawFn) -> bytes:
+        # either route: the same dialect's passthrough or the translation to the other one
+        routed = _replaced(base, (ROUTE_FIELD[path],), draw(st.sampled_from(["an", "oa"])), False)
         place = draw(st.sampled_from(places))
         delete = place[0] not in ABSENT[path] and draw(st.booleans())
         value = draw(json_values)
-        return to_bytes(_replaced(base, place, value, delete), draw(st.booleans()))
+        return to_bytes(_replaced(routed, place, value, delete), draw(st.booleans()))
 
     return build()
 
