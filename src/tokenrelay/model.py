@@ -132,9 +132,11 @@ class Request(msgspec.Struct, kw_only=True):
 # ``choice`` on a content event or a finish: which of the answers it belongs to, when a client of
 # the upstream's own dialect asked for several (OpenAI's ``n``); 0 otherwise. Only the same
 # dialect's writer reads it, since asking for several answers is refused across dialects.
+# ``gc=False``: an event holds strings, numbers and decoded JSON, never a cycle, and skipping the
+# collector's tracking makes one per token cheaper to build than the one-field event was.
 
 
-class TextDelta(msgspec.Struct, frozen=True):
+class TextDelta(msgspec.Struct, frozen=True, gc=False):
     """Answer text. ``logprobs`` is the upstream's log-probability object for this piece
     (OpenAI's per-choice ``logprobs``), opaque, for a writer of the same dialect."""
 
@@ -143,13 +145,13 @@ class TextDelta(msgspec.Struct, frozen=True):
     logprobs: dict[str, Any] | None = None
 
 
-class ThinkingDelta(msgspec.Struct, frozen=True):
+class ThinkingDelta(msgspec.Struct, frozen=True, gc=False):
     text: str = ""
     signature: str | None = None
     choice: int = 0
 
 
-class ToolCallDelta(msgspec.Struct, frozen=True):
+class ToolCallDelta(msgspec.Struct, frozen=True, gc=False):
     """A piece of a tool call. ``index`` counts tool calls in the response from 0; ``id`` and
     ``name`` arrive with the first piece, ``arguments`` is a fragment of JSON text."""
 
@@ -174,7 +176,7 @@ class Usage(msgspec.Struct, frozen=True):
     reasoning_tokens: int | None = None
 
 
-class Finish(msgspec.Struct, frozen=True):
+class Finish(msgspec.Struct, frozen=True, gc=False):
     reason: FinishReason = "stop"
     stop_sequence: str | None = None
     choice: int = 0
