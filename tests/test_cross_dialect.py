@@ -48,6 +48,7 @@ async def gw(simulator: RunningSimulator) -> AsyncIterator[RunningGateway]:
         **route("to_claude", "anthropic:claude-sonnet-5-5"),  # its only target speaks Anthropic
         **route("to_gpt", "openai:gpt-5.5"),  # ... OpenAI, a reasoning model
         **route("to_llama", "openai:llama-3.1-8b"),  # ... OpenAI-compatible, not reasoning
+        **route("claude_then_gpt", "anthropic:claude-sonnet-5-5,openai:gpt-5.5"),
         "TOKENRELAY_MAX_BODY_BYTES": "65536",
     }
     async with gateway_server(environ) as running:
@@ -549,3 +550,48 @@ async def test_disable_parallel_tool_use_is_parallel_tool_calls_false(
     )
     sent = received(simulator, "/v1/chat/completions")
     assert sent["parallel_tool_calls"] is False and sent["tool_choice"] == "required"
+
+
+# --- a route whose first target cannot carry a field: the next one that can answers ------------
+
+
+def _failover_skips_untranslatable() -> bool:
+    """Whether failover skips a target that raises ``Untranslatable`` (the failover part of
+    issue 13, merged separately); until then the first target's refusal is the answer."""
+    from pathlib import Path
+
+    from tokenrelay import failover
+
+    return "Untranslatable" in Path(failover.__file__).read_text()
+
+
+async def test_a_translatable_field_is_carried_by_the_first_target(
+    oa: openai.AsyncOpenAI, simulator: RunningSimulator
+) -> None:
+    simulator.reset_stats()
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    raw = await oa.chat.completions.with_raw_response.create(
+        model="claude_then_gpt", messages=messages, tools=[OA_TOOL], parallel_tool_calls=False
+    )
+    assert raw.headers["x-tokenrelay-provider"] == "anthropic"
+    assert received(simulator, "/v1/messages")["tool_choice"]["disable_parallel_tool_use"]
+
+
+@pytest.mark.skipif(
+    not _failover_skips_untranslatable(), reason="needs failover to skip Untranslatable targets"
+)
+@pytest.mark.parametrize(
+    "fields",
+    [{"logprobs": True, "top_logprobs": 1}, {"response_format": {"type": "json_object"}}, {"n": 2}],
+)
+async def test_a_field_only_a_later_target_carries_skips_the_first(
+    oa: openai.AsyncOpenAI, simulator: RunningSimulator, fields: dict[str, Any]
+) -> None:
+    simulator.reset_stats()
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    raw = await oa.chat.completions.with_raw_response.create(
+        model="claude_then_gpt", messages=messages, **fields
+    )
+    assert raw.headers["x-tokenrelay-provider"] == "openai"
+    sent = received(simulator, "/v1/chat/completions")  # nothing went to Anthropic
+    assert all(sent[key] == value for key, value in fields.items())
