@@ -486,7 +486,8 @@ def _tool_choice_json(choice: str) -> dict[str, str]:
 
 
 def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
-    """The body POSTed to an Anthropic upstream; ``extra`` only travels between Anthropic ends."""
+    """The body POSTed to an Anthropic upstream: ``extra`` verbatim from an Anthropic client,
+    translated from another (``_translate_extra``), or ``Untranslatable`` naming what is not."""
     if request.temperature is not None and request.temperature > 1:
         raise Untranslatable(
             f"temperature {request.temperature:g} is above Anthropic's maximum of 1; use 0 to 1",
