@@ -434,3 +434,26 @@ def test_the_sdk_raises_the_right_error(error: GatewayError, raises: type[Except
     assert error.message in str(raised.value)
     assert isinstance(raised.value, openai.APIStatusError)
     assert raised.value.body == msgspec.json.decode(dialect.encode_error(error))["error"]
+
+
+# --- bodies: nesting ---------------------------------------------------------------------------
+
+
+def _nested_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
+def test_a_deep_but_real_tool_schema_is_accepted_and_one_past_the_limit_is_not() -> None:
+    """A schema of 60 nested objects (about 125 JSON levels with the request around it) is
+    accepted; one more object crosses the 128-level limit and is a 400 that says so."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": _nested_schema(60)}}
+    request = dialect.parse_request(body(tools=[tool]))
+    assert request.tools[0].parameters == _nested_schema(60)
+    dialect.encode_request(request, "gpt-5.5", stream=True)  # and it can be sent on
+    tool["function"]["parameters"] = _nested_schema(62)
+    with pytest.raises(GatewayError, match="deeper than 128 levels") as raised:
+        dialect.parse_request(body(tools=[tool]))
+    assert raised.value.status == 400

@@ -439,11 +439,10 @@ def _arguments(text: str) -> dict[str, Any] | None:
 def _input(part: ToolCallPart) -> dict[str, Any]:
     value = _arguments(part.arguments)
     if value is None:
-        raise GatewayError(
-            "invalid_request",
+        raise Untranslatable(
             f"the arguments of tool call {part.id!r} ({part.name}) are not a JSON object; "
             "Anthropic needs tool_use input as an object",
-            400,
+            param="messages",
         )
     return value
 
