@@ -199,6 +199,13 @@ def msg(content: Any, role: str = "user") -> list[dict[str, Any]]:
         (body(tool_choice={"type": "tool"}), "tool_choice.name"),
         (body(stream="yes"), "stream"),
         (body(metadata={"user_id": 5}), "metadata.user_id"),
+        (body(top_k=True), "top_k"),
+        (body(top_k=-1), "top_k"),
+        (body(thinking={"type": "enabled"}), "thinking"),
+        (body(thinking="on"), "thinking"),
+        (body(output_config=[]), "output_config"),
+        (body(tool_choice={"type": "auto", "disable_parallel_tool_use": "yes"}), None),
+        (body(tool_choice={"type": {"not": "hashable"}}), "tool_choice.type"),
     ],
 )
 def test_bad_requests_are_400s_naming_the_field(raw: bytes, param: str | None) -> None:

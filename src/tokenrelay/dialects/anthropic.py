@@ -293,6 +293,8 @@ def _tool_choice(value: Any, extra: dict[str, Any]) -> str:
     if not isinstance(value, dict):
         raise _invalid("tool_choice", "Input should be a valid dictionary")
     kind = value.get("type")
+    if not isinstance(value.get("disable_parallel_tool_use", False), bool):
+        raise _invalid("tool_choice.disable_parallel_tool_use", "Input should be a valid boolean")
     if set(value) - {"type", "name"}:
         extra["tool_choice"] = value  # e.g. disable_parallel_tool_use: Anthropic only
     if kind == "tool":

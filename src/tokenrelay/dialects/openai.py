@@ -187,6 +187,8 @@ def _message(data: Any, where: str, system: list[str]) -> Message | None:
         raise _invalid(f"'{where}' must be an object with 'role' and 'content'", where)
     role = data.get("role")
     content = data.get("content")
+    if data.get("name") is not None and not isinstance(data["name"], str):
+        raise _invalid(f"'{where}.name' must be a string", f"{where}.name")
     if role in ("system", "developer"):
         text = _text(content, f"{where}.content", "\n")
         if text:
@@ -244,6 +246,9 @@ def _user_parts(content: Any, where: str) -> list[Part]:
                 at = f"{where}[{j}].image_url"
                 raise _invalid(f'\'{at}\' must be an object like {{"url": "https://..."}}', at)
             url = _str(image, "url", f"{where}[{j}].image_url")
+            if not isinstance(image.get("detail", ""), str):
+                at = f"{where}[{j}].image_url.detail"
+                raise _invalid(f"'{at}' must be 'auto', 'low' or 'high'", at)
             found = _DATA_URL.fullmatch(url)
             parts.append(ImagePart(data=found[2], media_type=found[1]) if found else ImagePart(url))
         else:
@@ -273,7 +278,8 @@ def _assistant_parts(data: dict[str, Any], where: str) -> list[Part]:
         raise _invalid(f"'{where}.content' must be a string, null or text parts", where)
     if content:
         parts.append(TextPart(content))
-    calls = data.get("tool_calls") or []
+    calls = data.get("tool_calls")
+    calls = [] if calls is None else calls
     if not isinstance(calls, list):
         raise _invalid(f"'{where}.tool_calls' must be a list", f"{where}.tool_calls")
     for k, call in enumerate(calls):
@@ -336,6 +342,8 @@ def _tools(value: Any) -> tuple[list[Tool], list[Any]]:
             raise _invalid(f"'tools[{i}].function.description' must be a string", f"tools[{i}]")
         if not isinstance(parameters, dict):
             raise _invalid(f"'tools[{i}].function.parameters' must be a JSON Schema", f"tools[{i}]")
+        if not isinstance(function.get("strict", False), bool | None):
+            raise _invalid(f"'tools[{i}].function.strict' must be true or false", f"tools[{i}]")
         tools.append(Tool(_str(function, "name", f"tools[{i}].function"), description, parameters))
     return tools, value
 
