@@ -235,3 +235,15 @@ async def test_an_upstream_numbering_choices_past_the_limit_allocates_nothing() 
     chunk = _chunk([{"index": 10**9, "delta": {"content": "x"}, "finish_reason": None}])
     reader = dialect.stream_reader()
     assert [e for sse in SSEParser().feed(chunk) for e in reader.feed(sse)] == []
+
+
+async def test_the_role_chunk_with_empty_logprobs_is_not_a_first_token() -> None:
+    """The upstream's first chunk carries ``logprobs: {"content": []}`` and no text; taking it
+    for content would send the head and stop the first-token deadline before any token."""
+    from tokenrelay.dialects import openai as dialect
+    from tokenrelay.dialects.sse import SSEParser
+
+    reader = dialect.stream_reader()
+    events = [e for sse in SSEParser().feed(upstream_stream(True)) for e in reader.feed(sse)]
+    texts = [e for e in events if isinstance(e, TextDelta)]
+    assert [(e.choice, e.text) for e in texts] == PIECES

@@ -716,7 +716,9 @@ class OpenAIReader:
                 logprobs = None
             if text and isinstance(text, str):
                 events.append(TextDelta(text, index, logprobs))
-            elif logprobs:
+            elif logprobs and (logprobs.get("content") or logprobs.get("refusal")):
+                # log probabilities without text; an empty role chunk's are not content, which
+                # would end the wait for a first token before there is one
                 events.append(TextDelta("", index, logprobs))
             calls = delta.get("tool_calls")
             if calls:
