@@ -19,6 +19,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from tests.servers import gateway_environ, gateway_server
+from tokenrelay.model import TextDelta
 from tokenrelay.simulator import RunningSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
