@@ -91,8 +91,9 @@ class Request(msgspec.Struct, kw_only=True):
 
     ``model`` is what the client asked for: a route name or a provider model. ``system`` is the
     client's own system prompt, kept apart so a route can refuse it. ``extra`` holds fields only the
-    origin ``dialect`` understands; they pass through to an upstream of the same dialect and make a
-    cross-dialect translation fail loudly instead of being dropped. ``system_cache_control`` is an
+    origin ``dialect`` understands; they pass through to an upstream of the same dialect, and
+    another dialect's encoder translates those it has an equivalent for and raises
+    ``Untranslatable`` for the rest instead of dropping them. ``system_cache_control`` is an
     Anthropic prompt-caching breakpoint at the end of the system prompt; other dialects cache
     automatically, so their encoders ignore it (it is not an error).
     """
