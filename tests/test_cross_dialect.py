@@ -48,6 +48,7 @@ async def gw(simulator: RunningSimulator) -> AsyncIterator[RunningGateway]:
         **route("to_claude", "anthropic:claude-sonnet-5-5"),  # its only target speaks Anthropic
         **route("to_gpt", "openai:gpt-5.5"),  # ... OpenAI, a reasoning model
         **route("to_llama", "openai:llama-3.1-8b"),  # ... OpenAI-compatible, not reasoning
+        **route("claude_then_gpt", "anthropic:claude-sonnet-5-5,openai:gpt-5.5"),
         "TOKENRELAY_MAX_BODY_BYTES": "65536",
     }
     async with gateway_server(environ) as running:
@@ -388,10 +389,10 @@ DOCUMENT = {"type": "document", "source": {"type": "text", "media_type": "text/p
         ({"response_format": {"type": "json_object"}}, "response_format", "response_format"),
         ({"seed": 7}, "seed", "seed cannot be sent to an Anthropic model"),
         ({"logprobs": True, "top_logprobs": 2}, "logprobs", "logprobs, top_logprobs"),
-        ({"parallel_tool_calls": False, "tools": [OA_TOOL]}, "parallel_tool_calls", "parallel"),
-        ({"tools": [STRICT]}, "tools", "tools cannot be sent"),  # strict schemas
         ({"temperature": 1.5}, "temperature", "temperature 1.5 is above Anthropic's maximum"),
-        ({"n": 2}, "n", "'n' must be 1"),
+        ({"n": 2}, "n", "n cannot be sent to an Anthropic model"),
+        ({"reasoning_effort": "ultra"}, "reasoning_effort", "reasoning_effort cannot be sent"),
+        ({"reasoning_effort": "low", "temperature": 0.2}, "reasoning_effort", "no temperature"),
     ],
 )
 async def test_openai_only_fields_are_refused_for_an_anthropic_route(
@@ -417,12 +418,8 @@ async def test_openai_only_fields_are_refused_for_an_anthropic_route(
     [
         ({"extra_body": {"top_k": 40}}, "'top_k' cannot be sent to an OpenAI-compatible model"),
         ({"output_config": {"effort": "low"}}, "'output_config' cannot be sent"),
-        ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "'thinking'"),
+        ({"thinking": {"type": "adaptive"}}, "'thinking'"),
         ({"tools": [AN_TOOL, {"type": "web_search_20250305", "name": "web_search"}]}, "'tools'"),
-        (
-            {"tools": [AN_TOOL], "tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
-            "'tool_choice'",
-        ),
         ({"messages": SIGNED_HISTORY}, "messages[1] carries thinking from an earlier turn"),
         ({"messages": [{"role": "user", "content": [DOCUMENT]}]}, "'document' blocks"),
     ],
@@ -439,3 +436,162 @@ async def test_anthropic_only_fields_are_refused_for_an_openai_route(
     assert error.body["type"] == "error" and error.body["error"]["type"] == "invalid_request_error"
     assert named in error.body["error"]["message"]
     assert simulator.stats()["requests"] == {}  # refused before anything went upstream
+
+
+# --- what has an equivalent is translated, not refused ---------------------------------------
+
+JSON_SCHEMA = {"name": "weather", "strict": True, "schema": SCHEMA}
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (  # parallel_tool_calls: false is Anthropic's disable_parallel_tool_use
+            {"tools": [OA_TOOL], "parallel_tool_calls": False},
+            {"tool_choice": {"type": "auto", "disable_parallel_tool_use": True}},
+        ),
+        (
+            {"tools": [OA_TOOL], "tool_choice": "required", "parallel_tool_calls": False},
+            {"tool_choice": {"type": "any", "disable_parallel_tool_use": True}},
+        ),
+        (  # strict tool schemas: Anthropic has strict tools too
+            {"tools": [STRICT]},
+            {"tools": [{**AN_TOOL, "strict": True}]},
+        ),
+        (  # json_schema is Anthropic's structured output (output_config.format, GA)
+            {"response_format": {"type": "json_schema", "json_schema": JSON_SCHEMA}},
+            {"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+        ),
+        (  # a reasoning effort is a thinking budget; max_tokens grows to leave room to answer
+            {"reasoning_effort": "low", "max_completion_tokens": 1000},
+            {"thinking": {"type": "enabled", "budget_tokens": 2048}, "max_tokens": 3048},
+        ),
+        (
+            {"reasoning_effort": "high", "max_completion_tokens": 20000},
+            {"thinking": {"type": "enabled", "budget_tokens": 16384}, "max_tokens": 20000},
+        ),
+        (  # what asks for nothing is dropped
+            {"n": 1, "logprobs": False, "store": True, "response_format": {"type": "text"}},
+            {},
+        ),
+    ],
+)
+async def test_openai_fields_translate_for_an_anthropic_route(
+    oa: openai.AsyncOpenAI,
+    simulator: RunningSimulator,
+    fields: dict[str, Any],
+    expected: dict[str, Any],
+) -> None:
+    simulator.reset_stats()
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    answer = await oa.chat.completions.create(model="to_claude", messages=messages, **fields)
+    assert answer.choices[0].message.content
+    sent = received(simulator, "/v1/messages")
+    assert {key: sent.get(key) for key in expected} == expected
+    for dropped in ("n", "logprobs", "store", "response_format", "parallel_tool_calls"):
+        assert dropped not in sent
+    if "reasoning_effort" not in fields:
+        assert "thinking" not in sent
+
+
+@pytest.mark.parametrize(
+    ("route", "fields", "expected"),
+    [
+        ("to_gpt", {"thinking": {"type": "enabled", "budget_tokens": 2048}}, "low"),
+        ("to_gpt", {"thinking": {"type": "enabled", "budget_tokens": 10000}}, "medium"),
+        ("to_gpt", {"thinking": {"type": "enabled", "budget_tokens": 16384}}, "high"),
+        ("to_gpt", {"thinking": {"type": "disabled"}}, None),
+        ("to_llama", {"thinking": {"type": "disabled"}}, None),
+    ],
+)
+async def test_anthropic_thinking_is_a_reasoning_effort_for_reasoning_models(
+    an: anthropic.AsyncAnthropic,
+    simulator: RunningSimulator,
+    route: str,
+    fields: dict[str, Any],
+    expected: str | None,
+) -> None:
+    simulator.reset_stats()
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    await an.messages.create(model=route, max_tokens=20000, messages=messages, **fields)
+    sent = received(simulator, "/v1/chat/completions")
+    assert sent.get("reasoning_effort") == expected
+    assert "thinking" not in sent
+
+
+async def test_thinking_is_refused_for_a_model_that_does_not_reason(
+    an: anthropic.AsyncAnthropic, simulator: RunningSimulator
+) -> None:
+    simulator.reset_stats()
+    thinking: Any = {"type": "enabled", "budget_tokens": 2048}
+    with pytest.raises(anthropic.BadRequestError) as raised:
+        await an.messages.create(
+            model="to_llama",
+            max_tokens=4000,
+            messages=[{"role": "user", "content": "hi"}],
+            thinking=thinking,
+        )
+    assert isinstance(raised.value.body, dict)
+    message = raised.value.body["error"]["message"]
+    assert "'thinking' cannot be sent to llama-3.1-8b" in message and "reasoning model" in message
+    assert simulator.stats()["requests"] == {}
+
+
+async def test_disable_parallel_tool_use_is_parallel_tool_calls_false(
+    an: anthropic.AsyncAnthropic, simulator: RunningSimulator
+) -> None:
+    simulator.reset_stats()
+    await an.messages.create(
+        model="to_gpt",
+        max_tokens=50,
+        messages=[{"role": "user", "content": QUESTION}],
+        tools=[AN_TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
+    sent = received(simulator, "/v1/chat/completions")
+    assert sent["parallel_tool_calls"] is False and sent["tool_choice"] == "required"
+
+
+# --- a route whose first target cannot carry a field: the next one that can answers ------------
+
+
+def _failover_skips_untranslatable() -> bool:
+    """Whether failover skips a target that raises ``Untranslatable`` (the failover part of
+    issue 13, merged separately); until then the first target's refusal is the answer."""
+    from pathlib import Path
+
+    from tokenrelay import failover
+
+    return "Untranslatable" in Path(failover.__file__).read_text()
+
+
+async def test_a_translatable_field_is_carried_by_the_first_target(
+    oa: openai.AsyncOpenAI, simulator: RunningSimulator
+) -> None:
+    simulator.reset_stats()
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    raw = await oa.chat.completions.with_raw_response.create(
+        model="claude_then_gpt", messages=messages, tools=[OA_TOOL], parallel_tool_calls=False
+    )
+    assert raw.headers["x-tokenrelay-provider"] == "anthropic"
+    assert received(simulator, "/v1/messages")["tool_choice"]["disable_parallel_tool_use"]
+
+
+@pytest.mark.skipif(
+    not _failover_skips_untranslatable(), reason="needs failover to skip Untranslatable targets"
+)
+@pytest.mark.parametrize(
+    "fields",
+    [{"logprobs": True, "top_logprobs": 1}, {"response_format": {"type": "json_object"}}, {"n": 2}],
+)
+async def test_a_field_only_a_later_target_carries_skips_the_first(
+    oa: openai.AsyncOpenAI, simulator: RunningSimulator, fields: dict[str, Any]
+) -> None:
+    simulator.reset_stats()
+    messages: Any = [{"role": "user", "content": QUESTION}]
+    raw = await oa.chat.completions.with_raw_response.create(
+        model="claude_then_gpt", messages=messages, **fields
+    )
+    assert raw.headers["x-tokenrelay-provider"] == "openai"
+    sent = received(simulator, "/v1/chat/completions")  # nothing went to Anthropic
+    assert all(sent[key] == value for key, value in fields.items())

@@ -62,7 +62,37 @@ def parsed(**fields: Any) -> Request:
         (body(max_completion_tokens=True), "max_completion_tokens", "positive"),
         (body(temperature=3), "temperature", "0 to 2"),
         (body(stop=[1]), "stop", "strings"),
-        (body(n=2), "n", "single choice"),
+        (body(n=True), "n", "an integer from 1 to 128"),
+        (body(n=0), "n", "an integer from 1 to 128"),
+        (body(stream_options=[]), "stream_options", "include_usage"),
+        (body(logprobs="yes"), "logprobs", "true or false"),
+        (body(response_format="json"), "response_format", "json_schema"),
+        (body(parallel_tool_calls=0), "parallel_tool_calls", "true or false"),
+        (body(top_logprobs=21), "top_logprobs", "from 0 to 20"),
+        (
+            body(tools=[{"type": "function", "function": {"name": "f", "strict": "yes"}}]),
+            "tools[0]",
+            "strict' must be true or false",
+        ),
+        (body(frequency_penalty=10**400), "frequency_penalty", "from -2 to 2"),
+        (body(logit_bias={"1": "x"}), "logit_bias", "token ids to numbers"),
+        (body(metadata={"k": 1}), "metadata", "string values"),
+        (body(reasoning_effort=1), "reasoning_effort", "a string"),
+        (
+            body(response_format={"type": "json_schema", "json_schema": {"schema": {}}}),
+            "response_format",
+            '"name"',
+        ),
+        (
+            body(messages=[{"role": "user", "content": "x", "name": 5}]),
+            "messages[0].name",
+            "string",
+        ),
+        (
+            body(messages=[{"role": "assistant", "content": "x", "tool_calls": 0}]),
+            "messages[0].tool_calls",
+            "a list",
+        ),
         (body(tools=[{"type": "custom"}]), "tools[0]", "function"),
         (body(tool_choice="any"), "tool_choice", "'required'"),
         (body(stream="yes"), "stream", "true or false"),
@@ -430,3 +460,26 @@ def test_the_sdk_raises_the_right_error(error: GatewayError, raises: type[Except
     assert error.message in str(raised.value)
     assert isinstance(raised.value, openai.APIStatusError)
     assert raised.value.body == msgspec.json.decode(dialect.encode_error(error))["error"]
+
+
+# --- bodies: nesting ---------------------------------------------------------------------------
+
+
+def _nested_schema(levels: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"inner": schema}}
+    return schema
+
+
+def test_a_deep_but_real_tool_schema_is_accepted_and_one_past_the_limit_is_not() -> None:
+    """A schema of 60 nested objects (about 125 JSON levels with the request around it) is
+    accepted; one more object crosses the 128-level limit and is a 400 that says so."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": _nested_schema(60)}}
+    request = dialect.parse_request(body(tools=[tool]))
+    assert request.tools[0].parameters == _nested_schema(60)
+    dialect.encode_request(request, "gpt-5.5", stream=True)  # and it can be sent on
+    tool["function"]["parameters"] = _nested_schema(62)
+    with pytest.raises(GatewayError, match="deeper than 128 levels") as raised:
+        dialect.parse_request(body(tools=[tool]))
+    assert raised.value.status == 400

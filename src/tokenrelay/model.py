@@ -91,8 +91,9 @@ class Request(msgspec.Struct, kw_only=True):
 
     ``model`` is what the client asked for: a route name or a provider model. ``system`` is the
     client's own system prompt, kept apart so a route can refuse it. ``extra`` holds fields only the
-    origin ``dialect`` understands; they pass through to an upstream of the same dialect and make a
-    cross-dialect translation fail loudly instead of being dropped. ``system_cache_control`` is an
+    origin ``dialect`` understands; they pass through to an upstream of the same dialect, and
+    another dialect's encoder translates those it has an equivalent for and raises
+    ``Untranslatable`` for the rest instead of dropping them. ``system_cache_control`` is an
     Anthropic prompt-caching breakpoint at the end of the system prompt; other dialects cache
     automatically, so their encoders ignore it (it is not an error).
     """
@@ -129,16 +130,29 @@ class Request(msgspec.Struct, kw_only=True):
 # --- stream events -----------------------------------------------------------------------------
 
 
-class TextDelta(msgspec.Struct, frozen=True):
+# ``choice`` on a content event or a finish: which of the answers it belongs to, when a client of
+# the upstream's own dialect asked for several (OpenAI's ``n``); 0 otherwise. Only the same
+# dialect's writer reads it, since asking for several answers is refused across dialects.
+# ``gc=False``: an event holds strings, numbers and decoded JSON, never a cycle, and skipping the
+# collector's tracking makes one per token cheaper to build than the one-field event was.
+
+
+class TextDelta(msgspec.Struct, frozen=True, gc=False):
+    """Answer text. ``logprobs`` is the upstream's log-probability object for this piece
+    (OpenAI's per-choice ``logprobs``), opaque, for a writer of the same dialect."""
+
     text: str
+    choice: int = 0
+    logprobs: dict[str, Any] | None = None
 
 
-class ThinkingDelta(msgspec.Struct, frozen=True):
+class ThinkingDelta(msgspec.Struct, frozen=True, gc=False):
     text: str = ""
     signature: str | None = None
+    choice: int = 0
 
 
-class ToolCallDelta(msgspec.Struct, frozen=True):
+class ToolCallDelta(msgspec.Struct, frozen=True, gc=False):
     """A piece of a tool call. ``index`` counts tool calls in the response from 0; ``id`` and
     ``name`` arrive with the first piece, ``arguments`` is a fragment of JSON text."""
 
@@ -146,6 +160,7 @@ class ToolCallDelta(msgspec.Struct, frozen=True):
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    choice: int = 0
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -165,9 +180,10 @@ class Usage(msgspec.Struct, frozen=True):
     model: str | None = None
 
 
-class Finish(msgspec.Struct, frozen=True):
+class Finish(msgspec.Struct, frozen=True, gc=False):
     reason: FinishReason = "stop"
     stop_sequence: str | None = None
+    choice: int = 0
 
 
 class Error(msgspec.Struct, frozen=True):
@@ -253,7 +269,12 @@ class ToolCall(msgspec.Struct):
 
 
 class Completion(msgspec.Struct):
-    """A whole response: what a non-streaming answer holds, built by folding events."""
+    """A whole response: what a non-streaming answer holds, built by folding events.
+
+    ``logprobs`` merges the pieces' log probabilities (their lists joined); ``choices`` holds the
+    answers after the first when several were asked for (choice 1 first), each with its own
+    text, calls, finish and logprobs; usage and error are the whole response's, on this one.
+    """
 
     text: str = ""
     thinking: str = ""
@@ -262,22 +283,32 @@ class Completion(msgspec.Struct):
     usage: Usage = msgspec.field(default_factory=Usage)
     finish: Finish | None = None
     error: Error | None = None
+    logprobs: dict[str, Any] | None = None
+    choices: list[Completion] = msgspec.field(default_factory=list)
 
     def events(self) -> list[Event]:
         """The events that would stream this completion, in a canonical order."""
         out: list[Event] = []
-        if self.thinking or self.thinking_signature:
-            out.append(ThinkingDelta(self.thinking, self.thinking_signature))
-        if self.text:
-            out.append(TextDelta(self.text))
-        for index, call in enumerate(self.tool_calls):
-            out.append(ToolCallDelta(index, call.id, call.name, call.arguments))
+        self._content_events(out, 0)
+        for choice, other in enumerate(self.choices, 1):
+            other._content_events(out, choice)
         out.append(self.usage)
         if self.error is not None:
             out.append(self.error)
-        else:
-            out.append(self.finish or Finish())
+            return out
+        for choice, other in enumerate(self.choices, 1):
+            finish = other.finish or Finish()
+            out.append(Finish(finish.reason, finish.stop_sequence, choice))
+        out.append(self.finish or Finish())
         return out
+
+    def _content_events(self, out: list[Event], choice: int) -> None:
+        if self.thinking or self.thinking_signature:
+            out.append(ThinkingDelta(self.thinking, self.thinking_signature, choice))
+        if self.text or self.logprobs is not None:
+            out.append(TextDelta(self.text, choice, self.logprobs))
+        for index, call in enumerate(self.tool_calls):
+            out.append(ToolCallDelta(index, call.id, call.name, call.arguments, choice))
 
 
 def merge_usage(old: Usage, new: Usage) -> Usage:
@@ -292,28 +323,45 @@ def merge_usage(old: Usage, new: Usage) -> Usage:
     )
 
 
+# Choices an upstream may number; more is a broken upstream, not a reason to allocate.
+MAX_CHOICES = 128
+
+
 class Accumulator:
     """Folds stream events into a ``Completion``; the gateway keeps one per request for metering."""
 
-    __slots__ = ("_text", "_thinking", "completion", "content_events")
+    __slots__ = ("_choices", "_logprobs", "_text", "_thinking", "completion", "content_events")
 
     def __init__(self) -> None:
         self.completion = Completion()
         self._text: list[str] = []
         self._thinking: list[str] = []
+        self._logprobs: dict[str, Any] | None = None
+        self._choices: dict[int, Accumulator] | None = None  # choices after the first
         self.content_events = 0
 
     def add(self, event: Event) -> None:
         completion = self.completion
         if isinstance(event, TextDelta):
+            if event.choice:
+                self._other(event.choice, msgspec.structs.replace(event, choice=0))
+                return
             self._text.append(event.text)
+            if event.logprobs is not None:
+                self._add_logprobs(event.logprobs)
             self.content_events += 1
         elif isinstance(event, ThinkingDelta):
+            if event.choice:
+                self._other(event.choice, msgspec.structs.replace(event, choice=0))
+                return
             self._thinking.append(event.text)
             if event.signature:
                 completion.thinking_signature = event.signature
             self.content_events += 1
         elif isinstance(event, ToolCallDelta):
+            if event.choice:
+                self._other(event.choice, msgspec.structs.replace(event, choice=0))
+                return
             calls = completion.tool_calls
             while len(calls) <= event.index:
                 calls.append(ToolCall(id="", name=""))
@@ -327,11 +375,50 @@ class Accumulator:
         elif isinstance(event, Usage):
             completion.usage = merge_usage(completion.usage, event)
         elif isinstance(event, Finish):
-            completion.finish = event
+            if event.choice:
+                self._other(event.choice, msgspec.structs.replace(event, choice=0))
+            else:
+                completion.finish = event
         elif isinstance(event, Error):
             completion.error = event
 
+    def _other(self, choice: int, event: Event) -> None:
+        """An event of a later choice (renumbered 0), folded by that choice's own accumulator."""
+        if choice >= MAX_CHOICES:
+            return
+        if self._choices is None:
+            self._choices = {}
+        accumulator = self._choices.get(choice)
+        if accumulator is None:
+            accumulator = self._choices[choice] = Accumulator()
+        accumulator.add(event)
+        if not isinstance(event, Finish):
+            self.content_events += 1
+
+    def _add_logprobs(self, logprobs: dict[str, Any]) -> None:
+        """Join the pieces' lists (``content``, ``refusal``) as a whole response holds them."""
+        merged = self._logprobs
+        if merged is None:
+            merged = self._logprobs = {}
+        for key, items in logprobs.items():
+            current = merged.get(key)
+            if isinstance(items, list):
+                if isinstance(current, list):
+                    current.extend(items)
+                else:
+                    merged[key] = list(items)
+            elif key not in merged:
+                merged[key] = items
+
     def result(self) -> Completion:
-        self.completion.text = "".join(self._text)
-        self.completion.thinking = "".join(self._thinking)
-        return self.completion
+        completion = self.completion
+        completion.text = "".join(self._text)
+        completion.thinking = "".join(self._thinking)
+        completion.logprobs = self._logprobs
+        if self._choices:
+            others = self._choices
+            completion.choices = [
+                others[i].result() if i in others else Completion()
+                for i in range(1, max(others) + 1)
+            ]
+        return completion

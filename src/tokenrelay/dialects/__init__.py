@@ -42,7 +42,8 @@ class Dialect(Protocol):
         ...
 
     def encode_request(self, request: Request, model: str, *, stream: bool) -> bytes:
-        """Raise ``GatewayError`` 400 when the request holds something this dialect cannot say."""
+        """Translate what has an equivalent here; raise ``Untranslatable`` naming a field this
+        dialect cannot carry (failover then skips this target)."""
         ...
 
     def stream_writer(self, request: Request, *, id: str, model: str) -> StreamWriter: ...
@@ -71,24 +72,6 @@ def get(name: str) -> Dialect:
     """The dialect module for ``name`` (imported on first use)."""
     module: Dialect = importlib.import_module(_MODULES[name])
     return module
-
-
-def decode_body(body: bytes) -> object:
-    """A request body's JSON; a 400 that says whether the bytes are not UTF-8 or not JSON."""
-    import msgspec
-
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise GatewayError(
-                "invalid_request", "the request body is not valid UTF-8", 400
-            ) from None
-        raise GatewayError(
-            "invalid_request", f"the request body is not valid JSON: {exc}", 400
-        ) from None
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:

@@ -29,7 +29,8 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects import passthrough, retry_after_seconds
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.sse import SSEEvent, frame
 from tokenrelay.model import (
     ERROR_STATUS,
@@ -292,12 +293,14 @@ def _tool_choice(value: Any, extra: dict[str, Any]) -> str:
     if not isinstance(value, dict):
         raise _invalid("tool_choice", "Input should be a valid dictionary")
     kind = value.get("type")
+    if not isinstance(value.get("disable_parallel_tool_use", False), bool):
+        raise _invalid("tool_choice.disable_parallel_tool_use", "Input should be a valid boolean")
     if set(value) - {"type", "name"}:
         extra["tool_choice"] = value  # e.g. disable_parallel_tool_use: Anthropic only
     if kind == "tool":
         name: str = _field(value, "name", "tool_choice")
         return name
-    if kind in _TOOL_CHOICES:
+    if isinstance(kind, str) and kind in _TOOL_CHOICES:
         return _TOOL_CHOICES[kind]
     raise _invalid("tool_choice.type", "Input should be 'auto', 'any', 'tool' or 'none'")
 
@@ -318,6 +321,9 @@ def parse_request(body: bytes) -> Request:
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
         raise _invalid("max_tokens", "Input should be a positive integer")
     messages = _messages(data.get("messages"))
+    wrong = passthrough.first_wrong(data, passthrough.ANTHROPIC)
+    if wrong is not None:
+        raise _invalid(wrong[0], f"Input should be {wrong[1]}")
     extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
     system = data.get("system")
     system_cache_control = None
@@ -435,11 +441,10 @@ def _arguments(text: str) -> dict[str, Any] | None:
 def _input(part: ToolCallPart) -> dict[str, Any]:
     value = _arguments(part.arguments)
     if value is None:
-        raise GatewayError(
-            "invalid_request",
+        raise Untranslatable(
             f"the arguments of tool call {part.id!r} ({part.name}) are not a JSON object; "
             "Anthropic needs tool_use input as an object",
-            400,
+            param="messages",
         )
     return value
 
@@ -482,19 +487,11 @@ def _tool_choice_json(choice: str) -> dict[str, str]:
 
 
 def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
-    """The body POSTed to an Anthropic upstream; ``extra`` only travels between Anthropic ends."""
-    if request.extra and request.dialect != NAME:
-        names = ", ".join(sorted(request.extra))
-        raise Untranslatable(
-            f"{names} cannot be sent to an Anthropic model; remove them or use a route served "
-            f"by {request.dialect}",
-            param=min(request.extra),  # the first name of the message, for an OpenAI client
-        )
+    """The body POSTed to an Anthropic upstream: ``extra`` verbatim from an Anthropic client,
+    translated from another (``_translate_extra``), or ``Untranslatable`` naming what is not."""
     if request.temperature is not None and request.temperature > 1:
-        raise GatewayError(
-            "invalid_request",
+        raise Untranslatable(
             f"temperature {request.temperature:g} is above Anthropic's maximum of 1; use 0 to 1",
-            400,
             param="temperature",
         )
     body: dict[str, Any] = {
@@ -524,7 +521,82 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     body["stream"] = stream
     if request.dialect == NAME:
         body.update(request.extra)
+    elif request.extra:
+        _translate_extra(request, body)
     return _encode(body)
+
+
+# OpenAI's ``reasoning_effort`` as a thinking budget (Anthropic's minimum is 1024 tokens);
+# ``openai.reasoning_effort`` maps a budget back onto the same scale.
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 32768}
+# OpenAI fields that change nothing about the answer (storage, caching keys, abuse ids): dropped.
+_INERT = frozenset({"store", "metadata", "prompt_cache_key", "safety_identifier"})
+
+
+def _translate_extra(request: Request, body: dict[str, Any]) -> None:
+    """An OpenAI request's extra fields into ``body``, or ``Untranslatable`` naming the first
+    that has no Anthropic equivalent. See ``docs/dialects.md`` for the table."""
+    extra = request.extra
+    refused = [key for key in extra if not _carried(key, extra[key], extra)]
+    if refused:
+        names = ", ".join(sorted(refused))
+        raise Untranslatable(
+            f"{names} cannot be sent to an Anthropic model; remove them or use a route served "
+            f"by {request.dialect}",
+            param=min(refused),  # the first name of the message, for an OpenAI client
+        )
+    tools = extra.get("tools")
+    if isinstance(tools, list) and "tools" in body:  # strict schemas: Anthropic has them too
+        strict = [isinstance(t, dict) and bool(t.get("function", {}).get("strict")) for t in tools]
+        for tool, is_strict in zip(body["tools"], strict, strict=False):
+            if is_strict:
+                tool["strict"] = True
+    if extra.get("parallel_tool_calls") is False and "tools" in body:
+        choice = body.setdefault("tool_choice", {"type": "auto"})
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    response_format = extra.get("response_format")
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        schema = response_format["json_schema"].get("schema") or {"type": "object"}
+        body["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+    effort = extra.get("reasoning_effort")
+    if effort is not None and effort != "none":
+        _think(request, body, THINKING_BUDGETS[effort])
+
+
+def _carried(key: str, value: Any, extra: dict[str, Any]) -> bool:
+    """Whether an OpenAI extra field has an Anthropic equivalent (or asks for nothing)."""
+    if key in _INERT or key == "tools" or key == "parallel_tool_calls":
+        return True
+    if key == "n":
+        return value in (None, 1)
+    if key in ("logprobs", "top_logprobs"):  # asked for only with logprobs true
+        return not extra.get("logprobs")
+    if key == "response_format":
+        return value is None or value.get("type") in ("text", "json_schema")
+    if key == "reasoning_effort":
+        return value is None or value == "none" or value in THINKING_BUDGETS
+    return False
+
+
+def _think(request: Request, body: dict[str, Any], budget: int) -> None:
+    """Extended thinking with ``budget`` tokens; ``max_tokens`` counts them, so it is raised by
+    the budget when it would not leave room for an answer."""
+    if request.temperature not in (None, 1) or (request.top_p is not None and request.top_p < 0.95):
+        raise Untranslatable(
+            "reasoning_effort becomes extended thinking on an Anthropic model, which takes no "
+            "temperature (or top_p below 0.95); leave them out",
+            param="reasoning_effort",
+        )
+    if body.get("tool_choice", {}).get("type") in ("any", "tool"):
+        raise Untranslatable(
+            "reasoning_effort becomes extended thinking on an Anthropic model, which cannot be "
+            "forced to call a tool; use tool_choice 'auto'",
+            param="reasoning_effort",
+        )
+    if body["max_tokens"] <= budget:
+        body["max_tokens"] += budget
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
 # --- usage -------------------------------------------------------------------------------------

@@ -41,12 +41,16 @@ def optional_positive_int(data: Mapping[str, Any], name: str) -> int | None:
     return value
 
 
-def optional_number(data: Mapping[str, Any], name: str) -> float | None:
+def optional_number(
+    data: Mapping[str, Any], name: str, low: float = 0.0, high: float = 2.0
+) -> float | None:
+    """A number from ``low`` to ``high`` (a temperature's range by default, OpenAI's and the
+    widest any provider takes); an integer too large for a float is out of range, not a 500."""
     value = data.get(name)
     if value is None:
         return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise invalid(f"'{name}' must be a number", param=name)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
+        raise invalid(f"'{name}' must be a number from {low:g} to {high:g}", param=name)
     return float(value)
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects import retry_after_seconds
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.fields import (
     invalid,
     known_fields,
@@ -35,6 +36,7 @@ from tokenrelay.model import (
     TextDelta,
     TextPart,
     ThinkingDelta,
+    Untranslatable,
     Usage,
     merge_usage,
 )
@@ -98,16 +100,12 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
         or len(parts) != 1
         or not isinstance(parts[0], TextPart)
     ):
-        raise GatewayError(
-            "invalid_request",
+        raise Untranslatable(
             "/api/generate takes a single user prompt; use /v1/messages or "
-            "/v1/chat/completions for conversations, images and tools",
-            400,
+            "/v1/chat/completions for conversations, images and tools"
         )
     if request.tools or request.stop or request.top_p is not None:
-        raise GatewayError(
-            "invalid_request", "/api/generate cannot carry tools, stop sequences or top_p", 400
-        )
+        raise Untranslatable("/api/generate cannot carry tools, stop sequences or top_p")
     body: dict[str, Any] = {"prompt": parts[0].text, "route": model}
     if request.max_tokens is not None:
         body["maxTokens"] = request.max_tokens

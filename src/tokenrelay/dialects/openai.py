@@ -16,10 +16,12 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects import passthrough, retry_after_seconds
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     ERROR_STATUS,
+    MAX_CHOICES,
     Completion,
     Error,
     Event,
@@ -109,7 +111,7 @@ _DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
 _ROLES = "system, developer, user, assistant, tool"
 _CONSUMED = frozenset(
     {"model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop"}
-    | {"tools", "tool_choice", "stream", "stream_options", "n", "user"}
+    | {"tools", "tool_choice", "stream", "stream_options", "user"}
 )
 
 _encode = msgspec.json.encode
@@ -141,9 +143,9 @@ def parse_request(body: bytes) -> Request:
     for legacy in ("functions", "function_call"):
         if data.get(legacy) is not None:
             raise _invalid(f"'{legacy}' is deprecated; use 'tools' and 'tool_choice'", legacy)
-    n = data.get("n")
-    if n is not None and n != 1:
-        raise _invalid("'n' must be 1: this gateway streams a single choice", "n")
+    wrong = passthrough.first_wrong(data, passthrough.OPENAI)
+    if wrong is not None:
+        raise _invalid(f"'{wrong[0]}' must be {wrong[1]}", wrong[0])
     system: list[str] = []
     parsed = [_message(m, f"messages[{i}]", system) for i, m in enumerate(messages)]
     max_tokens = _positive(data, "max_tokens")
@@ -151,7 +153,8 @@ def parse_request(body: bytes) -> Request:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise _invalid("'stream' must be true or false", "stream")
-    options = data.get("stream_options") or {}
+    options = data.get("stream_options")
+    options = {} if options is None else options
     if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
         raise _invalid("'stream_options' must be like {\"include_usage\": true}", "stream_options")
     user = data.get("user")
@@ -184,6 +187,8 @@ def _message(data: Any, where: str, system: list[str]) -> Message | None:
         raise _invalid(f"'{where}' must be an object with 'role' and 'content'", where)
     role = data.get("role")
     content = data.get("content")
+    if data.get("name") is not None and not isinstance(data["name"], str):
+        raise _invalid(f"'{where}.name' must be a string", f"{where}.name")
     if role in ("system", "developer"):
         text = _text(content, f"{where}.content", "\n")
         if text:
@@ -241,6 +246,9 @@ def _user_parts(content: Any, where: str) -> list[Part]:
                 at = f"{where}[{j}].image_url"
                 raise _invalid(f'\'{at}\' must be an object like {{"url": "https://..."}}', at)
             url = _str(image, "url", f"{where}[{j}].image_url")
+            if not isinstance(image.get("detail", ""), str):
+                at = f"{where}[{j}].image_url.detail"
+                raise _invalid(f"'{at}' must be 'auto', 'low' or 'high'", at)
             found = _DATA_URL.fullmatch(url)
             parts.append(ImagePart(data=found[2], media_type=found[1]) if found else ImagePart(url))
         else:
@@ -270,7 +278,8 @@ def _assistant_parts(data: dict[str, Any], where: str) -> list[Part]:
         raise _invalid(f"'{where}.content' must be a string, null or text parts", where)
     if content:
         parts.append(TextPart(content))
-    calls = data.get("tool_calls") or []
+    calls = data.get("tool_calls")
+    calls = [] if calls is None else calls
     if not isinstance(calls, list):
         raise _invalid(f"'{where}.tool_calls' must be a list", f"{where}.tool_calls")
     for k, call in enumerate(calls):
@@ -333,6 +342,8 @@ def _tools(value: Any) -> tuple[list[Tool], list[Any]]:
             raise _invalid(f"'tools[{i}].function.description' must be a string", f"tools[{i}]")
         if not isinstance(parameters, dict):
             raise _invalid(f"'tools[{i}].function.parameters' must be a JSON Schema", f"tools[{i}]")
+        if not isinstance(function.get("strict", False), bool | None):
+            raise _invalid(f"'tools[{i}].function.strict' must be true or false", f"tools[{i}]")
         tools.append(Tool(_str(function, "name", f"tools[{i}].function"), description, parameters))
     return tools, value
 
@@ -357,13 +368,7 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     """The body for any OpenAI-compatible server. Usage is always asked for when streaming;
     ``max_completion_tokens`` goes only to reasoning models (o1/o3/o4/gpt-5), which refuse
     ``max_tokens``, because vLLM, Ollama and older servers know only ``max_tokens``."""
-    if request.extra and request.dialect != NAME:
-        fields = ", ".join(repr(key) for key in request.extra)
-        raise Untranslatable(
-            f"{fields} cannot be sent to an OpenAI-compatible model; remove them or use a route "
-            f"served by {request.dialect}",
-            param=next(iter(request.extra)),
-        )
+    translated = _foreign_extra(request, model) if request.extra and request.dialect != NAME else {}
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -395,9 +400,55 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if request.dialect == NAME:
-        body.update(request.extra)
+    body.update(request.extra if request.dialect == NAME else translated)
     return _encode(body)
+
+
+def reasoning_effort(budget_tokens: int) -> str:
+    """An Anthropic thinking budget as the effort an OpenAI reasoning model takes (the inverse of
+    ``anthropic.THINKING_BUDGETS``, rounded to the efforts every reasoning model knows)."""
+    if budget_tokens < 4096:
+        return "low"
+    return "medium" if budget_tokens < 16384 else "high"
+
+
+def _foreign_extra(request: Request, model: str) -> dict[str, Any]:
+    """Another dialect's extra fields as OpenAI's; ``Untranslatable`` naming what has no
+    equivalent. ``thinking`` becomes ``reasoning_effort`` for reasoning models only (others
+    cannot think on request); Anthropic's ``disable_parallel_tool_use`` becomes
+    ``parallel_tool_calls``."""
+    out: dict[str, Any] = {}
+    refused: list[str] = []
+    for key, value in request.extra.items():
+        if key == "thinking" and isinstance(value, dict):
+            if value.get("type") == "disabled":
+                continue
+            if value.get("type") != "enabled":
+                refused.append(key)
+            elif not _REASONING_MODEL.search(model):
+                raise Untranslatable(
+                    f"'thinking' cannot be sent to {model}, an OpenAI-compatible model that does "
+                    "not reason; use a reasoning model (o3, o4-mini, gpt-5...) or a route served "
+                    f"by {request.dialect}",
+                    param="thinking",
+                )
+            else:
+                out["reasoning_effort"] = reasoning_effort(value["budget_tokens"])
+        elif key == "tool_choice" and isinstance(value, dict):
+            if set(value) - {"type", "name", "disable_parallel_tool_use"}:
+                refused.append(key)
+            elif value.get("disable_parallel_tool_use") and value.get("type") != "none":
+                out["parallel_tool_calls"] = False
+        else:
+            refused.append(key)
+    if refused:
+        fields = ", ".join(repr(key) for key in refused)
+        raise Untranslatable(
+            f"{fields} cannot be sent to an OpenAI-compatible model; remove them or use a route "
+            f"served by {request.dialect}",
+            param=refused[0],
+        )
+    return out
 
 
 def _tool_json(tool: Tool) -> dict[str, Any]:
@@ -428,20 +479,20 @@ def _encode_message(message: Message, index: int, dialect: str) -> list[dict[str
             calls.append({"id": part.id, "type": "function", "function": function})
         elif isinstance(part, ThinkingPart) and message.role == "assistant":
             if part.text and dialect != NAME:
-                raise _invalid(
+                raise Untranslatable(
                     f"messages[{index}] carries thinking from an earlier turn, which an "
                     "OpenAI-compatible model cannot take back; remove it or use a route served "
                     f"by {dialect}",
-                    "messages",
+                    param="messages",
                 )
             if part.text:
                 reasoning.append(part.text)
         else:
             kind = type(part).__name__
-            raise _invalid(
+            raise Untranslatable(
                 f"messages[{index}] is a {message.role} message holding a {kind}; OpenAI takes "
                 "images only from the user and tool calls only from the assistant",
-                "messages",
+                param="messages",
             )
     if message.role == "assistant":
         text = "".join(item["text"] for item in content)
@@ -465,15 +516,21 @@ def _encode_message(message: Message, index: int, dialect: str) -> list[dict[str
 class OpenAIWriter:
     """``chat.completion.chunk`` lines: a role chunk first, one chunk per delta, a finish chunk,
     the usage chunk (``choices: []``) when the client asked for it, then ``[DONE]``. Text chunks
-    are two pre-encoded byte strings around the JSON string of the text."""
+    are two pre-encoded byte strings around the JSON string of the text.
+
+    The first choice without log probabilities is that fast path; log probabilities and the
+    choices after the first (a client's ``n`` > 1) take ``_piece``, which builds each chunk."""
 
     __slots__ = (
+        "_choices_head",
         "_closed",
         "_finished",
         "_head",
         "_include_usage",
+        "_open_choices",
         "_started",
         "_tail",
+        "_tail_end",
         "_text_head",
         "_thinking_head",
         "_tools_started",
@@ -487,27 +544,55 @@ class OpenAIWriter:
         )
         envelope = envelope[:-1] + b',"model":' + _encode(model) + b',"system_fingerprint":null'
         self._usage_head = b"data: " + envelope + b',"choices":[],"usage":'
-        self._head = b"data: " + envelope + b',"choices":[{"index":0,"delta":'
-        self._tail = b',"logprobs":null,"finish_reason":null}]' + (
+        self._choices_head = b"data: " + envelope + b',"choices":[{"index":'
+        self._head = self._choices_head + b'0,"delta":'
+        self._tail_end = b',"finish_reason":null}]' + (
             b',"usage":null}\n\n' if include_usage else b"}\n\n"
         )
+        self._tail = b',"logprobs":null' + self._tail_end
         self._text_head = self._head + b'{"content":'
         self._thinking_head = self._head + b'{"reasoning_content":'
         self._include_usage = include_usage
         self._usage = Usage()
-        self._tools_started: set[int] = set()
+        self._tools_started: set[tuple[int, int]] = set()
         self._started = self._finished = self._closed = False
+        self._open_choices: dict[int, bool] = {}  # later choices: started -> finished
 
-    def _role(self) -> bytes:
-        if self._started:
+    def _role(self, choice: int = 0) -> bytes:
+        if choice:
+            if choice in self._open_choices:
+                return b""
+            self._open_choices[choice] = False
+        elif self._started:
             return b""
-        self._started = True
-        return self._head + b'{"role":"assistant","content":"","refusal":null}' + self._tail
+        else:
+            self._started = True
+        delta = b'{"role":"assistant","content":"","refusal":null}'
+        return self._piece(choice, delta)
+
+    def _piece(
+        self, choice: int, delta: bytes, logprobs: Any = None, finish: str | None = None
+    ) -> bytes:
+        """One choice's chunk, for every case off the fast path."""
+        head = (
+            self._head if choice == 0 else self._choices_head + str(choice).encode() + b',"delta":'
+        )
+        tail = (
+            self._tail if logprobs is None else b',"logprobs":' + _encode(logprobs) + self._tail_end
+        )
+        if finish is not None:
+            tail = tail.replace(
+                b'"finish_reason":null', b'"finish_reason":"' + finish.encode() + b'"'
+            )
+        return head + delta + tail
 
     def write(self, event: Event) -> bytes:
         if self._closed:
             return b""
         if isinstance(event, TextDelta):
+            if event.choice or event.logprobs is not None:
+                delta = b'{"content":' + _encode(event.text) + b"}"
+                return self._role(event.choice) + self._piece(event.choice, delta, event.logprobs)
             if not event.text:
                 return b""
             chunk = self._text_head + _encode(event.text) + b"}" + self._tail
@@ -515,6 +600,9 @@ class OpenAIWriter:
         if isinstance(event, ThinkingDelta):
             if not event.text:
                 return b""  # a signature alone has no place on this wire
+            if event.choice:
+                delta = b'{"reasoning_content":' + _encode(event.text) + b"}"
+                return self._role(event.choice) + self._piece(event.choice, delta)
             return self._role() + self._thinking_head + _encode(event.text) + b"}" + self._tail
         if isinstance(event, ToolCallDelta):
             return self._tool_call(event)
@@ -529,8 +617,9 @@ class OpenAIWriter:
 
     def _tool_call(self, event: ToolCallDelta) -> bytes:
         piece: dict[str, Any] = {"index": event.index}
-        if event.index not in self._tools_started:
-            self._tools_started.add(event.index)
+        key = (event.choice, event.index)
+        if key not in self._tools_started:
+            self._tools_started.add(key)
             piece["id"] = event.id
             piece["type"] = "function"
             piece["function"] = {"name": event.name, "arguments": event.arguments}
@@ -538,22 +627,31 @@ class OpenAIWriter:
             piece["function"] = {"arguments": event.arguments}
         else:
             return b""
-        return self._role() + self._head + _encode({"tool_calls": [piece]}) + self._tail
+        delta = _encode({"tool_calls": [piece]})
+        return self._role(event.choice) + self._piece(event.choice, delta)
 
     def _finish(self, event: Finish) -> bytes:
-        if self._finished:
+        choice = event.choice
+        if choice:
+            if self._open_choices.get(choice):
+                return b""
+            out = self._role(choice)
+            self._open_choices[choice] = True
+        elif self._finished:
             return b""
-        self._finished = True
+        else:
+            out = self._role()
+            self._finished = True
         reason = _FINISH_OUT.get(event.reason, event.reason)
-        tail = self._tail.replace(
-            b'"finish_reason":null', b'"finish_reason":"' + reason.encode() + b'"'
-        )
-        return self._role() + self._head + b"{}" + tail
+        return out + self._piece(choice, b"{}", finish=reason)
 
     def close(self) -> bytes:
         if self._closed:
             return b""
         out = b"" if self._finished else self._finish(Finish())
+        for choice, finished in list(self._open_choices.items()):
+            if not finished:
+                out += self._finish(Finish(choice=choice))
         self._closed = True
         if self._include_usage:
             out += self._usage_head + _encode(_usage_json(self._usage)) + b"}\n\n"
@@ -606,29 +704,42 @@ class OpenAIReader:
         if self._model is None and isinstance(served, str) and served:
             self._model = served
             events.append(Usage(model=served))
-        finish: Finish | None = None
+        finishes: list[Finish] | None = None
         for choice in data.get("choices") or ():
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index", 0)
+            if index != 0 and (type(index) is not int or not 0 < index < MAX_CHOICES):
                 continue
             delta = choice.get("delta") or {}
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if reasoning and isinstance(reasoning, str):
-                events.append(ThinkingDelta(reasoning))
+                events.append(ThinkingDelta(reasoning, None, index))
             text = delta.get("content") or delta.get("refusal")
+            logprobs = choice.get("logprobs")
+            if logprobs is not None and type(logprobs) is not dict:
+                logprobs = None
             if text and isinstance(text, str):
-                events.append(TextDelta(text))
-            for call in delta.get("tool_calls") or ():
-                if isinstance(call, dict):
-                    events.append(self._tool_call(call))
-            finish = _finish(choice) or finish
+                events.append(TextDelta(text, index, logprobs))
+            elif logprobs and (logprobs.get("content") or logprobs.get("refusal")):
+                # log probabilities without text; an empty role chunk's are not content, which
+                # would end the wait for a first token before there is one
+                events.append(TextDelta("", index, logprobs))
+            calls = delta.get("tool_calls")
+            if calls:
+                events.extend(self._tool_call(c, index) for c in calls if isinstance(c, dict))
+            reason = choice.get("finish_reason")
+            if reason:
+                finish = _finish_of(reason, choice, index)
+                finishes = [finish] if finishes is None else [*finishes, finish]
         usage = data.get("usage")
         if isinstance(usage, dict):
             events.append(_usage_from_json(usage))
-        if finish is not None:
-            events.append(finish)
+        if finishes:
+            events.extend(finishes)
         return events
 
-    def _tool_call(self, call: dict[str, Any]) -> ToolCallDelta:
+    def _tool_call(self, call: dict[str, Any], choice: int) -> ToolCallDelta:
         function = call.get("function") or {}
         call_id = call.get("id")
         index = call.get("index")
@@ -640,7 +751,8 @@ class OpenAIReader:
         arguments = function.get("arguments") or ""
         if not isinstance(arguments, str):  # an object, as a few servers send it
             arguments = _encode(arguments).decode()
-        return ToolCallDelta(index, call_id or None, function.get("name") or None, arguments)
+        name = function.get("name") or None
+        return ToolCallDelta(index, call_id or None, name, arguments, choice)
 
 
 def stream_reader() -> OpenAIReader:
@@ -649,12 +761,14 @@ def stream_reader() -> OpenAIReader:
 
 def _finish(choice: dict[str, Any]) -> Finish | None:
     reason = choice.get("finish_reason")
-    if not reason:
-        return None
+    return _finish_of(reason, choice, 0) if reason else None
+
+
+def _finish_of(reason: Any, choice: dict[str, Any], index: int) -> Finish:
     stop_reason = choice.get("stop_reason")  # vLLM: the stop string that matched
     if reason == "stop" and isinstance(stop_reason, str):
-        return Finish("stop_sequence", stop_reason)
-    return Finish(_FINISH_IN.get(reason, "stop"))
+        return Finish("stop_sequence", stop_reason, index)
+    return Finish(_FINISH_IN.get(reason, "stop"), None, index)
 
 
 def _usage_json(usage: Usage) -> dict[str, Any]:
@@ -688,6 +802,22 @@ def _usage_from_json(data: Mapping[str, Any]) -> Usage:
 
 
 def encode_response(completion: Completion, *, id: str, model: str) -> bytes:
+    choices = [_choice_json(completion, 0)]
+    choices.extend(_choice_json(other, i) for i, other in enumerate(completion.choices, 1))
+    return _encode(
+        {
+            "id": id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": choices,
+            "usage": _usage_json(completion.usage),
+            "system_fingerprint": None,
+        }
+    )
+
+
+def _choice_json(completion: Completion, index: int) -> dict[str, Any]:
     calls = [
         {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
         for c in completion.tool_calls
@@ -706,18 +836,12 @@ def encode_response(completion: Completion, *, id: str, model: str) -> bytes:
         reason = _FINISH_OUT.get(completion.finish.reason, completion.finish.reason)
     else:
         reason = "tool_calls" if calls else "stop"
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
-    return _encode(
-        {
-            "id": id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": [choice],
-            "usage": _usage_json(completion.usage),
-            "system_fingerprint": None,
-        }
-    )
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": completion.logprobs,
+        "finish_reason": reason,
+    }
 
 
 def parse_response(body: bytes) -> Completion:
@@ -734,23 +858,38 @@ def parse_response(body: bytes) -> Completion:
 
 
 def _completion(data: dict[str, Any]) -> Completion:
-    choices = data.get("choices") or [{}]
-    message = choices[0].get("message") or {}
+    """The first choice, with the others (a client's ``n`` > 1) in ``choices`` by their index."""
+    raw = [c for c in data.get("choices") or () if isinstance(c, dict)] or [{}]
+    by_index = {c.get("index", 0): c for c in raw if type(c.get("index", 0)) is int}
+    first = _choice(by_index.pop(0, raw[0]))
+    usage = data.get("usage")
+    first.usage = _usage_from_json(usage) if isinstance(usage, dict) else Usage()
+    if isinstance(data.get("model"), str):
+        first.usage = msgspec.structs.replace(first.usage, model=data["model"])
+    later = [i for i in by_index if 0 < i < MAX_CHOICES]
+    if later:
+        first.choices = [
+            _choice(by_index[i]) if i in by_index else Completion()
+            for i in range(1, max(later) + 1)
+        ]
+    return first
+
+
+def _choice(choice: dict[str, Any]) -> Completion:
+    message = choice.get("message") or {}
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     calls = [
         ToolCall(c.get("id", ""), c["function"].get("name", ""), c["function"].get("arguments", ""))
         for c in message.get("tool_calls") or ()
         if isinstance(c.get("function"), dict)
     ]
-    usage = _usage_from_json(data["usage"]) if isinstance(data.get("usage"), dict) else Usage()
-    if isinstance(data.get("model"), str):
-        usage = msgspec.structs.replace(usage, model=data["model"])
+    logprobs = choice.get("logprobs")
     return Completion(
         text=message.get("content") or message.get("refusal") or "",
         thinking=reasoning if isinstance(reasoning, str) else "",
         tool_calls=calls,
-        usage=usage,
-        finish=_finish(choices[0]) or Finish("tool_calls" if calls else "stop"),
+        finish=_finish(choice) or Finish("tool_calls" if calls else "stop"),
+        logprobs=logprobs if isinstance(logprobs, dict) else None,
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body, retry_after_seconds
+from tokenrelay.dialects import retry_after_seconds
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.fields import (
     invalid,
     known_fields,
@@ -45,6 +46,7 @@ from tokenrelay.model import (
     TextDelta,
     TextPart,
     ThinkingDelta,
+    Untranslatable,
     Usage,
     merge_usage,
 )
@@ -201,11 +203,9 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
                 media_type = part.media_type or "image/*"
                 parts.append({"type": "file", "mediaType": media_type, "url": url})
             else:
-                raise GatewayError(
-                    "invalid_request", "/api/chat cannot carry tool calls or results", 400
-                )
+                raise Untranslatable("/api/chat cannot carry tool calls or results")
         if message.role == "tool":
-            raise GatewayError("invalid_request", "/api/chat cannot carry tool results", 400)
+            raise Untranslatable("/api/chat cannot carry tool results")
         messages.append(_ui_message(message.role, parts, len(messages)))
     body: dict[str, Any] = {
         "id": "chat",

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import decode_body
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.responses.items import input_items
 from tokenrelay.dialects.responses.wire import (
     BODY,
