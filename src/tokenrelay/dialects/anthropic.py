@@ -537,7 +537,10 @@ def _translate_extra(request: Request, body: dict[str, Any]) -> None:
     """An OpenAI request's extra fields into ``body``, or ``Untranslatable`` naming the first
     that has no Anthropic equivalent. See ``docs/dialects.md`` for the table."""
     extra = request.extra
-    refused = [key for key in extra if not _carried(key, extra[key], extra)]
+    if request.dialect == "openai":
+        refused = [key for key in extra if not _carried(key, extra[key], extra)]
+    else:  # the table is Chat Completions'; another dialect's fields are its own
+        refused = list(extra)
     if refused:
         names = ", ".join(sorted(refused))
         raise Untranslatable(
