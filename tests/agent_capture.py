@@ -87,21 +87,30 @@ SCENARIOS = [
         "codex_say_hi",
         "codex",
         "codex exec 'say hi' with model gpt-5.5, supports_websockets = true",
-        lambda url, home: run_codex(url + "/v1", "say hi", model="gpt-5.5", home=home),
+        lambda url, home: run_codex(
+            url + "/v1", "say hi", model="gpt-5.5", websockets=True, home=home
+        ),
     ),
     Scenario(
         "codex_say_hi_route_name",
         "codex",
         "codex exec 'say hi' with model default (a route name), supports_websockets = true",
-        lambda url, home: run_codex(url + "/v1", "say hi", model="default", home=home),
+        lambda url, home: run_codex(
+            url + "/v1", "say hi", model="default", websockets=True, home=home
+        ),
     ),
     Scenario(
         "codex_tool_turn",
         "codex",
-        "codex exec 'show hello.txt' with model gpt-5.5; the first answer is an exec_command "
+        "codex exec 'show hello.txt' with model gpt-5.5, supports_websockets = true; the first answer is an exec_command "
         "call, so the second request carries its function_call_output",
         lambda url, home: run_codex(
-            url + "/v1", "show hello.txt", model="gpt-5.5", files=READ_ME, home=home
+            url + "/v1",
+            "show hello.txt",
+            model="gpt-5.5",
+            websockets=True,
+            files=READ_ME,
+            home=home,
         ),
         tool_call={"name": "exec_command", "arguments": json.dumps({"cmd": "cat hello.txt"})},
     ),

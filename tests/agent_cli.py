@@ -87,9 +87,14 @@ def _base_environ(home: Path) -> dict[str, str]:
     }
 
 
-def claude_environ(home: Path, base_url: str, key: str = FAKE_KEY) -> dict[str, str]:
-    """Claude Code pointed at ``base_url`` (the gateway's root: it appends /v1/messages)."""
+def claude_environ(
+    home: Path, base_url: str, key: str = FAKE_KEY, headers: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Claude Code pointed at ``base_url`` (the gateway's root: it appends /v1/messages);
+    ``headers`` go on every request."""
+    custom = "\n".join(f"{name}: {value}" for name, value in (headers or {}).items())
     return {
+        **({"ANTHROPIC_CUSTOM_HEADERS": custom} if custom else {}),
         **_base_environ(home),
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
         "ANTHROPIC_BASE_URL": base_url,
@@ -98,10 +103,24 @@ def claude_environ(home: Path, base_url: str, key: str = FAKE_KEY) -> dict[str, 
     }
 
 
-def codex_config(base_url: str, model: str, *, websockets: bool = True) -> str:
+def codex_config(
+    base_url: str,
+    model: str,
+    *,
+    websockets: bool = False,
+    retries: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> str:
     """``$CODEX_HOME/config.toml`` with a provider at ``base_url`` (ending in /v1), keyed by the
-    ``TOKENRELAY_API_KEY`` variable. ``websockets`` true is Codex's default for OpenAI, so it
-    first tries a WebSocket on /v1/responses, then POSTs."""
+    ``TOKENRELAY_API_KEY`` variable. ``websockets`` false is Codex 0.171's default for a provider
+    of one's own; true (the built-in OpenAI provider's) first tries a WebSocket on /v1/responses,
+    then POSTs. ``retries`` sets both of Codex's retry counts (request and stream; None: its
+    defaults); ``headers`` go on every request."""
+    tries = (
+        []
+        if retries is None
+        else [f"request_max_retries = {retries}", f"stream_max_retries = {retries}"]
+    )
     return "\n".join(
         [
             f"model = {json.dumps(model)}",
@@ -114,8 +133,8 @@ def codex_config(base_url: str, model: str, *, websockets: bool = True) -> str:
             'env_key = "TOKENRELAY_API_KEY"',
             'wire_api = "responses"',
             f"supports_websockets = {'true' if websockets else 'false'}",
-            "request_max_retries = 0",
-            "stream_max_retries = 0",
+            *tries,
+            *([f"http_headers = {_toml_table(headers)}"] if headers else []),
             "",
             "[analytics]",
             "enabled = false",
@@ -125,6 +144,10 @@ def codex_config(base_url: str, model: str, *, websockets: bool = True) -> str:
             "",
         ]
     )
+
+
+def _toml_table(values: Mapping[str, str]) -> str:
+    return "{ " + ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in values.items()) + " }"
 
 
 def codex_environ(home: Path, key: str = FAKE_KEY) -> dict[str, str]:
@@ -193,6 +216,7 @@ async def run_claude(
     env: Mapping[str, str] | None = None,
     files: Mapping[str, str] | None = None,
     home: Path | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> AgentRun:
     """``claude -p PROMPT --model MODEL`` in a fresh home; ``files`` are written to its working
     directory first, ``env`` added to its environment; ``home`` (kept) instead of a temporary
@@ -201,7 +225,7 @@ async def run_claude(
         workdir = home / "work"
         for name, text in (files or {}).items():
             (workdir / name).write_text(text)
-        environ = {**claude_environ(home, base_url, key), **(env or {})}
+        environ = {**claude_environ(home, base_url, key, headers), **(env or {})}
         argv = [str(CLAUDE), "-p", prompt, "--model", model, *args]
         return await _run("claude", argv, environ, home, workdir, kill_after)
 
@@ -213,10 +237,12 @@ async def run_codex(
     model: str,
     key: str = FAKE_KEY,
     kill_after: float = 90.0,
-    websockets: bool = True,
+    websockets: bool = False,
+    retries: int | None = None,
     args: Sequence[str] = (),
     files: Mapping[str, str] | None = None,
     home: Path | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> AgentRun:
     """``codex exec PROMPT`` in a fresh home whose config.toml points at ``base_url``."""
     with _scratch_home("codex-home-", home) as home:
@@ -224,7 +250,9 @@ async def run_codex(
         for name, text in (files or {}).items():
             (workdir / name).write_text(text)
         (home / ".codex").mkdir(exist_ok=True)
-        config = codex_config(base_url, model, websockets=websockets)
+        config = codex_config(
+            base_url, model, websockets=websockets, retries=retries, headers=headers
+        )
         (home / ".codex" / "config.toml").write_text(config)
         argv = [str(CODEX), "exec", "--skip-git-repo-check", *args, prompt]
         return await _run("codex", argv, codex_environ(home, key), home, workdir, kill_after)
