@@ -102,8 +102,8 @@ SCENARIOS = [
     Scenario(
         "codex_tool_turn",
         "codex",
-        "codex exec 'show hello.txt' with model gpt-5.5, supports_websockets = true; the first answer is an exec_command "
-        "call, so the second request carries its function_call_output",
+        "codex exec 'show hello.txt' with model gpt-5.5, supports_websockets = true; the first "
+        "answer is an exec_command call, so the second request carries its function_call_output",
         lambda url, home: run_codex(
             url + "/v1",
             "show hello.txt",
