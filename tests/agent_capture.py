@@ -1,7 +1,8 @@
 """Records what the real coding agents send, into the fixtures of ``tests/data/agents/``.
 
-``PYTHONPATH=src python -m tests.agent_capture`` runs each scenario against a fresh recorder
-(``tests/recorder.py``, which answers like the provider would), then writes one JSON file per
+``PYTHONPATH=src python -m tests.agent_capture [NAME ...]`` runs each scenario (or those named)
+against a fresh recorder (``tests/recorder.py``, which answers like the provider would), then
+writes one JSON file per
 scenario: the agent's version and command, and every request it made, sanitized (the key and
 the temporary home replaced by placeholders). Rerun it when the versions in
 ``tests/agents/package.json`` move; the tests replay these files against the gateway.
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,10 +36,12 @@ def version(binary: Path) -> str:
 
 
 def sanitize(value: Any, home: str) -> Any:
-    """The capture with the temporary home (and its realpath) and the key replaced."""
+    """The capture with the temporary home (its realpath too, and the dashed form Claude Code
+    names its project directory after) and the key replaced."""
     text = json.dumps(value)
     for path in {home, str(Path(home).resolve())}:
-        text = text.replace(path, HOME)
+        dashed = re.sub("[^A-Za-z0-9]", "-", path)
+        text = text.replace(path, HOME).replace(dashed, "-" + HOME)
     return json.loads(text.replace(FAKE_KEY, KEY))
 
 
@@ -82,6 +87,12 @@ SCENARIOS = [
             url, "read hello.txt", model="claude-sonnet-5-5", files=READ_ME, home=home
         ),
         tool_call={"name": "Read", "input": {"file_path": HOME + "/work/hello.txt"}},
+    ),
+    Scenario(
+        "claude_code_context",
+        "claude",
+        "claude -p /context --model claude-sonnet-5-5 (the context report: count_tokens calls)",
+        lambda url, home: run_claude(url, "/context", model="claude-sonnet-5-5", home=home),
     ),
     Scenario(
         "codex_say_hi",
@@ -144,10 +155,14 @@ async def capture(scenario: Scenario) -> dict[str, Any]:
 
 
 def main() -> None:
+    """All scenarios, or those named on the command line."""
     FIXTURES.mkdir(parents=True, exist_ok=True)
+    chosen = set(sys.argv[1:])
 
     async def all_scenarios() -> None:
         for scenario in SCENARIOS:
+            if chosen and scenario.name not in chosen:
+                continue
             data = await capture(scenario)
             path = FIXTURES / f"{scenario.name}.json"
             path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
