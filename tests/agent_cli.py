@@ -4,7 +4,9 @@ network feature off, the key a fake one. Installed by ``npm ci --prefix tests/ag
 
 ``run_claude`` and ``run_codex`` return the exit code, stdout and stderr of one run, killed (with
 its children) after ``kill_after`` seconds. Both are coroutines, so a test can run an agent against
-a gateway served in the same event loop.
+a gateway served in the same event loop; ``settled``, ``refused`` and ``ledger_rows`` then tell
+what that gateway made of the run. To see every answer the agent got (status, headers, body), put
+``tests/recorder.py`` in front of the gateway (``recorder.start(upstream=gateway_url)``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.servers import RunningGateway
+    from tokenrelay.records import StreamRecord
 
 AGENTS_DIR = Path(__file__).resolve().parent / "agents"
 _BIN = AGENTS_DIR / "node_modules" / ".bin"
@@ -256,3 +263,43 @@ async def run_codex(
         (home / ".codex" / "config.toml").write_text(config)
         argv = [str(CODEX), "exec", "--skip-git-repo-check", *args, prompt]
         return await _run("codex", argv, codex_environ(home, key), home, workdir, kill_after)
+
+
+# --- what the gateway saw of a run (an in-process gateway of tests/servers.py) ------------------
+
+
+async def settled(gw: RunningGateway, since: int) -> list[StreamRecord]:
+    """The gateway's records of a run, once no new one has come for half a second (a record
+    follows its response, which the agent may have read before the gateway finished)."""
+    count, quiet_since = -1, time.monotonic()
+    while time.monotonic() - quiet_since < 0.5:
+        if len(gw.records) != count:
+            count, quiet_since = len(gw.records), time.monotonic()
+        await asyncio.sleep(0.05)
+    return gw.records[since:]
+
+
+def refused(records: list[StreamRecord]) -> list[str]:
+    """The records of requests the gateway answered with an error, one line each."""
+    return [f"{r.status} {r.error_type} {r.route!r}" for r in records if r.status >= 400]
+
+
+_LEDGER_COLUMNS = (
+    "request_id, user_id, route, provider, model, status, outcome, error_type, input_tokens, "
+    "output_tokens"
+)
+
+
+async def ledger_rows(gw: RunningGateway, request_ids: list[str]) -> list[dict[str, Any]]:
+    """The ledger rows of these requests, once the writer has put them in the database."""
+    db = await gw.gateway.gate.database()
+    marks = ", ".join("?" * len(request_ids))
+    deadline = time.monotonic() + 15
+    while True:
+        rows = await db.fetch_all(
+            f"SELECT {_LEDGER_COLUMNS} FROM ledger WHERE request_id IN ({marks})",
+            tuple(request_ids),
+        )
+        if len(rows) == len(request_ids) or time.monotonic() > deadline:
+            return [dict(row) for row in rows]
+        await asyncio.sleep(0.1)

@@ -11,10 +11,8 @@ passes, strict turns that into a failure, and the mark is removed. Everything el
 
 from __future__ import annotations
 
-import asyncio
 import json
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +22,17 @@ import pytest
 import pytest_asyncio
 
 from tests import recorder
-from tests.agent_cli import AgentRun, require_installed, run_claude, run_codex
+from tests.agent_cli import (
+    AgentRun,
+    ledger_rows,
+    refused,
+    require_installed,
+    run_claude,
+    run_codex,
+    settled,
+)
 from tests.servers import RunningGateway, clean_environ, gateway_server
 from tokenrelay.gate.keys import KeyStore
-from tokenrelay.records import StreamRecord
 
 CAPTURES = Path(__file__).resolve().parent / "data" / "agents"
 ANSWER = "hello from the simulator"  # the simulator's answer, steered by x-sim-text
@@ -330,40 +335,6 @@ async def test_codex_websocket_upgrade_is_refused_with_426(demo: Demo) -> None:
 
 
 # --- the real programs ---------------------------------------------------------------------------
-
-
-def records_of(gw: RunningGateway, since: int) -> list[StreamRecord]:
-    return gw.records[since:]
-
-
-async def settled(gw: RunningGateway, since: int) -> list[StreamRecord]:
-    """The gateway's records of a run, once no new one has come for half a second (a record
-    follows its response, which the agent may have read before the gateway finished)."""
-    count, quiet_since = -1, time.monotonic()
-    while time.monotonic() - quiet_since < 0.5:
-        if len(gw.records) != count:
-            count, quiet_since = len(gw.records), time.monotonic()
-        await asyncio.sleep(0.05)
-    return records_of(gw, since)
-
-
-def refused(records: list[StreamRecord]) -> list[str]:
-    return [f"{r.status} {r.error_type} {r.route!r}" for r in records if r.status >= 400]
-
-
-async def ledger_rows(gw: RunningGateway, request_ids: list[str]) -> list[dict[str, Any]]:
-    """The ledger rows of these requests, once the writer has put them in the database."""
-    db = await gw.gateway.gate.database()
-    marks = ", ".join("?" * len(request_ids))
-    deadline = time.monotonic() + 15
-    while True:
-        rows = await db.fetch_all(
-            f"SELECT request_id, route, status, outcome FROM ledger WHERE request_id IN ({marks})",
-            tuple(request_ids),
-        )
-        if len(rows) == len(request_ids) or time.monotonic() > deadline:
-            return [dict(row) for row in rows]
-        await asyncio.sleep(0.1)
 
 
 def exited_with_answer(run: AgentRun) -> None:
