@@ -140,7 +140,7 @@ async def capture(scenario: Scenario) -> dict[str, Any]:
         await running.stop()
         shutil.rmtree(home, ignore_errors=True)
     binary = CLAUDE if scenario.agent == "claude" else CODEX
-    return sanitize(
+    sanitized: dict[str, Any] = sanitize(
         {
             "scenario": scenario.name,
             "agent": scenario.agent,
@@ -152,6 +152,7 @@ async def capture(scenario: Scenario) -> dict[str, Any]:
         },
         run.home,
     )
+    return sanitized
 
 
 def main() -> None:

@@ -106,10 +106,11 @@ class Recorder:
         if self._session is None:
             self._session = ClientSession(timeout=ClientTimeout(total=None), auto_decompress=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        url = f"{self.upstream}{request.path_qs}"
         async with self._session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=raw or None
+            request.method, url, headers=headers, data=raw or None
         ) as upstream:
-            answer = {
+            answer: dict[str, Any] = {
                 "status": upstream.status,
                 "headers": [[k.lower(), v] for k, v in upstream.headers.items()],
                 "body": "",
@@ -170,7 +171,7 @@ class Recorder:
                     "usage": usage,
                 }
             )
-        start = {
+        start: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "role": "assistant",
@@ -222,7 +223,7 @@ class Recorder:
         model: str,
     ) -> web.StreamResponse:
         block = {"type": "tool_use", "id": f"toolu_rec_{self._serial:06d}", "name": call["name"]}
-        start = {
+        start: dict[str, Any] = {
             "id": message_id,
             "type": "message",
             "role": "assistant",
@@ -323,6 +324,7 @@ class Recorder:
 
         if not body.get("stream"):
             return web.json_response(response("completed", [item], True))
+        events: list[tuple[str, dict[str, Any]]]
         if call is not None:
             events = [
                 ("response.created", {"response": response("in_progress", [], False)}),
@@ -338,7 +340,7 @@ class Recorder:
                     for number, (name, data) in enumerate(events)
                 ],
             )
-        events: list[tuple[str, dict[str, Any]]] = [
+        events = [
             ("response.created", {"response": response("in_progress", [], False)}),
             ("response.in_progress", {"response": response("in_progress", [], False)}),
             (
