@@ -100,8 +100,8 @@ def headers_of(request: dict[str, Any]) -> dict[str, str]:
 
 
 def without_system_messages(body: dict[str, Any]) -> dict[str, Any]:
-    """What Claude Code itself sends after the gateway's 400: the same request with its
-    mid-conversation system messages left out (their text moves into the user turn)."""
+    """The request without its mid-conversation system messages, to get past that refusal and
+    see the next (Claude Code itself, after the 400, moves their text into the user turn)."""
     return {**body, "messages": [m for m in body["messages"] if m["role"] != "system"]}
 
 
@@ -109,8 +109,9 @@ def without_hosted_tools(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "tools": [t for t in body["tools"] if t["type"] in ("function", "custom")]}
 
 
-class Demo:
-    """A gateway in demo mode (its own simulator, no provider keys) and a key for it."""
+class Keyed:
+    """A running gateway and a key for it (in demo mode, ``upstream_requests`` are what its
+    built-in simulator received)."""
 
     def __init__(self, gw: RunningGateway, secret: str) -> None:
         self.gw = gw
@@ -149,7 +150,7 @@ async def new_key(gw: RunningGateway) -> str:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def demo() -> AsyncIterator[Demo]:
+async def demo() -> AsyncIterator[Keyed]:
     scratch = tempfile.mkdtemp(prefix="tokenrelay-agents-")
     environ = clean_environ(
         TOKENRELAY_DATABASE_URL=f"sqlite:///{scratch}/gateway.db",
@@ -159,7 +160,7 @@ async def demo() -> AsyncIterator[Demo]:
     )
     async with gateway_server(environ) as gw:
         assert gw.gateway.demo
-        yield Demo(gw, await new_key(gw))
+        yield Keyed(gw, await new_key(gw))
 
 
 def completed_stream(status: int, text: str, last_event: str) -> None:
@@ -180,13 +181,13 @@ def completed_stream(status: int, text: str, last_event: str) -> None:
         ("claude_code_tool_turn", 1),
     ],
 )
-async def test_claude_code_requests_as_sent(demo: Demo, name: str, index: int) -> None:
+async def test_claude_code_requests_as_sent(demo: Keyed, name: str, index: int) -> None:
     status, text = await demo.replay(posts(name)[index])
     completed_stream(status, text, "message_stop")
 
 
 @pytest.mark.xfail(strict=True, reason=MID_SYSTEM)
-async def test_claude_code_mid_conversation_system_message(demo: Demo) -> None:
+async def test_claude_code_mid_conversation_system_message(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_provider_model")[0]
     assert [m["role"] for m in request["body"]["messages"]] == ["user", "system"]
     status, text = await demo.replay(request, {**request["body"], "max_tokens": 32000})
@@ -194,14 +195,14 @@ async def test_claude_code_mid_conversation_system_message(demo: Demo) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=MAX_TOKENS)
-async def test_claude_code_max_tokens(demo: Demo) -> None:
+async def test_claude_code_max_tokens(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_provider_model")[0]
     assert request["body"]["max_tokens"] == 128000
     status, text = await demo.replay(request, without_system_messages(request["body"]))
     completed_stream(status, text, "message_stop")
 
 
-async def claude_code_upstream(demo: Demo, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
+async def claude_code_upstream(demo: Keyed, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Claude Code request with the two refusals above stepped around, and what the
     Anthropic upstream received for it."""
     request = posts("claude_code_tool_turn")[index]
@@ -214,7 +215,7 @@ async def claude_code_upstream(demo: Demo, index: int) -> tuple[dict[str, Any], 
 
 
 @pytest.mark.parametrize("index", [0, 1])
-async def test_claude_code_fields_reach_the_anthropic_upstream(demo: Demo, index: int) -> None:
+async def test_claude_code_fields_reach_the_anthropic_upstream(demo: Keyed, index: int) -> None:
     """What the gateway carries today: thinking, context_management, output_config, metadata,
     the 12 tools, the text of the system prompt, and a tool round trip with its cache_control."""
     body, sent = await claude_code_upstream(demo, index)
@@ -227,21 +228,21 @@ async def test_claude_code_fields_reach_the_anthropic_upstream(demo: Demo, index
 
 
 @pytest.mark.xfail(strict=True, reason=SYSTEM_BLOCKS)
-async def test_claude_code_system_blocks_reach_the_anthropic_upstream(demo: Demo) -> None:
+async def test_claude_code_system_blocks_reach_the_anthropic_upstream(demo: Keyed) -> None:
     body, sent = await claude_code_upstream(demo, 0)
     assert sum("cache_control" in block for block in body["system"]) == 2
     assert sent["system"] == body["system"]
 
 
 @pytest.mark.xfail(strict=True, reason=TOOL_FIELDS)
-async def test_claude_code_tools_reach_the_anthropic_upstream_untouched(demo: Demo) -> None:
+async def test_claude_code_tools_reach_the_anthropic_upstream_untouched(demo: Keyed) -> None:
     body, sent = await claude_code_upstream(demo, 0)
     assert any("defer_loading" in tool for tool in body["tools"])
     assert sent["tools"] == body["tools"]
 
 
 @pytest.mark.xfail(strict=True, reason=BETAS)
-async def test_claude_code_betas_reach_the_anthropic_upstream(demo: Demo) -> None:
+async def test_claude_code_betas_reach_the_anthropic_upstream(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_provider_model")[0]
     body = {**without_system_messages(request["body"]), "max_tokens": 32000}
     status, text = await demo.replay(request, body)
@@ -252,7 +253,7 @@ async def test_claude_code_betas_reach_the_anthropic_upstream(demo: Demo) -> Non
 
 
 @pytest.mark.xfail(strict=True, reason=ROUTE_DEFAULT)
-async def test_claude_code_on_route_default(demo: Demo) -> None:
+async def test_claude_code_on_route_default(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_route_name")[0]
     assert request["body"]["model"] == "default"
     status, text = await demo.replay(request, without_system_messages(request["body"]))
@@ -261,7 +262,7 @@ async def test_claude_code_on_route_default(demo: Demo) -> None:
 
 @pytest.mark.xfail(strict=True, reason=COUNT_TOKENS)
 @pytest.mark.parametrize("index", [0, 1, 12])
-async def test_claude_code_count_tokens(demo: Demo, index: int) -> None:
+async def test_claude_code_count_tokens(demo: Keyed, index: int) -> None:
     request = posts("claude_code_context")[index]
     assert request["path"] == "/v1/messages/count_tokens"
     assert request["query"] == [["beta", "true"]]
@@ -275,13 +276,13 @@ async def test_claude_code_count_tokens(demo: Demo, index: int) -> None:
 
 @pytest.mark.xfail(strict=True, reason=HOSTED_TOOLS)
 @pytest.mark.parametrize(("name", "index"), [("codex_say_hi", 0), ("codex_tool_turn", 1)])
-async def test_codex_requests_as_sent(demo: Demo, name: str, index: int) -> None:
+async def test_codex_requests_as_sent(demo: Keyed, name: str, index: int) -> None:
     status, text = await demo.replay(posts(name)[index])
     completed_stream(status, text, "response.completed")
 
 
 @pytest.mark.xfail(strict=True, reason=HOSTED_NAMED)
-async def test_codex_hosted_tools_are_carried_or_named(demo: Demo) -> None:
+async def test_codex_hosted_tools_are_carried_or_named(demo: Keyed) -> None:
     status, text = await demo.replay(posts("codex_say_hi")[0])
     if status != 200:
         assert status == 400
@@ -291,7 +292,7 @@ async def test_codex_hosted_tools_are_carried_or_named(demo: Demo) -> None:
 
 @pytest.mark.parametrize(("name", "index"), [("codex_say_hi", 0), ("codex_tool_turn", 1)])
 async def test_codex_function_and_custom_tools_reach_a_chat_upstream(
-    demo: Demo, name: str, index: int
+    demo: Keyed, name: str, index: int
 ) -> None:
     """Without the hosted tools, Codex's request crosses to Chat Completions today: its function
     tools as functions, apply_patch (a custom tool) as a function of one string, and the
@@ -314,7 +315,7 @@ async def test_codex_function_and_custom_tools_reach_a_chat_upstream(
 
 
 @pytest.mark.xfail(strict=True, reason=ROUTE_DEFAULT)
-async def test_codex_on_route_default(demo: Demo) -> None:
+async def test_codex_on_route_default(demo: Keyed) -> None:
     request = posts("codex_say_hi_route_name")[0]
     assert request["body"]["model"] == "default"
     status, text = await demo.replay(request, without_hosted_tools(request["body"]))
@@ -322,7 +323,7 @@ async def test_codex_on_route_default(demo: Demo) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=WEBSOCKET)
-async def test_codex_websocket_upgrade_is_refused_with_426(demo: Demo) -> None:
+async def test_codex_websocket_upgrade_is_refused_with_426(demo: Keyed) -> None:
     upgrade = capture("codex_say_hi")["requests"][0]
     assert upgrade["websocket_upgrade"] and upgrade["method"] == "GET"
     headers = {**headers_of(upgrade), "connection": "Upgrade"}
@@ -349,7 +350,7 @@ def agents() -> None:
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=f"{MID_SYSTEM}; {MAX_TOKENS}")
-async def test_claude_code_runs_on_a_provider_model(demo: Demo) -> None:
+async def test_claude_code_runs_on_a_provider_model(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_claude(
         demo.gw.url, "say hi", model="claude-sonnet-5-5", key=demo.secret, headers=STEER
@@ -359,7 +360,7 @@ async def test_claude_code_runs_on_a_provider_model(demo: Demo) -> None:
 
 
 @pytest.mark.usefixtures("agents")
-async def test_claude_code_runs_with_its_output_capped(demo: Demo) -> None:
+async def test_claude_code_runs_with_its_output_capped(demo: Keyed) -> None:
     """Today's workaround (CLAUDE_CODE_MAX_OUTPUT_TOKENS=32000): Claude Code completes, after
     its own retry without the mid-conversation system message the gateway refused."""
     since = len(demo.gw.records)
@@ -384,7 +385,7 @@ async def test_claude_code_runs_with_its_output_capped(demo: Demo) -> None:
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=MID_SYSTEM)
-async def test_claude_code_with_its_output_capped_is_never_refused(demo: Demo) -> None:
+async def test_claude_code_with_its_output_capped_is_never_refused(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_claude(
         demo.gw.url,
@@ -399,7 +400,7 @@ async def test_claude_code_with_its_output_capped_is_never_refused(demo: Demo) -
 
 
 @pytest.mark.usefixtures("agents")
-async def test_claude_code_context_report_completes(demo: Demo) -> None:
+async def test_claude_code_context_report_completes(demo: Keyed) -> None:
     """`/context` asks count_tokens 24 times; Claude Code estimates by itself when it fails."""
     run = await run_claude(demo.gw.url, "/context", model="claude-sonnet-5-5", key=demo.secret)
     assert run.exit_code == 0, run.describe()
@@ -408,7 +409,7 @@ async def test_claude_code_context_report_completes(demo: Demo) -> None:
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=COUNT_TOKENS)
-async def test_claude_code_context_report_counts_through_the_gateway(demo: Demo) -> None:
+async def test_claude_code_context_report_counts_through_the_gateway(demo: Keyed) -> None:
     proxy = await recorder.start(upstream=demo.gw.url)
     try:
         run = await run_claude(proxy.url, "/context", model="claude-sonnet-5-5", key=demo.secret)
@@ -422,7 +423,7 @@ async def test_claude_code_context_report_counts_through_the_gateway(demo: Demo)
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=ROUTE_DEFAULT)
-async def test_claude_code_runs_on_route_default(demo: Demo) -> None:
+async def test_claude_code_runs_on_route_default(demo: Keyed) -> None:
     # `--model default` is Claude Code's own alias (it sends claude-opus-5-5); this is how a
     # route of that name is reached.
     run = await run_claude(
@@ -438,7 +439,7 @@ async def test_claude_code_runs_on_route_default(demo: Demo) -> None:
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=HOSTED_TOOLS)
-async def test_codex_runs_on_a_provider_model(demo: Demo) -> None:
+async def test_codex_runs_on_a_provider_model(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_codex(
         demo.gw.url + "/v1", "say hi", model="gpt-5.5", key=demo.secret, headers=STEER
@@ -449,7 +450,7 @@ async def test_codex_runs_on_a_provider_model(demo: Demo) -> None:
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=CODEX_ON_DEFAULT)
-async def test_codex_runs_on_route_default(demo: Demo) -> None:
+async def test_codex_runs_on_route_default(demo: Keyed) -> None:
     run = await run_codex(
         demo.gw.url + "/v1", "say hi", model="default", key=demo.secret, headers=STEER
     )
@@ -458,7 +459,7 @@ async def test_codex_runs_on_route_default(demo: Demo) -> None:
 
 @pytest.mark.usefixtures("agents")
 @pytest.mark.xfail(strict=True, reason=WEBSOCKET)
-async def test_codex_falls_back_from_websocket_at_once(demo: Demo) -> None:
+async def test_codex_falls_back_from_websocket_at_once(demo: Keyed) -> None:
     """With supports_websockets = true (the built-in OpenAI provider's setting), Codex tries a
     WebSocket first; a recorder in front of the gateway times the fallback to POST."""
     proxy = await recorder.start(upstream=demo.gw.url)
@@ -484,7 +485,7 @@ async def test_codex_falls_back_from_websocket_at_once(demo: Demo) -> None:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def configured(simulator: Any) -> AsyncIterator[Demo]:
+async def configured(simulator: Any) -> AsyncIterator[Keyed]:
     """Routes made for agents, over the shared simulator: ``codex`` on a Responses upstream and
     ``agents`` on Anthropic, both taking the agent's own system prompt and large max_tokens."""
     scratch = tempfile.mkdtemp(prefix="tokenrelay-agents-")
@@ -509,11 +510,11 @@ async def configured(simulator: Any) -> AsyncIterator[Demo]:
     )
     async with gateway_server(environ) as gw:
         assert not gw.gateway.demo
-        yield Demo(gw, await new_key(gw))
+        yield Keyed(gw, await new_key(gw))
 
 
 @pytest.mark.usefixtures("agents")
-async def test_codex_runs_on_a_route_with_a_responses_upstream(configured: Demo) -> None:
+async def test_codex_runs_on_a_route_with_a_responses_upstream(configured: Keyed) -> None:
     since = len(configured.gw.records)
     run = await run_codex(
         configured.gw.url + "/v1", "say hi", model="codex", key=configured.secret, headers=STEER
@@ -528,7 +529,7 @@ async def test_codex_runs_on_a_route_with_a_responses_upstream(configured: Demo)
 
 
 @pytest.mark.usefixtures("agents")
-async def test_claude_code_runs_on_a_route_made_for_it(configured: Demo) -> None:
+async def test_claude_code_runs_on_a_route_made_for_it(configured: Keyed) -> None:
     since = len(configured.gw.records)
     run = await run_claude(
         configured.gw.url, "say hi", model="agents", key=configured.secret, headers=STEER
