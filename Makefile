@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := tests/node
 NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+AGENTS_DIR := tests/agents
+AGENTS_STAMP := $(AGENTS_DIR)/node_modules/.installed
 
 .PHONY: serve test lint bench bench-compare clean chromium bytecode
 
@@ -25,6 +27,11 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json
 	npm ci --prefix $(NODE_DIR) --no-audit --no-fund --loglevel=error
 	touch $(NODE_STAMP)
 
+# The coding agents of tests/test_agents_cli.py (Claude Code, Codex CLI), from the committed lockfile.
+$(AGENTS_STAMP): $(AGENTS_DIR)/package-lock.json
+	npm ci --prefix $(AGENTS_DIR) --no-audit --no-fund --loglevel=error
+	touch $(AGENTS_STAMP)
+
 # The browser tests drive Debian's Chromium (never a downloaded one); install it when missing.
 chromium:
 	@command -v chromium >/dev/null || (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
@@ -35,7 +42,7 @@ serve: $(STAMP) bytecode
 	$(BIN)/tokenrelay serve
 
 ## Lint, type-check and run the whole test suite.
-test: $(STAMP) $(NODE_STAMP) chromium
+test: $(STAMP) $(NODE_STAMP) $(AGENTS_STAMP) chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
@@ -51,4 +58,4 @@ bench-compare: $(STAMP) bytecode
 	$(BIN)/python bench/compare.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules test-artifacts
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(AGENTS_DIR)/node_modules test-artifacts
