@@ -166,8 +166,8 @@ def _apply_policy(route: Route, request: Request) -> None:
     if request.system is not None and not settings.allow_client_system:
         raise GatewayError(
             "invalid_request",
-            f"{_whose(route)} policy has its own system prompt and does not accept one from "
-            "the client; send the instructions as a user message instead",
+            f"{_owner(route)} has its own system prompt and does not accept one from the "
+            "client; send the instructions as a user message instead",
             400,
             param="system",
         )
@@ -178,13 +178,13 @@ def _apply_policy(route: Route, request: Request) -> None:
     elif settings.max_tokens_limit is not None and request.max_tokens > settings.max_tokens_limit:
         raise GatewayError(
             "invalid_request",
-            f"max tokens {request.max_tokens} is above {_whose(route)} limit of "
-            f"{settings.max_tokens_limit}; ask for fewer",
+            f"max tokens {request.max_tokens} is above the limit of {_owner(route)} "
+            f"({settings.max_tokens_limit}); ask for fewer",
             400,
             param="max_tokens",
         )
 
 
-def _whose(route: Route) -> str:
-    """The policy's owner, as an error message names it: the setting to look at."""
-    return f"route {route.name!r}'s" if route.configured else "the provider_models"
+def _owner(route: Route) -> str:
+    """Whose policy it is, as an error message names it: the setting to look at."""
+    return f"route {route.name!r}" if route.configured else "the provider_models policy"
