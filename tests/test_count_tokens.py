@@ -162,12 +162,12 @@ async def test_a_provider_model_is_counted_by_its_provider(
 ) -> None:
     async with client(gw) as an:
         raw = await an.messages.with_raw_response.count_tokens(
-            model="claude-sonnet-4-5", system="You are a coding agent.", messages=MESSAGES
+            model="claude-opus-5-1", system="You are a coding agent.", messages=MESSAGES
         )
     assert raw.headers["x-tokenrelay-estimate"] == "false"
     assert (await raw.parse()).input_tokens > 0
     sent = await sim_last(http, simulator, counts_path())
-    assert sent["body"]["model"] == "claude-sonnet-4-5"
+    assert sent["body"]["model"] == "claude-opus-5-1"
     assert sent["body"]["system"] == "You are a coding agent."
 
 
