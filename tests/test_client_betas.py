@@ -169,3 +169,26 @@ def test_the_defaults() -> None:
         "anthropic-beta",
         "openai-beta",
     ]
+
+
+@ASYNC
+async def test_beta_true_is_ignored_for_routing_on_every_messages_path(
+    gw: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """Claude Code's ``?beta=true``: the stream, the count, and the errors of the other paths
+    (a 405 and a 404 still in Anthropic's shape)."""
+    body = {"model": "claude-opus-5-1", "max_tokens": 8, "stream": True, "messages": MESSAGES}
+    async with http.post(gw.url + "/v1/messages?beta=true", json=body) as response:
+        assert response.status == 200
+        assert "event: message_stop" in await response.text()
+    count = {"model": "an", "messages": MESSAGES}
+    url = gw.url + "/v1/messages/count_tokens?beta=true"
+    async with http.post(url, json=count) as response:
+        assert response.status == 200
+        assert (await response.json())["input_tokens"] > 0
+    async with http.get(gw.url + "/v1/messages?beta=true") as response:
+        assert response.status == 405
+        assert (await response.json())["error"]["type"] == "invalid_request_error"
+    async with http.post(gw.url + "/v1/messages/batches?beta=true", json=count) as response:
+        assert response.status == 404
+        assert (await response.json())["error"]["type"] == "not_found_error"

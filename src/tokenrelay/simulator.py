@@ -20,6 +20,10 @@ random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a
 slow now and then, for hedging). ``served_model`` names another model in the answer than the one
 asked for (an alias resolved to a dated snapshot, as real APIs do).
 
+``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
+the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
+Messages call with the same prompt reports here.
+
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
 
