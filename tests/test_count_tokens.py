@@ -21,6 +21,7 @@ from tests.servers import (
     gateway_environ,
     gateway_server,
 )
+from tokenrelay.breaker import BreakerSettings, CircuitBreaker
 from tokenrelay.dialects import count_tokens as counts
 from tokenrelay.metering.estimate import estimate_prompt_tokens
 from tokenrelay.settings import DEFAULT_SYSTEM_PROMPT
@@ -299,3 +300,34 @@ async def test_demo_mode_counts_on_the_built_in_simulator() -> None:
             model="demo-responses", messages=MESSAGES
         )
         assert local.headers["x-tokenrelay-estimate"] == "true"
+
+
+async def test_an_open_circuit_is_skipped_and_its_probe_left_to_the_streams() -> None:
+    """``is_open`` reads the circuit: a count neither calls an upstream whose circuit is open
+    nor takes the half-open probe that a Messages request needs to close it."""
+    now = [0.0]
+    breaker = CircuitBreaker(BreakerSettings(failures=1, cooldown=10), clock=lambda: now[0])
+    key = "anthropic:claude-sonnet-5-5"
+    assert not await breaker.is_open(key)
+    await breaker.failure(key)
+    assert await breaker.is_open(key)
+    now[0] = 11.0  # the cooldown is over: half-open, one probe may go
+    assert not await breaker.is_open(key)
+    assert not await breaker.is_open(key)
+    assert await breaker.allow(key)  # the probe is still there for a stream
+    assert not await breaker.allow(key)
+
+
+async def test_a_count_on_an_open_circuit_is_estimated_without_a_call(
+    simulator: Any, http: aiohttp.ClientSession
+) -> None:
+    environ = gateway_environ(simulator.url)
+    environ["TOKENRELAY_BREAKER__ENABLED"] = "true"
+    environ["TOKENRELAY_BREAKER__FAILURES"] = "1"
+    async with gateway_server(environ) as gw:
+        await gw.gateway.router.breaker.failure("anthropic:claude-sonnet-5-5")
+        before = await sim_count_requests(http, simulator)
+        async with client(gw) as an:
+            raw = await an.messages.with_raw_response.count_tokens(model="an", messages=MESSAGES)
+        assert raw.headers["x-tokenrelay-estimate"] == "true"
+        assert await sim_count_requests(http, simulator) == before
