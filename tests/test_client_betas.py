@@ -192,3 +192,15 @@ async def test_beta_true_is_ignored_for_routing_on_every_messages_path(
     async with http.post(gw.url + "/v1/messages/batches?beta=true", json=count) as response:
         assert response.status == 404
         assert (await response.json())["error"]["type"] == "not_found_error"
+
+
+@ASYNC
+async def test_a_beta_sent_on_several_lines_is_forwarded_whole(
+    gw: RunningGateway, http: aiohttp.ClientSession, simulator: Any
+) -> None:
+    body = {"model": "claude-opus-5-1", "max_tokens": 8, "messages": MESSAGES}
+    lines = [("anthropic-beta", BETAS[0]), ("anthropic-beta", BETAS[1])]
+    async with http.post(gw.url + "/v1/messages", json=body, headers=lines) as response:
+        assert response.status == 200
+    sent = await upstream_headers(http, simulator, "/v1/messages")
+    assert [beta.strip() for beta in sent["anthropic-beta"].split(",")] == BETAS
