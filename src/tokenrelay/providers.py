@@ -121,9 +121,9 @@ class Provider:
         headers = dict(self._headers)
         if target.headers:
             headers.update({name.lower(): value for name, value in target.headers.items()})
-        prefixes = self._forward + tuple(
-            prefix.lower() for prefix in forward if self._carries(prefix.lower())
-        )
+        prefixes = self._forward
+        if forward:
+            prefixes += tuple(p.lower() for p in forward if self._carries(p.lower()))
         if prefixes:
             ours = set(headers)
             for name, value in client_headers.items():
@@ -155,7 +155,7 @@ class Provider:
                     self.url + suffix, body, headers, connect_timeout=self.settings.connect_timeout
                 )
                 try:
-                    raw = await response.read(_MAX_ERROR_BODY if response.status != 200 else None)
+                    raw = await response.read(_MAX_ERROR_BODY)  # an answer, not a stream
                 except BaseException:
                     response.close()
                     raise
