@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tokenrelay.cors import with_cors
+from tokenrelay.count_tokens import PATH as COUNT_TOKENS
+from tokenrelay.count_tokens import CountTokensEndpoint
 from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
@@ -242,6 +244,7 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         "/api/generate": RelayEndpoint(gateway, "generate"),
         "/api/chat": RelayEndpoint(gateway, "uichat"),
         "/v1/responses": RelayEndpoint(gateway, "responses"),
+        COUNT_TOKENS: CountTokensEndpoint(gateway),  # not a stream, but a POST like them
     }
     return Dispatch(gateway, relays)
 

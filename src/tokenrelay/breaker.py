@@ -178,6 +178,13 @@ class CircuitBreaker:
         self._keys.add(key)
         return await self._store.try_acquire(key, self._clock())
 
+    async def is_open(self, key: str) -> bool:
+        """Whether the target is being skipped now; a read only, so unlike ``allow`` it never
+        takes a half-open circuit's probe (for calls beside the streams, which do not report)."""
+        if not self.settings.enabled:
+            return False
+        return (await self._store.state(key, self._clock())).name == "open"
+
     async def success(self, key: str) -> None:
         if not self.settings.enabled:
             return

@@ -21,7 +21,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tokenrelay import __version__, responses_api
+from tokenrelay import __version__, model_list, responses_api
 from tokenrelay.model import GatewayError
 from tokenrelay.observe.health import Readiness
 from tokenrelay.path_errors import render
@@ -119,11 +119,10 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         return Response(body, headers={"content-type": CONTENT_TYPE})
 
     async def models(request: HTTPRequest) -> Response:
-        data = [
-            {"id": name, "object": "model", "owned_by": "tokenrelay"}
-            for name in gateway.router.routes
-        ]
-        return JSONResponse({"object": "list", "data": data})
+        return await model_list.list_models(gateway, request)
+
+    async def model(request: HTTPRequest) -> Response:
+        return await model_list.retrieve_model(gateway, request)
 
     async def usage(request: HTTPRequest) -> Response:
         from tokenrelay.metering.reports import usage_endpoint
@@ -188,6 +187,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
         Route("/v1/models", models, methods=["GET"]),
         *responses_api.routes(gateway),  # GET and DELETE /v1/responses/{id}, input_items
+        Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/usage/dashboard", usage_data, methods=["GET"]),
         Route("/usage", usage_page, methods=["GET"]),

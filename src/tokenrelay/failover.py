@@ -102,6 +102,7 @@ class _Target:
     deadline: float
     request: Request
     client_headers: Mapping[str, str]
+    forward: Sequence[str] = ()  # the route's forward_client_headers
     _prepared: tuple[bytes, dict[str, str]] | None = None
     refusal: Untranslatable | None = None  # why its dialect cannot carry the request, if so
     span: AttemptTrace | None = None  # the current try's, when tracing is on
@@ -119,7 +120,8 @@ class _Target:
         request (``Failover._carries`` asks first, so a try never does)."""
         if self._prepared is None:
             body = self.provider.build_body(self.request, self.settings)
-            self._prepared = body, self.provider.build_headers(self.settings, self.client_headers)
+            headers = self.provider.build_headers(self.settings, self.client_headers, self.forward)
+            self._prepared = body, headers
         return self._prepared
 
 
@@ -147,7 +149,14 @@ class Failover:
         self.trace = trace
         default = route.settings.first_token_timeout
         self.targets = [
-            _Target(target, provider, target.first_token_timeout or default, request, headers)
+            _Target(
+                target,
+                provider,
+                target.first_token_timeout or default,
+                request,
+                headers,
+                route.settings.forward_client_headers,
+            )
             for target, provider in route.targets
         ]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -52,6 +52,8 @@ _NEVER_FORWARDED = frozenset(
         "upgrade",
     }
 )
+# Comma lists of betas: the gateway's own (a provider's ``headers``) and the client's are joined.
+_BETA_LISTS = frozenset({"anthropic-beta", "openai-beta"})
 # An upstream that refuses our credentials: the client hears of it only in general terms.
 _AUTH_STATUSES = frozenset({401, 403})
 # Credential-shaped text in an upstream's message (``Bearer ...``, ``sk-...``), for the log.
@@ -105,26 +107,71 @@ class Provider:
         return body
 
     def build_headers(
-        self, target: TargetSettings, client_headers: Mapping[str, str]
+        self,
+        target: TargetSettings,
+        client_headers: Mapping[str, str],
+        forward: Sequence[str] = (),
     ) -> dict[str, str]:
-        """The upstream request's headers. A client header matching ``forward_headers`` goes
-        along unless it is a credential (ours: ``authorization``, ``x-api-key``, any value
-        holding a ``trk_`` key), a cookie, a hop-by-hop header, or one the gateway sets."""
+        """The upstream request's headers. A client header matching ``forward_headers`` or
+        ``forward`` (the route's ``forward_client_headers``) goes along unless it is a
+        credential (ours: ``authorization``, ``x-api-key``, any value holding a ``trk_`` key),
+        a cookie, a hop-by-hop header, or one the gateway sets; of ``forward``, an
+        ``anthropic-*`` header goes to an Anthropic upstream only and an ``openai-*`` one to an
+        OpenAI upstream only. A beta list the gateway sets too is joined with the client's."""
         headers = dict(self._headers)
         if target.headers:
             headers.update({name.lower(): value for name, value in target.headers.items()})
-        if self._forward:
+        prefixes = self._forward
+        if forward:
+            prefixes += tuple(p.lower() for p in forward if self._carries(p.lower()))
+        if prefixes:
             ours = set(headers)
             for name, value in client_headers.items():
                 name = name.lower()
-                if (
-                    name.startswith(self._forward)
-                    and name not in _NEVER_FORWARDED
-                    and name not in ours
-                    and KEY_PREFIX not in value
-                ):
+                if not name.startswith(prefixes) or name in _NEVER_FORWARDED or KEY_PREFIX in value:
+                    continue
+                if name not in ours:
                     headers[name] = value
+                elif name in _BETA_LISTS:
+                    headers[name] = _joined(headers[name], value)
         return headers
+
+    def _carries(self, prefix: str) -> bool:
+        """Whether a client header of this prefix means anything to this upstream's API."""
+        for kind in ("anthropic", "openai"):
+            if prefix.startswith(kind + "-"):
+                return self.kind == kind
+        return True
+
+    async def post_json(
+        self, suffix: str, body: bytes, headers: Mapping[str, str], within: float
+    ) -> bytes | Error:
+        """One JSON call beside the streams, at ``url + suffix`` (``/count_tokens``): the body
+        of a 200, else the failure as an ``Error`` (the upstream's own, screened as a stream's
+        is; a timeout; an unreachable upstream)."""
+        try:
+            async with asyncio.timeout(within):
+                response = await self._pool.post(
+                    self.url + suffix, body, headers, connect_timeout=self.settings.connect_timeout
+                )
+                try:
+                    raw = await response.read(_MAX_ERROR_BODY)  # an answer, not a stream
+                except BaseException:
+                    response.close()
+                    raise
+        except TimeoutError:
+            return Error("timeout", f"{self.name} did not answer within {within:g}s", 504)
+        except OSError as exc:
+            reason = f"could not reach {self.name}: {_describe(exc)}"
+            return Error("upstream_unavailable", reason, 502)
+        if response.at_eof():
+            self._pool.recycle(response)
+        else:
+            response.close()
+        if response.status != 200:
+            error = self.dialect.parse_error(response.status, raw, response.headers)
+            return self._screened(error, headers)
+        return raw
 
     async def stream(
         self, body: bytes, headers: Mapping[str, str]
@@ -256,6 +303,12 @@ class _IdleWatch:
 
     def cancel(self) -> None:
         self._handle.cancel()
+
+
+def _joined(ours: str, theirs: str) -> str:
+    """Two comma lists as one, ours first, each value once."""
+    values = [v.strip() for v in f"{ours},{theirs}".split(",") if v.strip()]
+    return ",".join(dict.fromkeys(values))
 
 
 def _describe(exc: BaseException) -> str:

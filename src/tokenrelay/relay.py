@@ -565,7 +565,9 @@ class _Call:
 
 
 def _client_headers(scope: Scope) -> dict[str, str]:
-    return {key.decode("latin-1"): value.decode("latin-1") for key, value in scope["headers"]}
+    """A header sent on several lines (``anthropic-beta: a`` then ``anthropic-beta: b``) is
+    forwarded whole, comma-joined, not as its last line."""
+    return request_headers(scope["headers"])
 
 
 def _attempts_header(attempts: list[Attempt]) -> bytes:

@@ -98,6 +98,17 @@ class Router:
         _apply_policy(route, request)
         return route
 
+    def lookup(self, name: str) -> Route | None:
+        """The route a request for ``name`` would get (a route, or a provider model the
+        ``[provider_models]`` allow-list admits), with no policy applied; None for any other
+        name, a malformed one included."""
+        if _NAME.fullmatch(name) is None:
+            return None
+        try:
+            return self.routes.get(name) or self._provider_route(name)
+        except GatewayError:
+            return None
+
     def _provider_route(self, model: str) -> Route | None:
         """A one-target route under the ``provider_models`` policy, for a model of a configured
         provider that the policy's ``allow`` patterns admit; a refused name is a 404 that says

@@ -98,7 +98,14 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rate_limit: str | None = None  # per caller on this route, e.g. "60/minute"
     max_concurrent_streams: int | None = None  # per caller; overrides the top-level cap
     screen: ScreenSettings = msgspec.field(default_factory=ScreenSettings)
+    # Client header prefixes passed upstream on this route besides the provider's
+    # forward_headers (e.g. ["anthropic-beta", "openai-beta"] for coding agents); an
+    # anthropic-* header goes to Anthropic upstreams only, an openai-* one to OpenAI only.
+    forward_client_headers: list[str] = msgspec.field(default_factory=list)
 
+
+# The betas an agent names on a provider model go along (docs/provider-models.md).
+CLIENT_BETAS = ("anthropic-beta", "openai-beta")
 
 # Provider models asked for by name: the families the price table knows (so every answer is
 # priced), matched as shell-style patterns. A pattern with a "/" names "provider/model".
@@ -123,6 +130,7 @@ class ProviderModelSettings(RouteSettings, kw_only=True, forbid_unknown_fields=T
     allow_client_system: bool = True
     max_tokens: int = 8192
     max_tokens_limit: int | None = 32_000
+    forward_client_headers: list[str] = msgspec.field(default_factory=lambda: list(CLIENT_BETAS))
 
     def for_target(self, target: TargetSettings) -> RouteSettings:
         """The route settings of one named model: this policy with that model as its target."""
@@ -321,13 +329,22 @@ def _target(value: Any) -> Any:
     return value
 
 
+def _comma_list(table: dict[str, Any], key: str) -> None:
+    """Accept ``"a,b"`` (an environment variable) for a list of strings."""
+    if isinstance(table.get(key), str):
+        table[key] = [part.strip() for part in table[key].split(",") if part.strip()]
+
+
 def _normalize(data: dict[str, Any]) -> dict[str, Any]:
     policy = data.get("provider_models")
     if isinstance(policy, dict) and isinstance(policy.get("allow"), str):  # "claude-*,gpt-*"
         policy["allow"] = [part.strip() for part in policy["allow"].split(",") if part.strip()]
+    if isinstance(policy, dict):
+        _comma_list(policy, "forward_client_headers")
     for name, route in (data.get("routes") or {}).items():
         if not isinstance(route, dict):
             raise ConfigError(f"routes.{name} must be a table")
+        _comma_list(route, "forward_client_headers")
         targets = route.get("targets")
         if isinstance(targets, str):
             targets = [part for part in targets.split(",") if part.strip()]

@@ -20,6 +20,10 @@ random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a
 slow now and then, for hedging). ``served_model`` names another model in the answer than the one
 asked for (an alias resolved to a dated snapshot, as real APIs do).
 
+``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
+the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
+Messages call with the same prompt reports here.
+
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
 
@@ -243,6 +247,11 @@ def _thinking(seed: int, count: int) -> tuple[tuple[ThinkingDelta, ...], str]:
     return tuple(ThinkingDelta(word) for word in words), signature
 
 
+def prompt_tokens(request: Request) -> int:
+    """The simulator's input token count of a prompt: a quarter of its characters, at least 1."""
+    return max(1, len(request.prompt_text()) // 4)
+
+
 # --- one response, planned before the first byte -------------------------------------------------
 
 
@@ -325,7 +334,7 @@ class _Plan:
         self.events = events
         self.finish = Finish(finish)
         cache_read, cache_write = knobs.cache_read_tokens, knobs.cache_write_tokens
-        input_tokens = max(1, len(prompt) // 4) + cache_read + cache_write
+        input_tokens = prompt_tokens(request) + cache_read + cache_write
         self.usage_first = Usage(
             input_tokens=input_tokens,
             output_tokens=0,
@@ -438,6 +447,35 @@ class _Simulator:
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.anthropic)
+
+    async def count_tokens(self, http: web.Request) -> web.StreamResponse:
+        """``POST /v1/messages/count_tokens``: the ``input_tokens`` a Messages call with the
+        same prompt reports here (cache knobs aside), so a count can be checked against usage.
+        Status faults apply; stream faults do not (there is no stream)."""
+        from tokenrelay.dialects import count_tokens as counts
+
+        flavor = self.anthropic
+        stats = self.stats
+        path = http.path
+        stats.requests[path] = stats.requests.get(path, 0) + 1
+        self.serial += 1
+        request_id = f"req_sim_{self.serial:012d}"
+        body = await http.read()
+        stats.last_requests.append((path, http.headers, body))
+        if not self._authorized(http):
+            error = GatewayError("authentication", "invalid API key (simulator)", 401)
+            return self._error(flavor, error, request_id, None)
+        try:
+            knobs = self._knobs(http)
+            request = counts.parse_request(body)
+            if knobs.fault is not None and knobs.fault in STATUS_FAULTS:
+                kind, status, message = STATUS_FAULTS[knobs.fault]
+                retry = knobs.retry_after if status in _RETRY_AFTER_STATUSES else None
+                error = GatewayError(kind, message, status, retry_after=retry)
+                return self._error(flavor, error, request_id, retry)
+        except GatewayError as exc:
+            return self._error(flavor, exc, request_id, exc.retry_after)
+        return _json(counts.encode_response(prompt_tokens(request)), {"request-id": request_id})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.openai)
@@ -684,10 +722,10 @@ def _reset(http: web.Request) -> None:
     transport.abort()
 
 
-def _json(body: bytes) -> web.Response:
+def _json(body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
     from aiohttp import web
 
-    return web.Response(body=body, content_type="application/json")
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -705,6 +743,7 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     simulator = _Simulator(settings or SimulatorSettings())
     app = web.Application(client_max_size=_MAX_BODY)
     app.router.add_post("/v1/messages", simulator.messages)
+    app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
     app.router.add_get("/healthz", simulator.healthz)

@@ -219,6 +219,18 @@ class Gate:
         except GatewayError as error:
             raise Refused(error, admission.identity, admission.verdict) from None
 
+    def check_access(self, route: Route, headers: Mapping[str, str], identity: Identity) -> None:
+        """Whether the caller may use ``route`` at all (a key's routes, anonymous access), and
+        nothing else: for a call that runs no model (``count_tokens``), which the route's
+        limits, budgets, screen and stream slots are not about. ``Refused`` 401 or 403."""
+        allow_anonymous = route.settings.allow_anonymous
+        if allow_anonymous is None:
+            allow_anonymous = self.settings.auth.allow_anonymous
+        try:
+            self.authenticator.check_route(identity, headers, route.name, allow_anonymous)
+        except GatewayError as error:
+            raise Refused(error, identity, None) from None
+
     async def _admit_request(
         self,
         route: Route,

@@ -469,6 +469,14 @@ class GatewayMetrics:
             "too_large, not_found, shutting_down, ratelimit_unavailable, unavailable.",
             ("route", "reason"),
         )
+        self.token_counts = Counter(
+            "tokenrelay_token_counts_total",
+            "POST /v1/messages/count_tokens answers by route and source: upstream (the route's "
+            "Anthropic upstream counted), estimate (counted here: no Anthropic target), "
+            "fallback (counted here: the upstream failed), refused (an error answer). Not "
+            "requests: no ledger row, no tokens, no cost.",
+            ("route", "source"),
+        )
         # Read at scrape time.
         self.breaker = Gauge(
             "tokenrelay_circuit_breaker_state",
@@ -612,6 +620,10 @@ class GatewayMetrics:
         if record.outcome == "rejected":
             self.rejections.inc(self._bounded(record.route), rejection_reason(record))
 
+    def count_tokens(self, route: str, source: str) -> None:
+        """One ``count_tokens`` answer (see ``tokenrelay.count_tokens``): counted here only."""
+        self.token_counts.inc(self._bounded(route), source)
+
     def _new_series(self, key: tuple[str, str, str, str, str]) -> _Series:
         """The bundle for ``key``, with route and model names bounded: past the configured
         ones and ``metrics.max_model_labels`` more, a new name is labelled "other", and its records
@@ -715,6 +727,7 @@ class GatewayMetrics:
             self.retries,
             self.hedges,
             self.rejections,
+            self.token_counts,
             self.breaker,
             self.active,
         ]
