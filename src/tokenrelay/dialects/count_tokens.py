@@ -14,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.dialects import anthropic, decode_body
+from tokenrelay.dialects import anthropic
+from tokenrelay.dialects.body import decode_body
 from tokenrelay.model import GatewayError, Request
 
 # Fields of a Messages request that count_tokens refuses ("Extra inputs are not permitted"):
