@@ -74,14 +74,16 @@ async def gateway_server(
     starts the shutdown a signal would."""
     settings = load(environ=environ)
     app = create_app(settings)
-    sock = socket.socket()
+    # IPPROTO_TCP named, as a listener of uvicorn's own has it: asyncio sets TCP_NODELAY on
+    # accepted connections only then (else each small answer waits ~40 ms for delayed ACKs).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
         lifespan="on",
-        http="httptools",
+        http="tokenrelay.http_edge:EdgeProtocol",  # as `tokenrelay serve`: the edge's bounds
         access_log=False,
         log_level="warning",
         proxy_headers=False,  # as `tokenrelay serve`: X-Forwarded-For is the gate's business
