@@ -171,8 +171,10 @@ def _apply_policy(route: Route, request: Request) -> None:
             400,
             param="system",
         )
-    parts = [text for text in (settings.system, request.system) if text]
-    request.system = "\n\n".join(parts) if parts else None
+    if settings.system:
+        request.add_system(settings.system, first=True)  # the route's, then the client's
+    elif not request.system:
+        request.system = request.system_blocks = None
     if request.max_tokens is None:
         request.max_tokens = settings.max_tokens
     elif settings.max_tokens_limit is not None and request.max_tokens > settings.max_tokens_limit:
