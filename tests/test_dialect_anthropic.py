@@ -184,7 +184,7 @@ def msg(content: Any, role: str = "user") -> list[dict[str, Any]]:
         (body(messages="hi"), "messages"),
         (body(messages=msg("hi", role="developer")), "messages.0.role"),
         (body(messages=msg(5)), "messages.0.content"),
-        (body(messages=msg([{"type": "document"}])), "messages.0.content.0.type"),
+        (body(messages=msg([{"text": "no type"}])), "messages.0.content.0.type"),
         (body(messages=msg([{"type": "text"}])), "messages.0.content.0.text"),
         (body(messages=msg([{"type": "tool_result"}])), "messages.0.content.0.tool_use_id"),
         (body(messages=msg([{"type": "tool_result", "tool_use_id": "t"}], "assistant")), None),

@@ -71,7 +71,16 @@ class ThinkingPart(msgspec.Struct, frozen=True):
     signature: str | None = None
 
 
-Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
+class OpaquePart(msgspec.Struct, frozen=True):
+    """A content block ``dialect``'s reader does not model (a newer Anthropic block type:
+    ``document``, ``search_result``, ...), kept verbatim for an upstream of that dialect; every
+    other dialect refuses it, naming its type (``foreign_block``)."""
+
+    dialect: str
+    block: dict[str, Any]
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart | OpaquePart
 
 
 class Message(msgspec.Struct, frozen=True):
@@ -82,6 +91,15 @@ class Message(msgspec.Struct, frozen=True):
     role: Role
     content: list[Part]
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def foreign_block(part: OpaquePart, index: int, target: str) -> Untranslatable:
+    """The refusal of a block only its own dialect knows, naming the block's type."""
+    return Untranslatable(
+        f"messages[{index}] holds a {part.block.get('type')!r} block, which cannot be sent to "
+        f"{target}; remove it or use a route served by {part.dialect}",
+        param=f"messages[{index}].content",
+    )
 
 
 def foreign_message_fields(messages: list[Message], dialect: str, target: str) -> None:

@@ -19,11 +19,13 @@ Conventions other modules rely on:
   ``system`` blocks are kept as sent in ``Request.system_blocks`` (their text, joined by blank
   lines, is ``Request.system`` for other dialects). Other dialects ignore these fields.
 - What the gateway does not model passes through to an Anthropic upstream untouched: top-level
-  fields (``Request.extra``), tool fields (``Tool.extra``), and mid-conversation ``system``
-  messages (``Message("system", ...)``, text only), which keep their place.
-- ``citations`` on blocks have no place in the normalized request and are dropped. Blocks that
-  change what is asked and cannot be represented (documents, images inside tool results, file
-  sources) get a 400.
+  fields (``Request.extra``), tool fields (``Tool.extra``), turn fields (``Message.extra``),
+  content blocks of other types (``document``, ``search_result``, ...: ``OpaquePart``), and
+  mid-conversation ``system`` messages (``Message("system", ...)``, text only), which keep
+  their place. Other dialects translate what has an equivalent and refuse the rest by name.
+- ``citations`` on known blocks have no place in the normalized request and are dropped. What
+  cannot be represented inside a known block (images inside tool results, file sources of
+  images) gets a 400.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from tokenrelay.model import (
     GatewayError,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     Request,
     TextDelta,
@@ -59,6 +62,7 @@ from tokenrelay.model import (
     ToolResultPart,
     Untranslatable,
     Usage,
+    foreign_block,
     foreign_message_fields,
     foreign_tool_fields,
     merge_usage,
@@ -250,11 +254,11 @@ def _part(block: Any, role: str, path: str) -> Part:
         return ThinkingPart(_field(block, "thinking", path), _field(block, "signature", path))
     if kind == "redacted_thinking":
         return ThinkingPart("", REDACTED + _field(block, "data", path))
-    raise _invalid(
-        f"{path}.type",
-        f"{kind!r} blocks are not supported; use text, image, tool_use, tool_result, thinking "
-        "or redacted_thinking",
-    )
+    if not isinstance(kind, str) or not kind:
+        raise _invalid(
+            f"{path}.type", "Field required" if kind is None else "Input should be a string"
+        )
+    return OpaquePart(NAME, block)  # a block type we do not model: carried as it is
 
 
 def _messages(value: Any) -> list[Message]:
@@ -430,7 +434,11 @@ def _image_json(part: ImagePart) -> dict[str, Any]:
     return {"type": "image", "source": source}
 
 
-def _block_json(part: Part) -> dict[str, Any] | None:
+def _block_json(part: Part, index: int) -> dict[str, Any] | None:
+    if isinstance(part, OpaquePart):
+        if part.dialect != NAME:
+            raise foreign_block(part, index, "an Anthropic model")
+        return part.block
     if isinstance(part, TextPart):
         return _with_cache_control({"type": "text", "text": part.text}, part.cache_control)
     if isinstance(part, ImagePart):
@@ -480,8 +488,8 @@ def _input(part: ToolCallPart) -> dict[str, Any]:
 def _messages_json(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     merging = False  # the last user turn was opened by tool results and takes what follows
-    for message in messages:
-        blocks = [block for part in message.content if (block := _block_json(part)) is not None]
+    for i, message in enumerate(messages):
+        blocks = [block for part in message.content if (block := _block_json(part, i)) is not None]
         if message.role == "system":  # a mid-conversation system message, in its place
             out.append({"role": "system", "content": _system_content(blocks), **message.extra})
             merging = False

@@ -30,6 +30,7 @@ from tokenrelay.model import (
     GatewayError,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     Request,
     TextDelta,
@@ -43,6 +44,7 @@ from tokenrelay.model import (
     ToolResultPart,
     Untranslatable,
     Usage,
+    foreign_block,
     foreign_message_fields,
     foreign_tool_fields,
     merge_usage,
@@ -476,6 +478,8 @@ def _encode_message(message: Message, index: int, dialect: str) -> list[dict[str
     calls: list[dict[str, Any]] = []
     reasoning: list[str] = []
     for part in message.content:
+        if isinstance(part, OpaquePart):
+            raise foreign_block(part, index, "an OpenAI-compatible model")
         if isinstance(part, ToolResultPart):
             text = f"Error: {part.content}" if part.is_error else part.content
             out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": text})

@@ -44,6 +44,7 @@ from tokenrelay.model import (
     GatewayError,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     Request,
     TextPart,
@@ -52,6 +53,7 @@ from tokenrelay.model import (
     ToolCallPart,
     ToolResultPart,
     Untranslatable,
+    foreign_block,
     foreign_message_fields,
     foreign_tool_fields,
 )
@@ -618,9 +620,11 @@ def _input_json(request: Request, custom: set[str], reasoning_ids: list[str]) ->
     items: list[Any] = []
     same = request.dialect == NAME
     custom_calls: set[str] = set()  # call ids of custom tool calls, whose outputs say so too
-    for message in request.messages:
+    for i, message in enumerate(request.messages):
         content: list[dict[str, Any]] = []
         for part in message.content:
+            if isinstance(part, OpaquePart):
+                raise foreign_block(part, i, "an OpenAI Responses model")
             if isinstance(part, TextPart):
                 kind = "output_text" if message.role == "assistant" else "input_text"
                 content.append({"type": kind, "text": part.text})
