@@ -42,9 +42,11 @@ STEER = {"x-sim-text": ANSWER}
 # since (mid-conversation system messages, max_tokens 128000 on provider models, system blocks
 # merged, tool fields dropped, no route for agents) have lost their marks.
 CODEX_ON_AGENT = (
-    "Codex's hosted web_search tool and its namespace tool (multi_agent_v1, sent for a model "
-    "name it has no metadata for) cannot cross to route agent's Anthropic and Chat targets, and "
-    "are refused without being named: issue 14 section 1"
+    "Codex's hosted tools (web_search, and tool_search or the namespace tool multi_agent_v1 "
+    "that it sends for a model name it has no metadata for) cannot cross to route agent's "
+    "Anthropic and Chat targets: 400 no target of this route can carry the request "
+    "(anthropic/...: tools cannot be sent to an Anthropic model ...; openai/...: 'tools' cannot "
+    "be sent ...), without naming them: issue 14 section 1"
 )
 BETAS = "anthropic-beta not forwarded on a provider-model request: issue 14 section 5"
 HOSTED_TOOLS = (
