@@ -240,3 +240,17 @@ async def test_claude_code_on_the_agent_route_reaches_anthropic_as_sent(gw: Keye
     received = (await upstream_of(gw, request, {**body, "model": "agent"}))["body"]
     assert received["system"] == body["system"] and received["messages"] == body["messages"]
     assert received["max_tokens"] == body["max_tokens"]
+
+
+async def test_a_route_that_refuses_client_system_prompts_refuses_system_messages(
+    gw: Keyed,
+) -> None:
+    """No way around ``allow_client_system = false``: a system message in the middle of the
+    conversation is the client's instructions as much as a top-level ``system``."""
+    request, body = claude_code(0)
+    sent = {**body, "model": "default", "max_tokens": 100}
+    del sent["system"]
+    status, text = await gw.replay(request, sent)
+    assert status == 400, text
+    error = json.loads(text)["error"]
+    assert "does not accept one from the client" in error["message"]

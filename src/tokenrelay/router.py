@@ -163,14 +163,17 @@ def allowed(policy: ProviderModelSettings, provider: str, model: str) -> bool:
 
 def _apply_policy(route: Route, request: Request) -> None:
     settings = route.settings
-    if request.system is not None and not settings.allow_client_system:
-        raise GatewayError(
-            "invalid_request",
-            f"{_whose(route)} policy has its own system prompt and does not accept one from "
-            "the client; send the instructions as a user message instead",
-            400,
-            param="system",
-        )
+    if not settings.allow_client_system:
+        # a mid-conversation system message is the client's instructions too
+        mid = any(message.role == "system" for message in request.messages)
+        if request.system is not None or mid:
+            raise GatewayError(
+                "invalid_request",
+                f"{_whose(route)} policy has its own system prompt and does not accept one "
+                "from the client; send the instructions as a user message instead",
+                400,
+                param="system" if request.system is not None else "messages",
+            )
     if settings.system:
         request.add_system(settings.system, first=True)  # the route's, then the client's
     elif not request.system:
