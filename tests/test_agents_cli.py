@@ -38,31 +38,15 @@ CAPTURES = Path(__file__).resolve().parent / "data" / "agents"
 ANSWER = "hello from the simulator"  # the simulator's answer, steered by x-sim-text
 STEER = {"x-sim-text": ANSWER}
 
-# The defects, as found on 2026-12-06 against main 9e5d7ac (see docs/agents.md).
-MID_SYSTEM = (
-    "mid-conversation system messages refused (400 messages.1.role: Input should be 'user' or "
-    "'assistant'): issue 14 section 5"
-)
-MAX_TOKENS = (
-    "Claude Code's max_tokens 128000 refused on provider models (400 max tokens 128000 is above "
-    "the provider_models limit of 32000): issue 14 section 5"
-)
-ROUTE_DEFAULT = (
-    "route default refuses an agent's own system prompt (400 route 'default''s policy has its "
-    "own system prompt ...) and caps max_tokens at 4096 (Claude Code asks 32000 for a model it "
-    "does not know): issue 14 section 5"
-)
-CODEX_ON_DEFAULT = (
-    f"{ROUTE_DEFAULT}; and Codex's hosted web_search and namespace tools cannot cross to the "
-    "route's Anthropic and Chat targets, refused without naming them: issue 14 section 1"
-)
-SYSTEM_BLOCKS = (
-    "the client's system blocks are merged into one text block and their cache_control "
-    "(prompt-cache breakpoints) dropped on the way to an Anthropic upstream: issue 14 section 5"
-)
-TOOL_FIELDS = (
-    "tool fields the gateway does not model (Claude Code's defer_loading) are dropped on the way "
-    "to an Anthropic upstream: issue 14 section 5"
+# The defects, as found on 2026-12-06 against main 9e5d7ac (see docs/agents.md); those fixed
+# since (mid-conversation system messages, max_tokens 128000 on provider models, system blocks
+# merged, tool fields dropped, no route for agents) have lost their marks.
+CODEX_ON_AGENT = (
+    "Codex's hosted tools (web_search, and tool_search or the namespace tool multi_agent_v1 "
+    "that it sends for a model name it has no metadata for) cannot cross to route agent's "
+    "Anthropic and Chat targets: 400 no target of this route can carry the request "
+    "(anthropic/...: tools cannot be sent to an Anthropic model ...; openai/...: 'tools' cannot "
+    "be sent ...), without naming them: issue 14 section 1"
 )
 BETAS = "anthropic-beta not forwarded on a provider-model request: issue 14 section 5"
 HOSTED_TOOLS = (
@@ -171,7 +155,6 @@ def completed_stream(status: int, text: str, last_event: str) -> None:
 # --- replays: Claude Code ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=f"{MID_SYSTEM}; {MAX_TOKENS}")
 @pytest.mark.parametrize(
     ("name", "index"),
     [
@@ -186,27 +169,27 @@ async def test_claude_code_requests_as_sent(demo: Keyed, name: str, index: int) 
     completed_stream(status, text, "message_stop")
 
 
-@pytest.mark.xfail(strict=True, reason=MID_SYSTEM)
 async def test_claude_code_mid_conversation_system_message(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_provider_model")[0]
     assert [m["role"] for m in request["body"]["messages"]] == ["user", "system"]
     status, text = await demo.replay(request, {**request["body"], "max_tokens": 32000})
     completed_stream(status, text, "message_stop")
+    sent = demo.upstream_requests[-1]["body"]
+    assert sent["messages"] == request["body"]["messages"]  # in its place, as sent
 
 
-@pytest.mark.xfail(strict=True, reason=MAX_TOKENS)
 async def test_claude_code_max_tokens(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_provider_model")[0]
     assert request["body"]["max_tokens"] == 128000
-    status, text = await demo.replay(request, without_system_messages(request["body"]))
+    status, text = await demo.replay(request)
     completed_stream(status, text, "message_stop")
+    assert demo.upstream_requests[-1]["body"]["max_tokens"] == 128000
 
 
 async def claude_code_upstream(demo: Keyed, index: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A Claude Code request with the two refusals above stepped around, and what the
-    Anthropic upstream received for it."""
+    """A Claude Code request as sent, and what the Anthropic upstream received for it."""
     request = posts("claude_code_tool_turn")[index]
-    body = {**without_system_messages(request["body"]), "max_tokens": 32000}
+    body = request["body"]
     status, text = await demo.replay(request, body)
     completed_stream(status, text, "message_stop")
     upstream = demo.upstream_requests[-1]
@@ -216,8 +199,9 @@ async def claude_code_upstream(demo: Keyed, index: int) -> tuple[dict[str, Any],
 
 @pytest.mark.parametrize("index", [0, 1])
 async def test_claude_code_fields_reach_the_anthropic_upstream(demo: Keyed, index: int) -> None:
-    """What the gateway carries today: thinking, context_management, output_config, metadata,
-    the 12 tools, the text of the system prompt, and a tool round trip with its cache_control."""
+    """What the gateway carries: thinking, context_management, output_config, metadata, the 12
+    tools, the system prompt, the mid-conversation system message in its place, and a tool round
+    trip with its cache_control."""
     body, sent = await claude_code_upstream(demo, index)
     for field in ("thinking", "context_management", "output_config", "metadata"):
         assert sent[field] == body[field], field
@@ -227,14 +211,12 @@ async def test_claude_code_fields_reach_the_anthropic_upstream(demo: Keyed, inde
     assert all(block["text"].strip() in system for block in body["system"])
 
 
-@pytest.mark.xfail(strict=True, reason=SYSTEM_BLOCKS)
 async def test_claude_code_system_blocks_reach_the_anthropic_upstream(demo: Keyed) -> None:
     body, sent = await claude_code_upstream(demo, 0)
     assert sum("cache_control" in block for block in body["system"]) == 2
     assert sent["system"] == body["system"]
 
 
-@pytest.mark.xfail(strict=True, reason=TOOL_FIELDS)
 async def test_claude_code_tools_reach_the_anthropic_upstream_untouched(demo: Keyed) -> None:
     body, sent = await claude_code_upstream(demo, 0)
     assert any("defer_loading" in tool for tool in body["tools"])
@@ -252,12 +234,25 @@ async def test_claude_code_betas_reach_the_anthropic_upstream(demo: Keyed) -> No
     assert demo.upstream_requests[-1]["headers"].get("anthropic-beta") == betas
 
 
-@pytest.mark.xfail(strict=True, reason=ROUTE_DEFAULT)
-async def test_claude_code_on_route_default(demo: Keyed) -> None:
+async def test_claude_code_on_route_agent(demo: Keyed) -> None:
+    """The built-in route for agents takes Claude Code's request as sent (its own system
+    prompt, max_tokens 32000) and the Anthropic upstream gets it whole."""
     request = posts("claude_code_say_hi_route_name")[0]
     assert request["body"]["model"] == "default"
-    status, text = await demo.replay(request, without_system_messages(request["body"]))
+    body = {**request["body"], "model": "agent"}
+    status, text = await demo.replay(request, body)
     completed_stream(status, text, "message_stop")
+    sent = demo.upstream_requests[-1]["body"]
+    assert sent["system"] == body["system"] and sent["messages"] == body["messages"]
+    assert sent["max_tokens"] == 32000
+
+
+async def test_route_default_still_refuses_a_client_system_prompt(demo: Keyed) -> None:
+    """``default`` stays the article's safe web route: agents go to ``agent``."""
+    request = posts("claude_code_say_hi_route_name")[0]
+    status, text = await demo.replay(request)
+    assert status == 400, text
+    assert "system prompt" in json.loads(text)["error"]["message"]
 
 
 @pytest.mark.xfail(strict=True, reason=COUNT_TOKENS)
@@ -314,11 +309,18 @@ async def test_codex_function_and_custom_tools_reach_a_chat_upstream(
         assert "hello from the fixture" in messages[-1]["content"]
 
 
-@pytest.mark.xfail(strict=True, reason=ROUTE_DEFAULT)
-async def test_codex_on_route_default(demo: Keyed) -> None:
+async def test_codex_on_route_agent_without_its_hosted_tools(demo: Keyed) -> None:
     request = posts("codex_say_hi_route_name")[0]
     assert request["body"]["model"] == "default"
-    status, text = await demo.replay(request, without_hosted_tools(request["body"]))
+    body = {**without_hosted_tools(request["body"]), "model": "agent"}
+    status, text = await demo.replay(request, body)
+    completed_stream(status, text, "response.completed")
+
+
+@pytest.mark.xfail(strict=True, reason=CODEX_ON_AGENT)
+async def test_codex_on_route_agent(demo: Keyed) -> None:
+    request = posts("codex_say_hi_route_name")[0]
+    status, text = await demo.replay(request, {**request["body"], "model": "agent"})
     completed_stream(status, text, "response.completed")
 
 
@@ -349,7 +351,6 @@ def agents() -> None:
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=f"{MID_SYSTEM}; {MAX_TOKENS}")
 async def test_claude_code_runs_on_a_provider_model(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_claude(
@@ -361,8 +362,8 @@ async def test_claude_code_runs_on_a_provider_model(demo: Keyed) -> None:
 
 @pytest.mark.usefixtures("agents")
 async def test_claude_code_runs_with_its_output_capped(demo: Keyed) -> None:
-    """Today's workaround (CLAUDE_CODE_MAX_OUTPUT_TOKENS=32000): Claude Code completes, after
-    its own retry without the mid-conversation system message the gateway refused."""
+    """With its output capped (CLAUDE_CODE_MAX_OUTPUT_TOKENS=32000, the workaround before the
+    limit was raised) Claude Code completes, metered under the model's name."""
     since = len(demo.gw.records)
     run = await run_claude(
         demo.gw.url,
@@ -384,7 +385,6 @@ async def test_claude_code_runs_with_its_output_capped(demo: Keyed) -> None:
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=MID_SYSTEM)
 async def test_claude_code_with_its_output_capped_is_never_refused(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_claude(
@@ -422,19 +422,22 @@ async def test_claude_code_context_report_counts_through_the_gateway(demo: Keyed
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=ROUTE_DEFAULT)
-async def test_claude_code_runs_on_route_default(demo: Keyed) -> None:
-    # `--model default` is Claude Code's own alias (it sends claude-opus-5-5); this is how a
-    # route of that name is reached.
+async def test_claude_code_runs_on_route_agent(demo: Keyed) -> None:
+    # `--model opus` with ANTHROPIC_DEFAULT_OPUS_MODEL names the route (Claude Code resolves a
+    # bare `--model agent` itself too, but this is the documented way, as for any route).
+    since = len(demo.gw.records)
     run = await run_claude(
         demo.gw.url,
         "say hi",
         model="opus",
         key=demo.secret,
         headers=STEER,
-        env={"ANTHROPIC_DEFAULT_OPUS_MODEL": "default"},
+        env={"ANTHROPIC_DEFAULT_OPUS_MODEL": "agent"},
     )
     exited_with_answer(run)
+    records = await settled(demo.gw, since)
+    assert not refused(records)
+    assert {(r.route, r.dialect) for r in records} == {("agent", "anthropic")}
 
 
 @pytest.mark.usefixtures("agents")
@@ -449,12 +452,14 @@ async def test_codex_runs_on_a_provider_model(demo: Keyed) -> None:
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=CODEX_ON_DEFAULT)
-async def test_codex_runs_on_route_default(demo: Keyed) -> None:
+@pytest.mark.xfail(strict=True, reason=CODEX_ON_AGENT)
+async def test_codex_runs_on_route_agent(demo: Keyed) -> None:
+    since = len(demo.gw.records)
     run = await run_codex(
-        demo.gw.url + "/v1", "say hi", model="default", key=demo.secret, headers=STEER
+        demo.gw.url + "/v1", "say hi", model="agent", key=demo.secret, headers=STEER
     )
     exited_with_answer(run)
+    assert not refused(await settled(demo.gw, since))
 
 
 @pytest.mark.usefixtures("agents")

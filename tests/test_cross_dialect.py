@@ -421,7 +421,7 @@ async def test_openai_only_fields_are_refused_for_an_anthropic_route(
         ({"thinking": {"type": "adaptive"}}, "'thinking'"),
         ({"tools": [AN_TOOL, {"type": "web_search_20250305", "name": "web_search"}]}, "'tools'"),
         ({"messages": SIGNED_HISTORY}, "messages[1] carries thinking from an earlier turn"),
-        ({"messages": [{"role": "user", "content": [DOCUMENT]}]}, "'document' blocks"),
+        ({"messages": [{"role": "user", "content": [DOCUMENT]}]}, "'document' block"),
     ],
 )
 async def test_anthropic_only_fields_are_refused_for_an_openai_route(

@@ -182,9 +182,9 @@ def msg(content: Any, role: str = "user") -> list[dict[str, Any]]:
         (body(messages=None), "messages"),
         (body(messages=[]), "messages"),
         (body(messages="hi"), "messages"),
-        (body(messages=msg("hi", role="system")), "messages.0.role"),
+        (body(messages=msg("hi", role="developer")), "messages.0.role"),
         (body(messages=msg(5)), "messages.0.content"),
-        (body(messages=msg([{"type": "document"}])), "messages.0.content.0.type"),
+        (body(messages=msg([{"text": "no type"}])), "messages.0.content.0.type"),
         (body(messages=msg([{"type": "text"}])), "messages.0.content.0.text"),
         (body(messages=msg([{"type": "tool_result"}])), "messages.0.content.0.tool_use_id"),
         (body(messages=msg([{"type": "tool_result", "tool_use_id": "t"}], "assistant")), None),
@@ -543,8 +543,8 @@ CACHING = {
 
 def test_cache_control_is_parsed_onto_parts_tools_and_the_system_prompt() -> None:
     request = dialect.parse_request(body(**CACHING))
-    assert request.system == "You are Claude Code.\nProject rules."
-    assert request.system_cache_control == HOUR
+    assert request.system == "You are Claude Code.\n\nProject rules."
+    assert request.system_blocks == CACHING["system"]
     assert request.messages[0].content == [
         TextPart("Look:", EPHEMERAL),
         ImagePart(data="iVBO", media_type="image/png", cache_control=EPHEMERAL),
@@ -563,14 +563,13 @@ def test_cache_control_is_parsed_onto_parts_tools_and_the_system_prompt() -> Non
 def test_cache_control_round_trips_to_the_same_places() -> None:
     request = dialect.parse_request(body(**CACHING))
     sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
-    # the system blocks are joined into one, which carries the last breakpoint at its end
-    system = {"type": "text", "text": "You are Claude Code.\nProject rules.", "cache_control": HOUR}
-    assert sent["system"] == [system]
+    # the system blocks as sent, each breakpoint where the client put it
+    assert sent["system"] == CACHING["system"]
     assert sent["messages"] == CACHING["messages"]
     assert sent["tools"] == CACHING["tools"]
     again = dialect.parse_request(msgspec.json.encode(sent))
     assert again.messages == request.messages and again.tools == request.tools
-    assert again.system_cache_control == HOUR
+    assert again.system_blocks == CACHING["system"]
 
 
 def test_cache_control_inside_tool_result_content_is_kept_on_the_result() -> None:
@@ -580,20 +579,20 @@ def test_cache_control_inside_tool_result_content_is_kept_on_the_result() -> Non
     assert request.messages == [Message("tool", [ToolResultPart("t1", "18C", False, EPHEMERAL)])]
 
 
-def test_a_route_system_prefix_keeps_the_system_breakpoint_at_the_end() -> None:
+def test_a_route_system_prefix_is_a_block_of_its_own_before_the_clients() -> None:
     request = dialect.parse_request(body(**CACHING))
-    request.system = "ROUTE\n\n" + (request.system or "")  # what the router does
+    request.add_system("ROUTE", first=True)  # what the router does
     sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
-    text = "ROUTE\n\nYou are Claude Code.\nProject rules."
-    assert sent["system"] == [{"type": "text", "text": text, "cache_control": HOUR}]
+    assert sent["system"] == [{"type": "text", "text": "ROUTE"}, *CACHING["system"]]
+    assert request.system == "ROUTE\n\nYou are Claude Code.\n\nProject rules."
 
 
-def test_a_system_prompt_without_a_breakpoint_stays_a_string() -> None:
+def test_system_blocks_without_a_breakpoint_stay_blocks() -> None:
     system = [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]
     request = dialect.parse_request(body(system=system))
-    assert request.system_cache_control is None
+    assert request.system == "A\n\nB"
     sent = msgspec.json.decode(dialect.encode_request(request, "claude-opus-4", stream=True))
-    assert sent["system"] == "A\nB"
+    assert sent["system"] == system
 
 
 @pytest.mark.parametrize(
@@ -622,7 +621,7 @@ def test_the_openai_dialect_ignores_cache_control() -> None:
     assert decoded["model"] == "gpt-4o"
     assert decoded["messages"][0] == {
         "role": "system",
-        "content": "You are Claude Code.\nProject rules.",
+        "content": "You are Claude Code.\n\nProject rules.",
     }
     assert [tool["function"]["name"] for tool in decoded["tools"]] == ["time", "weather"]
 

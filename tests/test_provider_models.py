@@ -82,7 +82,7 @@ async def test_max_tokens_above_the_limit_is_refused(
         assert response.status == 400
         error = (await response.json())["error"]
     assert error["type"] == "invalid_request_error"
-    assert "provider_models" in error["message"] and "32000" in error["message"]
+    assert "provider_models" in error["message"] and "128000" in error["message"]
 
 
 @ASYNC

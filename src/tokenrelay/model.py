@@ -6,11 +6,14 @@ N client dialects times M upstream dialects at N + M modules.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, Literal
 
 import msgspec
 
-Role = Literal["user", "assistant", "tool"]
+# "system": instructions given in the middle of the conversation (Anthropic's mid-conversation
+# system messages, OpenAI's developer messages), kept in place; ``Request.system`` is the top one.
+Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "stop_sequence"]
 
 
@@ -68,22 +71,84 @@ class ThinkingPart(msgspec.Struct, frozen=True):
     signature: str | None = None
 
 
-Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart
+class OpaquePart(msgspec.Struct, frozen=True):
+    """A content block ``dialect``'s reader does not model (a newer Anthropic block type:
+    ``document``, ``search_result``, ...), kept verbatim for an upstream of that dialect; every
+    other dialect refuses it, naming its type (``foreign_block``)."""
+
+    dialect: str
+    block: dict[str, Any]
+
+
+Part = TextPart | ImagePart | ToolCallPart | ToolResultPart | ThinkingPart | OpaquePart
 
 
 class Message(msgspec.Struct, frozen=True):
+    """One turn. ``extra`` holds the turn's fields the origin dialect's reader does not model
+    (Claude Code's per-turn ``output_config``): written back to the same dialect, refused by
+    another (``foreign_message_fields``)."""
+
     role: Role
     content: list[Part]
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+def foreign_block(part: OpaquePart, index: int, target: str) -> Untranslatable:
+    """The refusal of a block only its own dialect knows, naming the block's type."""
+    return Untranslatable(
+        f"messages[{index}] holds a {part.block.get('type')!r} block, which cannot be sent to "
+        f"{target}; remove it or use a route served by {part.dialect}",
+        param=f"messages[{index}].content",
+    )
+
+
+def foreign_message_fields(messages: list[Message], dialect: str, target: str) -> None:
+    """Refuse, naming ``messages[i].<field>``, a turn field of another dialect: none of them is
+    known to be a mere hint, so none is dropped."""
+    for i, message in enumerate(messages):
+        for key in message.extra:
+            raise Untranslatable(
+                f"messages[{i}].{key} cannot be sent to {target}; remove it or use a route "
+                f"served by {dialect}",
+                param=f"messages[{i}].{key}",
+            )
 
 
 class Tool(msgspec.Struct, frozen=True):
     """A tool definition. ``cache_control`` is an Anthropic prompt-caching breakpoint after this
-    tool; other dialects cache automatically, so their encoders ignore it (it is not an error)."""
+    tool; other dialects cache automatically, so their encoders ignore it (it is not an error).
+
+    ``extra`` holds the tool's fields the origin dialect's reader does not model (Claude Code's
+    ``defer_loading``, ...): written back verbatim to the same dialect; another dialect drops the
+    hints in ``TOOL_HINTS`` and refuses the rest (``foreign_tool_fields``).
+    """
 
     name: str
     description: str | None = None
     parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object"})
     cache_control: dict[str, Any] | None = None
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# Tool fields that only tell the upstream how to handle a tool (load it lazily, cache it, stream
+# its input early), never what the answer means: dropped when the request crosses dialects.
+TOOL_HINTS = frozenset({"defer_loading", "cache_control", "eager_input_streaming"})
+
+
+def foreign_tool_fields(
+    tools: list[Tool], dialect: str, target: str, *, carried: Collection[str] = ()
+) -> None:
+    """Refuse, naming ``tools[i].<field>``, a tool field of another dialect that ``target``
+    cannot carry; the hints in ``TOOL_HINTS`` are dropped instead, and ``carried`` are the
+    fields the target's encoder translates."""
+    for i, tool in enumerate(tools):
+        for key in tool.extra:
+            if key not in TOOL_HINTS and key not in carried:
+                raise Untranslatable(
+                    f"tools[{i}].{key} cannot be sent to {target}; remove it or use a route "
+                    f"served by {dialect}",
+                    param=f"tools[{i}].{key}",
+                )
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -93,16 +158,19 @@ class Request(msgspec.Struct, kw_only=True):
     client's own system prompt, kept apart so a route can refuse it. ``extra`` holds fields only the
     origin ``dialect`` understands; they pass through to an upstream of the same dialect, and
     another dialect's encoder translates those it has an equivalent for and raises
-    ``Untranslatable`` for the rest instead of dropping them. ``system_cache_control`` is an
-    Anthropic prompt-caching breakpoint at the end of the system prompt; other dialects cache
-    automatically, so their encoders ignore it (it is not an error).
+    ``Untranslatable`` for the rest instead of dropping them.
+
+    ``system_blocks`` are an Anthropic client's system blocks as sent (text, ``cache_control``
+    breakpoints, fields we do not model), written back as they are to an Anthropic upstream so
+    prompt caching keeps working; ``system`` is then their text joined by blank lines, which is
+    what every other dialect gets. Change the two together, through ``add_system``.
     """
 
     dialect: str
     model: str
     messages: list[Message]
     system: str | None = None
-    system_cache_control: dict[str, Any] | None = None
+    system_blocks: list[dict[str, Any]] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -114,6 +182,23 @@ class Request(msgspec.Struct, kw_only=True):
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
     front_options: dict[str, Any] = msgspec.field(default_factory=dict)
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
+
+    def add_system(self, text: str, *, first: bool, separator: str = "\n\n") -> None:
+        """Put the gateway's own instructions (a route's prompt, a canary) before or after the
+        client's system prompt; with the client's blocks kept, as a block of their own, so the
+        client's breakpoints stay where the client put them."""
+        if not text:
+            return
+        if self.system:
+            joined = (text, self.system) if first else (self.system, text)
+            self.system = separator.join(joined)
+        else:
+            self.system = text
+        if self.system_blocks is not None:
+            block = {"type": "text", "text": text}
+            self.system_blocks = (
+                [block, *self.system_blocks] if first else [*self.system_blocks, block]
+            )
 
     def prompt_text(self) -> str:
         """All user-visible text of the prompt, for estimates and screening."""

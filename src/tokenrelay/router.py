@@ -174,16 +174,21 @@ def allowed(policy: ProviderModelSettings, provider: str, model: str) -> bool:
 
 def _apply_policy(route: Route, request: Request) -> None:
     settings = route.settings
-    if request.system is not None and not settings.allow_client_system:
-        raise GatewayError(
-            "invalid_request",
-            f"{_owner(route)} has its own system prompt and does not accept one from the "
-            "client; send the instructions as a user message instead",
-            400,
-            param="system",
-        )
-    parts = [text for text in (settings.system, request.system) if text]
-    request.system = "\n\n".join(parts) if parts else None
+    if not settings.allow_client_system:
+        # a mid-conversation system message is the client's instructions too
+        mid = any(message.role == "system" for message in request.messages)
+        if request.system is not None or mid:
+            raise GatewayError(
+                "invalid_request",
+                f"{_owner(route)} has its own system prompt and does not accept one from "
+                "the client; send the instructions as a user message instead",
+                400,
+                param="system" if request.system is not None else "messages",
+            )
+    if settings.system:
+        request.add_system(settings.system, first=True)  # the route's, then the client's
+    elif not request.system:
+        request.system = request.system_blocks = None
     if request.max_tokens is None:
         request.max_tokens = settings.max_tokens
     elif settings.max_tokens_limit is not None and request.max_tokens > settings.max_tokens_limit:

@@ -115,6 +115,11 @@ DEFAULT_PROVIDER_MODELS = (
 )
 
 
+# The largest output of current models (Claude Code asks for exactly this on the 5.5 models):
+# still a bound, so a client cannot ask an upstream for more than any model gives.
+AGENT_MAX_TOKENS = 128_000
+
+
 class ProviderModelSettings(RouteSettings, kw_only=True, forbid_unknown_fields=True):
     """The policy of a request that names a provider model (``claude-...``, ``gpt-...``,
     ``provider/model``) instead of a route: a route's settings with no targets of its own
@@ -129,7 +134,7 @@ class ProviderModelSettings(RouteSettings, kw_only=True, forbid_unknown_fields=T
     system: str | None = None
     allow_client_system: bool = True
     max_tokens: int = 8192
-    max_tokens_limit: int | None = 32_000
+    max_tokens_limit: int | None = AGENT_MAX_TOKENS
     forward_client_headers: list[str] = msgspec.field(default_factory=lambda: list(CLIENT_BETAS))
 
     def for_target(self, target: TargetSettings) -> RouteSettings:
@@ -283,7 +288,23 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 "max_tokens_limit": 4096,
                 # The article's cap: a user message of at most 2000 characters.
                 "screen": {"max_prompt_chars": 2000},
-            }
+            },
+            "agent": {  # coding agents and SDKs: see docs/agents.md
+                "targets": [
+                    {"provider": "anthropic", "model": DEFAULT_ANTHROPIC_MODEL},
+                    {"provider": "openai", "model": DEFAULT_OPENAI_MODEL},
+                ],
+                # The agent's own system prompt is the instructions; no cap on its length.
+                "system": None,
+                "allow_client_system": True,
+                "max_tokens": 8192,
+                "max_tokens_limit": AGENT_MAX_TOKENS,
+                # An agent's harness notes and tool results read like injections to the rules:
+                # serve them and record the verdict (metrics, audit line) instead of refusing.
+                "screen": {"mode": "flag"},
+                # The client's betas (Claude Code's context management, tool search, ...).
+                "forward_client_headers": list(CLIENT_BETAS),
+            },
         },
     }
 

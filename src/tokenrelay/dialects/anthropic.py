@@ -16,10 +16,16 @@ Conventions other modules rely on:
   does a ``tools`` list holding server tools or a ``tool_choice`` with options beyond its type.
 - ``cache_control`` (prompt-caching breakpoints) on text, image, tool_use and tool_result blocks
   and on tools is kept on the part or tool and written back, so caching survives the gateway;
-  breakpoints on ``system`` blocks become one ``Request.system_cache_control`` at the end of the
-  joined system prompt. Other dialects ignore these fields. ``citations`` on blocks have no place
-  in the normalized request and are dropped. Blocks that change what is asked and cannot be
-  represented (documents, images inside tool results, file sources) get a 400.
+  ``system`` blocks are kept as sent in ``Request.system_blocks`` (their text, joined by blank
+  lines, is ``Request.system`` for other dialects). Other dialects ignore these fields.
+- What the gateway does not model passes through to an Anthropic upstream untouched: top-level
+  fields (``Request.extra``), tool fields (``Tool.extra``), turn fields (``Message.extra``),
+  content blocks of other types (``document``, ``search_result``, ...: ``OpaquePart``), and
+  mid-conversation ``system`` messages (``Message("system", ...)``, text only), which keep
+  their place. Other dialects translate what has an equivalent and refuse the rest by name.
+- ``citations`` on known blocks have no place in the normalized request and are dropped. What
+  cannot be represented inside a known block (images inside tool results, file sources of
+  images) gets a 400.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from tokenrelay.model import (
     GatewayError,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     Request,
     TextDelta,
@@ -55,6 +62,9 @@ from tokenrelay.model import (
     ToolResultPart,
     Untranslatable,
     Usage,
+    foreign_block,
+    foreign_message_fields,
+    foreign_tool_fields,
     merge_usage,
 )
 
@@ -142,13 +152,11 @@ def _cache_control(block: dict[str, Any], path: str) -> dict[str, Any] | None:
 
 
 def _text_of(value: Any, path: str) -> tuple[str, dict[str, Any] | None]:
-    """A string, or a list of text blocks joined by newlines (``system``, tool result content),
-    with the ``cache_control`` of the last block that has one.
+    """A tool result's content: a string, or a list of text blocks joined by newlines, with the
+    ``cache_control`` of the last block that has one.
 
     The joined text is one block on the way out, so only a breakpoint at its end can be kept: one
-    on an earlier block moves to the end, which caches a longer prefix. For ``system`` that is also
-    what keeps the breakpoint useful behind a route: the router puts the route's system prompt
-    before the client's, and a breakpoint at the end of the whole covers both.
+    on an earlier block moves to the end, which caches a longer prefix.
     """
     if isinstance(value, str):
         return value, None
@@ -164,6 +172,22 @@ def _text_of(value: Any, path: str) -> tuple[str, dict[str, Any] | None]:
         texts.append(block["text"])
         cache_control = _cache_control(block, f"{path}.{i}") or cache_control
     return "\n".join(texts), cache_control
+
+
+def _system(value: Any) -> tuple[str, list[dict[str, Any]] | None]:
+    """The top-level system prompt: a string, or text blocks kept as sent (breakpoints and
+    fields we do not model included) with their text joined by blank lines for other dialects."""
+    if isinstance(value, str):
+        return value, None
+    if not isinstance(value, list):
+        raise _invalid("system", "Input should be a string or a list of text blocks")
+    for i, block in enumerate(value):
+        if not isinstance(block, dict) or block.get("type") != "text":
+            raise _invalid(f"system.{i}", "only text blocks are supported here")
+        if not isinstance(block.get("text"), str):
+            raise _invalid(f"system.{i}.text", "Input should be a valid string")
+        _cache_control(block, f"system.{i}")
+    return "\n\n".join(block["text"] for block in value), [dict(block) for block in value]
 
 
 def _field(block: dict[str, Any], key: str, path: str, kind: type = str) -> Any:
@@ -230,11 +254,11 @@ def _part(block: Any, role: str, path: str) -> Part:
         return ThinkingPart(_field(block, "thinking", path), _field(block, "signature", path))
     if kind == "redacted_thinking":
         return ThinkingPart("", REDACTED + _field(block, "data", path))
-    raise _invalid(
-        f"{path}.type",
-        f"{kind!r} blocks are not supported; use text, image, tool_use, tool_result, thinking "
-        "or redacted_thinking",
-    )
+    if not isinstance(kind, str) or not kind:
+        raise _invalid(
+            f"{path}.type", "Field required" if kind is None else "Input should be a string"
+        )
+    return OpaquePart(NAME, block)  # a block type we do not model: carried as it is
 
 
 def _messages(value: Any) -> list[Message]:
@@ -250,21 +274,32 @@ def _messages(value: Any) -> list[Message]:
         if not isinstance(raw, dict):
             raise _invalid(path, "Input should be a valid dictionary")
         role = raw.get("role")
-        if role not in ("user", "assistant"):
-            raise _invalid(f"{path}.role", "Input should be 'user' or 'assistant'")
+        if role not in ("user", "assistant", "system"):
+            raise _invalid(f"{path}.role", "Input should be 'user', 'assistant' or 'system'")
         content = raw.get("content")
+        # e.g. Claude Code's per-turn ``output_config``: written back to Anthropic as it came
+        unmodelled = {key: item for key, item in raw.items() if key not in ("role", "content")}
         if isinstance(content, str):
-            out.append(Message(role, [TextPart(content)]))
+            out.append(Message(role, [TextPart(content)], unmodelled))
             continue
         if not isinstance(content, list):
             raise _invalid(f"{path}.content", "Input should be a string or a list of blocks")
         parts = [_part(block, role, f"{path}.content.{j}") for j, block in enumerate(content)]
+        if role == "system":  # mid-conversation instructions: text, kept in place
+            for j, part in enumerate(parts):
+                if not isinstance(part, TextPart):
+                    raise _invalid(f"{path}.content.{j}.type", "a system message holds text only")
+            out.append(Message("system", parts, unmodelled))
+            continue
         results = [part for part in parts if isinstance(part, ToolResultPart)]
-        out.extend(Message("tool", [result]) for result in results)
+        out.extend(Message("tool", [result], unmodelled) for result in results)
         rest: list[Part] = [part for part in parts if not isinstance(part, ToolResultPart)]
         if rest or not results:
-            out.append(Message(role, rest))
+            out.append(Message(role, rest, unmodelled))
     return out
+
+
+_TOOL_FIELDS = frozenset({"type", "name", "description", "input_schema", "cache_control"})
 
 
 def _tools(value: Any, extra: dict[str, Any]) -> list[Tool]:
@@ -285,7 +320,8 @@ def _tools(value: Any, extra: dict[str, Any]) -> list[Tool]:
             raise _invalid(f"{path}.description", "Input should be a valid string")
         schema = _field(raw, "input_schema", path, dict)
         name = _field(raw, "name", path)
-        tools.append(Tool(name, description, schema, _cache_control(raw, path)))
+        unmodelled = {key: item for key, item in raw.items() if key not in _TOOL_FIELDS}
+        tools.append(Tool(name, description, schema, _cache_control(raw, path), unmodelled))
     return tools
 
 
@@ -325,13 +361,9 @@ def parse_request(body: bytes) -> Request:
     if wrong is not None:
         raise _invalid(wrong[0], f"Input should be {wrong[1]}")
     extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
-    system = data.get("system")
-    system_cache_control = None
-    if system is not None:
-        # blocks are joined, so the last breakpoint moves to the end of the system prompt; the
-        # router later puts a route's system prompt before this one, and the breakpoint at the
-        # end still covers both
-        system, system_cache_control = _text_of(system, "system")
+    system, system_blocks = None, None
+    if data.get("system") is not None:
+        system, system_blocks = _system(data["system"])
     numbers: dict[str, float | None] = {}
     for key in ("temperature", "top_p"):
         value = data.get(key)
@@ -363,7 +395,7 @@ def parse_request(body: bytes) -> Request:
         model=model,
         messages=messages,
         system=system,
-        system_cache_control=system_cache_control,
+        system_blocks=system_blocks,
         max_tokens=max_tokens,
         temperature=numbers["temperature"],
         top_p=numbers["top_p"],
@@ -402,7 +434,11 @@ def _image_json(part: ImagePart) -> dict[str, Any]:
     return {"type": "image", "source": source}
 
 
-def _block_json(part: Part) -> dict[str, Any] | None:
+def _block_json(part: Part, index: int) -> dict[str, Any] | None:
+    if isinstance(part, OpaquePart):
+        if part.dialect != NAME:
+            raise foreign_block(part, index, "an Anthropic model")
+        return part.block
     if isinstance(part, TextPart):
         return _with_cache_control({"type": "text", "text": part.text}, part.cache_control)
     if isinstance(part, ImagePart):
@@ -452,29 +488,43 @@ def _input(part: ToolCallPart) -> dict[str, Any]:
 def _messages_json(messages: list[Message]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     merging = False  # the last user turn was opened by tool results and takes what follows
-    for message in messages:
-        blocks = [block for part in message.content if (block := _block_json(part)) is not None]
-        if message.role == "assistant":
+    for i, message in enumerate(messages):
+        blocks = [block for part in message.content if (block := _block_json(part, i)) is not None]
+        if message.role == "system":  # a mid-conversation system message, in its place
+            out.append({"role": "system", "content": _system_content(blocks), **message.extra})
+            merging = False
+        elif message.role == "assistant":
             # An assistant turn left empty (an OpenAI-compatible model's unsigned reasoning is
             # all it held) is refused by Anthropic; without it the user turns around it merge,
             # as Anthropic merges consecutive same-role turns itself.
             if blocks:
-                out.append({"role": "assistant", "content": blocks})
+                out.append({"role": "assistant", "content": blocks, **message.extra})
             merging = False
         elif merging:
             out[-1]["content"].extend(blocks)
+            out[-1].update(message.extra)
             merging = message.role == "tool"
         else:
-            out.append({"role": "user", "content": blocks})
+            out.append({"role": "user", "content": blocks, **message.extra})
             merging = message.role == "tool"
     return out
 
 
-def _tool_json(tool: Tool) -> dict[str, Any]:
+def _system_content(blocks: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+    """One plain text block as the string Claude Code sends it; blocks otherwise."""
+    if len(blocks) == 1 and set(blocks[0]) == {"type", "text"}:
+        text: str = blocks[0]["text"]
+        return text
+    return blocks
+
+
+def _tool_json(tool: Tool, same: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"name": tool.name}
     if tool.description is not None:
         out["description"] = tool.description
     out["input_schema"] = tool.parameters
+    if same:
+        out.update(tool.extra)
     return _with_cache_control(out, tool.cache_control)
 
 
@@ -494,16 +544,15 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
             f"temperature {request.temperature:g} is above Anthropic's maximum of 1; use 0 to 1",
             param="temperature",
         )
+    if request.dialect != NAME:
+        foreign_message_fields(request.messages, request.dialect, "an Anthropic model")
     body: dict[str, Any] = {
         "model": model,
         "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         "messages": _messages_json(request.messages),
     }
-    if request.system and request.system_cache_control is not None:
-        # a breakpoint needs the block form; written whatever the origin, as only this dialect
-        # sets it
-        system = {"type": "text", "text": request.system}
-        body["system"] = [_with_cache_control(system, request.system_cache_control)]
+    if request.system_blocks:  # an Anthropic client's blocks, breakpoints and all
+        body["system"] = request.system_blocks
     elif request.system:
         body["system"] = request.system
     if request.temperature is not None:
@@ -513,7 +562,10 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if request.stop:
         body["stop_sequences"] = request.stop
     if request.tools:
-        body["tools"] = [_tool_json(tool) for tool in request.tools]
+        same = request.dialect == NAME
+        if not same:
+            foreign_tool_fields(request.tools, request.dialect, "an Anthropic model")
+        body["tools"] = [_tool_json(tool, same) for tool in request.tools]
     if request.tool_choice is not None:
         body["tool_choice"] = _tool_choice_json(request.tool_choice)
     if "user_id" in request.metadata:

@@ -94,6 +94,12 @@ def parse_request(body: bytes) -> Request:
 def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     """The body a client sends; ``model`` is the route name. Only a single user prompt fits."""
     parts = request.messages[0].content if len(request.messages) == 1 else []
+    if any(message.role == "system" for message in request.messages):
+        raise Untranslatable(
+            "/api/generate cannot carry a system message in the middle of the conversation; "
+            "use /v1/messages or /v1/chat/completions",
+            param="messages",
+        )
     if (
         len(request.messages) != 1
         or request.messages[0].role != "user"

@@ -30,6 +30,7 @@ from tokenrelay.model import (
     GatewayError,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     Request,
     TextDelta,
@@ -43,6 +44,9 @@ from tokenrelay.model import (
     ToolResultPart,
     Untranslatable,
     Usage,
+    foreign_block,
+    foreign_message_fields,
+    foreign_tool_fields,
     merge_usage,
 )
 
@@ -369,6 +373,8 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     ``max_completion_tokens`` goes only to reasoning models (o1/o3/o4/gpt-5), which refuse
     ``max_tokens``, because vLLM, Ollama and older servers know only ``max_tokens``."""
     translated = _foreign_extra(request, model) if request.extra and request.dialect != NAME else {}
+    if request.dialect != NAME:
+        foreign_message_fields(request.messages, request.dialect, "an OpenAI-compatible model")
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -385,6 +391,10 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if request.stop:
         body["stop"] = request.stop
     if request.tools:
+        if request.dialect != NAME:
+            foreign_tool_fields(
+                request.tools, request.dialect, "an OpenAI-compatible model", carried={"strict"}
+            )
         body["tools"] = [
             {"type": "function", "function": _tool_json(tool)} for tool in request.tools
         ]
@@ -456,6 +466,8 @@ def _tool_json(tool: Tool) -> dict[str, Any]:
     if tool.description is not None:
         out["description"] = tool.description
     out["parameters"] = tool.parameters
+    if tool.extra.get("strict") is True:  # an Anthropic tool's strict schema: OpenAI has it too
+        out["strict"] = True
     return out
 
 
@@ -466,6 +478,8 @@ def _encode_message(message: Message, index: int, dialect: str) -> list[dict[str
     calls: list[dict[str, Any]] = []
     reasoning: list[str] = []
     for part in message.content:
+        if isinstance(part, OpaquePart):
+            raise foreign_block(part, index, "an OpenAI-compatible model")
         if isinstance(part, ToolResultPart):
             text = f"Error: {part.content}" if part.is_error else part.content
             out.append({"role": "tool", "tool_call_id": part.tool_call_id, "content": text})
@@ -494,7 +508,10 @@ def _encode_message(message: Message, index: int, dialect: str) -> list[dict[str
                 "images only from the user and tool calls only from the assistant",
                 param="messages",
             )
-    if message.role == "assistant":
+    if message.role == "system":  # instructions in the middle of the conversation
+        text = "\n\n".join(item["text"] for item in content if item["type"] == "text")
+        out.append({"role": "developer", "content": text})
+    elif message.role == "assistant":
         text = "".join(item["text"] for item in content)
         said: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
         if reasoning:

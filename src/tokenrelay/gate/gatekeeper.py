@@ -271,7 +271,7 @@ class Gate:
         if canary is not None:
             from tokenrelay.screening import canary_instruction
 
-            request.system = (request.system or "") + canary_instruction(canary)
+            request.add_system(canary_instruction(canary), first=False, separator="")
             admission.canary = canary
 
         cap = settings.max_concurrent_streams or self.settings.max_concurrent_streams

@@ -44,6 +44,7 @@ from tokenrelay.model import (
     GatewayError,
     ImagePart,
     Message,
+    OpaquePart,
     Part,
     Request,
     TextPart,
@@ -52,6 +53,9 @@ from tokenrelay.model import (
     ToolCallPart,
     ToolResultPart,
     Untranslatable,
+    foreign_block,
+    foreign_message_fields,
+    foreign_tool_fields,
 )
 
 _encode = msgspec.json.encode
@@ -570,6 +574,8 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
             param="stop",
         )
     options = request.front_options if same else {}
+    if not same:
+        foreign_message_fields(request.messages, request.dialect, "an OpenAI Responses model")
     custom = set(options.get(CUSTOM_TOOLS, ()))
     body: dict[str, Any] = {"model": model}
     if request.system:
@@ -582,6 +588,8 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.tools:
+        if not same:
+            foreign_tool_fields(request.tools, request.dialect, "an OpenAI Responses model")
         body["tools"] = [
             {
                 "type": "function",
@@ -612,9 +620,11 @@ def _input_json(request: Request, custom: set[str], reasoning_ids: list[str]) ->
     items: list[Any] = []
     same = request.dialect == NAME
     custom_calls: set[str] = set()  # call ids of custom tool calls, whose outputs say so too
-    for message in request.messages:
+    for i, message in enumerate(request.messages):
         content: list[dict[str, Any]] = []
         for part in message.content:
+            if isinstance(part, OpaquePart):
+                raise foreign_block(part, i, "an OpenAI Responses model")
             if isinstance(part, TextPart):
                 kind = "output_text" if message.role == "assistant" else "input_text"
                 content.append({"type": kind, "text": part.text})
@@ -636,6 +646,8 @@ def _input_json(request: Request, custom: set[str], reasoning_ids: list[str]) ->
 def _message_json(role: str, content: list[dict[str, Any]]) -> dict[str, Any]:
     if role == "assistant":
         return {"type": "message", "role": "assistant", "content": content}
+    if role == "system":  # instructions in the middle of the conversation
+        return {"type": "message", "role": "developer", "content": content}
     return {"type": "message", "role": "user", "content": content}
 
 
