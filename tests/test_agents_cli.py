@@ -48,7 +48,6 @@ CODEX_ON_AGENT = (
     "(anthropic/...: tools cannot be sent to an Anthropic model ...; openai/...: 'tools' cannot "
     "be sent ...), without naming them: issue 14 section 1"
 )
-BETAS = "anthropic-beta not forwarded on a provider-model request: issue 14 section 5"
 HOSTED_TOOLS = (
     "demo mode serves gpt-5.5 Responses requests through Chat Completions, which refuses Codex's "
     "hosted tools web_search and tool_search (400 'tools' cannot be sent to an "
@@ -57,10 +56,6 @@ HOSTED_TOOLS = (
 HOSTED_NAMED = (
     "the refusal of hosted tools does not name the tool (web_search, tool_search): "
     "issue 14 section 1"
-)
-COUNT_TOKENS = (
-    "POST /v1/messages/count_tokens?beta=true (Claude Code's /context, compaction) is a 404: "
-    "issue 14 section 4"
 )
 WEBSOCKET = (
     "a WebSocket upgrade on /v1/responses is answered 405, so Codex retries it 7 times over "
@@ -223,7 +218,6 @@ async def test_claude_code_tools_reach_the_anthropic_upstream_untouched(demo: Ke
     assert sent["tools"] == body["tools"]
 
 
-@pytest.mark.xfail(strict=True, reason=BETAS)
 async def test_claude_code_betas_reach_the_anthropic_upstream(demo: Keyed) -> None:
     request = posts("claude_code_say_hi_provider_model")[0]
     body = {**without_system_messages(request["body"]), "max_tokens": 32000}
@@ -255,7 +249,6 @@ async def test_route_default_still_refuses_a_client_system_prompt(demo: Keyed) -
     assert "system prompt" in json.loads(text)["error"]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=COUNT_TOKENS)
 @pytest.mark.parametrize("index", [0, 1, 12])
 async def test_claude_code_count_tokens(demo: Keyed, index: int) -> None:
     request = posts("claude_code_context")[index]
@@ -408,7 +401,6 @@ async def test_claude_code_context_report_completes(demo: Keyed) -> None:
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=COUNT_TOKENS)
 async def test_claude_code_context_report_counts_through_the_gateway(demo: Keyed) -> None:
     proxy = await recorder.start(upstream=demo.gw.url)
     try:
