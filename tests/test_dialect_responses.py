@@ -154,7 +154,7 @@ def read(raw: bytes) -> Completion:
         (body(text={"format": {"type": "xml"}}), "text.format.type", "json_schema"),
         (body(previous_response_id=3), "previous_response_id", "id of a stored response"),
         (body(background=True), "background", "not supported"),
-        (body(tools=[{"type": "teleport"}]), "tools[0].type", "unknown tool type"),
+        (body(tools=[{"name": "teleport"}]), "tools[0].type", "each tool needs a type"),
         (body(tools=[{**PATCH, "format": {"type": "grammar"}}]), "tools[0].format.syntax", "lark"),
         (body(max_output_tokens=0), "max_output_tokens", "positive"),
         (body(temperature=3), "temperature", "0 to 2"),
