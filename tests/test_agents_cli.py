@@ -53,8 +53,9 @@ ROUTE_DEFAULT = (
     "does not know): issue 14 section 5"
 )
 CODEX_ON_DEFAULT = (
-    f"{ROUTE_DEFAULT}; and Codex's hosted web_search and namespace tools cannot cross to the "
-    "route's Anthropic and Chat targets, refused without naming them: issue 14 section 1"
+    f"{ROUTE_DEFAULT}; and Codex's hosted web_search (external_web_access false) and namespace "
+    "tools cannot cross to the route's Anthropic and Chat targets: route default keeps "
+    "hosted_tools = 'refuse' (400 naming them), an agent route sets 'drop'"
 )
 SYSTEM_BLOCKS = (
     "the client's system blocks are merged into one text block and their cache_control "
@@ -65,22 +66,9 @@ TOOL_FIELDS = (
     "to an Anthropic upstream: issue 14 section 5"
 )
 BETAS = "anthropic-beta not forwarded on a provider-model request: issue 14 section 5"
-HOSTED_TOOLS = (
-    "demo mode serves gpt-5.5 Responses requests through Chat Completions, which refuses Codex's "
-    "hosted tools web_search and tool_search (400 'tools' cannot be sent to an "
-    "OpenAI-compatible model): issue 14 sections 1 and 3"
-)
-HOSTED_NAMED = (
-    "the refusal of hosted tools does not name the tool (web_search, tool_search): "
-    "issue 14 section 1"
-)
 COUNT_TOKENS = (
     "POST /v1/messages/count_tokens?beta=true (Claude Code's /context, compaction) is a 404: "
     "issue 14 section 4"
-)
-WEBSOCKET = (
-    "a WebSocket upgrade on /v1/responses is answered 405, so Codex retries it 7 times over "
-    "~7 s before it POSTs (426 makes it fall back at once): issue 14 section 1"
 )
 
 _HOP = frozenset({"host", "content-length", "connection", "accept-encoding", "authorization"})

@@ -43,7 +43,11 @@ async def refuse(scope: Scope, receive: Any, send: Any) -> None:
     path = scope["path"]
     error = GatewayError("invalid_request", _MESSAGE.format(path=path), STATUS)
     content_type, body = path_errors.render(path, error)
-    headers = [(b"content-type", content_type), (b"connection", b"close")]
+    headers = [
+        (b"content-type", content_type),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     if scope["type"] == "http":
         await send({"type": "http.response.start", "status": STATUS, "headers": headers})
         await send({"type": "http.response.body", "body": body})
