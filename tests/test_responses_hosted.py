@@ -119,6 +119,7 @@ async def gw(
         stub + "BASE_URL": searching[1],
         stub + "API_KEY": "test-key",
         **route("to_auto", "auto:gpt-5.5"),
+        **route("to_auto_ruled", "auto:gpt-5.5", SYSTEM="Route rules."),
         **route("to_claude", "anthropic:claude-sonnet-5-5"),
         **route("to_claude_drop", "anthropic:claude-sonnet-5-5", HOSTED_TOOLS="drop"),
         **route("to_chat", "openai:gpt-5.5"),
@@ -318,6 +319,26 @@ async def test_an_unknown_tool_type_passes_to_a_responses_upstream_untouched(
     assert status == 200, text
     _, sent = upstream_request(simulator)
     assert sent["tools"] == [WEATHER, tool] and sent["client_metadata"] == {"session": "s1"}
+
+
+async def test_the_input_reaches_a_responses_upstream_as_sent(
+    gw: RunningGateway, simulator: RunningSimulator
+) -> None:
+    """Item ids, developer messages and item fields this gateway does not model arrive as the
+    client sent them; the route's system prompt and the client's instructions go first in
+    ``instructions``, without the developer messages (they stay in the input)."""
+    items = [
+        {"type": "message", "id": "msg_a", "role": "developer", "content": "Be brief."},
+        {"type": "message", "id": "msg_b", "role": "user", "content": [
+            {"type": "input_text", "text": QUESTION, "future_field": 1}]},
+    ]  # fmt: skip
+    body = {"model": "to_auto_ruled", "input": items, "instructions": "Answer in French."}
+    simulator.reset_stats()
+    status, _, text = await post(gw, "/v1/responses", body)
+    assert status == 200, text
+    _, sent = upstream_request(simulator)
+    assert sent["input"] == items
+    assert sent["instructions"] == "Route rules.\n\nAnswer in French."
 
 
 # --- the WebSocket upgrade ------------------------------------------------------------------------

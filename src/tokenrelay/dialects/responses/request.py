@@ -28,6 +28,7 @@ from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.responses.items import input_items
 from tokenrelay.dialects.responses.wire import (
     BODY,
+    CLIENT_SYSTEM,
     CONTINUES,
     CUSTOM_INPUT,
     CUSTOM_TOOLS,
@@ -179,6 +180,8 @@ def _parse(data: dict[str, Any], history: list[Any] | None) -> Request:
     if reasoning_ids:
         front[REASONING_IDS] = reasoning_ids
     front[INPUT] = raw_input
+    if len(system) > (1 if instructions else 0):  # system or developer messages in the input
+        front[CLIENT_SYSTEM] = ("\n\n".join(system), instructions or "")
     if previous is not None:
         front[CONTINUES] = previous
         front[BODY] = data
@@ -565,9 +568,21 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     options = request.front_options if same else {}
     custom = set(options.get(CUSTOM_TOOLS, ()))
     body: dict[str, Any] = {"model": model}
-    if request.system:
-        body["instructions"] = request.system
-    body["input"] = _input_json(request, custom, list(options.get(REASONING_IDS, ())))
+    system = request.system
+    raw_input = options.get(INPUT)
+    as_sent = raw_input is not None and HISTORY not in options and CONTINUES not in options
+    if as_sent and system and CLIENT_SYSTEM in options:
+        parsed, instructions = options[CLIENT_SYSTEM]
+        if parsed in system:  # the route's prompt may stand before it, a canary after it
+            system = system.replace(parsed, instructions, 1).strip("\n") or None
+        else:
+            as_sent = False
+    if system:
+        body["instructions"] = system
+    if as_sent:  # the client's items, ids and developer messages as it sent them
+        body["input"] = raw_input
+    else:
+        body["input"] = _input_json(request, custom, list(options.get(REASONING_IDS, ())))
     if request.max_tokens is not None:
         body["max_output_tokens"] = request.max_tokens
     if request.temperature is not None:
