@@ -179,6 +179,7 @@ def gateway_environ(sim_url: str) -> dict[str, str]:
         "TOKENRELAY_PROVIDERS__ANTHROPIC__API_KEY": "test-anthropic-key",
         "TOKENRELAY_PROVIDERS__ANTHROPIC__FORWARD_HEADERS": '["x-sim-"]',
         "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": sim_url + "/v1",
+        "TOKENRELAY_PROVIDERS__OPENAI__API": "chat",  # the tests' Chat Completions upstream
         "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "test-openai-key",
         "TOKENRELAY_PROVIDERS__OPENAI__FORWARD_HEADERS": '["x-sim-"]',
         "TOKENRELAY_PROVIDERS__DEAD__KIND": "openai",

@@ -40,28 +40,8 @@ STEER = {"x-sim-text": ANSWER}
 
 # The defects, as found on 2026-12-06 against main 9e5d7ac (see docs/agents.md); those fixed
 # since (mid-conversation system messages, max_tokens 128000 on provider models, system blocks
-# merged, tool fields dropped, no route for agents) have lost their marks.
-CODEX_ON_AGENT = (
-    "Codex's hosted tools (web_search, and tool_search or the namespace tool multi_agent_v1 "
-    "that it sends for a model name it has no metadata for) cannot cross to route agent's "
-    "Anthropic and Chat targets: 400 no target of this route can carry the request "
-    "(anthropic/...: tools cannot be sent to an Anthropic model ...; openai/...: 'tools' cannot "
-    "be sent ...), without naming them: issue 14 section 1"
-)
-HOSTED_TOOLS = (
-    "demo mode serves gpt-5.5 Responses requests through Chat Completions, which refuses Codex's "
-    "hosted tools web_search and tool_search (400 'tools' cannot be sent to an "
-    "OpenAI-compatible model): issue 14 sections 1 and 3"
-)
-HOSTED_NAMED = (
-    "the refusal of hosted tools does not name the tool (web_search, tool_search): "
-    "issue 14 section 1"
-)
-WEBSOCKET = (
-    "a WebSocket upgrade on /v1/responses is answered 405, so Codex retries it 7 times over "
-    "~7 s before it POSTs (426 makes it fall back at once): issue 14 section 1"
-)
-
+# merged, tool fields dropped, no route for agents, hosted tools, the WebSocket's 405) have
+# lost their marks.
 _HOP = frozenset({"host", "content-length", "connection", "accept-encoding", "authorization"})
 
 
@@ -92,13 +72,14 @@ class Keyed:
     """A running gateway and a key for it (in demo mode, ``upstream_requests`` are what its
     built-in simulator received)."""
 
-    def __init__(self, gw: RunningGateway, secret: str) -> None:
+    def __init__(self, gw: RunningGateway, secret: str, simulator: Any = None) -> None:
         self.gw = gw
         self.secret = secret
+        self.simulator = simulator  # the upstream, outside demo mode
 
     @property
     def upstream_requests(self) -> list[dict[str, Any]]:
-        simulator = self.gw.gateway.simulator
+        simulator = self.simulator or self.gw.gateway.simulator
         assert simulator is not None
         requests: list[dict[str, Any]] = simulator.stats()["last_requests"]
         return requests
@@ -262,14 +243,12 @@ async def test_claude_code_count_tokens(demo: Keyed, index: int) -> None:
 # --- replays: Codex ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=HOSTED_TOOLS)
 @pytest.mark.parametrize(("name", "index"), [("codex_say_hi", 0), ("codex_tool_turn", 1)])
 async def test_codex_requests_as_sent(demo: Keyed, name: str, index: int) -> None:
     status, text = await demo.replay(posts(name)[index])
     completed_stream(status, text, "response.completed")
 
 
-@pytest.mark.xfail(strict=True, reason=HOSTED_NAMED)
 async def test_codex_hosted_tools_are_carried_or_named(demo: Keyed) -> None:
     status, text = await demo.replay(posts("codex_say_hi")[0])
     if status != 200:
@@ -279,17 +258,35 @@ async def test_codex_hosted_tools_are_carried_or_named(demo: Keyed) -> None:
 
 
 @pytest.mark.parametrize(("name", "index"), [("codex_say_hi", 0), ("codex_tool_turn", 1)])
-async def test_codex_function_and_custom_tools_reach_a_chat_upstream(
+async def test_codex_request_reaches_the_responses_upstream_untouched(
     demo: Keyed, name: str, index: int
 ) -> None:
-    """Without the hosted tools, Codex's request crosses to Chat Completions today: its function
-    tools as functions, apply_patch (a custom tool) as a function of one string, and the
-    exec_command call with its output as a tool call and a tool message."""
+    """The built-in openai provider (api "auto") sends a Responses client's request to the
+    upstream's /responses: Codex's tools (hosted, namespace, custom), client_metadata, include
+    reasoning and its input items (ids, developer messages) arrive as sent."""
     request = posts(name)[index]
-    body = without_hosted_tools(request["body"])
-    status, text = await demo.replay(request, body)
+    status, text = await demo.replay(request)
     completed_stream(status, text, "response.completed")
     upstream = demo.upstream_requests[-1]
+    assert upstream["path"] == "/v1/responses"
+    sent = request["body"]
+    for key in ("tools", "client_metadata", "include", "input", "prompt_cache_key", "reasoning"):
+        assert upstream["body"][key] == sent[key], key
+    assert "instructions" not in upstream["body"]  # the developer messages stay in the input
+
+
+@pytest.mark.parametrize(("name", "index"), [("codex_say_hi", 0), ("codex_tool_turn", 1)])
+async def test_codex_function_and_custom_tools_reach_a_chat_upstream(
+    configured: Keyed, name: str, index: int
+) -> None:
+    """Without the hosted tools, Codex's request crosses to Chat Completions (a provider with
+    api "chat"): its function tools as functions, apply_patch (a custom tool) as a function of
+    one string, and the exec_command call with its output as a tool call and a tool message."""
+    request = posts(name)[index]
+    body = {**without_hosted_tools(request["body"]), "model": "codex_chat"}
+    status, text = await configured.replay(request, body)
+    completed_stream(status, text, "response.completed")
+    upstream = configured.upstream_requests[-1]
     assert upstream["path"] == "/v1/chat/completions"
     names = [t["function"]["name"] for t in upstream["body"]["tools"]]
     assert names == [t["name"] for t in body["tools"]]
@@ -310,14 +307,12 @@ async def test_codex_on_route_agent_without_its_hosted_tools(demo: Keyed) -> Non
     completed_stream(status, text, "response.completed")
 
 
-@pytest.mark.xfail(strict=True, reason=CODEX_ON_AGENT)
 async def test_codex_on_route_agent(demo: Keyed) -> None:
     request = posts("codex_say_hi_route_name")[0]
     status, text = await demo.replay(request, {**request["body"], "model": "agent"})
     completed_stream(status, text, "response.completed")
 
 
-@pytest.mark.xfail(strict=True, reason=WEBSOCKET)
 async def test_codex_websocket_upgrade_is_refused_with_426(demo: Keyed) -> None:
     upgrade = capture("codex_say_hi")["requests"][0]
     assert upgrade["websocket_upgrade"] and upgrade["method"] == "GET"
@@ -433,18 +428,21 @@ async def test_claude_code_runs_on_route_agent(demo: Keyed) -> None:
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=HOSTED_TOOLS)
 async def test_codex_runs_on_a_provider_model(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_codex(
         demo.gw.url + "/v1", "say hi", model="gpt-5.5", key=demo.secret, headers=STEER
     )
     exited_with_answer(run)
-    assert not refused(await settled(demo.gw, since))
+    records = await settled(demo.gw, since)
+    assert not refused(records)
+    assert [(r.model, r.dialect, r.status) for r in records] == [("gpt-5.5", "responses", 200)]
+    assert records[0].attempts[0].provider == "openai"  # api "auto": through its /responses
+    rows = await ledger_rows(demo.gw, [records[0].request_id])
+    assert [(row["route"], row["status"]) for row in rows] == [("gpt-5.5", 200)]
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=CODEX_ON_AGENT)
 async def test_codex_runs_on_route_agent(demo: Keyed) -> None:
     since = len(demo.gw.records)
     run = await run_codex(
@@ -455,7 +453,6 @@ async def test_codex_runs_on_route_agent(demo: Keyed) -> None:
 
 
 @pytest.mark.usefixtures("agents")
-@pytest.mark.xfail(strict=True, reason=WEBSOCKET)
 async def test_codex_falls_back_from_websocket_at_once(demo: Keyed) -> None:
     """With supports_websockets = true (the built-in OpenAI provider's setting), Codex tries a
     WebSocket first; a recorder in front of the gateway times the fallback to POST."""
@@ -475,7 +472,8 @@ async def test_codex_falls_back_from_websocket_at_once(demo: Keyed) -> None:
     first_post = next(r for r in proxy.records if r["method"] == "POST")
     assert upgrades, "Codex did not try a WebSocket"
     assert len(upgrades) == 1, [r["response"]["status"] for r in upgrades]
-    assert first_post["at"] - upgrades[0]["at"] < 2.0
+    assert upgrades[0]["response"]["status"] == 426
+    assert first_post["at"] - upgrades[0]["at"] < 2.0  # 6.4 - 6.9 s when it was a 405
 
 
 # --- the real programs on routes configured for them (what works today) -------------------------
@@ -499,6 +497,16 @@ async def configured(simulator: Any) -> AsyncIterator[Keyed]:
         TOKENRELAY_ROUTES__CODEX__TARGETS="responses:gpt-5.5",
         TOKENRELAY_ROUTES__CODEX__ALLOW_CLIENT_SYSTEM="true",
         TOKENRELAY_ROUTES__CODEX__SYSTEM="",
+        TOKENRELAY_PROVIDERS__CHAT__KIND="openai",
+        TOKENRELAY_PROVIDERS__CHAT__BASE_URL=simulator.url + "/v1",
+        TOKENRELAY_PROVIDERS__CHAT__API_KEY="sim",
+        TOKENRELAY_ROUTES__CODEX_CHAT__TARGETS="chat:gpt-5.5",
+        TOKENRELAY_ROUTES__CODEX_CHAT__ALLOW_CLIENT_SYSTEM="true",
+        TOKENRELAY_ROUTES__CODEX_CHAT__SYSTEM="",
+        TOKENRELAY_ROUTES__CODEX_CLAUDE__TARGETS="anthropic:claude-sonnet-5-5",
+        TOKENRELAY_ROUTES__CODEX_CLAUDE__ALLOW_CLIENT_SYSTEM="true",
+        TOKENRELAY_ROUTES__CODEX_CLAUDE__SYSTEM="",
+        TOKENRELAY_ROUTES__CODEX_CLAUDE__HOSTED_TOOLS="drop",
         TOKENRELAY_ROUTES__AGENTS__TARGETS="anthropic:claude-sonnet-5-5",
         TOKENRELAY_ROUTES__AGENTS__ALLOW_CLIENT_SYSTEM="true",
         TOKENRELAY_ROUTES__AGENTS__SYSTEM="",
@@ -507,7 +515,7 @@ async def configured(simulator: Any) -> AsyncIterator[Keyed]:
     )
     async with gateway_server(environ) as gw:
         assert not gw.gateway.demo
-        yield Keyed(gw, await new_key(gw))
+        yield Keyed(gw, await new_key(gw), simulator)
 
 
 @pytest.mark.usefixtures("agents")
@@ -523,6 +531,28 @@ async def test_codex_runs_on_a_route_with_a_responses_upstream(configured: Keyed
     ]
     rows = await ledger_rows(configured.gw, [records[0].request_id])
     assert [(row["route"], row["status"]) for row in rows] == [("codex", 200)]
+
+
+@pytest.mark.usefixtures("agents")
+async def test_codex_runs_on_a_route_served_by_anthropic(configured: Keyed) -> None:
+    """Codex on a Claude route (hosted_tools = "drop"): its web_search and namespace tools are
+    left out and named in the audit record, its function and custom tools cross."""
+    since = len(configured.gw.records)
+    run = await run_codex(
+        configured.gw.url + "/v1",
+        "say hi",
+        model="codex_claude",
+        key=configured.secret,
+        headers=STEER,
+    )
+    exited_with_answer(run)
+    records = await settled(configured.gw, since)
+    assert [(r.route, r.model, r.dialect, r.status) for r in records] == [
+        ("codex_claude", "claude-sonnet-5-5", "responses", 200)
+    ]
+    assert "web_search" in records[0].dropped_tools
+    rows = await ledger_rows(configured.gw, [records[0].request_id])
+    assert [(row["route"], row["status"]) for row in rows] == [("codex_claude", 200)]
 
 
 @pytest.mark.usefixtures("agents")

@@ -154,7 +154,7 @@ def read(raw: bytes) -> Completion:
         (body(text={"format": {"type": "xml"}}), "text.format.type", "json_schema"),
         (body(previous_response_id=3), "previous_response_id", "id of a stored response"),
         (body(background=True), "background", "not supported"),
-        (body(tools=[{"type": "teleport"}]), "tools[0].type", "unknown tool type"),
+        (body(tools=[{"name": "teleport"}]), "tools[0].type", "each tool needs a type"),
         (body(tools=[{**PATCH, "format": {"type": "grammar"}}]), "tools[0].format.syntax", "lark"),
         (body(max_output_tokens=0), "max_output_tokens", "positive"),
         (body(temperature=3), "temperature", "0 to 2"),
@@ -284,28 +284,9 @@ def test_hints_reach_only_a_responses_upstream() -> None:
     sent = msgspec.json.decode(responses.encode_request(request, "gpt-5.5", stream=True))
     assert sent["reasoning"] == {"effort": "low"} and sent["prompt_cache_key"] == "k"
     assert sent["tools"] == [FUNCTION, PATCH] and sent["text"] == {"verbosity": "low"}
-    assert sent["input"][0] == {
-        "type": "message",
-        "role": "user",
-        "content": [
-            {"type": "input_text", "text": "Look:"},
-            {"type": "input_image", "image_url": "data:image/png;base64,iVBO", "detail": "auto"},
-        ],
-    }
-    # the reasoning item goes back with its id and encrypted content; the custom call as one
-    assert sent["input"][1] == {
-        "type": "reasoning",
-        "id": "rs_1",
-        "summary": [{"type": "summary_text", "text": "hmm"}],
-        "encrypted_content": "opaque",
-    }
-    assert sent["input"][4] == {
-        "type": "custom_tool_call",
-        "call_id": "c2",
-        "name": "apply_patch",
-        "input": "*** Begin",
-    }
-    assert sent["input"][6]["type"] == "custom_tool_call_output"
+    # the input as sent (developer message, reasoning item, custom call and all), and no
+    # instructions made of its developer message
+    assert sent["input"] == CONVERSATION and "instructions" not in sent
     # to Anthropic: hints dropped, the custom tool a function of one string
     claude = msgspec.json.decode(anthropic.encode_request(request, "claude", stream=True))
     assert "reasoning" not in claude and "prompt_cache_key" not in claude
@@ -614,15 +595,15 @@ def test_fixture_whole_response_parses_with_the_sdk() -> None:
 
 def test_reasoning_without_encrypted_content_keeps_only_its_id() -> None:
     """Codex sends back every reasoning item; one without encrypted content cannot be taken back
-    by any model, so only its id goes on (to a Responses upstream), and a Chat Completions
-    upstream, which refuses earlier thinking, is not refused because of it."""
+    by another model, and a Chat Completions upstream, which refuses earlier thinking, is not
+    refused because of it; a Responses upstream gets the item as sent."""
     from tokenrelay.dialects import openai
 
     item = {"type": "reasoning", "id": "rs_9", "summary": [{"type": "summary_text", "text": "x"}]}
     request = parsed(input=[{"role": "user", "content": "hi"}, item, ASSISTANT_SAID])
     assert request.messages[1] == Message("assistant", [ThinkingPart(""), TextPart("ok")])
     sent = msgspec.json.decode(responses.encode_request(request, "gpt-5.5", stream=True))
-    assert sent["input"][1] == {"type": "reasoning", "id": "rs_9", "summary": []}
+    assert sent["input"][1] == item  # as sent: the upstream decides, as without the gateway
     chat = msgspec.json.decode(openai.encode_request(request, "gpt-5.5", stream=True))
     assert chat["messages"][1] == {"role": "assistant", "content": "ok"}
 

@@ -220,12 +220,13 @@ async def test_hosted_tools_pass_to_a_responses_upstream_and_are_refused_elsewhe
     assert body["prompt_cache_key"] == "session-1" and body["client_metadata"] == {"x": "1"}
     assert body["reasoning"] == {"effort": "low"} and body["store"] is False
     simulator.reset_stats()
+    hosted: Any = [WEATHER, {"type": "file_search", "vector_store_ids": ["vs_1"]}]
     with pytest.raises(openai.BadRequestError) as raised:
-        await oa.responses.create(model="to_claude", input=QUESTION, tools=tools)
+        await oa.responses.create(model="to_claude", input=QUESTION, tools=hosted)
     assert raised.value.status_code == 400
     error = raised.value.body
-    assert isinstance(error, dict) and error["param"] == "tools"
-    assert "cannot be sent to an Anthropic model" in error["message"]
+    assert isinstance(error, dict) and error["param"] == "tools[1]"
+    assert "tools[1] (file_search) cannot be sent to an Anthropic model" in error["message"]
     assert simulator.stats()["last_requests"] == []
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tokenrelay import upgrades
 from tokenrelay.cors import with_cors
 from tokenrelay.count_tokens import PATH as COUNT_TOKENS
 from tokenrelay.count_tokens import CountTokensEndpoint
@@ -310,6 +311,9 @@ class Dispatch:
             if relay is not None:
                 await relay(scope, receive, send)
                 return
+        elif scope["path"] in self._relays and upgrades.is_upgrade(scope):
+            await upgrades.refuse(scope, receive, send)  # 426: Codex POSTs at once
+            return
         pages = self._pages if self._pages is not None else self._build_pages()
         await pages(scope, receive, send)
 

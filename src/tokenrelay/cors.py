@@ -21,6 +21,7 @@ EXPOSED_HEADERS = [
     "x-tokenrelay-provider",
     "x-tokenrelay-model",
     "x-tokenrelay-attempts",
+    "x-tokenrelay-dropped-tools",
     "x-tokenrelay-demo",
     "x-tokenrelay-error-type",
     "x-vercel-ai-ui-message-stream",

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tokenrelay.breaker import CircuitBreaker
+from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.hedging import Contender, Outcome, Stream, race
 from tokenrelay.latency import LatencyStats
 from tokenrelay.model import (
@@ -41,7 +42,7 @@ from tokenrelay.model import (
     Usage,
     merge_usage,
 )
-from tokenrelay.providers import Provider
+from tokenrelay.providers import Endpoint, Provider
 from tokenrelay.settings import TargetSettings
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class OpenStream:
     pending: list[Event]
     attempts: list[Attempt] = field(default_factory=list)
     first_event_at: float = 0.0
+    dropped_tools: list[str] = field(default_factory=list)  # hosted tools the route dropped
 
 
 @dataclass(slots=True)
@@ -103,7 +105,9 @@ class _Target:
     request: Request
     client_headers: Mapping[str, str]
     forward: Sequence[str] = ()  # the route's forward_client_headers
+    hosted_tools: HostedPolicy = "refuse"  # the route's: hosted tools it cannot carry
     _prepared: tuple[bytes, dict[str, str]] | None = None
+    dropped: list[str] = field(default_factory=list)  # hosted tools left out of the body
     refusal: Untranslatable | None = None  # why its dialect cannot carry the request, if so
     span: AttemptTrace | None = None  # the current try's, when tracing is on
 
@@ -119,10 +123,17 @@ class _Target:
         """The body and headers; raises ``Untranslatable`` when the dialect cannot carry the
         request (``Failover._carries`` asks first, so a try never does)."""
         if self._prepared is None:
-            body = self.provider.build_body(self.request, self.settings)
+            body, self.dropped = self.provider.build_body(
+                self.request, self.settings, self.hosted_tools
+            )
             headers = self.provider.build_headers(self.settings, self.client_headers, self.forward)
             self._prepared = body, headers
         return self._prepared
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The provider's API this request goes to (``api = "auto"`` picks per request)."""
+        return self.provider.for_request(self.request)
 
 
 class Failover:
@@ -148,6 +159,7 @@ class Failover:
         self.hedged = False  # at most one hedge per request: load stays within twice
         self.trace = trace
         default = route.settings.first_token_timeout
+        hosted = route.settings.hosted_tools
         self.targets = [
             _Target(
                 target,
@@ -156,6 +168,7 @@ class Failover:
                 request,
                 headers,
                 route.settings.forward_client_headers,
+                hosted,
             )
             for target, provider in route.targets
         ]
@@ -224,7 +237,7 @@ class Failover:
             target.span, headers = self.trace.attempt(
                 target.provider, target.settings.model, target.request, headers
             )
-        return attempt(target.provider, body, headers, limit, why)
+        return attempt(target.provider, body, headers, limit, why, target.endpoint)
 
     def _carries(self, target: _Target) -> bool:
         """Whether ``target``'s dialect can carry the request. One that cannot is recorded once
@@ -264,7 +277,9 @@ class Failover:
         model = target.settings.model
         self.attempts.append(Attempt(target.provider.name, model, "ok", 200, (now - since) * 1000))
         events, pending = stream
-        return OpenStream(target.provider, target.settings, events, pending, self.attempts, now)
+        return OpenStream(
+            target.provider, target.settings, events, pending, self.attempts, now, target.dropped
+        )
 
     async def _lost(self, target: _Target, error: Error, since: float) -> bool:
         """Record a failed attempt; ``False`` when the target is not worth another try. Raises
@@ -349,12 +364,17 @@ class Failover:
 
 
 async def attempt(
-    provider: Provider, body: bytes, headers: Mapping[str, str], limit: float, why: str
+    provider: Provider,
+    body: bytes,
+    headers: Mapping[str, str],
+    limit: float,
+    why: str,
+    endpoint: Endpoint | None = None,
 ) -> Outcome:
     """One try: the stream and its events so far if content arrived within ``limit`` seconds,
     else the error that ended it. The limit covers connect, the response head and the first
     content event; a slow but healthy generation is never cut off after that."""
-    events = provider.stream(body, headers)
+    events = provider.stream(body, headers, endpoint)
     try:
         async with asyncio.timeout(limit):
             pending, error = await _until_content(events)

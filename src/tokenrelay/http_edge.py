@@ -168,8 +168,10 @@ class EdgeProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
+            elif self._get_upgrade() != b"websocket":
                 self._unsupported_upgrade_warning()
+            # else: a WebSocket handshake goes to the app as a GET, answered 426 (``upgrades``),
+            # not warned about per connection (Codex tries one per session)
         return True
 
     # --- parser callbacks --------------------------------------------------------------------

@@ -11,11 +11,13 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
 from tokenrelay import dialects
+from tokenrelay.dialects.responses import hosted
+from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.gate.keys import KEY_PREFIX
 from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
@@ -62,6 +64,13 @@ _CREDENTIALS = re.compile(r"(?i)(bearer\s+|\b(?:sk|rk|pk)-)[^\s\"',;]+")
 _SECRET_NAME = re.compile(r"(?i)auth|key|token|secret|cookie|signature")
 
 
+class Endpoint(NamedTuple):
+    """One API of a provider: the dialect module that speaks it and the URL it is posted to."""
+
+    dialect: Any
+    url: str
+
+
 class Provider:
     """One configured upstream API; ``stream`` yields batches of normalized events."""
 
@@ -70,15 +79,29 @@ class Provider:
     ) -> None:
         self.name = name
         self.kind = settings.kind
-        # kind "openai" with api "responses" speaks the Responses API at base_url + /responses
-        dialect = "responses" if settings.api == "responses" else settings.kind
-        self.dialect = dialects.get(dialect)
         self.settings = settings
-        self.url = (settings.base_url or "").rstrip("/") + _PATHS[dialect]
+        # kind "openai" with api "responses" speaks the Responses API at base_url + /responses;
+        # with api "auto", only to a client of the Responses API (``for_request``)
+        dialect = "responses" if settings.api == "responses" else settings.kind
+        self.endpoint = self._endpoint(dialect)
+        self.dialect, self.url = self.endpoint
+        self._responses = self._endpoint("responses") if settings.api == "auto" else None
         self._pool = pool
         self._idle_timeout = idle_timeout
         self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)
         self._headers = self._base_headers()
+
+    def _endpoint(self, dialect: str) -> Endpoint:
+        base = (self.settings.base_url or "").rstrip("/")
+        return Endpoint(dialects.get(dialect), base + _PATHS[dialect])
+
+    def for_request(self, request: Request) -> Endpoint:
+        """The API a request is sent to: with ``api = "auto"`` a Responses client's goes to
+        ``/responses`` (its hosted tools, item types and fields arrive as sent), every other
+        to ``/chat/completions``."""
+        if self._responses is not None and request.dialect == "responses":
+            return self._responses
+        return self.endpoint
 
     def _base_headers(self) -> dict[str, str]:
         headers = {
@@ -97,14 +120,26 @@ class Provider:
         headers.update({name.lower(): value for name, value in self.settings.headers.items()})
         return headers
 
-    def build_body(self, request: Request, target: TargetSettings) -> bytes:
-        """The upstream body; raises ``GatewayError`` 400 when the request cannot be translated."""
-        body = self.dialect.encode_request(request, target.model, stream=True)
-        if target.params:
+    def build_body(
+        self, request: Request, target: TargetSettings, hosted_tools: HostedPolicy = "refuse"
+    ) -> tuple[bytes, list[str]]:
+        """The upstream body and the hosted tools dropped from it (``hosted_tools = "drop"``);
+        raises ``Untranslatable`` when the request cannot be translated."""
+        dialect = self.for_request(request).dialect
+        added: dict[str, Any] = {}
+        dropped: list[str] = []
+        if request.dialect != dialect.NAME and "tools" in request.extra:
+            plan = hosted.plan(request, dialect.NAME, target.model, hosted_tools)
+            if plan is not None:
+                request, added, dropped = plan.request, plan.added, plan.dropped
+        body = dialect.encode_request(request, target.model, stream=True)
+        if target.params or added:
             merged: dict[str, Any] = msgspec.json.decode(body)
+            for key, value in added.items():  # Anthropic's server tools join the custom ones
+                merged[key] = merged.get(key, []) + value if key == "tools" else value
             merged.update(target.params)
             body = msgspec.json.encode(merged)
-        return body
+        return body, dropped
 
     def build_headers(
         self,
@@ -174,15 +209,17 @@ class Provider:
         return raw
 
     async def stream(
-        self, body: bytes, headers: Mapping[str, str]
+        self, body: bytes, headers: Mapping[str, str], endpoint: Endpoint | None = None
     ) -> AsyncGenerator[list[Event], None]:
-        """Events in the batches the network delivered them. Failures become an ``Error`` event;
-        closing the generator early closes the upstream connection (no reuse of a half-read
-        response), which is what stops the provider generating."""
+        """Events in the batches the network delivered them (from ``endpoint``, the one
+        ``for_request`` chose; the provider's own by default). Failures become an ``Error``
+        event; closing the generator early closes the upstream connection (no reuse of a
+        half-read response), which is what stops the provider generating."""
+        dialect, url = endpoint or self.endpoint
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._pool.post(
-                    self.url, body, headers, connect_timeout=self.settings.connect_timeout
+                    url, body, headers, connect_timeout=self.settings.connect_timeout
                 )
         except TimeoutError as exc:  # first: it is an OSError too
             if isinstance(exc, ConnectTimeout):
@@ -201,17 +238,17 @@ class Provider:
         try:
             if response.status != 200:
                 raw = await response.read(_MAX_ERROR_BODY)
-                error = self.dialect.parse_error(response.status, raw, response.headers)
+                error = dialect.parse_error(response.status, raw, response.headers)
                 yield [self._screened(error, headers)]
                 finished = response.at_eof()
                 return
             if response.content_type == "application/json":
                 raw = await response.read()
-                yield self._screened_all(self.dialect.parse_response(raw).events(), headers)
+                yield self._screened_all(dialect.parse_response(raw).events(), headers)
                 finished = True
                 return
             parser = SSEParser()
-            reader = self.dialect.stream_reader()
+            reader = dialect.stream_reader()
             clock = watch.clock
             async for chunk in response.chunks():
                 watch.last = clock()

@@ -45,6 +45,7 @@ class StreamRecord:
     identity: Identity | None = None  # who asked, as the gate established it
     verdict: Verdict | None = None  # the prompt screen's, when the route screens
     reject_reason: str | None = None  # which gate check refused it, when finer than error_type
+    dropped_tools: list[str] = field(default_factory=list)  # hosted tools the route dropped
     # Set by metering: what the request is billed for (reported usage, or an estimate where the
     # upstream never reported it; failed attempts included), and its exact cost when priced.
     billed_usage: Usage | None = None

@@ -366,6 +366,10 @@ class _Call:
             (b"x-tokenrelay-model", opened.target.model.encode()),
             (b"x-tokenrelay-attempts", _attempts_header(opened.attempts)),
         ]
+        if opened.dropped_tools:  # the route's hosted_tools = "drop" left them out
+            headers.append(
+                (b"x-tokenrelay-dropped-tools", ", ".join(opened.dropped_tools).encode())
+            )
         if self.endpoint.gateway.demo:
             headers.append((b"x-tokenrelay-demo", b"true"))
         if self.admission is not None:
@@ -552,6 +556,7 @@ class _Call:
             duration_ms=_ms(self.started),
             attempts=self.attempts,
             metadata=self.request.metadata,
+            dropped_tools=opened.dropped_tools if opened else [],
         )
         record.request = self.request
         record.completion = self.accumulator.result()

@@ -44,8 +44,10 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     ``kind = "openai"`` with its own ``base_url``."""
 
     kind: Literal["anthropic", "openai"]
-    # for kind "openai": Chat Completions (``/chat/completions``) or Responses (``/responses``)
-    api: Literal["chat", "responses"] = "chat"
+    # for kind "openai": Chat Completions (``/chat/completions``), Responses (``/responses``),
+    # or "auto": Responses for a Responses client, Chat Completions for every other (OpenAI's
+    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses)
+    api: Literal["chat", "responses", "auto"] = "chat"
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead
@@ -55,8 +57,8 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.api == "responses" and self.kind != "openai":
-            raise ValueError("api = 'responses' is for a provider of kind 'openai'")
+        if self.api != "chat" and self.kind != "openai":
+            raise ValueError(f"api = {self.api!r} is for a provider of kind 'openai'")
 
     def resolved_key(self) -> str | None:
         return self.api_key or None
@@ -102,6 +104,9 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # forward_headers (e.g. ["anthropic-beta", "openai-beta"] for coding agents); an
     # anthropic-* header goes to Anthropic upstreams only, an openai-* one to OpenAI only.
     forward_client_headers: list[str] = msgspec.field(default_factory=list)
+    # A Responses client's hosted tools (web_search, tool_search, ...) that a target of another
+    # API cannot run: refused with a 400 naming them, or dropped (named in a response header)
+    hosted_tools: Literal["refuse", "drop"] = "refuse"
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).
@@ -136,6 +141,7 @@ class ProviderModelSettings(RouteSettings, kw_only=True, forbid_unknown_fields=T
     max_tokens: int = 8192
     max_tokens_limit: int | None = AGENT_MAX_TOKENS
     forward_client_headers: list[str] = msgspec.field(default_factory=lambda: list(CLIENT_BETAS))
+    hosted_tools: Literal["refuse", "drop"] = "drop"  # an agent's web_search on a Claude model
 
     def for_target(self, target: TargetSettings) -> RouteSettings:
         """The route settings of one named model: this policy with that model as its target."""
@@ -276,6 +282,7 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 "kind": "openai",
                 "base_url": environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
                 "api_key_env": "OPENAI_API_KEY",
+                "api": "auto",
             },
         },
         "routes": {
@@ -304,6 +311,9 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 "screen": {"mode": "flag"},
                 # The client's betas (Claude Code's context management, tool search, ...).
                 "forward_client_headers": list(CLIENT_BETAS),
+                # Codex's web_search / tool_search / namespace tools that a Claude or Chat target
+                # cannot run are left out (named in x-tokenrelay-dropped-tools), not refused.
+                "hosted_tools": "drop",
             },
         },
     }

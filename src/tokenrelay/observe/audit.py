@@ -316,6 +316,7 @@ class AuditLine(msgspec.Struct):
     cost_usd: str | None  # exact decimal string; null when the model has no known price
     screening: _Screening | None
     prompt: PromptInfo | None
+    dropped_tools: list[str] = msgspec.field(default_factory=list)  # route hosted_tools = "drop"
 
 
 _encoder = msgspec.json.Encoder()
@@ -402,6 +403,7 @@ def audit_line(
             else None
         ),
         prompt=prompt,
+        dropped_tools=record.dropped_tools,
     )
     return _encoder.encode(line) + b"\n"
 

@@ -28,6 +28,7 @@ from tokenrelay.dialects.body import decode_body
 from tokenrelay.dialects.responses.items import input_items
 from tokenrelay.dialects.responses.wire import (
     BODY,
+    CLIENT_SYSTEM,
     CONTINUES,
     CUSTOM_INPUT,
     CUSTOM_TOOLS,
@@ -88,12 +89,6 @@ _OTHER_ITEMS = frozenset(
 _ITEMS = (
     "message, function_call, function_call_output, custom_tool_call, custom_tool_call_output "
     "and reasoning items"
-)
-_HOSTED_TOOLS = frozenset(
-    {"file_search", "computer", "computer_use_preview", "web_search", "web_search_2025_08_26"}
-    | {"mcp", "code_interpreter", "programmatic_tool_calling", "image_generation"}
-    | {"local_shell", "shell", "namespace", "tool_search", "web_search_preview"}
-    | {"web_search_preview_2025_03_11", "apply_patch"}
 )
 _DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.DOTALL)
 _SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -189,6 +184,8 @@ def _parse(data: dict[str, Any], history: list[Any] | None) -> Request:
     if reasoning_ids:
         front[REASONING_IDS] = reasoning_ids
     front[INPUT] = raw_input
+    if len(system) > (1 if instructions else 0):  # system or developer messages in the input
+        front[CLIENT_SYSTEM] = ("\n\n".join(system), instructions or "")
     if previous is not None:
         front[CONTINUES] = previous
         front[BODY] = data
@@ -319,13 +316,12 @@ def _tools(
             name = _str(raw, "name", where)
             tools.append(Tool(name, _custom_description(raw, where), _CUSTOM_SCHEMA))
             custom.append(name)
-        elif kind in _HOSTED_TOOLS:
-            extra["tools"] = value  # e.g. web_search: only a Responses upstream runs it
+        elif isinstance(kind, str) and kind:
+            # hosted (web_search, tool_search, namespace, ...) or newer than this code: whole to
+            # a Responses upstream; translated, dropped or refused by name elsewhere (``hosted``)
+            extra["tools"] = value
         else:
-            raise _invalid(
-                f"{where}.type",
-                f"unknown tool type {kind!r}; use 'function', 'custom' or a hosted tool",
-            )
+            raise _invalid(f"{where}.type", "each tool needs a type, e.g. 'function' or 'custom'")
     hints["tools"] = value  # whole, with `strict` and grammars, for a Responses upstream
     return tools
 
@@ -578,9 +574,21 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
         foreign_message_fields(request.messages, request.dialect, "an OpenAI Responses model")
     custom = set(options.get(CUSTOM_TOOLS, ()))
     body: dict[str, Any] = {"model": model}
-    if request.system:
-        body["instructions"] = request.system
-    body["input"] = _input_json(request, custom, list(options.get(REASONING_IDS, ())))
+    system = request.system
+    raw_input = options.get(INPUT)
+    as_sent = raw_input is not None and HISTORY not in options and CONTINUES not in options
+    if as_sent and system and CLIENT_SYSTEM in options:
+        parsed, instructions = options[CLIENT_SYSTEM]
+        if parsed in system:  # the route's prompt may stand before it, a canary after it
+            system = system.replace(parsed, instructions, 1).strip("\n") or None
+        else:
+            as_sent = False
+    if system:
+        body["instructions"] = system
+    if as_sent:  # the client's items, ids and developer messages as it sent them
+        body["input"] = raw_input
+    else:
+        body["input"] = _input_json(request, custom, list(options.get(REASONING_IDS, ())))
     if request.max_tokens is not None:
         body["max_output_tokens"] = request.max_tokens
     if request.temperature is not None:

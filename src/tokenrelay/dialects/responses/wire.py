@@ -18,6 +18,10 @@ HINTS = "responses_hints"  # fields only a Responses upstream uses; other upstre
 REASONING_IDS = "responses_reasoning_ids"  # ids of the input's reasoning items, in order
 # ... and the keys stored responses use (``tokenrelay.response_store``)
 INPUT = "responses_input"  # ``input`` as the client sent it (kept with the response)
+# the client's system prompt as parsed (``instructions``, then system and developer messages)
+# and its ``instructions`` alone: a Responses upstream gets the input as sent, so the messages
+# leave the instructions it is sent
+CLIENT_SYSTEM = "responses_client_system"
 CONTINUES = "responses_continues"  # ``previous_response_id``, when the request continues one
 BODY = "responses_body"  # the decoded body of such a request, until the stored turns join it
 HISTORY = "responses_history"  # the stored items a continued request starts with
