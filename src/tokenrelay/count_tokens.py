@@ -127,7 +127,8 @@ class CountTokensEndpoint(RelayEndpoint):
         settings, provider = target
         if await self.gateway.router.breaker.is_open(f"{provider.name}:{settings.model}"):
             return _estimate(request, "fallback")
-        body = counts.encode_request(provider.build_body(request, settings))
+        built, _ = provider.build_body(request, settings, route.settings.hosted_tools)
+        body = counts.encode_request(built)
         forward = (*COUNT_FORWARD, *route.settings.forward_client_headers)
         sent = provider.build_headers(settings, headers, forward)
         sent["accept"] = "application/json"

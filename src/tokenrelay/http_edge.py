@@ -204,7 +204,8 @@ class EdgeProtocol(HttpToolsProtocol):
             self._disarm()
         self._in_head = True
         super().on_message_complete()
-        if self.cycle.response_complete and not self.transport.is_closing():
+        cycle = self.cycle  # None when uvicorn handed the request on as an upgrade
+        if cycle is not None and cycle.response_complete and not self.transport.is_closing():
             # Answered before its body ended (a 429 or 404 sent unread): uvicorn's keep-alive
             # timer went with the body's bytes, so the idle time is counted here.
             self._arm(self.limits.keep_alive_timeout, self._head_timed_out)
