@@ -2,6 +2,7 @@
 tokenrelay, interleaved round by round in one run, so machine drift hits both sides alike.
 
     make bench                      # or: .venv/bin/python bench/run.py [--quick]
+    .venv/bin/python bench/run.py --front responses   # also the /v1/responses front, same rounds
 
 The simulator and the gateway run as separate processes (as in production); this process is the
 client. Figures are quoted as the gateway's added time and as a ratio to the direct connection.
@@ -40,6 +41,29 @@ BODY = msgspec.json.encode(
     }
 )
 HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
+
+
+@dataclass(frozen=True)
+class Front:
+    """One API a client streams from: where, what it posts, and the bytes that mark one text
+    token in the stream (``empty``: a marker that is not one, counted off)."""
+
+    path: str
+    body: bytes
+    marker: bytes
+    empty: bytes | None = None
+
+
+CHAT = Front("/v1/chat/completions", BODY, b'"content":"', b'"content":""')
+# The same question on the Responses API: the gateway serves it from the same Chat Completions
+# upstream (the simulator), so its added time is the front's own cost next to CHAT's.
+RESPONSES = Front(
+    "/v1/responses",
+    msgspec.json.encode(
+        {"model": "gpt-5.5", "stream": True, "input": msgspec.json.decode(BODY)["messages"]}
+    ),
+    b'"type":"response.output_text.delta"',
+)
 
 
 def free_port() -> int:
@@ -133,11 +157,12 @@ class Sample:
     failures: int = 0
 
 
-CONTENT, EMPTY = b'"content":"', b'"content":""'
-
-
 async def one_stream(
-    session: aiohttp.ClientSession, url: str, sample: Sample, headers: dict[str, str]
+    session: aiohttp.ClientSession,
+    url: str,
+    sample: Sample,
+    headers: dict[str, str],
+    front: Front = CHAT,
 ) -> None:
     """Counts text chunks by scanning bytes rather than parsing JSON, so the client costs the
     2-core machine as little CPU as possible (it is the same code for both paths)."""
@@ -145,20 +170,22 @@ async def one_stream(
     first: float | None = None
     tokens = 0
     tail = b""
-    async with session.post(url, data=BODY, headers=headers) as response:
+    marker, empty = front.marker, front.empty
+    keep = len(empty or marker) - 1
+    async with session.post(url, data=front.body, headers=headers) as response:
         if response.status != 200:
             sample.failures += 1
             await response.read()
             return
         async for chunk in response.content.iter_any():
             data = tail + chunk
-            found = data.count(CONTENT) - data.count(EMPTY)
+            found = data.count(marker) - (data.count(empty) if empty else 0)
             if found:
                 tokens += found
                 if first is None:
                     first = time.perf_counter()
-            tail = data[-(len(EMPTY) - 1) :]
-            if tail.count(CONTENT):  # counted already; keep only what cannot complete one
+            tail = data[-keep:]
+            if tail.count(marker):  # counted already; keep only what cannot complete one
                 tail = b""
     end = time.perf_counter()
     if first is None or tokens != SIM_KNOBS["tokens"]:
@@ -170,7 +197,13 @@ async def one_stream(
 
 
 async def run_batch(
-    session: aiohttp.ClientSession, url: str, streams: int, concurrency: int, sample: Sample
+    session: aiohttp.ClientSession,
+    url: str,
+    streams: int,
+    concurrency: int,
+    sample: Sample,
+    front: Front = CHAT,
+    headers: dict[str, str] = HEADERS,
 ) -> None:
     """``streams`` streams, ``concurrency`` at a time. The first wave's starts are spread over
     one stream's length (a ramp-up, as load tools do), so equal-length streams do not stay
@@ -184,7 +217,7 @@ async def run_batch(
     async def guarded(delay: float) -> None:
         async with gate:
             await asyncio.sleep(delay)
-            await one_stream(session, url, sample, HEADERS)
+            await one_stream(session, url, sample, headers, front)
 
     started = time.perf_counter()
     await asyncio.gather(*(guarded(delay) for delay in delays))
@@ -200,23 +233,41 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def compare(
-    direct_url: str, gateway_url: str, gateway_pid: int, levels: Sequence[int], rounds: int
-) -> list[tuple[int, Sample, Sample]]:
+    direct_url: str,
+    gateway_url: str,
+    gateway_pid: int,
+    levels: Sequence[int],
+    rounds: int,
+    *,
+    also: Front | None = None,
+    headers: dict[str, str] = HEADERS,
+) -> list[tuple[int, Sample, Sample, Sample | None]]:
+    """Per level: direct, through the gateway's Chat Completions front, and (``also``) through
+    another front of the gateway, interleaved round by round."""
     results = []
     connector = aiohttp.TCPConnector(limit=0)
+    fronts: list[tuple[str, Front]] = [(direct_url, CHAT), (gateway_url + CHAT.path, CHAT)]
+    if also is not None:
+        fronts.append((gateway_url + also.path, also))
     async with aiohttp.ClientSession(connector=connector) as session:
-        # warm both paths (connection pools, imports on the gateway's first request)
-        for url in (direct_url, gateway_url):
-            await run_batch(session, url, 20, 10, Sample())
+        # warm every path (connection pools, imports on the gateway's first request)
+        for url, front in fronts:
+            await run_batch(session, url, 20, 10, Sample(), front, headers)
         for concurrency in levels:
             streams = max(20, concurrency * 2)
             direct, gateway = Sample(), Sample()
+            other = Sample() if also is not None else None
             for _ in range(rounds):
                 await run_batch(session, direct_url, streams, concurrency, direct)
                 cpu_before = cpu_seconds(gateway_pid)
-                await run_batch(session, gateway_url, streams, concurrency, gateway)
+                await run_batch(session, fronts[1][0], streams, concurrency, gateway, CHAT, headers)
                 gateway.cpu += cpu_seconds(gateway_pid) - cpu_before
-            results.append((concurrency, direct, gateway))
+                if other is not None and also is not None:
+                    cpu_before = cpu_seconds(gateway_pid)
+                    url = fronts[2][0]
+                    await run_batch(session, url, streams, concurrency, other, also, headers)
+                    other.cpu += cpu_seconds(gateway_pid) - cpu_before
+            results.append((concurrency, direct, gateway, other))
             print(f"  c={concurrency}: done", file=sys.stderr)
     return results
 
@@ -292,7 +343,7 @@ def cold_start_ms(sim_url: str, runs: int) -> list[float]:
 
 
 def report(
-    results: list[tuple[int, Sample, Sample]],
+    results: list[tuple[int, Sample, Sample, Sample | None]],
     peak_mib: float,
     abort_ms: float,
     cold: list[float],
@@ -303,7 +354,7 @@ def report(
         " gateway CPU s per 1k tokens | failures |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for concurrency, direct, gateway in results:
+    for concurrency, direct, gateway, _ in results:
         d50, g50 = pct(direct.ttft, 50), pct(gateway.ttft, 50)
         d99, g99 = pct(direct.ttft, 99), pct(gateway.ttft, 99)
         ratio = pct(gateway.total, 50) / pct(direct.total, 50)
@@ -314,6 +365,8 @@ def report(
             f" | {direct.streams / direct.wall:.0f} / {gateway.streams / gateway.wall:.0f}"
             f" | {cpu_per_k:.3f} | {direct.failures} / {gateway.failures} |"
         )
+    if any(other is not None for *_, other in results):
+        lines += ["", *fronts_table(results)]
     lines += [
         "",
         f"- gateway peak RSS: {peak_mib:.1f} MiB",
@@ -322,6 +375,56 @@ def report(
         f"{statistics.median(cold):.0f} ms (min {min(cold):.0f}, max {max(cold):.0f})",
     ]
     return "\n".join(lines)
+
+
+def fronts_table(results: list[tuple[int, Sample, Sample, Sample | None]]) -> list[str]:
+    """The two fronts of the gateway side by side: time to first token added to the direct
+    connection by /v1/chat/completions and by /v1/responses (same upstream, same rounds)."""
+    lines = [
+        "| concurrency | streams per front | TTFT p50 direct / chat / responses (ms)"
+        " | added p50 chat / responses | TTFT p99 direct / chat / responses (ms)"
+        " | added p99 chat / responses | gateway CPU s per 1k tokens chat / responses"
+        " | failures chat / responses |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for concurrency, direct, chat, other in results:
+        if other is None:
+            continue
+        d50, c50, r50 = (pct(s.ttft, 50) for s in (direct, chat, other))
+        d99, c99, r99 = (pct(s.ttft, 99) for s in (direct, chat, other))
+        cpu = [s.cpu / max(1, s.tokens) * 1000 for s in (chat, other)]
+        lines.append(
+            f"| {concurrency} | {other.streams} | {d50:.1f} / {c50:.1f} / {r50:.1f}"
+            f" | {c50 - d50:+.2f} / {r50 - d50:+.2f} ms | {d99:.1f} / {c99:.1f} / {r99:.1f}"
+            f" | {c99 - d99:+.2f} / {r99 - d99:+.2f} ms | {cpu[0]:.3f} / {cpu[1]:.3f}"
+            f" | {chat.failures} / {other.failures} |"
+        )
+    return lines
+
+
+def bench_key(env: dict[str, str]) -> str:
+    """A tokenrelay API key in the gateway's database: stored responses need an identified
+    caller, so with one the Responses front does all its work (the row written after the
+    stream). Both fronts send it."""
+    output = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenrelay",
+            "keys",
+            "create",
+            "--user",
+            "bench",
+            "--format",
+            "json",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    secret: str = msgspec.json.decode(output)["secret"]
+    return secret
 
 
 def main() -> None:
@@ -336,6 +439,12 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a TOKENRELAY_* setting for the gateway, e.g. TOKENRELAY_METRICS__ENABLED=false",
     )
+    parser.add_argument(
+        "--front",
+        choices=["responses"],
+        help="also measure this front of the gateway in the same rounds, against the same"
+        " simulator (with an API key, so responses are stored)",
+    )
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     rounds = 1 if args.quick else args.rounds
@@ -344,6 +453,9 @@ def main() -> None:
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     env = gateway_env(sim_url)
     env.update(setting.split("=", 1) for setting in args.set)
+    headers = HEADERS
+    if args.front == "responses":
+        headers = {**HEADERS, "authorization": "Bearer " + bench_key(env)}
     print(f"simulator: {SIM_KNOBS}; levels {levels}; {rounds} rounds", file=sys.stderr)
     with (
         process(simulator_command(sim_port), env, sim_url),
@@ -352,17 +464,22 @@ def main() -> None:
         results = asyncio.run(
             compare(
                 sim_url + "/v1/chat/completions",
-                gateway_url + "/v1/chat/completions",
+                gateway_url,
                 gateway_pid,
                 levels,
                 rounds,
+                also=RESPONSES if args.front == "responses" else None,
+                headers=headers,
             )
         )
         peak = peak_rss_mib(gateway_pid)
         abort = asyncio.run(abort_delay_ms(gateway_url + "/v1/chat/completions", sim_url))
         cold = cold_start_ms(sim_url, 2 if args.quick else 7)
     print(report(results, peak, abort, cold))
-    if any(direct.failures or gateway.failures for _, direct, gateway in results):
+    if any(
+        direct.failures or gateway.failures or (other is not None and other.failures)
+        for _, direct, gateway, other in results
+    ):
         raise SystemExit("some streams failed; the figures above are not comparable")
 
 

@@ -26,3 +26,18 @@ def test_bench_quick_run_completes_with_no_failed_stream() -> None:
     assert all(line.rstrip().endswith("| 0 / 0 |") for line in rows)  # no failed stream
     assert "abort: the simulator saw the upstream close" in result.stdout
     assert "cold start" in result.stdout
+
+
+def test_bench_measures_the_responses_front_in_the_same_run() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--levels", "1", "--front", "responses"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_environ(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "TTFT p50 direct / chat / responses (ms)" in result.stdout
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
+    assert len(rows) == 2  # the Chat Completions table, then the two fronts side by side
+    assert rows[1].rstrip().endswith("| 0 / 0 |")  # no failed stream on either front

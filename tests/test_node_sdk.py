@@ -1,6 +1,8 @@
-"""The Vercel AI SDK against the gateway: ``node --test tests/node/`` (see tests/node/README.md)
-run against a gateway on the test routes, with the real ``ai``, ``@ai-sdk/openai-compatible``,
-``@ai-sdk/anthropic`` and ``@ai-sdk/react`` packages pinned in tests/node/package-lock.json."""
+"""The Node SDKs against the gateway: ``node --test tests/node/`` (see tests/node/README.md) run
+against a gateway on the test routes, with the real ``ai``, ``@ai-sdk/*``, ``openai`` and
+``@openai/agents`` packages pinned in tests/node/package-lock.json. Two API keys of the gateway
+(``TOKENRELAY_KEY``, ``TOKENRELAY_OTHER_KEY``) let the tests store responses and check that one
+key cannot read another's."""
 
 from __future__ import annotations
 
@@ -15,13 +17,14 @@ import pytest
 
 from tests.servers import gateway_environ, gateway_server
 from tests.services import unavailable
+from tokenrelay.gate.keys import KeyStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 TIMEOUT_S = 120
 # At least this many node tests must pass: a suite that silently ran nothing is a failure.
-MIN_TESTS = 30
+MIN_TESTS = 55
 
 
 async def test_ai_sdk_node_suite_passes(simulator: Any) -> None:
@@ -32,10 +35,15 @@ async def test_ai_sdk_node_suite_passes(simulator: Any) -> None:
         unavailable("tests/node/node_modules is missing: run `npm ci --prefix tests/node`")
 
     async with gateway_server(gateway_environ(simulator.url)) as gw:
+        keys = KeyStore(await gw.gateway.gate.database())
+        _, key = await keys.create("node-sdk", "acme")
+        _, other_key = await keys.create("node-sdk-other", "acme")
         env = {
             **os.environ,
             "TOKENRELAY_URL": gw.url,
             "TOKENRELAY_SIM_URL": simulator.url,
+            "TOKENRELAY_KEY": key,
+            "TOKENRELAY_OTHER_KEY": other_key,
             "NO_COLOR": "1",
         }
         # In tests/node with no path: node's default patterns (*.test.mjs, node_modules

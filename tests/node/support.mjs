@@ -2,7 +2,8 @@
 // the gateway to compare the SDK's results with, and the simulator's /stats.
 //
 // The gateway is the one tests/test_node_sdk.py starts with the test routes of tests/servers.py
-// (gateway_environ); TOKENRELAY_URL and TOKENRELAY_SIM_URL point at it and at its simulator.
+// (gateway_environ); TOKENRELAY_URL and TOKENRELAY_SIM_URL point at it and at its simulator, and
+// TOKENRELAY_KEY and TOKENRELAY_OTHER_KEY are two of its API keys (stored responses need one).
 
 import { randomUUID } from 'node:crypto';
 
@@ -19,6 +20,8 @@ function required(name) {
 
 export const GATEWAY = required('TOKENRELAY_URL');
 export const SIMULATOR = required('TOKENRELAY_SIM_URL');
+export const KEY = required('TOKENRELAY_KEY');
+export const OTHER_KEY = required('TOKENRELAY_OTHER_KEY');
 
 /** The system prompt of the test routes that have one (tests/servers.py ROUTE_SYSTEM). */
 export const ROUTE_SYSTEM = 'You are the support assistant of Acme.';
@@ -112,4 +115,21 @@ export async function parts(stream) {
   const seen = [];
   for await (const part of stream) seen.push(part);
   return seen;
+}
+
+/**
+ * fetch for an SDK's tool loop, remembering each URL and JSON body it sent: its first request asks
+ * the simulator (through the gateway, which forwards x-sim-* headers) to call the request's first
+ * tool; the later ones, which carry the tool's result, get a plain answer, so the loop ends.
+ */
+export function toolLoopFetch() {
+  const sent = [];
+  const wrapped = (input, init = {}) => {
+    const url = String(input instanceof Request ? input.url : input);
+    sent.push({ url, body: typeof init.body === 'string' ? JSON.parse(init.body) : undefined });
+    const headers = new Headers(init.headers);
+    if (sent.length === 1) headers.set('x-sim-tool', 'auto');
+    return fetch(input, { ...init, headers });
+  };
+  return { sent, fetch: wrapped };
 }
