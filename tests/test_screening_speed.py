@@ -1,0 +1,79 @@
+"""The screen's fast anchor search (Aho-Corasick, ``ahocorasick-rs``) finds exactly what the
+``re`` tries find, so the verdicts do not depend on which one a machine has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenrelay.screening import rules
+from tokenrelay.screening.normalize import clean, fold
+
+DATA = Path(__file__).parent / "data"
+CORPORA = ("screening_corpus.jsonl", "screening_categories.jsonl", "screening_holdout.jsonl")
+
+
+class _Line(msgspec.Struct):
+    text: str
+    source: str
+
+
+def _lines() -> list[_Line]:
+    return [
+        msgspec.json.decode(row, type=_Line)
+        for name in CORPORA
+        for row in (DATA / name).read_bytes().splitlines()
+    ]
+
+
+def _tries(text: str) -> dict[str, list[int]]:
+    places: dict[str, list[int]] = {}
+    for trie in (rules._WORDS, rules._NEEDLES):
+        for match in trie.finditer(text):
+            places.setdefault(match.group(), []).append(match.start())
+    return places
+
+
+def _same(text: str) -> None:
+    found = rules._find(text)
+    expected = _tries(text)
+    assert {key: sorted(starts) for key, starts in found.items()} == {
+        key: sorted(starts) for key, starts in expected.items()
+    }, text
+
+
+def test_aho_corasick_is_installed() -> None:
+    assert rules._automata() is not None, "ahocorasick-rs is a dependency (pyproject.toml)"
+
+
+def test_same_places_on_every_corpus_text() -> None:
+    for line in _lines():
+        _same(fold(clean(line.text)))
+
+
+# Pieces of anchors, whole anchors and separators, so words meet in every way: glued, split by
+# punctuation, inside longer words, and next to the one anchor with dots inside ("p.s.").
+_PIECES = [*rules._WORD_LIST[::7], *rules._NEEDLE_LIST[::3], "p.s.", "s", "x", "_", "ing"]
+_GLUE = ["", " ", ".", "-", "_", "\n", "'", "é", "ж", "1"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(_GLUE)), max_size=40))
+def test_same_places_on_glued_anchors(parts: list[tuple[str, str]]) -> None:
+    _same("".join(piece + glue for piece, glue in parts))
+
+
+def test_same_scores_without_aho_corasick(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _lines()[::3]
+    fast = [rules.score(line.text, _source(line)) for line in lines]
+    monkeypatch.setattr(rules, "_automata", lambda: None)
+    slow = [rules.score(line.text, _source(line)) for line in lines]
+    assert fast == slow
+
+
+def _source(line: _Line) -> rules.Source:
+    return "untrusted" if line.source in ("untrusted", "tool") else "user"
