@@ -77,3 +77,42 @@ def test_same_scores_without_aho_corasick(monkeypatch: pytest.MonkeyPatch) -> No
 
 def _source(line: _Line) -> rules.Source:
     return "untrusted" if line.source in ("untrusted", "tool") else "user"
+
+
+def _mixed_words_by_split(data: bytes, marks: bytes) -> list[bytes]:
+    """The leetspeak words as the screen first found them: every word, one by one."""
+    return [
+        word
+        for word, kinds in zip(data.split(), marks.split(), strict=True)
+        if (b"LD" in kinds or b"DL" in kinds) and b"N" not in kinds and len(word) < 24
+    ]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "h3ll0",
+                "w0rld",
+                "1gn0r3",
+                "abc",
+                "a1",
+                "9a",
+                "x2y",
+                "ok",
+                "4ll",
+                "é1",
+                "a1b3c4d5e7f0a1b3c4d5e7f0a",
+            ]
+        ),
+        max_size=60,
+    ),
+    st.lists(st.sampled_from([" ", "\n", "\t ", "  ", "\r\n"]), min_size=60, max_size=60),
+)
+def test_leetspeak_words_found_by_meetings(words: list[str], blanks: list[str]) -> None:
+    from tokenrelay.screening import normalize
+
+    data = "".join(word + blank for word, blank in zip(words, blanks, strict=False)).encode()
+    marks = data.translate(normalize._LEET_CLASS)
+    assert normalize._mixed_words(data, marks) == _mixed_words_by_split(data, marks)
