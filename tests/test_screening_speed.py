@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -65,6 +66,18 @@ _GLUE = ["", " ", ".", "-", "_", "\n", "'", "é", "ж", "1"]
 @given(st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(_GLUE)), max_size=40))
 def test_same_places_on_glued_anchors(parts: list[tuple[str, str]]) -> None:
     _same("".join(piece + glue for piece, glue in parts))
+
+
+def test_same_places_when_an_anchor_spans_a_word_start() -> None:
+    """ "e-mail" inside "the-mail", "i'm" inside "hi'mode": the tries see the word that starts
+    after the dash or the apostrophe; Aho-Corasick, matching inside the word, must too."""
+    spanning = [anchor for anchor in rules._WORD_LIST if re.search(r"\W\w", anchor)]
+    assert spanning
+    for anchor in spanning:
+        cut = re.search(r"\W\w", anchor)
+        assert cut is not None
+        for word in rules._WORD_LIST[::5]:
+            _same(f"x{anchor[: cut.start() + 1]}{word} and more")
 
 
 def test_same_scores_without_aho_corasick(monkeypatch: pytest.MonkeyPatch) -> None:

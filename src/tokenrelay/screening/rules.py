@@ -1228,16 +1228,14 @@ def _find(text: str) -> dict[str, list[int]]:
     places: dict[str, list[int]] = {}
     automata = _automata()
     if automata is None:
-        for trie in (_WORDS, _NEEDLES):
-            for match in trie.finditer(text):
-                places.setdefault(match.group(), []).append(match.start())
-        return places
+        return _by_tries(text)
     words, needles = automata
     for index, start, _ in words.find_matches_as_indexes(text):
-        # A match inside a word is dropped. It cannot have hidden one at a word start: that
-        # would need an anchor with a word start inside it ("p.s.", the only one, holds none
-        # that another anchor starts with); tests/test_screening_speed.py compares the two.
         if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
+            # A match inside a word is dropped. It may have hidden one at a word start only
+            # if a word starts inside it ("e-mail" in "the-mail"): then the tries decide.
+            if index in _SPANNING:
+                return _by_tries(text)
             continue
         places.setdefault(_WORD_LIST[index], []).append(start)
     for index, start, _ in needles.find_matches_as_indexes(text):
@@ -1245,8 +1243,21 @@ def _find(text: str) -> dict[str, list[int]]:
     return places
 
 
+def _by_tries(text: str) -> dict[str, list[int]]:
+    """``_find`` with the two ``re`` tries: where ``ahocorasick-rs`` is missing, or cannot say."""
+    places: dict[str, list[int]] = {}
+    for trie in (_WORDS, _NEEDLES):
+        for match in trie.finditer(text):
+            places.setdefault(match.group(), []).append(match.start())
+    return places
+
+
 _WORD_LIST = sorted(anchor for anchor in _LOOKUP if _word_start(anchor))
 _NEEDLE_LIST = sorted(anchor for anchor in _LOOKUP if not _word_start(anchor))
+# Word anchors with a word start inside them ("p.s.", "e-mail", "i'm").
+_SPANNING = frozenset(
+    index for index, anchor in enumerate(_WORD_LIST) if re.search(r"\W\w", anchor)
+)
 
 
 @cache
