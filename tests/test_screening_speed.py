@@ -129,3 +129,22 @@ def test_leetspeak_words_found_by_meetings(words: list[str], blanks: list[str]) 
     data = "".join(word + blank for word, blank in zip(words, blanks, strict=False)).encode()
     marks = data.translate(normalize._LEET_CLASS)
     assert normalize._mixed_words(data, marks) == _mixed_words_by_split(data, marks)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["%", "2", "0", "a", "F", "g", "&#", "x", ";", " ", "&#x4", "%4", "%20"]),
+        max_size=60,
+    )
+)
+def test_encoded_runs_as_before(pieces: list[str]) -> None:
+    """The percent and HTML-entity runs now start with a literal (so ``re`` can skip to it);
+    they find what the first spelling found."""
+    from tokenrelay.screening import normalize
+
+    text = "".join(pieces)
+    percent = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
+    entities = re.compile(r"(?:&#x?[0-9a-fA-F]{1,6};\s?){4,}")
+    assert normalize._PERCENT_RUN.findall(text) == percent.findall(text)
+    assert normalize._HTML_RUN.findall(text) == entities.findall(text)
