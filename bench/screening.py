@@ -1,6 +1,6 @@
 """Prompt screening: quality on the labelled corpora, and time per 2000-character prompt.
 
-    .venv/bin/python bench/screening.py [--quick] [--techniques]
+    .venv/bin/python bench/screening.py [--quick] [--techniques] [--stages]
 
 Quality: recall (injections caught) and false positive rate (benign prompts refused) of the
 article's six patterns alone and of the full screen, on the first corpus and on its held-out
@@ -8,7 +8,8 @@ part; then per category on the categorised corpus of issue 13 (tuned part and he
 each example sent the way a client sends it (a user message, or a tool result) and screened
 through ``texts_of``. Time: the rules (normalization, context, decodings and matching) on
 2000-character prompts of seven kinds, each prompt screened afresh (the screen's cache of
-already-screened texts is emptied first), with p50, p99 and max in microseconds.
+already-screened texts is emptied first), with p50, p99 and max in microseconds. With
+``--stages``, where that time goes: each stage of ``rules.scan`` timed alone on the same prompts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import sys
 import time
 import zlib
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -247,6 +250,55 @@ def timing(lines: list[Line], count: int, repeats: int) -> None:
     print(f"\nfirst screen in a fresh process (imports and rule tables): {first:.1f} ms")
 
 
+def stages(lines: list[Line], count: int) -> None:
+    """Each stage of ``rules.scan`` alone, median over the prompts of each prompt's best run."""
+    from tokenrelay.screening import rules
+
+    rules.warm()
+    print(f"\n## Where the time goes, per {SIZE}-character prompt (µs, median of best of 7)\n")
+    print("| prompts | normalize | context | anchors | rule tries | decodings | whole screen |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for kind, batch in prompts(lines, count).items():
+        columns: list[list[float]] = [[] for _ in range(6)]
+        for text, kept in batch:
+            times = _stage_times(text, "untrusted" if kept == "untrusted" else "user")
+            for column, took in zip(columns, times, strict=True):
+                column.append(took)
+        cells = " | ".join(f"{statistics.median(column):.0f}" for column in columns)
+        print(f"| {kind} | {cells} |")
+
+
+def _stage_times(text: str, source: Literal["user", "untrusted"]) -> list[float]:
+    from tokenrelay.screening import rules
+    from tokenrelay.screening.context import spans
+    from tokenrelay.screening.normalize import clean, decodings, fold
+
+    cleaned = clean(text)
+    lowered = fold(cleaned)
+    where = spans(lowered, pasted=source == "user")
+    anchors = rules._Anchors(lowered)
+    rot13 = anchors.rot13 if len(anchors.rot13) >= 3 else ()
+    reversed_ = anchors.reversed if len(anchors.reversed) >= 2 else ()
+    steps = (
+        lambda: fold(clean(text)),
+        lambda: spans(lowered, pasted=source == "user"),
+        lambda: rules._Anchors(lowered),
+        lambda: rules._match(anchors, lowered, cleaned, source, {}, where=where, starts=[]),
+        lambda: decodings(text, cleaned, lowered, rot13=rot13, reversed_=reversed_),
+        lambda: rules.scan(text, source),
+    )
+    return [_best(step) for step in steps]
+
+
+def _best(step: Callable[[], object], runs: int = 7) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        started = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - started)
+    return best * 1e6
+
+
 def _row(samples: list[float], *, full: bool = True) -> str:
     samples = sorted(samples)
     p99 = samples[min(len(samples) - 1, round(len(samples) * 0.99))]
@@ -258,9 +310,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer prompts and repeats")
     parser.add_argument("--techniques", action="store_true", help="recall per technique too")
+    parser.add_argument("--stages", action="store_true", help="time each stage of the screen")
     args = parser.parse_args()
     lines = load()
     timing(lines, count=10 if args.quick else 40, repeats=3 if args.quick else 15)
+    if args.stages:
+        stages(lines, count=10 if args.quick else 40)
     print()
     quality(lines, args.techniques)
     categories()

@@ -1,7 +1,8 @@
 """Prompt screening: length caps, injection rules, a classifier plug-in, and output canaries.
 
-Importing this package is cheap; the rules (compiled regular expressions) load on the first
-screen, and aiohttp only when an HTTP classifier first calls out.
+Importing this package is cheap; the rule tables and the anchor automata (``ahocorasick-rs``)
+load when a screen that screens is made (at start-up), each rule's expression on its first use,
+and aiohttp only when an HTTP classifier first calls out.
 """
 
 from tokenrelay.screening.canary import CanaryWatch, canary_instruction, leak_error, make_canary

@@ -70,8 +70,10 @@ _SPACED_MARKS = (b"SLSLSLSLS", b"SLLSLLSLLSLLS", b"SLLLSLLLSLLLSLLLS")
 _BASE64_RUN = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")
 _HEX_RUN = re.compile(r"[2-7][0-9a-fA-F](?:(?:[ :,]|\\x|0x)?[2-7][0-9a-fA-F]){7,}")
 _HEX_SEP = re.compile(r"\\x|0x|[ :,]")
-_PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
-_HTML_RUN = re.compile(r"(?:&#x?[0-9a-fA-F]{1,6};\s?){4,}")
+# Each starts with a literal, so ``re`` jumps from one "%" or "&#" to the next (written as
+# "(?:%XX){6,}", it tried every position of the text: 30 µs for 2000 characters).
+_PERCENT_RUN = re.compile(r"%[0-9a-fA-F]{2}(?:%[0-9a-fA-F]{2}){5,}")
+_HTML_RUN = re.compile(r"&#x?[0-9a-fA-F]{1,6};\s?(?:&#x?[0-9a-fA-F]{1,6};\s?){3,}")
 # Quoted fragments a prompt asks the model to join ("a = 'ign' ... b = 'ore all'... do a + b").
 _FRAGMENT = re.compile(r"['\"]([^'\"\n]{1,40})['\"]")
 _JOIN_CUES = ("+", "join", "concat", "combin", "merge", "together", "assembl", "fragment",
@@ -257,11 +259,7 @@ def decodings(
     if marks.count(b"LD") + marks.count(b"DL") >= 4:
         # Only the words that mix letters with digits read as letters, so a hash or a part
         # number in a long prompt does not cost a second pass over all of it.
-        words = [
-            word
-            for word, kinds in zip(leet.split(), marks.split(), strict=False)
-            if (b"LD" in kinds or b"DL" in kinds) and b"N" not in kinds and len(word) < 24
-        ]
+        words = _mixed_words(leet, marks)
         if len(words) >= 2:
             views.append(("leetspeak", b" ".join(words).decode().translate(_LEET)))
     if any(cue in text for cue in _JOIN_CUES) and (text.count("'") + text.count('"')) >= 4:
@@ -277,6 +275,27 @@ def decodings(
     if reversed_:
         views.append(("reversed", _lines(text, reversed_)[::-1]))
     return views
+
+
+def _mixed_words(data: bytes, marks: bytes) -> list[bytes]:
+    """The words of ``data`` (split at blanks) that mix letters and leet digits, and no other
+    digits, under 24 bytes: found from each letter-digit meeting in ``marks``, so the cost
+    follows those meetings, not the number of words."""
+    words: list[bytes] = []
+    end = -1
+    for meeting in _MEETING.finditer(marks):
+        at = meeting.start()
+        if at < end:
+            continue  # in the word just taken
+        start = marks.rfind(b" ", 0, at) + 1
+        end = marks.find(b" ", at)
+        end = len(marks) if end < 0 else end
+        if end - start < 24 and b"N" not in marks[start:end]:
+            words.append(data[start:end])
+    return words
+
+
+_MEETING = re.compile(rb"LD|DL")
 
 
 def _lines(text: str, places: Sequence[int]) -> str:

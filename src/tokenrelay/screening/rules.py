@@ -8,9 +8,9 @@ results), where text that addresses the model is suspicious in itself. Weights o
 rules that match combine as independent evidence, ``1 - prod(1 - w)``, so one strong signal or
 two weak ones reach the default threshold of 0.5.
 
-Speed: one pass of two precompiled tries finds every anchor of every rule with its position;
-a rule none of whose anchors occur costs nothing, and the others are searched only in a window
-around each anchor. A 2000-character prompt is screened in well under a millisecond.
+Speed: one Aho-Corasick pass (``ahocorasick-rs``; two precompiled ``re`` tries without it)
+finds every anchor of every rule with its position; a rule none of whose anchors occur costs
+nothing, and the others are tried only at their anchors. docs/screening.md has the figures.
 
 ``ARTICLE_PATTERNS`` are the six expressions of the article this project started from, kept as
 the floor of the rule set and as the baseline its quality is measured against.
@@ -21,10 +21,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from functools import cache
+from typing import TYPE_CHECKING, Literal
 
 from tokenrelay.screening.context import Spans, inside, spans
 from tokenrelay.screening.normalize import REVERSED_WORDS, ROT13_WORDS, clean, decodings, fold
+
+if TYPE_CHECKING:
+    from ahocorasick_rs import AhoCorasick
 
 Source = Literal["user", "untrusted"]
 
@@ -1167,10 +1171,7 @@ class _Anchors:
     def __init__(self, text: str) -> None:
         self.rot13: list[int] = []
         self.reversed: list[int] = []
-        places: dict[str, list[int]] = {}
-        for trie in (_WORDS, _NEEDLES):
-            for match in trie.finditer(text):
-                places.setdefault(match.group(), []).append(match.start())
+        places = _find(text)
         size = len(text)
         found: dict[int, list[int]] = {}
         led: dict[int, list[tuple[list[int], int]]] = {}
@@ -1219,8 +1220,70 @@ class _Anchors:
         return where
 
 
+def _find(text: str) -> dict[str, list[int]]:
+    """Every anchor in ``text`` with where it starts: a word anchor only at a word start, the
+    longest one at each place. Aho-Corasick (``ahocorasick-rs``, Rust) when it is installed:
+    one pass in about a third of the time of the two ``re`` tries, which give the same places
+    without it."""
+    places: dict[str, list[int]] = {}
+    automata = _automata()
+    if automata is None:
+        return _by_tries(text)
+    words, needles = automata
+    for index, start, _ in words.find_matches_as_indexes(text):
+        if start and (text[start - 1].isalnum() or text[start - 1] == "_"):
+            # A match inside a word is dropped. It may have hidden one at a word start only
+            # if a word starts inside it ("e-mail" in "the-mail"): then the tries decide.
+            if index in _SPANNING:
+                return _by_tries(text)
+            continue
+        places.setdefault(_WORD_LIST[index], []).append(start)
+    for index, start, _ in needles.find_matches_as_indexes(text):
+        places.setdefault(_NEEDLE_LIST[index], []).append(start)
+    return places
+
+
+def _by_tries(text: str) -> dict[str, list[int]]:
+    """``_find`` with the two ``re`` tries: where ``ahocorasick-rs`` is missing, or cannot say."""
+    places: dict[str, list[int]] = {}
+    for trie in (_WORDS, _NEEDLES):
+        for match in trie.finditer(text):
+            places.setdefault(match.group(), []).append(match.start())
+    return places
+
+
+_WORD_LIST = sorted(anchor for anchor in _LOOKUP if _word_start(anchor))
+_NEEDLE_LIST = sorted(anchor for anchor in _LOOKUP if not _word_start(anchor))
+# Word anchors with a word start inside them ("p.s.", "e-mail", "i'm").
+_SPANNING = frozenset(
+    index for index, anchor in enumerate(_WORD_LIST) if re.search(r"\W\w", anchor)
+)
+
+
+@cache
+def _automata() -> tuple[AhoCorasick, AhoCorasick] | None:
+    """The two Aho-Corasick automata (built once, in about a millisecond), or None without
+    ``ahocorasick-rs``."""
+    try:
+        from ahocorasick_rs import AhoCorasick, MatchKind
+    except ImportError:
+        return None
+    longest = MatchKind.LeftmostLongest
+    return (
+        AhoCorasick(_WORD_LIST, matchkind=longest),
+        AhoCorasick(_NEEDLE_LIST, matchkind=longest),
+    )
+
+
+def prepare() -> None:
+    """Build the anchor automata now (about 2 ms, once per process): a screen that screens
+    calls it when it is made, at start-up, so the first request does not pay for it."""
+    _automata()
+
+
 def warm() -> None:
     """Compile every rule now (a benchmark, or a gateway warming up off its event loop)."""
+    prepare()
     for rule in RULES:
         rule.pattern  # noqa: B018 - the property compiles and caches
 

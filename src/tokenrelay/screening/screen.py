@@ -85,6 +85,10 @@ class Screen:
                 settings.classifier_url, timeout=settings.classifier_timeout
             )
         self.classifier = classifier
+        if settings.mode != "off":
+            from tokenrelay.screening.rules import prepare
+
+            prepare()
         self._cache: dict[tuple[Source, int, int], tuple[float, tuple[str, ...]]] = {}
 
     def check_length(self, texts: Sequence[ScreenText], *, param: str = "messages") -> None:
