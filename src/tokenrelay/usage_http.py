@@ -51,7 +51,7 @@ class _Settings(Protocol):
     def auth(self) -> AuthSettings: ...
 
 
-class Ledger(Protocol):
+class UsageSource(Protocol):
     """What the usage endpoints need of the gateway: the database its gate opens (the ledger
     and the keys), and the identity settings (the key cache's lifetimes, whether JWTs count)."""
 
@@ -63,6 +63,8 @@ class Ledger(Protocol):
 
 
 def _refusal(error: GatewayError) -> Response:
+    """``error`` as these endpoints have always answered it, in no client's dialect (an admin's
+    script reads them): ``{"error": {"type", "message"}}``, and a 401 asks for a Bearer token."""
     body = {"error": {"type": error.type, "message": error.message}}
     headers = {"www-authenticate": "Bearer"} if error.status == 401 else None
     return JSONResponse(body, status_code=error.status, headers=headers)
@@ -73,19 +75,19 @@ def _unauthorized(message: str) -> GatewayError:
 
 
 async def admin_database(
-    ledger: Ledger, headers: Mapping[str, str], what: str, *, open_without_keys: bool = False
+    source: UsageSource, headers: Mapping[str, str], what: str, *, open_without_keys: bool = False
 ) -> tuple[Database, KeyRecord | None]:
     """The ledger's database and the admin key (``Authorization: Bearer`` or ``x-api-key``)
     that opened it, else a ``GatewayError``: 401 without a valid key, 403 for a key that is not
     an admin's, 503 when the database cannot be read. With ``open_without_keys``, a database
     holding no key at all (a fresh or demo deployment) is open to anyone: no key then, and
     whatever credential came is not looked at."""
-    auth = ledger.settings.auth
+    auth = source.settings.auth
     jwt = auth.jwt is not None
     if not open_without_keys and credential(headers, jwt=jwt) is None:
         raise _unauthorized(f"{what} needs {ADMIN_KEY_HINT}")
     try:
-        db = await ledger.gate.database()
+        db = await source.gate.database()
     except Exception:  # not open yet, or failed to open (its log says why): nothing to decide with
         raise GatewayError(
             "api_error",
@@ -145,14 +147,14 @@ def _invalid(exc: ValueError) -> GatewayError:
 # --- GET /v1/usage -------------------------------------------------------------------------------
 
 
-def usage_endpoint(ledger: Ledger) -> Endpoint:
+def usage_endpoint(source: UsageSource) -> Endpoint:
     """``GET /v1/usage?since=7d&until=&by=day&format=json&org=&user=&key=&route=&model=``, for
     an admin key (``tokenrelay keys create --admin``) as ``Authorization: Bearer`` or
     ``x-api-key``: 401 without a valid key, 403 for a key that is not an admin's."""
 
     async def endpoint(request: Request) -> Response:
         try:
-            db, _ = await admin_database(ledger, request.headers, "GET /v1/usage")
+            db, _ = await admin_database(source, request.headers, "GET /v1/usage")
             params = request.query_params
             fmt = params.get("format", "json")
             try:
@@ -184,7 +186,7 @@ async def dashboard_page(request: Request) -> Response:
     return FileResponse(WEB / "usage.html", headers={"cache-control": "no-cache"})
 
 
-def dashboard_endpoint(ledger: Ledger) -> Endpoint:
+def dashboard_endpoint(source: UsageSource) -> Endpoint:
     """``GET /v1/usage/dashboard?since=7d&until=&by=model&format=json|csv`` (and the report's
     ``org``, ``user``, ``key``, ``route``, ``model`` filters). Access follows ``GET /v1/usage``,
     except while the database holds no key at all and no JWT authentication is configured:
@@ -194,9 +196,9 @@ def dashboard_endpoint(ledger: Ledger) -> Endpoint:
         try:
             # Open while no key exists, unless callers are known by JWT: then the ledger
             # already names real users, and only an admin key shows it.
-            keyless = ledger.settings.auth.jwt is None
+            keyless = source.settings.auth.jwt is None
             db, key = await admin_database(
-                ledger, request.headers, _DASHBOARD, open_without_keys=keyless
+                source, request.headers, _DASHBOARD, open_without_keys=keyless
             )
             params = request.query_params
             fmt = params.get("format", "json")
