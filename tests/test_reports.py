@@ -25,8 +25,9 @@ from tests.pg_server import machine_database
 from tokenrelay.cli import main
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.gate.keys import KeyStore
-from tokenrelay.metering.reports import make_query, parse_time, usage, usage_endpoint
+from tokenrelay.metering.reports import make_query, parse_time, usage
 from tokenrelay.store import Database, open_database
+from tokenrelay.usage_http import usage_endpoint
 
 RANGE = ("--since", "2026-11-01", "--until", "2026-11-08")
 

@@ -125,21 +125,21 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         return await model_list.retrieve_model(gateway, request)
 
     async def usage(request: HTTPRequest) -> Response:
-        from tokenrelay.metering.reports import usage_endpoint
+        from tokenrelay.usage_http import usage_endpoint
 
         return await usage_endpoint(gateway)(request)
 
     async def usage_page(request: HTTPRequest) -> Response:
-        from tokenrelay.metering import dashboard
+        from tokenrelay.usage_http import dashboard_page
 
-        response = await dashboard.page(gateway, request)
+        response = await dashboard_page(request)
         response.headers["content-security-policy"] = page_policy("usage.html")
         return response
 
     async def usage_data(request: HTTPRequest) -> Response:
-        from tokenrelay.metering import dashboard
+        from tokenrelay.usage_http import dashboard_endpoint
 
-        return await dashboard.data(gateway, request)
+        return await dashboard_endpoint(gateway)(request)
 
     async def page(request: HTTPRequest) -> Response:
         return FileResponse(WEB / "index.html", headers=_page_headers("index.html"))

@@ -176,6 +176,32 @@ def _unauthorized(message: str) -> GatewayError:
     return GatewayError("authentication", message, 401)
 
 
+def credential(headers: Mapping[str, str], *, jwt: bool = False) -> str | None:
+    """The token a request carries, from ``Authorization: Bearer`` or ``x-api-key`` (lower-case
+    header names): the one parser of credentials, for the relay and the admin endpoints alike.
+    When the headers carry two different tokens, ours wins (a key, or a JWT when ``jwt``: an
+    SDK's placeholder beside it is ignored); two of ours are a 401 rather than a guess."""
+    bearer = None
+    authorization = headers.get("authorization")
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            bearer = value.strip()
+    api_key = (headers.get("x-api-key") or "").strip() or None
+    if bearer is None or api_key is None or bearer == api_key:
+        return bearer or api_key
+    ours = [token for token in (bearer, api_key) if _ours(token, jwt)]
+    if len(ours) > 1:
+        raise _unauthorized(
+            "the request carries different tokens in Authorization and x-api-key; send one"
+        )
+    return ours[0] if ours else bearer
+
+
+def _ours(token: str, jwt: bool) -> bool:
+    return token.startswith(KEY_PREFIX) or (jwt and token.count(".") == 2)
+
+
 class Authenticator:
     """Turns a request's headers and peer into an ``Identity``, or a 401 / 403 that says what
     to send. ``keys`` ``None`` means API keys are off (no database)."""
@@ -261,27 +287,8 @@ class Authenticator:
             raise _unauthorized(f"this gateway accepts no JWTs; {self._what_to_send()}")
         raise _unauthorized(f"the token is not a tokenrelay API key; {self._what_to_send()}")
 
-    def _ours(self, token: str) -> bool:
-        return token.startswith(KEY_PREFIX) or (self._jwt is not None and token.count(".") == 2)
-
     def _credential(self, headers: Mapping[str, str]) -> str | None:
-        """The token to check: ours (a key, or a JWT when configured) from either header; two
-        different ones are refused rather than guessed between."""
-        bearer = None
-        authorization = headers.get("authorization")
-        if authorization:
-            scheme, _, value = authorization.strip().partition(" ")
-            if scheme.lower() == "bearer" and value.strip():
-                bearer = value.strip()
-        api_key = (headers.get("x-api-key") or "").strip() or None
-        if bearer is None or api_key is None or bearer == api_key:
-            return bearer or api_key
-        ours = [token for token in (bearer, api_key) if self._ours(token)]
-        if len(ours) > 1:
-            raise _unauthorized(
-                "the request carries different tokens in Authorization and x-api-key; send one"
-            )
-        return ours[0] if ours else bearer
+        return credential(headers, jwt=self._jwt is not None)
 
     async def _key_store(self) -> KeyStore:
         """The key store; while the database is still opening (off the start-up path) the

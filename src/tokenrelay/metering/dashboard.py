@@ -1,14 +1,11 @@
-"""The usage dashboard: ``GET /usage`` (the page) and ``GET /v1/usage/dashboard`` (its data).
+"""The usage dashboard's numbers, for ``GET /usage`` (the page) and ``GET /v1/usage/dashboard``.
 
 The data is a handful of grouped queries over the ledger, each summed by the database (as the
 reports in ``tokenrelay.metering.reports``, whose range words, day buckets and sums it reuses):
 spend, tokens and requests per UTC day per org, user, model or route; top spenders; time to
 first token percentiles per provider; failovers per route; errors by outcome. The page draws it
-with our own SVG charts (``web/chart.js``), so nothing is fetched from elsewhere.
-
-Access follows ``GET /v1/usage``: an admin key, except while the database holds no key at all
-(a fresh or demo deployment) and no JWT authentication is configured, when anyone who can reach
-the gateway may look.
+with our own SVG charts (``web/chart.js``), so nothing is fetched from elsewhere. The queries
+and their shaping only: ``tokenrelay.usage_http`` answers HTTP and decides who may look.
 """
 
 from __future__ import annotations
@@ -18,9 +15,7 @@ import csv
 import datetime
 import io
 import math
-import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
@@ -35,33 +30,24 @@ from tokenrelay.metering.reports import (
     ERROR_OUTCOMES,
     FILTERS,
     MODEL_KEYS,
-    Refused,
     UsageQuery,
     UsageRow,
     _exact_usd,
     _row,
-    admin_database,
     csv_cell,
     make_query,
-    read_ledger,
 )
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    from tokenrelay.app import Gateway
     from tokenrelay.store import Queries
 
 Grouping = Literal["org", "user", "model", "requested_model", "route"]
 GROUPINGS: tuple[Grouping, ...] = get_args(Grouping)
-WEB = Path(__file__).resolve().parent.parent / "web"
 MAX_DAYS = 400  # a year and a bit: the page's longest range is 90 days
 SHOWN = 8  # series in the chart; past that the smallest groups are summed as one
 TOP = 10
 PERCENTILES = (50, 90, 99)
 _HEDGED = '%"hedged_out"%'  # how attempts_detail records a loser of a hedge race
-_WHAT = "the usage dashboard"
 
 
 class Dashboard(msgspec.Struct, kw_only=True):
@@ -79,45 +65,7 @@ class Dashboard(msgspec.Struct, kw_only=True):
     errors: list[dict[str, Any]]
 
 
-# --- the endpoints -------------------------------------------------------------------------------
-
-
-async def page(gateway: Gateway, request: Request) -> Response:
-    """The page itself is public (it holds no data); it asks for a key when the data needs one."""
-    from starlette.responses import FileResponse
-
-    return FileResponse(WEB / "usage.html", headers={"cache-control": "no-cache"})
-
-
-async def data(gateway: Gateway, request: Request) -> Response:
-    """``GET /v1/usage/dashboard?since=7d&until=&by=model&format=json|csv`` (and the report's
-    ``org``, ``user``, ``key``, ``route``, ``model`` filters)."""
-    from starlette.responses import JSONResponse, Response
-
-    try:
-        # Open while no key exists, unless callers are known by JWT: then the ledger already
-        # names real users, and only an admin key shows it.
-        keyless = gateway.settings.auth.jwt is None
-        db, key = await admin_database(gateway, request.headers, _WHAT, open_without_keys=keyless)
-        params = request.query_params
-        fmt = params.get("format", "json")
-        try:
-            if fmt not in ("json", "csv"):
-                raise ValueError("format must be json or csv")
-            query, by = dashboard_query(params, now=time.time())
-        except ValueError as exc:
-            raise Refused(400, "invalid_request", str(exc)) from None
-        found = await read_ledger(collect(db, query, by))
-    except Refused as refused:
-        return refused.response()
-    headers = {"cache-control": "no-store"}  # every caller's spend: never kept by a cache
-    if fmt == "csv":
-        headers["content-disposition"] = f'attachment; filename="{csv_name(found)}"'
-        return Response(render_csv(found), media_type="text/csv; charset=utf-8", headers=headers)
-    body = shape(found)
-    # "open": no key exists yet, so anyone reaching the gateway sees this; the page says so
-    body["access"] = "open" if key is None else "admin"
-    return JSONResponse(body, headers=headers)
+# --- the query ---------------------------------------------------------------------------------
 
 
 def dashboard_query(params: Mapping[str, str], *, now: float) -> tuple[UsageQuery, Grouping]:

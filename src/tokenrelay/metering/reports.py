@@ -1,6 +1,6 @@
 """Usage reports over the ledger, for ``tokenrelay usage`` and ``GET /v1/usage``: requests, errors,
 tokens, cost and the share of estimated token counts, per org, user, key, model, route or UTC day,
-over a time range.
+over a time range. The queries and their rendering only: ``tokenrelay.usage_http`` answers HTTP.
 
 ``model`` (to group or filter by) is the model that served the request, as the upstream named it
 (``claude-sonnet-4-5-20250929``), or the one asked for when the upstream did not say (and for
@@ -20,22 +20,16 @@ import datetime
 import io
 import re
 import unicodedata
-import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
-from tokenrelay.gate.keys import KeyRecord, KeyStore
 from tokenrelay.metering.budgets import iso_time
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    from tokenrelay.app import Gateway
-    from tokenrelay.store import Database, Queries
+    from tokenrelay.store import Queries
 
 Group = Literal["org", "user", "key", "model", "requested_model", "route", "day"]
 Format = Literal["table", "csv", "json"]
@@ -91,7 +85,6 @@ _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 EARLIEST = 0.0
 LATEST = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC).timestamp()
 _RANGE = "from 1970-01-01 to 9999-12-31 (UTC)"
-T = TypeVar("T")
 
 
 class UsageQuery(msgspec.Struct, frozen=True, kw_only=True):
@@ -358,139 +351,3 @@ RENDER: dict[str, Callable[[UsageReport], str]] = {
     "csv": render_csv,
     "json": render_json,
 }
-
-
-# --- GET /v1/usage -------------------------------------------------------------------------------
-
-ADMIN_KEY_HINT = (
-    "an admin API key as 'Authorization: Bearer <key>' "
-    "(create one with 'tokenrelay keys create --admin')"
-)
-# One key store per open database, so its lookup cache outlives a request; the database owns
-# it and both go away together.
-_KEY_STORES: weakref.WeakKeyDictionary[Database, KeyStore] = weakref.WeakKeyDictionary()
-_HAS_KEYS: weakref.WeakSet[Database] = weakref.WeakSet()  # a key once made is never deleted
-
-
-class Refused(Exception):
-    """A reporting request turned away: its status, error type and message."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-    def response(self) -> Response:
-        from starlette.responses import JSONResponse
-
-        body = {"error": {"type": self.kind, "message": self.message}}
-        headers = {"www-authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
-async def admin_database(
-    gateway: Gateway, headers: Mapping[str, str], what: str, *, open_without_keys: bool = False
-) -> tuple[Database, KeyRecord | None]:
-    """The ledger's database and the admin key (``Authorization: Bearer`` or ``x-api-key``)
-    that opened it, else ``Refused``: 401 without a valid key, 403 for a key that is not an
-    admin's, 503 when the database cannot be read. With ``open_without_keys``, a database
-    holding no key at all (a fresh or demo deployment) is open to anyone: no key then, and
-    whatever credential came is not looked at."""
-    token = _credential(headers)
-    if token is None and not open_without_keys:
-        raise Refused(401, "authentication", f"{what} needs {ADMIN_KEY_HINT}")
-    try:
-        db = await gateway.gate.database()
-    except Exception:  # not open yet, or failed to open (its log says why): nothing to decide with
-        raise Refused(
-            503,
-            "api_error",
-            "the database is not open yet (the gateway opens it just after start-up, and "
-            "retries while it is down); try again shortly",
-        ) from None
-    try:
-        if open_without_keys and not await _has_keys(db):
-            return db, None
-        if token is None:
-            raise Refused(401, "authentication", f"{what} needs {ADMIN_KEY_HINT}")
-        store = _KEY_STORES.get(db)
-        if store is None:
-            auth = gateway.settings.auth
-            store = _KEY_STORES[db] = KeyStore(
-                db, ttl=auth.key_cache_ttl, negative_ttl=auth.key_negative_ttl
-            )
-        key = await store.lookup(token)
-    except Refused:
-        raise
-    except Exception:  # the database failed: nothing to decide with
-        raise Refused(
-            503, "api_error", "cannot read the API keys right now; try again shortly"
-        ) from None
-    if key is None:
-        raise Refused(401, "authentication", "the API key is unknown or revoked")
-    if not key.admin:
-        raise Refused(403, "permission", f"API key {key.prefix}… is not an admin key")
-    return db, key
-
-
-async def _has_keys(db: Database) -> bool:
-    """Whether any key, even a revoked one, was ever made here; once true, stays true."""
-    if db in _HAS_KEYS:
-        return True
-    if await db.fetch_one("SELECT 1 AS one FROM api_keys LIMIT 1") is None:
-        return False
-    _HAS_KEYS.add(db)
-    return True
-
-
-def usage_endpoint(gateway: Gateway) -> Callable[[Request], Awaitable[Response]]:
-    """``GET /v1/usage?since=7d&until=&by=day&format=json&org=&user=&key=&route=&model=``, for
-    an admin key (``tokenrelay keys create --admin``) as ``Authorization: Bearer`` or
-    ``x-api-key``: 401 without a valid key, 403 for a key that is not an admin's."""
-    import time
-
-    from starlette.responses import Response
-
-    async def endpoint(request: Request) -> Response:
-        try:
-            db, _ = await admin_database(gateway, request.headers, "GET /v1/usage")
-            params = request.query_params
-            fmt = params.get("format", "json")
-            try:
-                if fmt not in FORMATS:
-                    raise ValueError(f"format must be one of {', '.join(FORMATS)}")
-                query = make_query(
-                    params.get("since", "7d"),
-                    params.get("until"),
-                    params.get("by", "day"),
-                    {name: params.get(name) for name in FILTERS},
-                    now=time.time(),
-                )
-            except ValueError as exc:
-                raise Refused(400, "invalid_request", str(exc)) from None
-            report = await read_ledger(usage(db, query))
-        except Refused as refused:
-            return refused.response()
-        media = {"json": "application/json", "csv": "text/csv", "table": "text/plain"}[fmt]
-        text = RENDER[fmt](report)
-        return Response(text, media_type=f"{media}; charset=utf-8")
-
-    return endpoint
-
-
-async def read_ledger(query: Awaitable[T]) -> T:
-    """``query``'s answer; a database failure becomes a 503 ``Refused`` saying so."""
-    from tokenrelay.store import DatabaseError
-
-    try:
-        return await query
-    except DatabaseError as exc:
-        raise Refused(503, "api_error", f"cannot read the ledger right now: {exc}") from None
-
-
-def _credential(headers: Mapping[str, str]) -> str | None:
-    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return headers.get("x-api-key", "").strip() or None
