@@ -317,14 +317,14 @@ def test_pathological_markup_is_screened_in_bounded_time(text: str) -> None:
 async def gw(simulator: Any) -> AsyncIterator[RunningGateway]:
     env = {
         **gateway_environ(simulator.url),
-        "TOKENRELAY_ROUTES__AGENT__TARGETS": "anthropic:claude-sonnet-5-5",
+        "TOKENRELAY_ROUTES__SCREENED__TARGETS": "anthropic:claude-sonnet-5-5",
     }
     async with gateway_server(env) as running:
         yield running
 
 
 async def messages(gw: RunningGateway, turns: list[dict[str, Any]]) -> tuple[int, Any]:
-    body = {"model": "agent", "max_tokens": 50, "stream": True, "messages": turns}
+    body = {"model": "screened", "max_tokens": 50, "stream": True, "messages": turns}
     async with (
         aiohttp.ClientSession() as http,
         http.post(gw.url + "/v1/messages", json=body) as response,

@@ -323,5 +323,5 @@ test('route default: its own system prompt goes upstream, a client one is refuse
   });
   const failure = (await parts(refused.fullStream)).find((p) => p.type === 'error');
   assert.equal(failure.error.statusCode, 400);
-  assert.match(failure.error.message, /route 'default''s policy has its own system prompt/);
+  assert.match(failure.error.message, /route 'default' has its own system prompt/);
 });
