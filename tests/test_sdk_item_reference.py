@@ -26,7 +26,7 @@ from tokenrelay.simulator import RunningSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TOOL: dict[str, Any] = {
+TOOL: Any = {
     "type": "function",
     "name": "lookup",
     "description": "Look something up",
@@ -96,13 +96,18 @@ async def written(gw: RunningGateway) -> None:
         await asyncio.sleep(0.01)
 
 
+def reference(item_id: str | None) -> Any:
+    """An ``item_reference`` input item (without an id when ``item_id`` is None)."""
+    return {"type": "item_reference"} | ({} if item_id is None else {"id": item_id})
+
+
 def received(simulator: RunningSimulator) -> tuple[str, dict[str, Any]]:
     requests = simulator.stats()["last_requests"]
     assert len(requests) == 1, [r["path"] for r in requests]
     return requests[0]["path"], requests[0]["body"]
 
 
-def second_step(question: str, message_id: str, call: Any) -> list[Any]:
+def second_step(question: str, message_id: str, call: Any) -> Any:
     """The AI SDK's second step: the question, a reference to the answer's message, the call
     (sent whole) and its output."""
     return [
@@ -122,7 +127,7 @@ async def first_step(oa: openai.AsyncOpenAI, route: str, question: str, **option
     first = await oa.responses.create(
         model=route,
         input=question,
-        tools=[TOOL],  # type: ignore[list-item]
+        tools=[TOOL],
         extra_headers={"x-sim-tool": "auto"},
         **options,
     )
@@ -149,7 +154,7 @@ async def test_the_ai_sdk_tool_loop_second_step_with_item_references(
     message, call = first.output
     simulator.reset_stats()
     input_ = second_step(question, message.id, call)
-    second = await oa.responses.create(model=route, input=input_, tools=[TOOL])  # type: ignore[arg-type]
+    second = await oa.responses.create(model=route, input=input_, tools=[TOOL])
     assert second.status == "completed"
     path, body = received(simulator)
     if route != "to_responses":
@@ -179,8 +184,8 @@ async def test_the_stored_response_keeps_the_items_not_the_references(
     message, call = first.output
     second = await oa.responses.create(
         model="oa",
-        input=second_step(question, message.id, call),  # type: ignore[arg-type]
-        tools=[TOOL],  # type: ignore[list-item]
+        input=second_step(question, message.id, call),
+        tools=[TOOL],
     )
     listed = (await oa.responses.input_items.list(second.id, order="asc")).data
     assert [item.type for item in listed] == [
@@ -191,17 +196,16 @@ async def test_the_stored_response_keeps_the_items_not_the_references(
     ]
     shown = listed[1]
     assert shown.type == "message" and shown.role == "assistant"
-    assert shown.content[0].text == first.output_text  # type: ignore[union-attr]
+    assert getattr(shown.content[0], "text", None) == first.output_text
     # a reference to one of its input items (the question) and one to its answer, read from
     # the database
     await written(gw)
     simulator.reset_stats()
-    question_id = listed[0].id
     third = await oa.responses.create(
         model="oa",
         input=[
-            {"type": "item_reference", "id": question_id},
-            {"type": "item_reference", "id": second.output[0].id},
+            reference(listed[0].id),
+            reference(second.output[0].id),
             {"role": "user", "content": "And tomorrow?"},
         ],
     )
@@ -225,8 +229,8 @@ async def test_a_reference_to_another_keys_item_is_a_400_naming_it(
     with pytest.raises(openai.BadRequestError) as raised:
         await other.responses.create(
             model="oa",
-            input=second_step(question, message.id, call),  # type: ignore[arg-type]
-            tools=[TOOL],  # type: ignore[list-item]
+            input=second_step(question, message.id, call),
+            tools=[TOOL],
         )
     text = refused(raised, "input[1]")
     assert repr(message.id) in text and "not found" in text
@@ -237,8 +241,8 @@ async def test_a_reference_to_another_keys_item_is_a_400_naming_it(
     with pytest.raises(openai.BadRequestError) as never:
         await other.responses.create(
             model="oa",
-            input=second_step(question, unknown, call),  # type: ignore[arg-type]
-            tools=[TOOL],  # type: ignore[list-item]
+            input=second_step(question, unknown, call),
+            tools=[TOOL],
         )
     assert refused(never, "input[1]") == text.replace(message.id, unknown)
 
@@ -261,7 +265,7 @@ async def test_an_unknown_item_is_a_400_naming_it(oa: openai.AsyncOpenAI, item_i
 
 async def test_a_reference_without_an_id_is_a_400_naming_it(oa: openai.AsyncOpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as raised:
-        await oa.responses.create(model="oa", input=[{"type": "item_reference"}])  # type: ignore[list-item]
+        await oa.responses.create(model="oa", input=[reference(None)])
     refused(raised, "input[0].id")
 
 
@@ -272,8 +276,8 @@ async def test_an_item_of_a_response_not_stored_is_not_found(oa: openai.AsyncOpe
     with pytest.raises(openai.BadRequestError) as raised:
         await oa.responses.create(
             model="oa",
-            input=second_step(question, message.id, call),  # type: ignore[arg-type]
-            tools=[TOOL],  # type: ignore[list-item]
+            input=second_step(question, message.id, call),
+            tools=[TOOL],
         )
     assert "not found" in refused(raised, "input[1]")
 
@@ -288,8 +292,8 @@ async def test_anonymous_callers_are_told_to_send_the_item(
         with pytest.raises(openai.BadRequestError) as raised:
             await anonymous.responses.create(
                 model="oa",
-                input=second_step("Look up the moon", message.id, call),  # type: ignore[arg-type]
-                tools=[TOOL],  # type: ignore[list-item]
+                input=second_step("Look up the moon", message.id, call),
+                tools=[TOOL],
             )
     text = refused(raised, "input[1]")
     assert "anonymous callers" in text and "send the item itself" in text
@@ -329,7 +333,7 @@ async def test_references_and_a_previous_response_together(
         model="oa",
         previous_response_id=previous.id,
         input=[
-            {"type": "item_reference", "id": earlier.output[0].id},
+            reference(earlier.output[0].id),
             {"role": "user", "content": "Both?"},
         ],
     )
@@ -373,3 +377,51 @@ async def test_referred_reasoning_goes_back_with_its_signature_or_not_at_all(
         else:
             assert kinds == ["text"]
         assert blocks[-1]["text"] == first.output_text
+
+
+async def test_a_gateway_that_stores_nothing_says_to_send_the_item(
+    simulator: RunningSimulator, tmp_path: Any
+) -> None:
+    environ = {
+        **gateway_environ(simulator.url),
+        "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/off.db",
+        "TOKENRELAY_RESPONSES__STORE": "false",
+    }
+    async with gateway_server(environ) as running:
+        _, secret = await KeyStore(await running.gateway.gate.database()).create("carol")
+        async with client(running, secret) as carol:
+            first = await first_step(carol, "oa", "Look up the sun")
+            message, call = first.output
+            with pytest.raises(openai.BadRequestError) as raised:
+                await carol.responses.create(
+                    model="oa",
+                    input=second_step("Look up the sun", message.id, call),
+                    tools=[TOOL],
+                )
+    text = refused(raised, "input[1]")
+    assert "responses.store is off" in text and "send the item itself" in text
+
+
+async def test_a_referred_call_is_answered_by_its_output(
+    oa: openai.AsyncOpenAI, simulator: RunningSimulator
+) -> None:
+    """The call itself may be a reference (``fc_...``): its output follows it once resolved."""
+    first = await first_step(oa, "an", "Look up the stars")
+    message, call = first.output
+    simulator.reset_stats()
+    second = await oa.responses.create(
+        model="an",
+        input=[
+            {"role": "user", "content": "Look up the stars"},
+            {"type": "item_reference", "id": message.id},
+            {"type": "item_reference", "id": call.id},
+            {"type": "function_call_output", "call_id": call.call_id, "output": "bright"},
+        ],
+        tools=[TOOL],
+    )
+    assert second.status == "completed"
+    _, body = received(simulator)
+    blocks = body["messages"][1]["content"]
+    assert [block["type"] for block in blocks] == ["text", "tool_use"]
+    assert blocks[1]["id"] == call.call_id and blocks[1]["name"] == "lookup"
+    assert body["messages"][2]["content"][0]["tool_use_id"] == call.call_id
