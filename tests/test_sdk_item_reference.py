@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from tests.pg_server import machine_database
 from tests.servers import RunningGateway, gateway_environ, gateway_server
+from tokenrelay import response_store
 from tokenrelay.gate.keys import KeyStore
 from tokenrelay.simulator import RunningSimulator
 
@@ -425,3 +426,18 @@ async def test_a_referred_call_is_answered_by_its_output(
     assert [block["type"] for block in blocks] == ["text", "tool_use"]
     assert blocks[1]["id"] == call.call_id and blocks[1]["name"] == "lookup"
     assert body["messages"][2]["content"][0]["tool_use_id"] == call.call_id
+
+
+async def test_references_to_too_many_responses_are_a_400(
+    oa: openai.AsyncOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each referenced response is one read: a request may name at most ``MAX_REFERENCED``."""
+    answers = [await oa.responses.create(model="oa", input=f"Turn {n}") for n in range(2)]
+    monkeypatch.setattr(response_store, "MAX_REFERENCED", 1)
+    with pytest.raises(openai.BadRequestError) as raised:
+        await oa.responses.create(
+            model="oa",
+            input=[reference(answer.output[0].id) for answer in answers]
+            + [{"role": "user", "content": "Go on"}],
+        )
+    assert "more than 1 stored responses" in refused(raised, "input[1]")

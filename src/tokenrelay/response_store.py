@@ -393,24 +393,24 @@ class ResponseStore:
         item of ``identity``'s stored responses it names (one read per response: an item's id
         names its response); a 400 naming the first reference that names none."""
         references: list[tuple[int, str]] = request.front_options[REFERENCES]
-        index, first = references[0]
+        at, first = references[0]
         if not self.settings.store:
             raise GatewayError(
                 "invalid_request",
-                f"input[{index}]: this gateway keeps no responses (responses.store is off), so "
+                f"input[{at}]: this gateway keeps no responses (responses.store is off), so "
                 f"the item reference {first!r} names nothing; send the item itself instead",
                 400,
-                param=f"input[{index}]",
+                param=f"input[{at}]",
             )
         owner = self.owner(identity)
         if owner is None:
             raise GatewayError(
                 "invalid_request",
-                f"input[{index}]: this gateway keeps no responses of anonymous callers, so the "
+                f"input[{at}]: this gateway keeps no responses of anonymous callers, so the "
                 f"item reference {first!r} names nothing; send the item itself instead, or an "
                 "API key ('Authorization: Bearer trk_...') with every request",
                 400,
-                param=f"input[{index}]",
+                param=f"input[{at}]",
             )
         items: dict[str, Any] = {}
         read: set[str] = set()
