@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tokenrelay import dialects
-from tokenrelay.dialects.responses.wire import CONTINUES
+from tokenrelay.dialects.responses.wire import CONTINUES, REFERENCES
 from tokenrelay.gate.gatekeeper import Admission, Refused
 from tokenrelay.gate.identity import Identity, request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
@@ -135,8 +135,11 @@ class RelayEndpoint:
             request = self.dialect.parse_request(body)
             route = gateway.router.resolve(request)
             route_name = route.name
-            # previous_response_id (Responses): the stored turns join the request first, so
-            # the route's checks and the screen see the whole conversation
+            # previous_response_id and item_reference (Responses): the stored turns and items
+            # join the request first, so the route's checks and the screen see the whole
+            # conversation
+            if REFERENCES in request.front_options:
+                request = await gateway.responses.referenced(request, identity)
             if CONTINUES in request.front_options:
                 request = await gateway.responses.continued(request, identity)
             admission = await gateway.gate.admit_request(route, request, headers, admission)

@@ -29,9 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from tokenrelay.dialects.responses import continue_request
-from tokenrelay.dialects.responses.items import input_items
-from tokenrelay.dialects.responses.wire import CONTINUES, HINTS, HISTORY, INPUT, NAME, RESULT
+from tokenrelay.dialects.responses import continue_request, with_references
+from tokenrelay.dialects.responses.items import holder, input_items, referable, resent
+from tokenrelay.dialects.responses.wire import (
+    CONTINUES,
+    HINTS,
+    HISTORY,
+    INPUT,
+    NAME,
+    REFERENCES,
+    RESULT,
+)
 from tokenrelay.model import GatewayError, Request
 
 if TYPE_CHECKING:
@@ -46,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tokenrelay.responses")
 
 MISS_RETRY = 0.1  # seconds before a response not found is read once more
+# stored responses one request's item references may name, at most (each is one read)
+MAX_REFERENCED = 1000
 # Responses waiting for their write, at most: past it (a database hanging) new ones are not
 # kept, and counted as store errors, rather than held in memory without bound.
 MAX_PENDING = 10_000
@@ -68,6 +78,22 @@ class PreviousResponseNotFound(GatewayError):
             "whole conversation in 'input' instead.",
             400,
             param="previous_response_id",
+        )
+
+
+class ItemNotFound(GatewayError):
+    """A 400 for an ``item_reference`` naming no item the caller has stored, in the words of
+    ``previous_response_id``'s: a stranger learns nothing of another's items."""
+
+    def __init__(self, index: int, id: str) -> None:
+        super().__init__(
+            "invalid_request",
+            f"input[{index}]: item with id {id!r} not found. It does not exist, has expired or "
+            "been deleted, or came from a response created with store: false or by another "
+            "API key; send the item itself in 'input' instead of a reference to it, or store "
+            "the response it comes from (store: true).",
+            400,
+            param=f"input[{index}]",
         )
 
 
@@ -359,3 +385,55 @@ class ResponseStore:
             )
         output = found.response.get("output") or []
         return continue_request(request, [*found.input_items, *output])
+
+    # --- item references ------------------------------------------------------------------------
+
+    async def referenced(self, request: Request, identity: Identity | None) -> Request:
+        """``request``, whose input holds ``item_reference`` items, with each replaced by the
+        item of ``identity``'s stored responses it names (one read per response: an item's id
+        names its response); a 400 naming the first reference that names none."""
+        references: list[tuple[int, str]] = request.front_options[REFERENCES]
+        at, first = references[0]
+        if not self.settings.store:
+            raise GatewayError(
+                "invalid_request",
+                f"input[{at}]: this gateway keeps no responses (responses.store is off), so "
+                f"the item reference {first!r} names nothing; send the item itself instead",
+                400,
+                param=f"input[{at}]",
+            )
+        owner = self.owner(identity)
+        if owner is None:
+            raise GatewayError(
+                "invalid_request",
+                f"input[{at}]: this gateway keeps no responses of anonymous callers, so the "
+                f"item reference {first!r} names nothing; send the item itself instead, or an "
+                "API key ('Authorization: Bearer trk_...') with every request",
+                400,
+                param=f"input[{at}]",
+            )
+        items: dict[str, Any] = {}
+        read: set[str] = set()
+        replaced: dict[int, Any] = {}
+        for index, id in references:
+            if id not in items:
+                response_id = holder(id)
+                if response_id is None or response_id in read:
+                    raise ItemNotFound(index, id)
+                if len(read) == MAX_REFERENCED:
+                    raise GatewayError(
+                        "invalid_request",
+                        f"input[{index}]: the input refers to items of more than "
+                        f"{MAX_REFERENCED} stored responses; send some of the items themselves",
+                        400,
+                        param=f"input[{index}]",
+                    )
+                read.add(response_id)
+                found = await self.find(response_id, owner)
+                if found is not None:
+                    base = response_id.removeprefix("resp_")
+                    items.update(referable(found.response, found.input_items, base))
+                if id not in items:
+                    raise ItemNotFound(index, id)
+            replaced[index] = resent(items[id])
+        return with_references(request, replaced)

@@ -31,17 +31,17 @@ const MODELS = [
     name: "openai('oa') (the Responses API)",
     model: (openai) => openai('oa'),
     path: '/v1/responses',
-    // With the provider's default store: true, a later step refers to the earlier step's
-    // output by id ({type: 'item_reference'}), which the gateway does not resolve (see
-    // tests/test_sdk_item_reference.py); store: false makes it send the items themselves.
-    options: { openai: { store: false } },
+    // With the provider's default, store: true, a later step refers to the earlier step's
+    // message by id ({type: 'item_reference', id: 'msg_...'}), which the gateway resolves
+    // from the response it stored under the same key.
+    references: true,
     toolResult: (body) => body.input.find((item) => item.type === 'function_call_output').output,
   },
   {
     name: "openai.chat('oa') (Chat Completions)",
     model: (openai) => openai.chat('oa'),
     path: '/v1/chat/completions',
-    options: undefined,
+    references: false,
     toolResult: (body) => body.messages.find((message) => message.role === 'tool').content,
   },
 ];
@@ -112,7 +112,6 @@ for (const kind of MODELS) {
           prompt: `Look up the weather ${nonce()}`,
           tools: { lookup: lookup(results) },
           stopWhen: stepCountIs(3),
-          providerOptions: kind.options,
         });
         assert.equal(result.steps.length, 2);
         const [first, last] = result.steps;
@@ -133,6 +132,12 @@ for (const kind of MODELS) {
           [`${GATEWAY}${kind.path}`, `${GATEWAY}${kind.path}`],
         );
         assert.equal(kind.toolResult(sent[1].body), results[0]);
+        if (kind.references) {
+          // the first step's message went back as a reference, not repeated
+          const references = sent[1].body.input.filter((item) => item.type === 'item_reference');
+          assert.equal(references.length, 1);
+          assert.match(references[0].id, /^msg_/);
+        }
         // and the tool's result reached the upstream (route oa: Chat Completions)
         const upstream = await upstreamRequest(results[0]);
         assert.equal(upstream.path, '/v1/chat/completions');

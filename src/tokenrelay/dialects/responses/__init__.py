@@ -3,13 +3,18 @@ the simulator's third API. ``request`` reads and writes bodies, ``stream`` the e
 ``whole`` non-streaming responses and errors, ``wire`` the JSON shapes they share.
 
 Storage of responses (``store``, ``previous_response_id``, retrieval) is not part of this
-dialect: ``tokenrelay.response_store`` keeps them; ``items`` and ``continue_request`` are what
-it needs from here.
+dialect: ``tokenrelay.response_store`` keeps them; ``items``, ``continue_request`` and
+``with_references`` (input items that refer to stored ones by id) are what it needs from here.
 """
 
 from __future__ import annotations
 
-from tokenrelay.dialects.responses.request import continue_request, encode_request, parse_request
+from tokenrelay.dialects.responses.request import (
+    continue_request,
+    encode_request,
+    parse_request,
+    with_references,
+)
 from tokenrelay.dialects.responses.stream import (
     ResponsesReader,
     ResponsesWriter,
@@ -42,4 +47,5 @@ __all__ = [
     "parse_response",
     "stream_reader",
     "stream_writer",
+    "with_references",
 ]

@@ -38,6 +38,7 @@ from tokenrelay.dialects.responses.wire import (
     INPUT,
     NAME,
     REASONING_IDS,
+    REFERENCES,
     custom_arguments,
     custom_input,
 )
@@ -83,8 +84,7 @@ _OTHER_ITEMS = frozenset(
     | {"compaction", "image_generation_call", "code_interpreter_call", "local_shell_call"}
     | {"local_shell_call_output", "shell_call", "shell_call_output", "apply_patch_call"}
     | {"apply_patch_call_output", "mcp_list_tools", "mcp_approval_request"}
-    | {"mcp_approval_response", "mcp_call", "compaction_trigger", "item_reference", "program"}
-    | {"program_output"}
+    | {"mcp_approval_response", "mcp_call", "compaction_trigger", "program", "program_output"}
 )
 _ITEMS = (
     "message, function_call, function_call_output, custom_tool_call, custom_tool_call_output "
@@ -116,7 +116,8 @@ def parse_request(body: bytes) -> Request:
 
     A body naming a ``previous_response_id`` is parsed as far as it can be alone (its outputs
     may answer calls of the stored response) and keeps the body, so that
-    ``continue_request`` can parse it again behind the stored turns once they are read."""
+    ``continue_request`` can parse it again behind the stored turns once they are read. So is
+    one whose input holds ``item_reference`` items, for ``with_references``."""
     data = decode_body(body)
     if not isinstance(data, dict):
         raise GatewayError(
@@ -131,6 +132,14 @@ def continue_request(request: Request, history: list[Any]) -> Request:
     """``request`` (which continues a stored response) parsed again with ``history``, the
     stored response's input and output items, before its own input."""
     return _parse(request.front_options[BODY], history)
+
+
+def with_references(request: Request, items: dict[int, Any]) -> Request:
+    """``request`` (whose input refers to stored items) parsed again with each
+    ``item_reference`` replaced by ``items[index]``, the item it names (None: left out)."""
+    data = request.front_options[BODY]
+    resolved = [items.get(i, item) for i, item in enumerate(data["input"])]
+    return _parse({**data, "input": [item for item in resolved if item is not None]}, None)
 
 
 def _parse(data: dict[str, Any], history: list[Any] | None) -> Request:
@@ -173,7 +182,8 @@ def _parse(data: dict[str, Any], history: list[Any] | None) -> Request:
         items = raw_input
     # alone, a continuing request's outputs may answer calls only the stored turns hold
     check_calls = previous is None or history is not None
-    messages = _input(items, system, extra, reasoning_ids, check_calls)
+    references: list[tuple[int, str]] = []
+    messages = _input(items, system, extra, reasoning_ids, references, check_calls)
     metadata = data.get("metadata")
     user = data.get("safety_identifier") or data.get("user")
     front: dict[str, Any] = {ECHO: {k: v for k, v in data.items() if k in _ECHOED}}
@@ -191,6 +201,9 @@ def _parse(data: dict[str, Any], history: list[Any] | None) -> Request:
         front[BODY] = data
         if history is not None:
             front[HISTORY] = history
+    if references:
+        front[REFERENCES] = references
+        front[BODY] = data
     if isinstance(metadata, dict) and "user_id" in metadata and not user:
         user = metadata["user_id"]
     return Request(
@@ -381,6 +394,7 @@ def _input(
     system: list[str],
     extra: dict[str, Any],
     reasoning_ids: list[str],
+    references: list[tuple[int, str]],
     check_calls: bool = True,
 ) -> list[Message]:
     if isinstance(value, str):
@@ -429,7 +443,8 @@ def _input(
         elif kind in ("function_call_output", "custom_tool_call_output"):
             assistant = None
             call_id = _str(item, "call_id", where)
-            if check_calls and call_id not in calls:
+            # a call may be among the items referred to, read only once the input is parsed
+            if check_calls and not references and call_id not in calls:
                 raise _invalid(
                     f"{where}.call_id",
                     f"no function_call or custom_tool_call with call_id {call_id!r} comes "
@@ -441,6 +456,11 @@ def _input(
             part = _reasoning(item, where, reasoning_ids)
             if part is not None:
                 turn().append(part)
+        elif kind == "item_reference":
+            item_id = item.get("id")
+            if not isinstance(item_id, str) or not item_id:
+                raise _invalid(f"{where}.id", "the id of a stored item (msg_..., fc_...) is needed")
+            references.append((i, item_id))
         elif kind in _OTHER_ITEMS:
             extra["input"] = value  # e.g. web_search_call: a Responses upstream takes it whole
             assistant = None

@@ -25,6 +25,9 @@ CLIENT_SYSTEM = "responses_client_system"
 CONTINUES = "responses_continues"  # ``previous_response_id``, when the request continues one
 BODY = "responses_body"  # the decoded body of such a request, until the stored turns join it
 HISTORY = "responses_history"  # the stored items a continued request starts with
+# the input's ``item_reference`` items as (index in ``input``, referenced id), when it has any:
+# the stored items they name replace them (and BODY is kept) before any route check
+REFERENCES = "responses_references"
 RESULT = "responses_result"  # the response object, once the writer has ended it
 
 CUSTOM_INPUT = "input"  # the one string argument a custom tool becomes elsewhere
