@@ -52,7 +52,7 @@ test: $(STAMP) $(NODE_STAMP) $(AGENTS_STAMP) chromium
 ## The docs site (docs/, mkdocs.yml) into site/, strict: a broken link or anchor, or a settings
 ## reference out of date with the code (docs/gen_config.py), fails it. Offline: nothing is fetched.
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## The benchmark of BENCHMARKS.md (a few minutes; loopback only).
 bench: $(STAMP) bytecode

@@ -90,7 +90,9 @@ def type_name(tp: Any) -> str:
     if _is_union(tp):
         return " or ".join(type_name(arg) for arg in typing.get_args(tp))
     if typing.get_origin(tp) is typing.Literal:
-        return " or ".join(f'"{arg}"' if isinstance(arg, str) else str(arg) for arg in typing.get_args(tp))
+        return " or ".join(
+            f'"{arg}"' if isinstance(arg, str) else str(arg) for arg in typing.get_args(tp)
+        )
     origin = typing.get_origin(tp)
     if origin is not None:
         args = typing.get_args(tp)
@@ -266,7 +268,9 @@ def reference() -> str:
             sections.setdefault(row.path, [])
             if row.type == "table":
                 continue
-        sections.setdefault(row.section or (row.path if row.path in parents else ""), []).append(row)
+        sections.setdefault(row.section or (row.path if row.path in parents else ""), []).append(
+            row
+        )
     out = [BEGIN, ""]
     for name, members in sections.items():
         if not members:
@@ -276,10 +280,15 @@ def reference() -> str:
         if name:
             field = next(f for f in msgspec.structs.fields(module.Settings) if f.name == name)
             owner = _struct_type(field.type) or _item_struct(field.type)
-            doc = notes.get(name) or (" ".join((inspect.getdoc(owner) or "").split()) if owner else "")
+            doc = notes.get(name) or (
+                " ".join((inspect.getdoc(owner) or "").split()) if owner else ""
+            )
             if doc:
                 out += [_rst_to_markdown(doc), ""]
-        out += ["| setting | environment | type | default | meaning |", "| --- | --- | --- | --- | --- |"]
+        out += [
+            "| setting | environment | type | default | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for row in members:
             out.append(
                 f"| {_code(row.path)} | {_code(row.env)} | {_code(row.type)} | "
@@ -341,7 +350,9 @@ def check() -> str | None:
         return f"docs/config_notes.toml describes settings that do not exist: {', '.join(stale)}"
     page = PAGE.read_text(encoding="utf-8")
     if render(page) != page:
-        return "docs/configuration.md is out of date with the settings: run python docs/gen_config.py"
+        return (
+            "docs/configuration.md is out of date with the settings: run python docs/gen_config.py"
+        )
     return None
 
 
