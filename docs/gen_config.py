@@ -130,7 +130,7 @@ def value_text(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(value_text(item) for item in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {value_text(v)}" for k, v in value.items()) + "}"
+        return "{ " + ", ".join(f"{k} = {value_text(v)}" for k, v in value.items()) + " }"
     return str(value)
 
 
@@ -177,8 +177,11 @@ def docstring_sentence(cls: type, name: str) -> str:
 
 
 def _rst_to_markdown(text: str) -> str:
-    text = text.replace("``", "`")
-    return text[:1].upper() + text[1:] if text and not text.startswith("`") else text
+    """A comment or docstring as a sentence of the page: Markdown code, a capital, a full stop."""
+    text = text.replace("``", "`").strip()
+    if text and not text.startswith("`"):
+        text = text[:1].upper() + text[1:]
+    return text + "." if text and not text.endswith((".", ")", ":")) else text
 
 
 def walk(
@@ -305,27 +308,22 @@ def _item_struct(tp: Any) -> type[msgspec.Struct] | None:
     return _struct_type(args[-1]) if args else None
 
 
-def builtin_toml(data: dict[str, Any], prefix: str = "") -> str:
-    """The built-in providers and routes as TOML tables."""
-    lines: list[str] = []
-    for key, value in data.items():
-        name = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and all(isinstance(v, dict) for v in value.values()):
-            lines.append(builtin_toml(value, name))
-            continue
-        if isinstance(value, dict):
-            if lines:
-                lines.append("")
-            lines.append(f"[{name}]")
-            for field, item in value.items():
-                if isinstance(item, dict):
-                    lines.append(f"{field} = {value_text(item)}")
-                elif isinstance(item, list) and item and isinstance(item[0], dict):
-                    inner = ",\n    ".join(value_text(entry) for entry in item)
-                    lines.append(f"{field} = [\n    {inner},\n]")
+def builtin_toml(data: dict[str, Any]) -> str:
+    """The built-in providers and routes as TOML tables (an unset value as a comment)."""
+    blocks = []
+    for group, tables in data.items():
+        for name, table in tables.items():
+            lines = [f"[{group}.{name}]"]
+            for field, value in table.items():
+                if value is None:
+                    lines.append(f"# {field}: unset")
+                elif isinstance(value, list) and value and isinstance(value[0], dict):
+                    inner = "".join(f"    {value_text(entry)},\n" for entry in value)
+                    lines.append(f"{field} = [\n{inner}]")
                 else:
-                    lines.append(f"{field} = {value_text(item)}")
-    return "\n".join(line for line in lines if line is not None).replace("\n\n\n", "\n\n")
+                    lines.append(f"{field} = {value_text(value)}")
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def render(page: str) -> str:
