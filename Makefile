@@ -8,7 +8,7 @@ NODE_STAMP := $(NODE_DIR)/node_modules/.installed
 AGENTS_DIR := tests/agents
 AGENTS_STAMP := $(AGENTS_DIR)/node_modules/.installed
 
-.PHONY: serve test lint bench bench-compare clean chromium bytecode
+.PHONY: serve test docs lint bench bench-compare clean chromium bytecode
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,13 @@ test: $(STAMP) $(NODE_STAMP) $(AGENTS_STAMP) chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(MAKE) docs
 	$(BIN)/pytest
+
+## The docs site (docs/, mkdocs.yml) into site/, strict: a broken link or anchor, or a settings
+## reference out of date with the code (docs/gen_config.py), fails it. Offline: nothing is fetched.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 ## The benchmark of BENCHMARKS.md (a few minutes; loopback only).
 bench: $(STAMP) bytecode
@@ -58,4 +64,4 @@ bench-compare: $(STAMP) bytecode
 	$(BIN)/python bench/compare.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(AGENTS_DIR)/node_modules test-artifacts
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(AGENTS_DIR)/node_modules test-artifacts

@@ -1,7 +1,7 @@
 """The deployment examples in deploy/ checked against the code, so they cannot drift from it.
 
 - Every ``TOKENRELAY_*`` variable they name (comments included) is a field of ``Settings`` and is
-  documented in the README's Configuration table, and the values they give load without a
+  documented in docs/configuration.md, and the values they give load without a
   ``ConfigError``, together with the env file all three read.
 - The paths they probe answer on a real gateway, and the image's HEALTHCHECK command itself is
   run against it (and fails once it is gone).
@@ -41,7 +41,7 @@ UNIT = DEPLOY / "tokenrelay.service"
 CONTAINERFILE = DEPLOY / "Containerfile"
 KUBERNETES = DEPLOY / "kubernetes.yaml"
 ENV_FILE = DEPLOY / "tokenrelay.env.example"
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+PAGES = {"Configuration": ROOT / "docs/configuration.md", "Deployment": ROOT / "docs/deployment.md"}
 VARIABLE = re.compile(r"\bTOKENRELAY_[A-Z0-9_]*[A-Z0-9]")
 SECRETS = {
     "ANTHROPIC_API_KEY",
@@ -53,15 +53,14 @@ SECRETS = {
 
 
 def section(title: str) -> str:
-    """One ``## title`` section of the README, up to the next one."""
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end >= 0 else len(README)]
+    """The docs page on ``title`` (docs/configuration.md, docs/deployment.md)."""
+    return PAGES[title].read_text(encoding="utf-8")
 
 
 def shutdown_tail() -> float:
-    """Seconds the process may still take after ``shutdown_grace`` (README, Graceful shutdown):
-    the interrupted streams' error events, anything else still open, the ledger's last flush."""
+    """Seconds the process may still take after ``shutdown_grace`` (docs/deployment.md,
+    Graceful shutdown): the interrupted streams' error events, anything else still open, the
+    ledger's last flush."""
     flush = re.search(r"ledger\.close\(timeout=([\d.]+)\)", inspect.getsource(Gateway.stop))
     assert flush, "Gateway.stop no longer says how long the ledger's flush may take"
     return server._FINISH_WAIT + server._LAST_RESORT_WAIT + float(flush.group(1))
@@ -195,13 +194,13 @@ def test_every_variable_named_is_a_documented_setting() -> None:
     documented = set(VARIABLE.findall(table))
     wildcards = [w[:-1] for w in re.findall(r"TOKENRELAY_[A-Z0-9_]*__\*", table)]
     texts = {path.name: path.read_text(encoding="utf-8") for path in DEPLOY.iterdir()}
-    texts["README Deployment"] = section("Deployment")
+    texts["docs/deployment.md"] = section("Deployment")
     named = {(where, name) for where, text in texts.items() for name in VARIABLE.findall(text)}
     assert {name for _, name in named} >= {"TOKENRELAY_SHUTDOWN_GRACE", "TOKENRELAY_DATABASE_URL"}
     for where, name in sorted(named):
         assert is_setting(name), f"{where} names {name}, which is no setting"
         assert name in documented or name.startswith(tuple(wildcards)), (
-            f"{where} names {name}, which the README's Configuration table does not document"
+            f"{where} names {name}, which docs/configuration.md does not document"
         )
 
 
@@ -298,7 +297,10 @@ def test_containerfile() -> None:
     command = healthcheck_command()
     assert command[0] == "python" and "/healthz" in command[-1]  # no curl in the slim image
     # Docker's stop timeout is 10 s; the documented runs give it more than the drain.
-    for where, text in [("Containerfile", CONTAINERFILE.read_text()), ("README", README)]:
+    for where, text in [
+        ("Containerfile", CONTAINERFILE.read_text()),
+        ("docs/deployment.md", section("Deployment")),
+    ]:
         timeouts = [int(t) for t in re.findall(r"--stop-timeout (\d+)", text)]
         assert timeouts, f"{where}: no `docker run --stop-timeout`"
         assert min(timeouts) > settings.shutdown_grace + shutdown_tail(), where
@@ -394,7 +396,7 @@ def test_kubernetes_terminates_after_the_drain() -> None:
 def test_readme_presents_every_deploy_file() -> None:
     text = section("Deployment")
     for path in DEPLOY.iterdir():
-        assert f"deploy/{path.name}" in text, f"the README's Deployment does not mention {path}"
+        assert f"deploy/{path.name}" in text, f"docs/deployment.md does not mention {path}"
     assert "docker build -f deploy/Containerfile ." in text
 
 
