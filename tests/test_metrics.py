@@ -24,15 +24,8 @@ import pytest_asyncio
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tokenrelay.failover import Attempt
 from tokenrelay.model import Usage
-from tokenrelay.observe.metrics import (
-    CONTENT_TYPE,
-    EXTRA_LABEL_VALUES,
-    Counter,
-    GatewayMetrics,
-    Gauge,
-    Histogram,
-    render,
-)
+from tokenrelay.observe.metrics import EXTRA_LABEL_VALUES, GatewayMetrics
+from tokenrelay.observe.prometheus import CONTENT_TYPE, Counter, Gauge, Histogram, render
 from tokenrelay.records import StreamRecord
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")  # the async tests; the rest read a fixture
@@ -528,10 +521,11 @@ def test_label_values_are_escaped_and_read_back() -> None:
         Counter("no_suffix", "A counter must end in _total.")
 
 
-def fake_gateway(routes: Iterable[str] = ("an",)) -> Any:
+def fake_routes(routes: Iterable[str] = ("an",)) -> Any:
+    """A route table as the metrics read it (the router is one)."""
     target = SimpleNamespace(provider="anthropic", model="claude-sonnet-5-5")
     route = SimpleNamespace(targets=[(target, None)])
-    return SimpleNamespace(router=SimpleNamespace(routes={name: route for name in routes}))
+    return SimpleNamespace(routes={name: route for name in routes})
 
 
 def record(route: str = "an", model: str = "claude-sonnet-5-5", **extra: Any) -> StreamRecord:
@@ -550,7 +544,7 @@ def record(route: str = "an", model: str = "claude-sonnet-5-5", **extra: Any) ->
 
 def test_names_a_client_makes_up_are_bounded() -> None:
     """A client naming provider models of its own cannot grow the page without bound."""
-    metrics = GatewayMetrics(fake_gateway())
+    metrics = GatewayMetrics(fake_routes())
     for i in range(EXTRA_LABEL_VALUES * 2):
         metrics(record(route=f"claude-made-up-{i}", model=f"claude-made-up-{i}"))
     routes = {labels.get("route") for _, labels, _ in parse_requests(metrics)}
@@ -567,7 +561,7 @@ def parse_requests(metrics: GatewayMetrics) -> list[tuple[str, dict[str, str], f
 def test_the_cost_of_one_record(capsys: pytest.CaptureFixture[str]) -> None:
     """What the listener costs per finished request: printed, never asserted (timing is the
     machine's business)."""
-    metrics = GatewayMetrics(fake_gateway())
+    metrics = GatewayMetrics(fake_routes())
     plain = record()
     failover = record(
         attempts=[
@@ -609,9 +603,8 @@ async def test_the_cost_of_a_scrape(scripted: Scripted, capsys: pytest.CaptureFi
 def test_model_labels_are_bounded_by_the_setting() -> None:
     """metrics.max_model_labels: names past the configured ones and that many more are
     "other"; nothing is lost."""
-    gateway = fake_gateway()
-    gateway.settings = SimpleNamespace(metrics=SimpleNamespace(max_model_labels=5, shared_dir=None))
-    metrics = GatewayMetrics(gateway)
+    settings = SimpleNamespace(max_model_labels=5, shared_dir=None)
+    metrics = GatewayMetrics(fake_routes(), settings)
     for i in range(40):
         metrics(record(route=f"gpt-5.5-x{i}", model=f"gpt-5.5-x{i}"))
     requests = parse_requests(metrics)

@@ -15,8 +15,9 @@ import msgspec
 import pytest
 
 from tests.servers import ServeProcess, clean_environ
-from tests.test_metrics import CLAUDE, Family, fake_gateway, parse, record, value
-from tokenrelay.observe.metrics import GatewayMetrics, Metric, render
+from tests.test_metrics import CLAUDE, Family, fake_routes, parse, record, value
+from tokenrelay.observe.metrics import GatewayMetrics
+from tokenrelay.observe.prometheus import Metric, render
 from tokenrelay.observe.snapshots import WRITE_EVERY, Snapshots
 
 REQUESTS = 24
@@ -162,7 +163,7 @@ def families_of(metrics: GatewayMetrics) -> list[Metric]:
 
 def test_counters_add_up_over_every_worker_and_gauges_over_the_running_ones() -> None:
     with tempfile.TemporaryDirectory() as directory:
-        me, alive, gone = (GatewayMetrics(fake_gateway()) for _ in range(3))
+        me, alive, gone = (GatewayMetrics(fake_routes()) for _ in range(3))
         for metrics, served in ((me, 3), (alive, 5), (gone, 7)):
             for _ in range(served):
                 metrics(record())
@@ -193,7 +194,7 @@ def test_the_cost_of_a_merged_scrape(capsys: pytest.CaptureFixture[str]) -> None
     """Merging another worker's snapshot into a page of about 200 series: printed, not
     asserted."""
     with tempfile.TemporaryDirectory() as directory:
-        me, other = GatewayMetrics(fake_gateway()), GatewayMetrics(fake_gateway())
+        me, other = GatewayMetrics(fake_routes()), GatewayMetrics(fake_routes())
         for metrics in (me, other):
             for i in range(50):
                 metrics(record(route=f"r{i % 10}", model=f"claude-{i}"))

@@ -41,8 +41,8 @@ from tokenrelay.relay import (
 )
 
 if TYPE_CHECKING:
-    from tokenrelay.app import Gateway
     from tokenrelay.gate.gatekeeper import Admission
+    from tokenrelay.gateway import Gateway
     from tokenrelay.router import Route
 
 log = logging.getLogger("tokenrelay.count_tokens")

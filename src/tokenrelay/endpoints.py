@@ -29,7 +29,7 @@ from tokenrelay.path_errors import render
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from tokenrelay.app import Gateway
+    from tokenrelay.gateway import Gateway
     from tokenrelay.relay import RelayEndpoint
 
 WEB = Path(__file__).parent / "web"
@@ -112,7 +112,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
 
     async def metrics(request: HTTPRequest) -> Response:
         """The Prometheus text format (see ``observe.metrics``, loaded at start-up)."""
-        from tokenrelay.observe.metrics import CONTENT_TYPE
+        from tokenrelay.observe.prometheus import CONTENT_TYPE
 
         assert gateway.metrics is not None  # the route exists only when metrics are enabled
         body = await gateway.metrics.exposition()

@@ -21,7 +21,7 @@ from tokenrelay.router import check_name
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from tokenrelay.app import Gateway
+    from tokenrelay.gateway import Gateway
     from tokenrelay.router import Route
 
 EPOCH = "1970-01-01T00:00:00Z"

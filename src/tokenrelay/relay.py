@@ -29,8 +29,8 @@ from tokenrelay.router import RouteFailed
 from tokenrelay.screening.canary import CanaryWatch, leak_error
 
 if TYPE_CHECKING:
-    from tokenrelay.app import Gateway
     from tokenrelay.dialects import StreamWriter
+    from tokenrelay.gateway import Gateway
     from tokenrelay.observe.tracing import RequestTrace
     from tokenrelay.router import Attempt, OpenStream
 

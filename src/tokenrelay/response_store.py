@@ -45,7 +45,7 @@ from tokenrelay.model import GatewayError, Request
 if TYPE_CHECKING:
     from tokenrelay.gate.gatekeeper import Gate
     from tokenrelay.gate.identity import Identity
-    from tokenrelay.observe.metrics import Counter, Metric
+    from tokenrelay.observe.prometheus import Counter, Metric
     from tokenrelay.records import StreamRecord
     from tokenrelay.settings import ResponsesSettings
     from tokenrelay.store import Database
@@ -185,7 +185,7 @@ class ResponseStore:
 
     def metrics(self) -> list[Metric]:
         """This store's counters for ``GET /metrics``, read now."""
-        from tokenrelay.observe.metrics import Counter
+        from tokenrelay.observe.prometheus import Counter
 
         if self._counters is None:
             self._counters = (

@@ -18,7 +18,7 @@ from tokenrelay.dialects.responses.items import listed
 from tokenrelay.model import GatewayError
 
 if TYPE_CHECKING:
-    from tokenrelay.app import Gateway
+    from tokenrelay.gateway import Gateway
     from tokenrelay.response_store import Found
 
 _JSON = "application/json"

@@ -27,7 +27,7 @@ from uvicorn.supervisors import multiprocess
 from tokenrelay.settings import Settings
 
 if TYPE_CHECKING:
-    from tokenrelay.app import Gateway
+    from tokenrelay.gateway import Gateway
 
 log = logging.getLogger("tokenrelay.server")
 # After the drain, what uvicorn still waits for anything else open (a page download, a stream
@@ -67,7 +67,7 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
 def find_gateway(app: object) -> Gateway | None:
     """The gateway behind an ASGI app, through any wrappers that keep the wrapped app in
     ``.app`` (uvicorn's own middlewares, ours, most third-party ones)."""
-    from tokenrelay.app import Gateway
+    from tokenrelay.gateway import Gateway
 
     for _ in range(32):
         gateway = getattr(getattr(app, "state", None), "gateway", None)

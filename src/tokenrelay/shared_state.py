@@ -505,6 +505,16 @@ class SharedState:
         self.latency = RedisLatencyStats(self.link)
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def outages(self) -> int:
+        """Times Redis went away (a metric)."""
+        return self.link.outages
+
+    @property
+    def local_steps(self) -> int:
+        """Breaker steps taken without Redis, its local fallback (a metric)."""
+        return self.store.local_calls
+
     @classmethod
     def from_settings(cls, settings: Settings) -> SharedState:
         limits = settings.limits

@@ -149,6 +149,23 @@ class LedgerWriter:
         """``time.monotonic()`` of the first failed write of the current outage, else None."""
         return self._down_since
 
+    def spool_bytes(self) -> int | None:
+        """The spool files' size on disk, every process sharing the directory included (one
+        scan and a stat per file, a handful); None when the directory cannot be read."""
+        total = 0
+        try:
+            with os.scandir(self.spool_dir) as entries:
+                for entry in entries:
+                    name = entry.name
+                    if name.startswith(PREFIX) and name.endswith(SEGMENT):
+                        try:
+                            total += entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            continue  # written and removed meanwhile
+        except OSError:
+            return None
+        return total
+
     @property
     def dead_letter_path(self) -> Path:
         """Where refused rows go, one JSON line each: ``{"at", "reason", "row"}``."""

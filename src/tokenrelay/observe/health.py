@@ -27,10 +27,12 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from tokenrelay.app import Gateway
+    from tokenrelay.gate.gatekeeper import Gate
+    from tokenrelay.metering.writer import LedgerWriter
+    from tokenrelay.settings import Settings
 
 REDIS_TTL = 1.0  # seconds a ping's result is reused
 
@@ -79,10 +81,26 @@ class RedisProbe:
         return result
 
 
+class Served(Protocol):
+    """What readiness reads of the running gateway (``gateway.Gateway`` is one): ``router``
+    raises ``RuntimeError`` until start-up has finished."""
+
+    @property
+    def draining(self) -> bool: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def ledger(self) -> LedgerWriter | None: ...
+    @property
+    def router(self) -> object: ...
+    @property
+    def gate(self) -> Gate: ...
+
+
 class Readiness:
     """The checks behind ``/readyz`` for one gateway."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Served) -> None:
         self.gateway = gateway
         self._redis: RedisProbe | None = None
 

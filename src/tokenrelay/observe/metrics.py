@@ -1,11 +1,6 @@
-"""Prometheus metrics for ``GET /metrics``, in the text exposition format 0.0.4.
-
-Why not ``prometheus_client``: importing it costs about 85 ms (it brings ``http.server`` and
-``wsgiref`` along for exposition servers we would never start), against a cold-start budget of
-300 ms from spawn to first token. What the gateway needs is small: counters, gauges and
-histograms keyed by label tuples, and their text rendering (HELP and TYPE lines, escaped label
-values, cumulative ``_bucket`` lines ending in ``+Inf``, ``_sum`` and ``_count``). That is this
-module, with no import beyond the standard library.
+"""The gateway's metrics for ``GET /metrics``: what is counted per finished request, and the
+reporters that read each component's own numbers at scrape time. The text format itself is
+``observe.prometheus``.
 
 How it stays off the stream's path:
 
@@ -15,44 +10,47 @@ How it stays off the stream's path:
   ``(route, outcome, error_type, provider, model)``, so a record costs one dict lookup and a few
   additions; attempts are only walked when there was more than one, or one that failed.
 - Gauges that describe the present (streams open, breaker states, the ledger's backlog, pooled
-  upstream connections) are read when ``/metrics`` is asked, from the objects that already keep
-  them, so nothing is maintained for them in between.
+  upstream connections) are read when ``/metrics`` is asked, by reporters: small objects that
+  each hold one component's families and read that component's own counters (``app`` builds the
+  list; this module never sees the gateway). Nothing is maintained for them in between.
 
 Several workers (``tokenrelay serve --workers N``) serve one page: the supervisor makes a
 directory (``metrics.shared_dir``) and each worker writes its families there as a compact
-snapshot at most once a second and once more when it exits (``workers.Snapshots``); the worker
-asked for ``/metrics`` merges the others' snapshots with its own live values. Counters and
-histograms are summed over every worker that ever wrote (a worker that died keeps its counts),
-gauges over the live ones. Nothing of this runs per request.
+snapshot at most once a second and once more when it exits (``snapshots.Snapshots``); the worker
+asked for ``/metrics`` merges the others' snapshots with its own live values
+(``prometheus.merge``). Nothing of this runs per request.
 
 Names follow the OpenTelemetry GenAI semantic conventions where they have one (dots become
 underscores, the unit becomes a ``_seconds`` suffix, attributes become labels such as
-``gen_ai_provider_name``); the rest are ``tokenrelay_*``. Counters end in ``_total``. A label
-whose value is empty is left out of the line, which Prometheus reads as the same thing.
+``gen_ai_provider_name``); the rest are ``tokenrelay_*``. Counters end in ``_total``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
-from bisect import bisect_left
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tokenrelay import __version__
+from tokenrelay.observe.prometheus import (
+    Counter,
+    Gauge,
+    Histogram,
+    HistogramChild,
+    Metric,
+    merge,
+    render,
+)
 
 if TYPE_CHECKING:
-    from tokenrelay.app import Gateway
-    from tokenrelay.failover import Attempt
     from tokenrelay.observe.snapshots import Snapshots
     from tokenrelay.records import StreamRecord
+    from tokenrelay.settings import MetricsSettings
 
 log = logging.getLogger("tokenrelay.metrics")
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Whole requests: 10 ms (a tiny non-streamed answer) to long generations.
 DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120)
@@ -89,262 +87,49 @@ REJECTION_REASONS = {
 EXTRA_LABEL_VALUES = 100
 OTHER = "other"
 
-Labels = tuple[str, ...]
+
+# --- what the metrics read, as small interfaces -----------------------------------------------
 
 
-# --- the exposition format ---------------------------------------------------------------------
+class _Target(Protocol):
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model(self) -> str: ...
 
 
-def escape_label(value: str) -> str:
-    """A label value as the format wants it: backslash, double quote and newline escaped."""
-    if "\\" in value or '"' in value or "\n" in value:
-        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return value
+class _Route(Protocol):
+    @property
+    def targets(self) -> Sequence[tuple[_Target, Any]]: ...
 
 
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+class Attempt(Protocol):
+    """One try of a target, as ``records.StreamRecord.attempts`` lists them."""
+
+    @property
+    def provider(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
 
 
-def format_value(value: float) -> str:
-    """Integers exactly; floats in their shortest round-trip form; infinities as the format
-    spells them."""
-    if isinstance(value, int):
-        return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(value)
+class RouteTable(Protocol):
+    """The configured routes, each with its targets in order (the router is one): their names
+    bound the labels, and the order tells who won a hedge race."""
+
+    @property
+    def routes(self) -> Mapping[str, _Route]: ...
 
 
-def format_scaled(value: int, digits: int) -> str:
-    """``value / 10**digits`` as an exact decimal string (nanodollars as dollars): a float sum
-    of many small costs would drift, so the sum is kept in integers and divided only here."""
-    whole, frac = divmod(value, 10**digits)
-    return f"{whole}.{frac:0{digits}d}".rstrip("0").rstrip(".") if frac else str(whole)
+class BreakerStates(Protocol):
+    """Each target's circuit, ``"provider:model" -> state`` (``breaker.CircuitBreaker``)."""
+
+    async def snapshot(self) -> Mapping[str, str]: ...
 
 
-def label_text(names: Sequence[str], values: Labels, extra: str = "") -> str:
-    """``{a="x",b="y"}`` for the non-empty values, plus ``extra`` (a bucket's ``le``)."""
-    pairs = [f'{name}="{escape_label(value)}"' for name, value in zip(names, values, strict=True)]
-    pairs = [pair for pair, value in zip(pairs, values, strict=True) if value]
-    if extra:
-        pairs.append(extra)
-    return "{" + ",".join(pairs) + "}" if pairs else ""
-
-
-class Value:
-    """A counter's or a gauge's value for one label set; its label text is made once."""
-
-    __slots__ = ("labels", "value")
-
-    def __init__(self, labels: str) -> None:
-        self.labels = labels
-        self.value: float = 0
-
-
-class HistogramChild:
-    """One label set's histogram: a count per bucket (not cumulative: one increment per
-    observation) and the sum; cumulated only when rendered."""
-
-    __slots__ = ("bounds", "counts", "lines", "sum", "tail")
-
-    def __init__(self, bounds: tuple[float, ...], lines: list[str], tail: tuple[str, str]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-        self.lines = lines  # each bucket's line up to its value
-        self.tail = tail  # the _sum and _count lines up to their value
-
-    def observe(self, value: float) -> None:
-        # bisect_left: the first bound >= value, so a value equal to a bound counts in it (le).
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-
-class Metric:
-    """A metric family: its name, help, type and label names, and one child per label tuple
-    (the dict is the cache: asking for the same labels again returns the same child)."""
-
-    kind = "untyped"
-    # Across workers: "sum" over every snapshot (counters, histograms; gauges over live workers
-    # only), "max" over live workers, or "own": this process's value alone.
-    merge: Literal["sum", "max", "own"] = "sum"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help
-        self.labelnames = tuple(labelnames)
-
-    def dump(self) -> list[Any]:
-        """The children as plain data for a snapshot: ``[labels, value...]`` each."""
-        raise NotImplementedError  # abstract: _Scalar and Histogram implement it
-
-    def merged(self, dumps: Iterable[list[Any]]) -> Metric:
-        """A copy of this family with other workers' dumps added to its children."""
-        raise NotImplementedError
-
-    def header(self, out: list[str]) -> None:
-        out.append(f"# HELP {self.name} {escape_help(self.help)}")
-        out.append(f"# TYPE {self.name} {self.kind}")
-
-    def render(self, out: list[str]) -> None:
-        """The family's sample lines; every kind of metric writes its own."""
-        raise NotImplementedError  # abstract: _Scalar and Histogram implement it
-
-
-class _Scalar(Metric):
-    """One number per label set. ``digits``: the value is kept as an integer and shown divided
-    by ``10**digits`` (exact money)."""
-
-    def __init__(
-        self, name: str, help: str, labelnames: Sequence[str] = (), *, digits: int = 0
-    ) -> None:
-        super().__init__(name, help, labelnames)
-        self.digits = digits
-        self.children: dict[Labels, Value] = {}
-
-    def labels(self, *values: str) -> Value:
-        child = self.children.get(values)
-        if child is None:
-            child = self.children[values] = Value(label_text(self.labelnames, values))
-        return child
-
-    def dump(self) -> list[Any]:
-        return [[labels, child.value] for labels, child in self.children.items()]
-
-    def merged(self, dumps: Iterable[list[Any]]) -> _Scalar:
-        copy = object.__new__(type(self))
-        copy.__dict__.update(self.__dict__)
-        children: dict[Labels, Value] = {}
-        for labels, child in self.children.items():
-            children[labels] = mine = Value(child.labels)
-            mine.value = child.value
-        take_max = self.merge == "max"
-        for dump in dumps:
-            for raw, number in dump:
-                labels = tuple(raw)
-                found = children.get(labels)
-                if found is None:
-                    children[labels] = found = Value(label_text(self.labelnames, labels))
-                    found.value = number
-                elif take_max:
-                    found.value = max(found.value, number)
-                else:
-                    found.value += number
-        copy.children = children
-        return copy
-
-    def render(self, out: list[str]) -> None:
-        self.header(out)
-        name, digits = self.name, self.digits
-        for child in self.children.values():
-            value = child.value
-            text = format_scaled(int(value), digits) if digits else format_value(value)
-            out.append(f"{name}{child.labels} {text}")
-
-
-class Counter(_Scalar):
-    """A monotonic count. Its value may also be *set* at scrape time from a counter another
-    object keeps (the ledger's rows written), which is monotonic as well."""
-
-    kind = "counter"
-
-    def __init__(
-        self, name: str, help: str, labelnames: Sequence[str] = (), *, digits: int = 0
-    ) -> None:
-        if not name.endswith("_total"):
-            raise ValueError(f"counter {name} must end in _total")
-        super().__init__(name, help, labelnames, digits=digits)
-
-    def inc(self, *values: str, amount: float = 1) -> None:
-        self.labels(*values).value += amount
-
-
-class Gauge(_Scalar):
-    """A value that goes up and down; here mostly set at scrape time."""
-
-    kind = "gauge"
-
-    def set(self, *values: str, value: float) -> None:
-        self.labels(*values).value = value
-
-
-class Histogram(Metric):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help: str, labelnames: Sequence[str], buckets: Iterable[float]
-    ) -> None:
-        super().__init__(name, help, labelnames)
-        # Kept as given (integer bounds stay integers: a token count is bisected faster
-        # among ints than among floats), shown as floats.
-        self.bounds = tuple(sorted(buckets))
-        if not self.bounds or any(math.isinf(bound) for bound in self.bounds):
-            raise ValueError("give finite bucket bounds; +Inf is always added")
-        self._le = [f'le="{format_value(float(bound))}"' for bound in self.bounds]
-        self._le.append('le="+Inf"')
-        self.children: dict[Labels, HistogramChild] = {}
-
-    def labels(self, *values: str) -> HistogramChild:
-        child = self.children.get(values)
-        if child is None:
-            names, name = self.labelnames, self.name
-            lines = [f"{name}_bucket{label_text(names, values, le)} " for le in self._le]
-            plain = label_text(names, values)
-            tail = (f"{name}_sum{plain} ", f"{name}_count{plain} ")
-            child = self.children[values] = HistogramChild(self.bounds, lines, tail)
-        return child
-
-    def observe(self, *values: str, value: float) -> None:
-        self.labels(*values).observe(value)
-
-    def dump(self) -> list[Any]:
-        return [[labels, child.counts, child.sum] for labels, child in self.children.items()]
-
-    def merged(self, dumps: Iterable[list[Any]]) -> Histogram:
-        copy = object.__new__(Histogram)
-        copy.__dict__.update(self.__dict__)
-        copy.children = children = {}
-        for labels, child in self.children.items():  # the lines' text is reused as it is
-            mine = children[labels] = HistogramChild(child.bounds, child.lines, child.tail)
-            mine.counts, mine.sum = list(child.counts), child.sum
-        width = len(self.bounds) + 1
-        for dump in dumps:
-            for raw, counts, total in dump:
-                if len(counts) != width:
-                    continue  # another version's buckets: cannot be added
-                labels = tuple(raw)
-                found = children.get(labels)
-                if found is None:
-                    found = copy.labels(*labels)
-                mine_counts = found.counts
-                for index, count in enumerate(counts):
-                    mine_counts[index] += count
-                found.sum += total
-        return copy
-
-    def render(self, out: list[str]) -> None:
-        self.header(out)
-        for child in self.children.values():
-            total = 0
-            for line, count in zip(child.lines, child.counts, strict=True):
-                total += count
-                out.append(f"{line}{total}")
-            out.append(f"{child.tail[0]}{format_value(child.sum)}")
-            out.append(f"{child.tail[1]}{total}")
-
-
-def render(metrics: Iterable[Metric]) -> bytes:
-    out: list[str] = []
-    for metric in metrics:
-        metric.render(out)
-    out.append("")
-    return "\n".join(out).encode()
-
-
-# --- the gateway's metrics ---------------------------------------------------------------------
+Reporter = Callable[[], Sequence[Metric]]
+"""A component's families with its numbers read now; called at each scrape and snapshot."""
 
 
 class _Upstream:
@@ -383,8 +168,24 @@ class GatewayMetrics:
     ``__call__`` takes each finished request's record (after metering, which sets its cost);
     ``exposition`` reads the present state and renders everything."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(
+        self,
+        routes: RouteTable,
+        settings: MetricsSettings | None = None,
+        *,
+        active: Callable[[], int] = lambda: 0,
+        breaker: BreakerStates | None = None,
+        shared_breaker: bool = False,
+        reporters: Sequence[Reporter] = (),
+    ) -> None:
+        """``active``: the requests being relayed now; ``breaker``: the circuits (the router's
+        when not given); ``shared_breaker``: they live in Redis, the same for every worker;
+        ``reporters``: the other components' numbers, in the order they are shown."""
+        self.routes = routes
+        self._active = active
+        self._breaker = breaker
+        self._shared_breaker = shared_breaker
+        self.reporters = list(reporters)
         op = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
         self.duration = Histogram(
             "gen_ai_client_operation_duration_seconds",
@@ -486,65 +287,6 @@ class GatewayMetrics:
         self.active = Gauge(
             "tokenrelay_active_streams", "Requests being relayed now (admitted, not yet ended)."
         )
-        self.backlog = Gauge(
-            "tokenrelay_ledger_backlog_rows", "Ledger rows accepted and not yet in the database."
-        )
-        self.spooled = Gauge(
-            "tokenrelay_ledger_spooled_rows",
-            "Ledger rows in this process's spool files, not yet in the database.",
-        )
-        self.spool_bytes = Gauge(
-            "tokenrelay_ledger_spool_bytes",
-            "Bytes of spool files in the spool directory (every process sharing it), including "
-            "rows of a file already written whose file is not yet removed.",
-        )
-        self.written = Counter(
-            "tokenrelay_ledger_written_rows_total", "Ledger rows committed to the database."
-        )
-        self.write_errors = Counter(
-            "tokenrelay_ledger_write_errors_total", "Failed attempts to write a batch of rows."
-        )
-        self.dropped = Counter(
-            "tokenrelay_ledger_dropped_rows_total",
-            "Ledger rows lost: the spool could not be written and the memory buffer was full.",
-        )
-        self.limiter_failures = Counter(
-            "tokenrelay_ratelimit_backend_failures_total",
-            "Rate-limit decisions made without Redis: let through (policy open) or refused "
-            "(policy closed).",
-            ("policy",),
-        )
-        self.charges_lost = Counter(
-            "tokenrelay_ratelimit_charges_lost_total",
-            "Token charges that did not reach Redis.",
-        )
-        self.shared_outages = Counter(
-            "tokenrelay_shared_state_outages_total",
-            "Times Redis went away for the shared breaker and TTFT statistics (each instance "
-            "then decides locally until it is back).",
-        )
-        self.breaker_local = Counter(
-            "tokenrelay_breaker_local_steps_total",
-            "Circuit-breaker steps taken without Redis (its local fallback).",
-        )
-        self.audit_written = Counter("tokenrelay_audit_written_lines_total", "Audit lines written.")
-        self.audit_dropped = Counter(
-            "tokenrelay_audit_dropped_lines_total",
-            "Audit lines lost: the queue was full or the destination failed.",
-        )
-        self.budget_events = Counter(
-            "tokenrelay_budget_events_total",
-            "Budget events: alert (alert_at crossed), exhausted (a limit reached), refused "
-            "(a request answered 402), read_failure (a ledger read failed; budgets failed open), "
-            "charge_expired (a charge never found in the ledger).",
-            ("event",),
-        )
-        self.connections = Gauge(
-            "tokenrelay_upstream_connections",
-            "Connections of the shared upstream pool: active (in use or connecting) or idle "
-            "(kept alive for reuse).",
-            ("state",),
-        )
         self.start_time = Gauge(
             "process_start_time_seconds", "Start time of the process since the Unix epoch."
         )
@@ -559,17 +301,14 @@ class GatewayMetrics:
         self.build.set(__version__, value=1)
         # Across workers: a circuit open in any worker shows; the rest describe this process.
         self.breaker.merge = "max"
-        for own in (self.spool_bytes, self.start_time, self.build, self.workers):
+        for own in (self.start_time, self.build, self.workers):
             own.merge = "own"
 
         self._series: dict[tuple[str, str, str, str, str], _Series] = {}
         self._known: set[str] | None = None  # route and model names allowed as label values
         self._extra = 0
-        settings = getattr(gateway, "settings", None)
-        shared_dir = settings.metrics.shared_dir if settings is not None else None
-        self._max_extra = (
-            settings.metrics.max_model_labels if settings is not None else EXTRA_LABEL_VALUES
-        )
+        shared_dir = settings.shared_dir if settings is not None else None
+        self._max_extra = settings.max_model_labels if settings is not None else EXTRA_LABEL_VALUES
         self.snapshots: Snapshots | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._pending: asyncio.Future[None] | None = None
@@ -649,12 +388,12 @@ class GatewayMetrics:
 
     def _configured_names(self) -> set[str]:
         names = {""}
-        for name, route in self.gateway.router.routes.items():
+        for name, route in self.routes.routes.items():
             names.add(name)
             names.update(target.model for target, _ in route.targets)
         return names
 
-    def _attempts(self, record: StreamRecord, attempts: list[Attempt]) -> None:
+    def _attempts(self, record: StreamRecord, attempts: Sequence[Attempt]) -> None:
         """Failures, retries, failover and hedging, read from the attempts in order."""
         tried: dict[tuple[str, str], str] = {}  # target -> its latest outcome
         first_failure: str | None = None
@@ -689,7 +428,7 @@ class GatewayMetrics:
     def _race_result(self, record: StreamRecord, loser: Attempt) -> str:
         """Who won a hedge race, from the route's target order (losers are listed before the
         winner whatever their role, so the attempts' order cannot tell)."""
-        route = self.gateway.router.routes.get(record.route)
+        route = self.routes.routes.get(record.route)
         if route is not None:
             order = [(target.provider, target.model) for target, _ in route.targets]
             winner = (record.provider, record.model)
@@ -712,8 +451,7 @@ class GatewayMetrics:
     def _present(self) -> list[Metric]:
         """Every family, with what describes the present read now (all but the breakers,
         which need an await)."""
-        gateway = self.gateway
-        self.active.set(value=len(gateway.calls))
+        self.active.set(value=self._active())
         families: list[Metric] = [
             self.duration,
             self.ttft,
@@ -731,15 +469,8 @@ class GatewayMetrics:
             self.breaker,
             self.active,
         ]
-        families += self._read_ledger()
-        families += self._read_gate()
-        families += gateway.responses.metrics()  # stored /v1/responses answers
-        if gateway.audit is not None:
-            self.audit_written.labels().value = gateway.audit.written
-            self.audit_dropped.labels().value = gateway.audit.dropped
-            families += [self.audit_written, self.audit_dropped]
-        if self._read_connections():
-            families.append(self.connections)
+        for report in self.reporters:
+            families += report()
         families += [self.start_time, self.build]
         return families
 
@@ -747,16 +478,7 @@ class GatewayMetrics:
         others = snapshots.read_others()
         self.workers.set("running", value=1 + others.running)
         self.workers.set("exited", value=others.workers - others.running)
-        merged: list[Metric] = []
-        for family in families:
-            if family.merge == "own":
-                merged.append(family)
-                continue
-            summed_ever = family.merge == "sum" and not isinstance(family, Gauge)
-            dumps = (others.every if summed_ever else others.live).get(family.name, [])
-            merged.append(family.merged(dumps))
-        merged.append(self.workers)
-        return merged
+        return [*merge(families, others), self.workers]
 
     # --- this worker's snapshot ----------------------------------------------------------------
 
@@ -764,7 +486,7 @@ class GatewayMetrics:
         """This worker's families to its file (on a timer, and once more at exit)."""
         if self.snapshots is None:
             return
-        skip = {"own"} if self.gateway.shared is None else {"own", "max"}  # see _tick
+        skip = {"own", "max"} if self._shared_breaker else {"own"}  # see _tick
         families = self._present()
         self.snapshots.write(
             {f.name: f.dump() for f in families if f.merge not in skip}, running=running
@@ -777,7 +499,7 @@ class GatewayMetrics:
 
     def _tick(self) -> None:
         self._schedule()
-        if self.gateway.shared is None:  # in-process breakers differ by worker: read them
+        if not self._shared_breaker:  # in-process breakers differ by worker: read them
             task = asyncio.ensure_future(self._tick_with_breaker())
             self._pending = task  # a reference, so the task is not collected mid-way
         else:  # Redis: every worker sees the same circuits; the scraped one reads them
@@ -796,7 +518,9 @@ class GatewayMetrics:
 
     async def _read_breaker(self) -> None:
         try:
-            breaker = self.gateway.router.breaker
+            breaker = self._breaker
+            if breaker is None:
+                return
             async with asyncio.timeout(1.0):  # a shared store may be a round trip away
                 states = await breaker.snapshot()
         except Exception as exc:  # the other families are still worth serving
@@ -806,10 +530,57 @@ class GatewayMetrics:
             provider, _, model = key.partition(":")
             self.breaker.set(provider, self._bounded(model), value=BREAKER_STATES.get(state, 0))
 
-    def _read_ledger(self) -> list[Metric]:
-        ledger = self.gateway.ledger
-        if ledger is None:
-            return []
+
+# --- the reporters: each reads one component's own numbers at scrape time -------------------
+
+
+class LedgerNumbers(Protocol):
+    """What ``metering.LedgerWriter`` counts."""
+
+    @property
+    def backlog(self) -> int: ...
+    @property
+    def spooled(self) -> int: ...
+    @property
+    def written(self) -> int: ...
+    @property
+    def write_errors(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+    def spool_bytes(self) -> int | None: ...
+
+
+class LedgerReporter:
+    """The ledger writer's backlog, spool and rows written or lost."""
+
+    def __init__(self, ledger: LedgerNumbers) -> None:
+        self.ledger = ledger
+        self.backlog = Gauge(
+            "tokenrelay_ledger_backlog_rows", "Ledger rows accepted and not yet in the database."
+        )
+        self.spooled = Gauge(
+            "tokenrelay_ledger_spooled_rows",
+            "Ledger rows in this process's spool files, not yet in the database.",
+        )
+        self.spool_bytes = Gauge(
+            "tokenrelay_ledger_spool_bytes",
+            "Bytes of spool files in the spool directory (every process sharing it), including "
+            "rows of a file already written whose file is not yet removed.",
+        )
+        self.spool_bytes.merge = "own"  # the directory is shared: every worker sees it all
+        self.written = Counter(
+            "tokenrelay_ledger_written_rows_total", "Ledger rows committed to the database."
+        )
+        self.write_errors = Counter(
+            "tokenrelay_ledger_write_errors_total", "Failed attempts to write a batch of rows."
+        )
+        self.dropped = Counter(
+            "tokenrelay_ledger_dropped_rows_total",
+            "Ledger rows lost: the spool could not be written and the memory buffer was full.",
+        )
+
+    def __call__(self) -> list[Metric]:
+        ledger = self.ledger
         self.backlog.set(value=ledger.backlog)
         self.spooled.set(value=ledger.spooled)
         self.written.labels().value = ledger.written
@@ -822,44 +593,159 @@ class GatewayMetrics:
             self.write_errors,
             self.dropped,
         ]
-        size = _spool_bytes(ledger.spool_dir)
+        size = ledger.spool_bytes()
         if size is not None:
             self.spool_bytes.set(value=size)
             families.append(self.spool_bytes)
         return families
 
-    def _read_gate(self) -> list[Metric]:
-        gate = self.gateway.gate
-        limiter = gate.limiter
-        self.limiter_failures.labels("open").value = limiter.failures_open
-        self.limiter_failures.labels("closed").value = limiter.failures_closed
-        self.charges_lost.labels().value = limiter.charges_lost
-        families: list[Metric] = [self.limiter_failures, self.charges_lost]
-        shared = self.gateway.shared
-        if shared is not None:
-            self.shared_outages.labels().value = shared.link.outages
-            self.breaker_local.labels().value = shared.store.local_calls
-            families += [self.shared_outages, self.breaker_local]
-        budgets = gate.budgets
-        if budgets is not None:
-            counts = budgets.metrics
-            for event, value in (
-                ("alert", counts.alerts),
-                ("exhausted", counts.exhausted),
-                ("refused", counts.refused),
-                ("read_failure", counts.failures),
-                ("charge_expired", counts.charges_expired),
-            ):
-                self.budget_events.labels(event).value = value
-            families.append(self.budget_events)
-        return families
 
-    def _read_connections(self) -> bool:
-        """The shared upstream pool's connections, in use and idle (``UpstreamPool``)."""
-        active, idle = self.gateway.pool.connections
+class LimiterNumbers(Protocol):
+    """What ``ratelimit.RateLimiter`` counts of its Redis backend's failures."""
+
+    @property
+    def failures_open(self) -> int: ...
+    @property
+    def failures_closed(self) -> int: ...
+    @property
+    def charges_lost(self) -> int: ...
+
+
+class LimiterReporter:
+    def __init__(self, limiter: LimiterNumbers) -> None:
+        self.limiter = limiter
+        self.failures = Counter(
+            "tokenrelay_ratelimit_backend_failures_total",
+            "Rate-limit decisions made without Redis: let through (policy open) or refused "
+            "(policy closed).",
+            ("policy",),
+        )
+        self.charges_lost = Counter(
+            "tokenrelay_ratelimit_charges_lost_total",
+            "Token charges that did not reach Redis.",
+        )
+
+    def __call__(self) -> list[Metric]:
+        limiter = self.limiter
+        self.failures.labels("open").value = limiter.failures_open
+        self.failures.labels("closed").value = limiter.failures_closed
+        self.charges_lost.labels().value = limiter.charges_lost
+        return [self.failures, self.charges_lost]
+
+
+class SharedStateNumbers(Protocol):
+    """What ``shared_state.SharedState`` counts of its Redis link."""
+
+    @property
+    def outages(self) -> int: ...
+    @property
+    def local_steps(self) -> int: ...
+
+
+class SharedStateReporter:
+    def __init__(self, shared: SharedStateNumbers) -> None:
+        self.shared = shared
+        self.outages = Counter(
+            "tokenrelay_shared_state_outages_total",
+            "Times Redis went away for the shared breaker and TTFT statistics (each instance "
+            "then decides locally until it is back).",
+        )
+        self.local_steps = Counter(
+            "tokenrelay_breaker_local_steps_total",
+            "Circuit-breaker steps taken without Redis (its local fallback).",
+        )
+
+    def __call__(self) -> list[Metric]:
+        self.outages.labels().value = self.shared.outages
+        self.local_steps.labels().value = self.shared.local_steps
+        return [self.outages, self.local_steps]
+
+
+class BudgetNumbers(Protocol):
+    """What ``metering.budgets.BudgetMetrics`` counts."""
+
+    @property
+    def alerts(self) -> int: ...
+    @property
+    def exhausted(self) -> int: ...
+    @property
+    def refused(self) -> int: ...
+    @property
+    def failures(self) -> int: ...
+    @property
+    def charges_expired(self) -> int: ...
+
+
+class BudgetReporter:
+    def __init__(self, counts: BudgetNumbers) -> None:
+        self.counts = counts
+        self.events = Counter(
+            "tokenrelay_budget_events_total",
+            "Budget events: alert (alert_at crossed), exhausted (a limit reached), refused "
+            "(a request answered 402), read_failure (a ledger read failed; budgets failed open), "
+            "charge_expired (a charge never found in the ledger).",
+            ("event",),
+        )
+
+    def __call__(self) -> list[Metric]:
+        counts = self.counts
+        for event, value in (
+            ("alert", counts.alerts),
+            ("exhausted", counts.exhausted),
+            ("refused", counts.refused),
+            ("read_failure", counts.failures),
+            ("charge_expired", counts.charges_expired),
+        ):
+            self.events.labels(event).value = value
+        return [self.events]
+
+
+class AuditNumbers(Protocol):
+    """What ``observe.audit.AuditLog`` counts."""
+
+    @property
+    def written(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+
+
+class AuditReporter:
+    def __init__(self, audit: AuditNumbers) -> None:
+        self.audit = audit
+        self.written = Counter("tokenrelay_audit_written_lines_total", "Audit lines written.")
+        self.dropped = Counter(
+            "tokenrelay_audit_dropped_lines_total",
+            "Audit lines lost: the queue was full or the destination failed.",
+        )
+
+    def __call__(self) -> list[Metric]:
+        self.written.labels().value = self.audit.written
+        self.dropped.labels().value = self.audit.dropped
+        return [self.written, self.dropped]
+
+
+class PoolNumbers(Protocol):
+    """What ``providers.UpstreamPool`` counts: connections in use and idle."""
+
+    @property
+    def connections(self) -> tuple[int, int]: ...
+
+
+class PoolReporter:
+    def __init__(self, pool: PoolNumbers) -> None:
+        self.pool = pool
+        self.connections = Gauge(
+            "tokenrelay_upstream_connections",
+            "Connections of the shared upstream pool: active (in use or connecting) or idle "
+            "(kept alive for reuse).",
+            ("state",),
+        )
+
+    def __call__(self) -> list[Metric]:
+        active, idle = self.pool.connections
         self.connections.set("active", value=active)
         self.connections.set("idle", value=idle)
-        return True
+        return [self.connections]
 
 
 def rejection_reason(record: StreamRecord) -> str:
@@ -872,25 +758,6 @@ def rejection_reason(record: StreamRecord) -> str:
     if error_type == "invalid_request" and verdict is not None and verdict.injection:
         return "screening"
     return REJECTION_REASONS.get(error_type, error_type or "unknown")
-
-
-def _spool_bytes(spool_dir: os.PathLike[str] | str) -> int | None:
-    """The spool files' size on disk: one directory scan and a stat per file (a handful)."""
-    from tokenrelay.metering.writer import PREFIX, SEGMENT
-
-    total = 0
-    try:
-        with os.scandir(spool_dir) as entries:
-            for entry in entries:
-                name = entry.name
-                if name.startswith(PREFIX) and name.endswith(SEGMENT):
-                    try:
-                        total += entry.stat(follow_symlinks=False).st_size
-                    except FileNotFoundError:
-                        continue  # written and removed meanwhile
-    except OSError:
-        return None
-    return total
 
 
 def _process_start_time() -> float:

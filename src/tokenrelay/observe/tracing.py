@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -32,7 +32,6 @@ from tokenrelay import __version__
 
 if TYPE_CHECKING:
     from tokenrelay.model import Error, Request, Usage
-    from tokenrelay.providers import Provider
     from tokenrelay.records import StreamRecord
     from tokenrelay.settings import TracingSettings
 
@@ -40,6 +39,17 @@ _PROPAGATOR = TraceContextTextMapPropagator()
 _TRACE_HEADERS = (b"traceparent", b"tracestate")
 # Our normalized finish reasons as the GenAI conventions spell them.
 _FINISH = {"tool_calls": "tool_call", "stop_sequence": "stop"}
+
+
+class Upstream(Protocol):
+    """What a span says of the provider it went to (``providers.Provider`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def url(self) -> str: ...
 
 
 class Tracer:
@@ -80,7 +90,7 @@ class Tracer:
         )
         return RequestTrace(self, span)
 
-    def server(self, provider: Provider) -> tuple[str, int]:
+    def server(self, provider: Upstream) -> tuple[str, int]:
         """The upstream's host and port, parsed once per provider."""
         found = self._servers.get(provider.name)
         if found is None:
@@ -119,7 +129,7 @@ class RequestTrace:
         self._served: AttemptTrace | None = None
 
     def attempt(
-        self, provider: Provider, model: str, request: Request, headers: Mapping[str, str]
+        self, provider: Upstream, model: str, request: Request, headers: Mapping[str, str]
     ) -> tuple[AttemptTrace, dict[str, str]]:
         """A child span for one try of ``model`` at ``provider``, and a copy of the upstream
         headers carrying that span's ``traceparent`` (the originals are cached per target and
