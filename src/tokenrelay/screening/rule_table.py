@@ -350,14 +350,15 @@ RULES: tuple[Rule, ...] = (
     _rule("persona.stay_in_character",
           r"\b(?:stay|remain|keep) in (?:character|role)\b|\bbreak(?:ing)? character\b",
           "character~15|role~15", 0.25, also="stay|remain|keep|break"),
-    # Fake turn and system delimiters.
+    # Fake turn and system delimiters. Their underscores are written ``\W``: the normalizer turns
+    # an underscore between two letters into ``normalize.JOINT``, a gap but no word start.
     _rule("delimiter.chatml_role",
-          r"<\|?(?:im_start|start_header_id|start_of_turn|system|assistant|developer)\|?>\s*"
-          r"(?:system|assistant|developer|model|user|<\|end_header_id\|>|\n)",
+          r"<\|?(?:im\Wstart|start\Wheader\Wid|start\Wof\Wturn|system|assistant|developer)\|?>\s*"
+          r"(?:system|assistant|developer|model|user|<\|end\Wheader\Wid\|>|\n)",
           "<", 0.9),
     _rule("delimiter.special_token",
-          r"<\|(?:im_start|im_end|im_sep|endoftext|eot_id|start_header_id|end_header_id"
-          r"|begin_of_text|end_of_text|system|user|assistant|eom_id)\|>|<(?:start|end)_of_turn>"
+          r"<\|(?:im\Wstart|im\Wend|im\Wsep|endoftext|eot\Wid|start\Wheader\Wid|end\Wheader\Wid"
+          r"|begin\Wof\Wtext|end\Wof\Wtext|system|user|assistant|eom\Wid)\|>|<(?:start|end)\Wof\Wturn>"
           r"|</?s>\s*\[inst\]|\[inst\]",
           "<|[inst]", 0.45),
     _rule("delimiter.role_token",
@@ -377,10 +378,10 @@ RULES: tuple[Rule, ...] = (
           "# system~6|#system~6|# assistant~6|#assistant~6|# developer~6|#developer~6|# admin~6|"
           "#admin~6", 0.65, 0.55),
     _rule("delimiter.xml_role",
-          r"</?(?:system|system_prompt|system-prompt|sys|assistant|admin|developer|instructions"
-          r"|system_instructions|im_start|prompt)>",
+          r"</?(?:system|system\Wprompt|system-prompt|sys|assistant|admin|developer|instructions"
+          r"|system\Winstructions|im\Wstart|prompt)>",
           "<system|</system|<sys>|</sys>|<assistant|</assistant|<admin|</admin|<developer|"
-          "</developer|<instructions|</instructions|<im_start|<prompt|</prompt", 0.5),
+          "</developer|<instructions|</instructions|<im|<prompt|</prompt", 0.5),
     _rule("delimiter.bracket_role",
           r"\[\s*(?:system|admin|developer|sys)(?: (?:message|note|prompt|instruction|override"
           r"|update|notice|alert))?\s*[\]:]|\{\{?\s*(?:system|admin)\s*\}?\}|\((?:system|admin)"

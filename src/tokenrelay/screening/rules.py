@@ -23,7 +23,14 @@ from functools import cache
 from typing import TYPE_CHECKING, Literal
 
 from tokenrelay.screening.context import Spans, inside, spans
-from tokenrelay.screening.normalize import REVERSED_WORDS, ROT13_WORDS, clean, decodings, fold
+from tokenrelay.screening.normalize import (
+    JOINT,
+    REVERSED_WORDS,
+    ROT13_WORDS,
+    clean,
+    decodings,
+    fold,
+)
 from tokenrelay.screening.rule_table import RULES, Rule
 
 if TYPE_CHECKING:
@@ -205,8 +212,21 @@ class _Anchors:
         found: dict[int, list[int]] = {}
         led: dict[int, list[tuple[list[int], int]]] = {}
         present: set[int] = set()  # gates met
+        joined = JOINT in text
         for key, starts in places.items():
             plain, exact, lead_by, also, also_exact, _, hint = _LOOKUP[key]
+            if joined:
+                # A word inside an identifier ("ignore" in "test_ignore_all") meets gates only.
+                inner = [s for s in starts if s and text[s - 1] == JOINT]
+                if inner:
+                    present |= also
+                    end = len(key)
+                    for index, length in also_exact:
+                        if length == end and any(_whole(text, s, end) for s in inner):
+                            present.add(index)
+                    starts = [s for s in starts if not s or text[s - 1] != JOINT]
+                    if not starts:
+                        continue
             for index in plain:
                 found.setdefault(index, []).extend(starts)
             if also:
@@ -247,6 +267,11 @@ class _Anchors:
                 low = max(0, start - lead)
                 where.extend(m.start() for m in _WORD_START.finditer(text, low, start))
         return where
+
+
+def _whole(text: str, start: int, end: int) -> bool:
+    """Whether the anchor of length ``end`` at ``start`` is a whole word (nothing alnum after)."""
+    return start + end >= len(text) or not text[start + end].isalnum()
 
 
 def _find(text: str) -> dict[str, list[int]]:
