@@ -63,6 +63,12 @@ _SEGMENT = re.compile(
     r"|forget|system|prompt|reveal|secret|above|prior|rules|print|show|your|mode|tell|what|you"
     r"|are|now|all|the|and|new|say"
 )
+# An underscore between two letters ("disregard_your_rules") becomes ``JOINT``: a word gap to the
+# rules' patterns, yet no word start for their anchors, so an instruction spelled as one
+# identifier is read from the identifier's start only ("test_refuses_ignore_all_..." is a name).
+# An invisible separator, which ``clean`` removes from every text, so only this makes one.
+JOINT = "\u2063"
+_JOINED = re.compile(r"_(?<=[^\W\d_]_)(?=[^\W\d_])")  # starts with the literal: a fast scan
 # Four single letters in a row, each followed by a separator, in ASCII or 2- or 3-byte letters.
 _SPACED_MARKS = (b"SLSLSLSLS", b"SLLSLLSLLSLLS", b"SLLLSLLLSLLLSLLLS")
 
@@ -183,7 +189,8 @@ def _fold_mixed(text: str) -> str:
 
 
 def fold(cleaned: str) -> str:
-    """Lower case, letter-spaced words joined, blank runs collapsed (newlines kept, as one)."""
+    """Lower case, letter-spaced words joined, blank runs collapsed (newlines kept, as one), and
+    an underscore between letters made ``JOINT`` (so ``ignore_all_rules`` reads as words)."""
     text = cleaned.lower() if cleaned.isascii() else cleaned.casefold()
     data = text.encode()
     if b"WWWWWWW" in data.translate(_BLANK_CLASS):  # rules allow gaps of 1-6; fold longer runs
@@ -193,6 +200,8 @@ def fold(cleaned: str) -> str:
     marks = data.translate(_SPACED_CLASS)
     if any(mark in marks for mark in _SPACED_MARKS):
         text = _SPACED.sub(_join_spaced, text)
+    if "_" in text:
+        text = _JOINED.sub(JOINT, text)
     return text.strip()
 
 
