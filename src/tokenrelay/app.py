@@ -24,10 +24,11 @@ from tokenrelay.count_tokens import CountTokensEndpoint
 from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners, log_record
-from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
+from tokenrelay.relay import RelayEndpoint
 from tokenrelay.response_store import ResponseStore
 from tokenrelay.router import Router
 from tokenrelay.settings import Settings, load
+from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.metering import LedgerWriter

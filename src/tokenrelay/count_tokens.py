@@ -31,14 +31,12 @@ from tokenrelay.gate.identity import request_headers
 from tokenrelay.model import Error, GatewayError, Request
 from tokenrelay.relay import (
     ClientGone,
-    Receive,
     RelayEndpoint,
-    Scope,
-    Send,
     ShuttingDown,
     check_content_type,
     read_body,
 )
+from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway

@@ -14,10 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from tokenrelay import dialects
 from tokenrelay.dialects.responses.wire import CONTINUES
@@ -25,19 +22,15 @@ from tokenrelay.gate.gatekeeper import Admission, Refused
 from tokenrelay.gate.identity import Identity, request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Outcome, StreamRecord
-from tokenrelay.router import RouteFailed
+from tokenrelay.router import Route, RouteFailed
 from tokenrelay.screening.canary import CanaryWatch, leak_error
+from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.dialects import StreamWriter
     from tokenrelay.observe.tracing import RequestTrace
     from tokenrelay.router import Attempt, OpenStream
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("tokenrelay.relay")
 
@@ -250,7 +243,7 @@ class _Call:
         self.emitted = False
         self.trace: RequestTrace | None = None  # its spans, when tracing is on
 
-    async def run(self, route: Any) -> None:
+    async def run(self, route: Route) -> None:
         task = self.task = asyncio.current_task()
         assert task is not None
         gateway = self.endpoint.gateway
@@ -333,7 +326,7 @@ class _Call:
             gone.set()
             task.cancel()
 
-    async def _serve(self, route: Any) -> tuple[Outcome, str | None]:
+    async def _serve(self, route: Route) -> tuple[Outcome, str | None]:
         endpoint = self.endpoint
         headers = _client_headers(self.scope)
         try:
@@ -589,7 +582,3 @@ def _usd(nanousd: int) -> str:
 
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
-
-
-def encode_json(data: Any) -> bytes:
-    return msgspec.json.encode(data)

@@ -67,7 +67,6 @@ _SEGMENT = re.compile(
 _SPACED_MARKS = (b"SLSLSLSLS", b"SLLSLLSLLSLLS", b"SLLLSLLLSLLLSLLLS")
 
 # Candidate runs worth an attempt at decoding. Hex-encoded text starts every byte with 2-7.
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")
 _HEX_RUN = re.compile(r"[2-7][0-9a-fA-F](?:(?:[ :,]|\\x|0x)?[2-7][0-9a-fA-F]){7,}")
 _HEX_SEP = re.compile(r"\\x|0x|[ :,]")
 _PERCENT_RUN = re.compile(r"(?:%[0-9a-fA-F]{2}){6,}")
