@@ -22,7 +22,6 @@ import pytest
 import pytest_asyncio
 
 from tests.servers import RunningGateway, gateway_environ, gateway_server
-from tokenrelay.failover import Attempt
 from tokenrelay.model import Usage
 from tokenrelay.observe.metrics import (
     CONTENT_TYPE,
@@ -33,7 +32,7 @@ from tokenrelay.observe.metrics import (
     Histogram,
     render,
 )
-from tokenrelay.records import StreamRecord
+from tokenrelay.records import Attempt, StreamRecord
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")  # the async tests; the rest read a fixture
 

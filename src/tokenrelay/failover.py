@@ -43,6 +43,7 @@ from tokenrelay.model import (
     merge_usage,
 )
 from tokenrelay.providers import Endpoint, Provider
+from tokenrelay.records import Attempt
 from tokenrelay.settings import TargetSettings
 
 if TYPE_CHECKING:
@@ -67,18 +68,6 @@ class RouteFailed(GatewayError):
     """Every target failed before the first token; carries the attempts for the response head."""
 
     attempts: list[Attempt]
-
-
-@dataclass(slots=True)
-class Attempt:
-    provider: str
-    model: str
-    # "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot carry the request: not
-    # tried), "upstream_auth" (refused the gateway's credentials), or the normalized error type
-    outcome: str
-    status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
-    ms: float
-    usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
 
 
 @dataclass(slots=True)

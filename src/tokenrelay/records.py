@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from tokenrelay.failover import Attempt
 from tokenrelay.model import Completion, Request, Usage
 
 if TYPE_CHECKING:
@@ -23,6 +22,22 @@ if TYPE_CHECKING:
 Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted"]
 
 log = logging.getLogger("tokenrelay.requests")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one target along a route (``failover`` records them): for the response's
+    ``x-tokenrelay-attempts`` head, the log line, metrics and the ledger."""
+
+    provider: str
+    model: str
+    # "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot carry the request: not
+    # tried), "circuit_open" (its breaker is open: not tried), "upstream_auth" (refused the
+    # gateway's credentials), or the normalized error type
+    outcome: str
+    status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
+    ms: float
+    usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ from tokenrelay.dialects.responses.wire import CONTINUES
 from tokenrelay.gate.gatekeeper import Admission, Refused
 from tokenrelay.gate.identity import Identity, request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
-from tokenrelay.records import Outcome, StreamRecord
+from tokenrelay.records import Attempt, Outcome, StreamRecord
 from tokenrelay.router import Route, RouteFailed
 from tokenrelay.screening.canary import CanaryWatch, leak_error
 from tokenrelay.types import Receive, Scope, Send
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.dialects import StreamWriter
     from tokenrelay.observe.tracing import RequestTrace
-    from tokenrelay.router import Attempt, OpenStream
+    from tokenrelay.router import OpenStream
 
 log = logging.getLogger("tokenrelay.relay")
 

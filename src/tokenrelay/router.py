@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tokenrelay.breaker import CircuitBreaker
-from tokenrelay.failover import Attempt as Attempt
 from tokenrelay.failover import Failover
 from tokenrelay.failover import OpenStream as OpenStream
 from tokenrelay.failover import RouteFailed as RouteFailed

@@ -46,9 +46,8 @@ from tokenrelay import __version__
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
-    from tokenrelay.failover import Attempt
     from tokenrelay.observe.snapshots import Snapshots
-    from tokenrelay.records import StreamRecord
+    from tokenrelay.records import Attempt, StreamRecord
 
 log = logging.getLogger("tokenrelay.metrics")
 
