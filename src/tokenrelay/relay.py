@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenrelay import dialects
 from tokenrelay.dialects.responses.wire import CONTINUES
-from tokenrelay.gate.gatekeeper import Admission, Refused
+from tokenrelay.gate.gatekeeper import Admission, Rejected
 from tokenrelay.gate.identity import Identity, request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
@@ -154,7 +154,7 @@ class RelayEndpoint:
             )
             record.identity = identity  # the client's address, at least, on every row
             flood = False
-            if isinstance(error, Refused):
+            if isinstance(error, Rejected):
                 record.identity, record.verdict = error.identity, error.verdict
                 record.reject_reason = error.reason
                 flood = error.flood
