@@ -34,6 +34,7 @@ from tokenrelay.latency import LatencyStats
 from tokenrelay.model import (
     CONTENT_EVENTS,
     Error,
+    ErrorType,
     Event,
     Finish,
     GatewayError,
@@ -448,7 +449,7 @@ def summarize(
         error = RouteFailed(last.type, last.message + tries, last.status)
     else:
         status = 504 if all(e.status == 504 for e in errors) else 503
-        kind = "overloaded" if status == 503 else "timeout"
+        kind: ErrorType = "overloaded" if status == 503 else "timeout"
         error = RouteFailed(kind, f"no provider answered ({'; '.join(distinct)})", status)
     if refusals:
         skipped = "; ".join(f"{label}: {refusal.message}" for label, refusal in refusals)

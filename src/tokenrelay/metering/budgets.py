@@ -47,10 +47,6 @@ COLUMNS: dict[Scope, str] = {"key": "key_id", "user": "user_id", "org": "org_id"
 NANOUSD = 1_000_000_000
 BATCH = 200  # subjects or request ids per query
 DAY = 86400
-# Until model.ERROR_STATUS knows "budget_exceeded" (402): "permission" renders as Anthropic's
-# permission_error, OpenAI's invalid_request_error and /api/generate's "permission", none of
-# which an SDK retries; the status is 402 either way.
-ERROR_TYPE = "budget_exceeded"
 
 
 class BudgetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -462,7 +458,7 @@ def _exceeded(
     quantum = Decimal(1).scaleb(-places)
     reset = iso_time(end)
     return GatewayError(
-        ERROR_TYPE,
+        "budget_exceeded",
         f"budget exceeded: {budget.scope} {subject!r} has spent {usd(spent, quantum)} of its "
         f"{budget.label} of {usd(budget.limit_nanousd, quantum)} since {iso_time(start)}; "
         f"it resets at {reset} (in {_until(end - now)})",
