@@ -40,8 +40,8 @@ from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
+    from tokenrelay.failover import Route
     from tokenrelay.gate.gatekeeper import Admission
-    from tokenrelay.router import Route
 
 log = logging.getLogger("tokenrelay.count_tokens")
 

@@ -45,11 +45,10 @@ from tokenrelay.model import (
 )
 from tokenrelay.providers import Endpoint, Provider
 from tokenrelay.records import Attempt
-from tokenrelay.settings import TargetSettings
+from tokenrelay.settings import RouteSettings, TargetSettings
 
 if TYPE_CHECKING:
     from tokenrelay.observe.tracing import AttemptTrace, RequestTrace
-    from tokenrelay.router import Route
 
 # Errors that would fail the same way on any target: return them to the client at once.
 FINAL_STATUSES = frozenset({400, 413, 415, 422})
@@ -57,12 +56,30 @@ FINAL_STATUSES = frozenset({400, 413, 415, 422})
 AUTH_STATUSES = frozenset({401, 403})
 # What an attempt's outcome says for a target skipped because it cannot carry the request.
 UNSUPPORTED = "unsupported"
+# The rate-limit key every provider model shares: a new name is not a new window.
+PROVIDER_MODELS = "provider_models"
 # Observations of a target's time to first token needed before hedging trusts its percentile.
 HEDGE_MIN_SAMPLES = 20
 
 log = logging.getLogger("tokenrelay.failover")
 
 Events = AsyncGenerator[list[Event], None]
+
+
+@dataclass(slots=True)
+class Route:
+    """A route as a request walks it: its settings and its targets with their providers (the
+    router builds them, from the configuration or for a provider model asked for by name)."""
+
+    name: str
+    settings: RouteSettings
+    targets: list[tuple[TargetSettings, Provider]]
+    configured: bool = True  # False for a provider model asked for by name
+
+    @property
+    def limit_key(self) -> str:
+        """What ``rate_limit`` is counted under: the route, or all provider models as one."""
+        return self.name if self.configured else PROVIDER_MODELS
 
 
 class RouteFailed(GatewayError):

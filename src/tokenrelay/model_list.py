@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from tokenrelay.app import Gateway
-    from tokenrelay.router import Route
+    from tokenrelay.failover import Route
 
 EPOCH = "1970-01-01T00:00:00Z"
 OWNER = "tokenrelay"  # of a route; a provider model is owned by its provider

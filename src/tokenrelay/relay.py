@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 from tokenrelay import dialects
 from tokenrelay.dialects.responses.wire import CONTINUES
+from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission, Rejected
 from tokenrelay.gate.identity import Identity, request_headers
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
-from tokenrelay.router import Route, RouteFailed
 from tokenrelay.screening.canary import CanaryWatch, leak_error
 from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.app import Gateway
     from tokenrelay.dialects import StreamWriter
+    from tokenrelay.failover import OpenStream
     from tokenrelay.observe.tracing import RequestTrace
-    from tokenrelay.router import OpenStream
 
 log = logging.getLogger("tokenrelay.relay")
 

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from tokenrelay.gate.identity import Authenticator, Identity
 from tokenrelay.model import GatewayError, Request, Usage
@@ -26,12 +26,25 @@ from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject, Su
 if TYPE_CHECKING:
     from tokenrelay.gate.keys import KeyStore
     from tokenrelay.metering.budgets import Budgets
-    from tokenrelay.router import Route
     from tokenrelay.screening import Screen, Verdict
-    from tokenrelay.settings import Settings
+    from tokenrelay.settings import RouteSettings, Settings
     from tokenrelay.store import Database
 
 log = logging.getLogger("tokenrelay.gate")
+
+
+class RouteView(Protocol):
+    """What the gate reads of the route a request resolved to (``failover.Route`` is one), so
+    that the gate, beside the core, never imports the router."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def settings(self) -> RouteSettings: ...
+    @property
+    def configured(self) -> bool: ...  # False for a provider model asked for by name
+    @property
+    def limit_key(self) -> str: ...  # what the route's ``rate_limit`` is counted under
 
 
 @dataclass(slots=True)
@@ -176,7 +189,7 @@ class Gate:
                 await (await self._database).close()
 
     async def admit(
-        self, route: Route, request: Request, headers: Mapping[str, str], peer: str | None
+        self, route: RouteView, request: Request, headers: Mapping[str, str], peer: str | None
     ) -> Admission:
         """``admit_caller`` then ``admit_request``, for a request already parsed."""
         admission = await self.admit_caller(headers, peer)
@@ -211,7 +224,7 @@ class Gate:
         return decision
 
     async def admit_request(
-        self, route: Route, request: Request, headers: Mapping[str, str], admission: Admission
+        self, route: RouteView, request: Request, headers: Mapping[str, str], admission: Admission
     ) -> Admission:
         """The rest of the gate for a parsed request on ``route``: ``Rejected`` (401, 403, 413,
         400, 402, 429, 503) for the client."""
@@ -220,7 +233,9 @@ class Gate:
         except GatewayError as error:
             raise Rejected(error, admission.identity, admission.verdict) from None
 
-    def check_access(self, route: Route, headers: Mapping[str, str], identity: Identity) -> None:
+    def check_access(
+        self, route: RouteView, headers: Mapping[str, str], identity: Identity
+    ) -> None:
         """Whether the caller may use ``route`` at all (a key's routes, anonymous access), and
         nothing else: for a call that runs no model (``count_tokens``), which the route's
         limits, budgets, screen and stream slots are not about. ``Rejected`` 401 or 403."""
@@ -234,7 +249,7 @@ class Gate:
 
     async def _admit_request(
         self,
-        route: Route,
+        route: RouteView,
         request: Request,
         headers: Mapping[str, str],
         admission: Admission,
@@ -284,7 +299,7 @@ class Gate:
                 admission.lease = lease
         return admission
 
-    def _screen_for(self, route: Route) -> Screen | None:
+    def _screen_for(self, route: RouteView) -> Screen | None:
         """A configured route's screen, or, for a provider model asked for by name, the default
         screen: naming a model directly must not be a way around screening."""
         if route.configured:
@@ -320,7 +335,7 @@ class Gate:
             rules.append(Rule(Subject("org", identity.org), settings.org_limit))
         return rules
 
-    def _route_rules(self, subject: Subject, route: Route) -> list[Rule]:
+    def _route_rules(self, subject: Subject, route: RouteView) -> list[Rule]:
         """The caller's limits on this route alone (``limits.route_limits``, the route's own
         ``rate_limit``), counted per caller and route."""
         rules = []
