@@ -21,6 +21,7 @@ from tokenrelay.dialects.responses.wire import CONTINUES
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission, Rejected
 from tokenrelay.gate.identity import Identity, request_headers
+from tokenrelay.metering.units import usd
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
 from tokenrelay.screening.canary import CanaryWatch, leak_error
@@ -458,7 +459,7 @@ class _Call:
             if value is not None
         }
         cost = record.cost_nanousd
-        summary["costUsd"] = None if cost is None else _usd(cost)
+        summary["costUsd"] = None if cost is None else usd(cost)
         summary["ttftMs"] = None if self.ttft_ms is None else round(self.ttft_ms, 1)
         return summary
 
@@ -572,12 +573,6 @@ def _attempts_header(attempts: list[Attempt]) -> bytes:
     return ", ".join(
         f"{a.provider}/{a.model};outcome={a.outcome};ms={a.ms:.0f}" for a in attempts
     ).encode()
-
-
-def _usd(nanousd: int) -> str:
-    """Exact dollars as a decimal string ("0.0132735"), never a float."""
-    whole, frac = divmod(nanousd, 1_000_000_000)
-    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 def _ms(since: float) -> float:
