@@ -28,7 +28,7 @@ from tokenrelay.relay import RelayEndpoint
 from tokenrelay.response_store import ResponseStore
 from tokenrelay.router import Router
 from tokenrelay.settings import Settings, load
-from tokenrelay.types import Receive, Scope, Send
+from tokenrelay.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.metering import LedgerWriter
@@ -295,7 +295,7 @@ class Dispatch:
         self.gateway = gateway
         self.state = SimpleNamespace(gateway=gateway)
         self._relays = relays
-        self._pages: Any = None  # the Starlette app, once built
+        self._pages: ASGIApp | None = None  # the Starlette app, once built
         self._warm: asyncio.Task[None] | None = None
         # Cross-origin pages, when the deployment lists their origins (see tokenrelay.cors).
         self._handle = with_cors(self._route, gateway.settings.cors)
@@ -318,7 +318,7 @@ class Dispatch:
         pages = self._pages if self._pages is not None else self._build_pages()
         await pages(scope, receive, send)
 
-    def _build_pages(self) -> Any:
+    def _build_pages(self) -> ASGIApp:
         from tokenrelay.endpoints import build, with_safe_headers
 
         self._pages = with_safe_headers(build(self.gateway, self._relays))
