@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -44,7 +44,7 @@ from tokenrelay.model import (
     merge_usage,
 )
 from tokenrelay.providers import Endpoint, Provider
-from tokenrelay.records import Attempt
+from tokenrelay.records import Attempt, AttemptOutcome
 from tokenrelay.settings import RouteSettings, TargetSettings
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ FINAL_STATUSES = frozenset({400, 413, 415, 422})
 # A target that refuses our key is misconfigured: never retried, loudly logged, passed over.
 AUTH_STATUSES = frozenset({401, 403})
 # What an attempt's outcome says for a target skipped because it cannot carry the request.
-UNSUPPORTED = "unsupported"
+UNSUPPORTED: Final = "unsupported"
 # The rate-limit key every provider model shares: a new name is not a new window.
 PROVIDER_MODELS = "provider_models"
 # Observations of a target's time to first token needed before hedging trusts its percentile.
@@ -302,7 +302,7 @@ class Failover:
         name = target.provider.name
         model = target.settings.model
         refused = error.status in AUTH_STATUSES
-        outcome = "upstream_auth" if refused else error.type
+        outcome: AttemptOutcome = "upstream_auth" if refused else error.type
         self.attempts.append(Attempt(name, model, outcome, error.status, ms, error.usage))
         self.errors.append(_for_client(error) if refused else error)
         if error.status in FINAL_STATUSES:

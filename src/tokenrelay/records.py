@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from tokenrelay.model import Completion, Request, Usage
+from tokenrelay.model import Completion, ErrorType, Request, Usage
 
 if TYPE_CHECKING:
     from tokenrelay.gate.identity import Identity
@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 # "interrupted": the gateway was shutting down and its grace ran out before the stream ended;
 # the client got an in-band error (or a 503 before the head), error_type "shutting_down".
 Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted"]
+
+# How one try of a target ended: "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot
+# carry the request: not tried), "circuit_open" (its breaker is open: not tried),
+# "upstream_auth" (refused the gateway's credentials), or the error type it failed with.
+AttemptOutcome = (
+    Literal["ok", "hedged_out", "unsupported", "circuit_open", "upstream_auth"] | ErrorType
+)
 
 log = logging.getLogger("tokenrelay.requests")
 
@@ -31,10 +38,7 @@ class Attempt:
 
     provider: str
     model: str
-    # "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot carry the request: not
-    # tried), "circuit_open" (its breaker is open: not tried), "upstream_auth" (refused the
-    # gateway's credentials), or the normalized error type
-    outcome: str
+    outcome: AttemptOutcome
     status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
     ms: float
     usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
