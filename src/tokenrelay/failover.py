@@ -1,7 +1,7 @@
 """Failover before the first token: try a route's targets in order, each with its retries, until
 one produces content within its first-token deadline, and hold the response head until then.
 
-What moves on, what is retried and what is returned at once is the README's failover table:
+What moves on, what is retried and what is returned at once is the table in docs/failover.md:
 connection errors, 408/409/429/5xx/529 and an error event before any content move on after a
 jittered retry that honours ``retry-after`` when it fits the route's budget; a missed first-token
 deadline moves on at once (a hanging target is the likeliest to hang again), and is retried only
