@@ -16,11 +16,10 @@ from typing import Any
 import msgspec
 import pytest
 
-from tokenrelay.failover import Attempt
 from tokenrelay.gate.identity import Identity
 from tokenrelay.model import Completion, Message, Request, TextPart, Usage
 from tokenrelay.observe import AuditLog, AuditSettings, fingerprint, mask, masked_prefix
-from tokenrelay.records import StreamRecord
+from tokenrelay.records import Attempt, StreamRecord
 from tokenrelay.screening import Verdict
 
 SECRET = "correct horse battery staple"

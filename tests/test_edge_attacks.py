@@ -28,7 +28,7 @@ from tests.servers import (
     gateway_environ,
 )
 from tokenrelay.app import create_app
-from tokenrelay.gate.gatekeeper import Gate, Refused
+from tokenrelay.gate.gatekeeper import Gate, Rejected
 from tokenrelay.gate.identity import Identity, ip_network_of
 from tokenrelay.server import uvicorn_options
 from tokenrelay.settings import load
@@ -357,7 +357,7 @@ async def test_two_addresses_of_one_64_share_the_anonymous_limit() -> None:
     try:
         await gate.admit_caller({}, "2001:db8:1:2::1")
         await gate.admit_caller({}, "2001:db8:1:2:aaaa::2")
-        with pytest.raises(Refused) as refused:
+        with pytest.raises(Rejected) as refused:
             await gate.admit_caller({}, "2001:db8:1:2:bbbb::3")
         assert refused.value.status == 429
         await gate.admit_caller({}, "2001:db8:1:3::1")  # the next /64 is someone else

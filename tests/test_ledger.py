@@ -23,12 +23,11 @@ import pytest
 import pytest_asyncio
 
 from tests.pg_server import PostgresServer, postgres_server_fixture
-from tokenrelay.failover import Attempt
 from tokenrelay.gate.identity import Identity
 from tokenrelay.metering import COLUMNS, LedgerRow, LedgerWriter, insert_rows, row_from
 from tokenrelay.metering.writer import default_spool_dir
 from tokenrelay.model import Usage
-from tokenrelay.records import StreamRecord
+from tokenrelay.records import Attempt, StreamRecord
 from tokenrelay.store import Database, DatabaseError, open_database
 
 pg_server = postgres_server_fixture("module")

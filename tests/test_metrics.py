@@ -22,11 +22,10 @@ import pytest
 import pytest_asyncio
 
 from tests.servers import RunningGateway, gateway_environ, gateway_server
-from tokenrelay.failover import Attempt
 from tokenrelay.model import Usage
 from tokenrelay.observe.metrics import EXTRA_LABEL_VALUES, GatewayMetrics
 from tokenrelay.observe.prometheus import CONTENT_TYPE, Counter, Gauge, Histogram, render
-from tokenrelay.records import StreamRecord
+from tokenrelay.records import Attempt, StreamRecord
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")  # the async tests; the rest read a fixture
 

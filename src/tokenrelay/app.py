@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import SimpleNamespace
-from typing import Any
 
 from tokenrelay import upgrades
 from tokenrelay.cors import with_cors
@@ -18,8 +17,9 @@ from tokenrelay.count_tokens import PATH as COUNT_TOKENS
 from tokenrelay.count_tokens import CountTokensEndpoint
 from tokenrelay.gateway import Gateway
 from tokenrelay.records import log_record
-from tokenrelay.relay import Receive, RelayEndpoint, Scope, Send
+from tokenrelay.relay import RelayEndpoint
 from tokenrelay.settings import Settings, load
+from tokenrelay.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["Dispatch", "Gateway", "create_app"]
 
@@ -54,7 +54,7 @@ class Dispatch:
         self.gateway = gateway
         self.state = SimpleNamespace(gateway=gateway)
         self._relays = relays
-        self._pages: Any = None  # the Starlette app, once built
+        self._pages: ASGIApp | None = None  # the Starlette app, once built
         self._warm: asyncio.Task[None] | None = None
         # Cross-origin pages, when the deployment lists their origins (see tokenrelay.cors).
         self._handle = with_cors(self._route, gateway.settings.cors)
@@ -77,7 +77,7 @@ class Dispatch:
         pages = self._pages if self._pages is not None else self._build_pages()
         await pages(scope, receive, send)
 
-    def _build_pages(self) -> Any:
+    def _build_pages(self) -> ASGIApp:
         from tokenrelay.endpoints import build, with_safe_headers
 
         self._pages = with_safe_headers(build(self.gateway, self._relays))

@@ -220,12 +220,11 @@ def _with_store(url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
 
 
 def _when(timestamp: float | None, separator: str = " ") -> str:
-    import datetime
+    from tokenrelay.metering.units import iso_time
 
     if timestamp is None:
         return "-"
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.strftime(f"%Y-%m-%d{separator}%H:%M:%SZ")
+    return iso_time(timestamp).replace("T", separator)
 
 
 def _key_json(record: KeyRecord) -> dict[str, object]:

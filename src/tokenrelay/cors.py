@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp
+    from tokenrelay.types import ASGIApp
 
 # What a page may read from an answer besides the CORS-safelisted headers.
 EXPOSED_HEADERS = [

@@ -31,19 +31,17 @@ from tokenrelay.gate.identity import request_headers
 from tokenrelay.model import Error, GatewayError, Request
 from tokenrelay.relay import (
     ClientGone,
-    Receive,
     RelayEndpoint,
-    Scope,
-    Send,
     ShuttingDown,
     check_content_type,
     read_body,
 )
+from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from tokenrelay.failover import Route
     from tokenrelay.gate.gatekeeper import Admission
     from tokenrelay.gateway import Gateway
-    from tokenrelay.router import Route
 
 log = logging.getLogger("tokenrelay.count_tokens")
 

@@ -27,10 +27,9 @@ from tokenrelay.observe.health import Readiness
 from tokenrelay.path_errors import render
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
     from tokenrelay.gateway import Gateway
     from tokenrelay.relay import RelayEndpoint
+    from tokenrelay.types import ASGIApp, Message, Receive, Scope, Send
 
 WEB = Path(__file__).parent / "web"
 _STATIC_TYPES = {

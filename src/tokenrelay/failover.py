@@ -1,7 +1,7 @@
 """Failover before the first token: try a route's targets in order, each with its retries, until
 one produces content within its first-token deadline, and hold the response head until then.
 
-What moves on, what is retried and what is returned at once is the README's failover table:
+What moves on, what is retried and what is returned at once is the table in docs/failover.md:
 connection errors, 408/409/429/5xx/529 and an error event before any content move on after a
 jittered retry that honours ``retry-after`` when it fits the route's budget; a missed first-token
 deadline moves on at once (a hanging target is the likeliest to hang again), and is retried only
@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 
@@ -34,6 +34,7 @@ from tokenrelay.latency import LatencyStats
 from tokenrelay.model import (
     CONTENT_EVENTS,
     Error,
+    ErrorType,
     Event,
     Finish,
     GatewayError,
@@ -43,18 +44,20 @@ from tokenrelay.model import (
     merge_usage,
 )
 from tokenrelay.providers import Endpoint, Provider
-from tokenrelay.settings import TargetSettings
+from tokenrelay.records import Attempt, AttemptOutcome
+from tokenrelay.settings import RouteSettings, TargetSettings
 
 if TYPE_CHECKING:
     from tokenrelay.observe.tracing import AttemptTrace, RequestTrace
-    from tokenrelay.router import Route
 
 # Errors that would fail the same way on any target: return them to the client at once.
 FINAL_STATUSES = frozenset({400, 413, 415, 422})
 # A target that refuses our key is misconfigured: never retried, loudly logged, passed over.
 AUTH_STATUSES = frozenset({401, 403})
 # What an attempt's outcome says for a target skipped because it cannot carry the request.
-UNSUPPORTED = "unsupported"
+UNSUPPORTED: Final = "unsupported"
+# The rate-limit key every provider model shares: a new name is not a new window.
+PROVIDER_MODELS = "provider_models"
 # Observations of a target's time to first token needed before hedging trusts its percentile.
 HEDGE_MIN_SAMPLES = 20
 
@@ -63,22 +66,26 @@ log = logging.getLogger("tokenrelay.failover")
 Events = AsyncGenerator[list[Event], None]
 
 
+@dataclass(slots=True)
+class Route:
+    """A route as a request walks it: its settings and its targets with their providers (the
+    router builds them, from the configuration or for a provider model asked for by name)."""
+
+    name: str
+    settings: RouteSettings
+    targets: list[tuple[TargetSettings, Provider]]
+    configured: bool = True  # False for a provider model asked for by name
+
+    @property
+    def limit_key(self) -> str:
+        """What ``rate_limit`` is counted under: the route, or all provider models as one."""
+        return self.name if self.configured else PROVIDER_MODELS
+
+
 class RouteFailed(GatewayError):
     """Every target failed before the first token; carries the attempts for the response head."""
 
     attempts: list[Attempt]
-
-
-@dataclass(slots=True)
-class Attempt:
-    provider: str
-    model: str
-    # "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot carry the request: not
-    # tried), "upstream_auth" (refused the gateway's credentials), or the normalized error type
-    outcome: str
-    status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
-    ms: float
-    usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
 
 
 @dataclass(slots=True)
@@ -295,7 +302,7 @@ class Failover:
         name = target.provider.name
         model = target.settings.model
         refused = error.status in AUTH_STATUSES
-        outcome = "upstream_auth" if refused else error.type
+        outcome: AttemptOutcome = "upstream_auth" if refused else error.type
         self.attempts.append(Attempt(name, model, outcome, error.status, ms, error.usage))
         self.errors.append(_for_client(error) if refused else error)
         if error.status in FINAL_STATUSES:
@@ -459,7 +466,7 @@ def summarize(
         error = RouteFailed(last.type, last.message + tries, last.status)
     else:
         status = 504 if all(e.status == 504 for e in errors) else 503
-        kind = "overloaded" if status == 503 else "timeout"
+        kind: ErrorType = "overloaded" if status == 503 else "timeout"
         error = RouteFailed(kind, f"no provider answered ({'; '.join(distinct)})", status)
     if refusals:
         skipped = "; ".join(f"{label}: {refusal.message}" for label, refusal in refusals)

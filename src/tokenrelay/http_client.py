@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 256 * 1024  # bytes held for a slow reader before the socket stops being read
-LOW_WATER = 64 * 1024
 KEEPALIVE_SECONDS = 30.0  # an idle connection older than this is closed rather than reused
 
 _ssl_context: ssl.SSLContext | None = None

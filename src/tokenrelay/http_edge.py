@@ -25,6 +25,7 @@ import asyncio
 import http
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -66,7 +67,7 @@ def _settings_of(config: Config) -> HttpSettings:
     return found
 
 
-class _Refused:
+class _RefusedConnections:
     """Counts connections refused at the cap, and says so in the log now and then."""
 
     count = 0
@@ -112,7 +113,7 @@ class EdgeProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if len(self.connections) >= self.limits.max_connections:
             self.transport = transport  # type: ignore[assignment]
-            _Refused.note(self.limits.max_connections)
+            _RefusedConnections.note(self.limits.max_connections)
             transport.close()
             return
         super().connection_made(transport)  # type: ignore[arg-type]
@@ -222,7 +223,7 @@ class EdgeProtocol(HttpToolsProtocol):
         """No request is being answered (a head arriving then is the next request's)."""
         return self.cycle is None or self.cycle.response_complete
 
-    def _arm(self, seconds: float, handler: Any) -> None:
+    def _arm(self, seconds: float, handler: Callable[[], object]) -> None:
         self._disarm()
         self._deadline = self.loop.call_later(seconds, handler)
 

@@ -2,12 +2,33 @@
 
 Everything between a front dialect and a provider speaks only these types, which is what keeps
 N client dialects times M upstream dialects at N + M modules.
+
+A failure has one of a closed set of types (``ErrorType``), each with its default status
+(``ERROR_STATUS``); every dialect maps the whole set to and from its own words, and a type
+not in the set is a mypy error. The exceptions that carry one::
+
+    GatewayError(type, message, status)   any failure; the front renders it in the client's dialect
+    ├── Untranslatable                    invalid_request 400: a target's dialect cannot carry it
+    ├── failover.RouteFailed              every target failed before the first token
+    ├── relay.ShuttingDown                overloaded 503: the gateway is draining
+    └── gate.gatekeeper.Rejected          the gate turned the request away (outcome "rejected")
+
+    ErrorType               status   ErrorType               status
+    invalid_request         400      unprocessable           422
+    authentication          401      rate_limit              429
+    budget_exceeded         402      api_error               500
+    permission              403      upstream_unavailable    502
+    not_found               404      timeout                 504
+    request_too_large       413      overloaded              529
+    unsupported_media_type  415
+
+A stream that fails after its head carries the same type in an ``Error`` event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import msgspec
 
@@ -15,6 +36,21 @@ import msgspec
 # system messages, OpenAI's developer messages), kept in place; ``Request.system`` is the top one.
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "stop_sequence"]
+ErrorType = Literal[
+    "invalid_request",
+    "authentication",
+    "budget_exceeded",
+    "permission",
+    "not_found",
+    "request_too_large",
+    "unsupported_media_type",
+    "unprocessable",
+    "rate_limit",
+    "api_error",
+    "upstream_unavailable",
+    "timeout",
+    "overloaded",
+]
 
 
 # --- request -----------------------------------------------------------------------------------
@@ -272,9 +308,9 @@ class Finish(msgspec.Struct, frozen=True, gc=False):
 
 
 class Error(msgspec.Struct, frozen=True):
-    """A failure, before or during a stream. ``type`` is one of ``ERROR_STATUS``'s keys."""
+    """A failure, before or during a stream."""
 
-    type: str
+    type: ErrorType
     message: str
     status: int = 500
     retry_after: float | None = None
@@ -286,21 +322,27 @@ class Error(msgspec.Struct, frozen=True):
 Event = TextDelta | ThinkingDelta | ToolCallDelta | Usage | Finish | Error
 CONTENT_EVENTS = (TextDelta, ThinkingDelta, ToolCallDelta)
 
-ERROR_STATUS: dict[str, int] = {
+# Each error type's status when its raiser gives none (every type has one: see the test).
+ERROR_STATUS: dict[ErrorType, int] = {
     "invalid_request": 400,
     "authentication": 401,
+    "budget_exceeded": 402,
     "permission": 403,
     "not_found": 404,
     "request_too_large": 413,
     "unsupported_media_type": 415,
     "unprocessable": 422,
-    "budget_exceeded": 402,
     "rate_limit": 429,
     "api_error": 500,
     "upstream_unavailable": 502,
-    "overloaded": 529,
     "timeout": 504,
+    "overloaded": 529,
 }
+
+
+def is_error_type(value: object) -> TypeGuard[ErrorType]:
+    """Whether ``value`` (an upstream's word, a header) is one of ours, exactly."""
+    return isinstance(value, str) and value in ERROR_STATUS
 
 
 class GatewayError(Exception):
@@ -308,7 +350,7 @@ class GatewayError(Exception):
 
     def __init__(
         self,
-        type: str,
+        type: ErrorType,
         message: str,
         status: int | None = None,
         *,
@@ -320,7 +362,7 @@ class GatewayError(Exception):
         super().__init__(message)
         self.type = type
         self.message = message
-        self.status = status if status is not None else ERROR_STATUS.get(type, 500)
+        self.status = status if status is not None else ERROR_STATUS[type]
         self.param = param
         self.retry_after = retry_after
         self.headers = headers  # extra response headers (a rate limit's quota)

@@ -21,8 +21,8 @@ from tokenrelay.router import check_name
 if TYPE_CHECKING:
     from starlette.requests import Request
 
+    from tokenrelay.failover import Route
     from tokenrelay.gateway import Gateway
-    from tokenrelay.router import Route
 
 EPOCH = "1970-01-01T00:00:00Z"
 OWNER = "tokenrelay"  # of a route; a provider model is owned by its provider

@@ -11,8 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from tokenrelay.failover import Attempt
-from tokenrelay.model import Completion, Request, Usage
+from tokenrelay.model import Completion, ErrorType, Request, Usage
 
 if TYPE_CHECKING:
     from tokenrelay.gate.identity import Identity
@@ -22,7 +21,27 @@ if TYPE_CHECKING:
 # the client got an in-band error (or a 503 before the head), error_type "shutting_down".
 Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted"]
 
+# How one try of a target ended: "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot
+# carry the request: not tried), "circuit_open" (its breaker is open: not tried),
+# "upstream_auth" (refused the gateway's credentials), or the error type it failed with.
+AttemptOutcome = (
+    Literal["ok", "hedged_out", "unsupported", "circuit_open", "upstream_auth"] | ErrorType
+)
+
 log = logging.getLogger("tokenrelay.requests")
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One try of one target along a route (``failover`` records them): for the response's
+    ``x-tokenrelay-attempts`` head, the log line, metrics and the ledger."""
+
+    provider: str
+    model: str
+    outcome: AttemptOutcome
+    status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
+    ms: float
+    usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
 
 
 @dataclass(slots=True)

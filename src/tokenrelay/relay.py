@@ -14,30 +14,24 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
-
-import msgspec
 
 from tokenrelay import dialects
 from tokenrelay.dialects.responses.wire import CONTINUES, REFERENCES
-from tokenrelay.gate.gatekeeper import Admission, Refused
+from tokenrelay.failover import Route, RouteFailed
+from tokenrelay.gate.gatekeeper import Admission, Rejected
 from tokenrelay.gate.identity import Identity, request_headers
+from tokenrelay.metering.units import usd
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
-from tokenrelay.records import Outcome, StreamRecord
-from tokenrelay.router import RouteFailed
+from tokenrelay.records import Attempt, Outcome, StreamRecord
 from tokenrelay.screening.canary import CanaryWatch, leak_error
+from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.dialects import StreamWriter
+    from tokenrelay.failover import OpenStream
     from tokenrelay.gateway import Gateway
     from tokenrelay.observe.tracing import RequestTrace
-    from tokenrelay.router import Attempt, OpenStream
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("tokenrelay.relay")
 
@@ -164,7 +158,7 @@ class RelayEndpoint:
             )
             record.identity = identity  # the client's address, at least, on every row
             flood = False
-            if isinstance(error, Refused):
+            if isinstance(error, Rejected):
                 record.identity, record.verdict = error.identity, error.verdict
                 record.reject_reason = error.reason
                 flood = error.flood
@@ -253,7 +247,7 @@ class _Call:
         self.emitted = False
         self.trace: RequestTrace | None = None  # its spans, when tracing is on
 
-    async def run(self, route: Any) -> None:
+    async def run(self, route: Route) -> None:
         task = self.task = asyncio.current_task()
         assert task is not None
         gateway = self.endpoint.gateway
@@ -336,7 +330,7 @@ class _Call:
             gone.set()
             task.cancel()
 
-    async def _serve(self, route: Any) -> tuple[Outcome, str | None]:
+    async def _serve(self, route: Route) -> tuple[Outcome, str | None]:
         endpoint = self.endpoint
         headers = _client_headers(self.scope)
         try:
@@ -468,7 +462,7 @@ class _Call:
             if value is not None
         }
         cost = record.cost_nanousd
-        summary["costUsd"] = None if cost is None else _usd(cost)
+        summary["costUsd"] = None if cost is None else usd(cost)
         summary["ttftMs"] = None if self.ttft_ms is None else round(self.ttft_ms, 1)
         return summary
 
@@ -584,15 +578,5 @@ def _attempts_header(attempts: list[Attempt]) -> bytes:
     ).encode()
 
 
-def _usd(nanousd: int) -> str:
-    """Exact dollars as a decimal string ("0.0132735"), never a float."""
-    whole, frac = divmod(nanousd, 1_000_000_000)
-    return f"{whole}.{frac:09d}".rstrip("0").rstrip(".") if frac else str(whole)
-
-
 def _ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000
-
-
-def encode_json(data: Any) -> bytes:
-    return msgspec.json.encode(data)

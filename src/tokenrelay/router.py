@@ -12,18 +12,14 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tokenrelay.breaker import CircuitBreaker
-from tokenrelay.failover import Attempt as Attempt
-from tokenrelay.failover import Failover
-from tokenrelay.failover import OpenStream as OpenStream
-from tokenrelay.failover import RouteFailed as RouteFailed
+from tokenrelay.failover import Failover, OpenStream, Route
 from tokenrelay.latency import LatencyStats, LocalLatencyStats
 from tokenrelay.model import GatewayError, Request
 from tokenrelay.providers import Provider
-from tokenrelay.settings import ProviderModelSettings, RouteSettings, Settings, TargetSettings
+from tokenrelay.settings import ProviderModelSettings, Settings, TargetSettings
 
 if TYPE_CHECKING:
     from tokenrelay.observe.tracing import RequestTrace
@@ -37,21 +33,6 @@ MAX_NAME_CHARS = 256
 # Letters, digits and the punctuation model names use (claude-sonnet-4-5@20250929,
 # ollama/llama3.2:8b, ft:gpt-4o:org+x): nothing a header, a log line or SQL could trip on.
 _NAME = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_NAME_CHARS}}}")
-# The rate-limit key every provider model shares: a new name is not a new window.
-PROVIDER_MODELS = "provider_models"
-
-
-@dataclass(slots=True)
-class Route:
-    name: str
-    settings: RouteSettings
-    targets: list[tuple[TargetSettings, Provider]]
-    configured: bool = True  # False for a provider model asked for by name
-
-    @property
-    def limit_key(self) -> str:
-        """What ``rate_limit`` is counted under: the route, or all provider models as one."""
-        return self.name if self.configured else PROVIDER_MODELS
 
 
 class Router:

@@ -50,6 +50,7 @@ import msgspec
 from tokenrelay.model import (
     Completion,
     Error,
+    ErrorType,
     Event,
     Finish,
     FinishReason,
@@ -91,7 +92,7 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
 
 
 # fault -> (model error type, status, message); these answer at once, before any byte of a stream
-STATUS_FAULTS: dict[str, tuple[str, int, str]] = {
+STATUS_FAULTS: dict[str, tuple[ErrorType, int, str]] = {
     "429": ("rate_limit", 429, "simulated rate limit"),
     "500": ("api_error", 500, "simulated internal server error"),
     "503": ("upstream_unavailable", 503, "simulated service unavailable"),

@@ -10,13 +10,9 @@ scope when one is installed; both get the same answer.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import Any
-
 from tokenrelay import path_errors
 from tokenrelay.model import GatewayError
-
-Scope = MutableMapping[str, Any]
+from tokenrelay.types import Receive, Scope, Send
 
 STATUS = 426
 _MESSAGE = (
@@ -37,7 +33,7 @@ def is_upgrade(scope: Scope) -> bool:
     )
 
 
-async def refuse(scope: Scope, receive: Any, send: Any) -> None:
+async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
     """426 with an error in the path's dialect; on a ``websocket`` scope through the ASGI
     denial-response extension when the server offers it, else a close (a 403 from uvicorn)."""
     path = scope["path"]

@@ -42,6 +42,7 @@ from tokenrelay.model import (
     ERROR_STATUS,
     Completion,
     Error,
+    ErrorType,
     Event,
     Finish,
     FinishReason,
@@ -80,7 +81,7 @@ KNOWN_FIELDS = frozenset(
 )
 
 # our error type -> Anthropic's
-ERROR_TYPES: dict[str, str] = {
+ERROR_TYPES: dict[ErrorType, str] = {
     "invalid_request": "invalid_request_error",
     "unprocessable": "invalid_request_error",
     "unsupported_media_type": "invalid_request_error",
@@ -95,7 +96,7 @@ ERROR_TYPES: dict[str, str] = {
     "api_error": "api_error",
     "upstream_unavailable": "api_error",
 }
-_OUR_ERROR_TYPES: dict[str, str] = {
+_OUR_ERROR_TYPES: dict[str, ErrorType] = {
     "invalid_request_error": "invalid_request",
     "authentication_error": "authentication",
     "billing_error": "budget_exceeded",
@@ -107,7 +108,7 @@ _OUR_ERROR_TYPES: dict[str, str] = {
     "api_error": "api_error",
     "overloaded_error": "overloaded",
 }
-_STATUS_TYPES = {status: kind for kind, status in ERROR_STATUS.items()}
+_STATUS_TYPES: dict[int, ErrorType] = {status: kind for kind, status in ERROR_STATUS.items()}
 
 STOP_REASONS: dict[str, str] = {
     "stop": "end_turn",

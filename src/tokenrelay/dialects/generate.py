@@ -28,6 +28,7 @@ from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     Completion,
     Error,
+    ErrorType,
     Event,
     Finish,
     GatewayError,
@@ -38,6 +39,7 @@ from tokenrelay.model import (
     ThinkingDelta,
     Untranslatable,
     Usage,
+    is_error_type,
     merge_usage,
 )
 
@@ -283,7 +285,8 @@ def parse_error(status: int, body: bytes, headers: Mapping[str, str]) -> Error:
     retry_after = retry_after_seconds(headers)
     try:
         error = _decode(body)["error"]
-        return Error(str(error["type"]), str(error["message"]), status, retry_after)
+        kind, message = error["type"], str(error["message"])
     except (msgspec.DecodeError, KeyError, TypeError):
-        text = body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
-        return Error("api_error" if status >= 500 else "invalid_request", text, status, retry_after)
+        kind, message = None, body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
+    fallback: ErrorType = "api_error" if status >= 500 else "invalid_request"
+    return Error(kind if is_error_type(kind) else fallback, message, status, retry_after)

@@ -24,6 +24,7 @@ from tokenrelay.model import (
     MAX_CHOICES,
     Completion,
     Error,
+    ErrorType,
     Event,
     Finish,
     FinishReason,
@@ -47,6 +48,7 @@ from tokenrelay.model import (
     foreign_block,
     foreign_message_fields,
     foreign_tool_fields,
+    is_error_type,
     merge_usage,
 )
 
@@ -55,7 +57,7 @@ CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 # Our error types as OpenAI's ``type`` and ``code``; the code also carries our server-side types so
 # a reader of our own stream (``tokenrelay ask``) gets the exact type back.
-ERROR_TYPES: dict[str, str] = {
+ERROR_TYPES: dict[ErrorType, str] = {
     "invalid_request": "invalid_request_error",
     "authentication": "invalid_request_error",
     "permission": "invalid_request_error",
@@ -70,7 +72,7 @@ ERROR_TYPES: dict[str, str] = {
     "overloaded": "server_error",
     "timeout": "server_error",
 }
-ERROR_CODES: dict[str, str] = {
+ERROR_CODES: dict[ErrorType, str] = {
     "authentication": "invalid_api_key",
     "not_found": "model_not_found",
     "rate_limit": "rate_limit_exceeded",
@@ -80,7 +82,7 @@ ERROR_CODES: dict[str, str] = {
     "timeout": "timeout",
 }
 # What an upstream's error ``type`` or ``code`` means, for errors that arrive without a status.
-_FOREIGN_ERRORS = {
+_FOREIGN_ERRORS: dict[str, ErrorType] = {
     "invalid_api_key": "authentication",
     "authentication_error": "authentication",
     "model_not_found": "not_found",
@@ -97,7 +99,7 @@ _FOREIGN_ERRORS = {
     "engine_overloaded": "overloaded",
     "overloaded_error": "overloaded",
 }
-_STATUS_ERRORS = {status: type for type, status in ERROR_STATUS.items()} | {
+_STATUS_ERRORS: dict[int, ErrorType] = {status: type for type, status in ERROR_STATUS.items()} | {
     408: "timeout",
     503: "overloaded",
 }
@@ -910,7 +912,7 @@ def _choice(choice: dict[str, Any]) -> Completion:
     )
 
 
-def _error_json(type: str, message: str, param: str | None) -> dict[str, Any]:
+def _error_json(type: ErrorType, message: str, param: str | None) -> dict[str, Any]:
     return {
         "error": {
             "message": message,
@@ -925,6 +927,13 @@ def encode_error(error: GatewayError) -> bytes:
     return _encode(_error_json(error.type, error.message, error.param))
 
 
+def _known_error(value: object) -> ErrorType | None:
+    """Our type for an upstream's error ``code`` or ``type``: ours as is, OpenAI's translated."""
+    if is_error_type(value):
+        return value
+    return _FOREIGN_ERRORS.get(value) if isinstance(value, str) else None
+
+
 def _error_event(error: Any, status: int | None, retry_after: float | None = None) -> Error:
     """Our type from the status when there is one, else from the upstream's code or type."""
     if not isinstance(error, dict):
@@ -936,14 +945,8 @@ def _error_event(error: Any, status: int | None, retry_after: float | None = Non
     if status is not None:
         ours = _STATUS_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request")
     else:
-        ours = next(
-            (
-                value if value in ERROR_STATUS else _FOREIGN_ERRORS[value]
-                for value in (code, kind)
-                if isinstance(value, str) and (value in ERROR_STATUS or value in _FOREIGN_ERRORS)
-            ),
-            "api_error",
-        )
+        known = (_known_error(value) for value in (code, kind))
+        ours = next((value for value in known if value is not None), "api_error")
     text = message if isinstance(message, str) and message else f"the upstream reported {kind!r}"
     return Error(ours, text, status or ERROR_STATUS[ours], retry_after)
 

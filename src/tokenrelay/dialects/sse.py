@@ -113,4 +113,3 @@ def frame_text(data: str, event: str | None = None) -> bytes:
 
 
 DONE = b"data: [DONE]\n\n"
-KEEPALIVE = b": keep-alive\n\n"

@@ -36,6 +36,7 @@ from tokenrelay.dialects.sse import DONE, SSEEvent
 from tokenrelay.model import (
     Completion,
     Error,
+    ErrorType,
     Event,
     Finish,
     GatewayError,
@@ -48,6 +49,7 @@ from tokenrelay.model import (
     ThinkingDelta,
     Untranslatable,
     Usage,
+    is_error_type,
     merge_usage,
 )
 
@@ -389,8 +391,9 @@ def encode_error(error: GatewayError) -> bytes:
 
 
 def parse_error(status: int, body: bytes, headers: Mapping[str, str]) -> Error:
-    kind = headers.get("x-tokenrelay-error-type") or (
-        "api_error" if status >= 500 else "invalid_request"
-    )
+    kind = headers.get("x-tokenrelay-error-type")
+    fallback: ErrorType = "api_error" if status >= 500 else "invalid_request"
     text = body.decode("utf-8", "replace")[:500] or f"HTTP {status}"
-    return Error(kind, text, status, retry_after_seconds(headers))
+    return Error(
+        kind if is_error_type(kind) else fallback, text, status, retry_after_seconds(headers)
+    )

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from tokenrelay.gate.identity import Authenticator, Identity
 from tokenrelay.model import GatewayError, Request, Usage
@@ -26,12 +26,25 @@ from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject, Su
 if TYPE_CHECKING:
     from tokenrelay.gate.keys import KeyStore
     from tokenrelay.metering.budgets import Budgets
-    from tokenrelay.router import Route
     from tokenrelay.screening import Screen, Verdict
-    from tokenrelay.settings import Settings
+    from tokenrelay.settings import RouteSettings, Settings
     from tokenrelay.store import Database
 
 log = logging.getLogger("tokenrelay.gate")
+
+
+class RouteView(Protocol):
+    """What the gate reads of the route a request resolved to (``failover.Route`` is one), so
+    that the gate, beside the core, never imports the router."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def settings(self) -> RouteSettings: ...
+    @property
+    def configured(self) -> bool: ...  # False for a provider model asked for by name
+    @property
+    def limit_key(self) -> str: ...  # what the route's ``rate_limit`` is counted under
 
 
 @dataclass(slots=True)
@@ -57,9 +70,10 @@ def _retrieve(task: asyncio.Task[Database]) -> None:
         task.exception()
 
 
-class Refused(GatewayError):
-    """A request the gate turned away, with what it knew of the caller for the record, and
-    which check refused it (``reason``: the metrics' label, finer than the error type)."""
+class Rejected(GatewayError):
+    """A request the gate turned away (recorded with outcome ``rejected``), with what it knew of
+    the caller for the record, and which check refused it (``reason``: the metrics' label,
+    finer than the error type)."""
 
     def __init__(
         self, error: GatewayError, identity: Identity | None, verdict: Verdict | None
@@ -75,7 +89,7 @@ class Refused(GatewayError):
         )
         self.identity = identity
         self.verdict = verdict
-        # Refused by the caller's request limit on its headers alone: counted in the metrics
+        # Rejected by the caller's request limit on its headers alone: counted in the metrics
         # only, so that a flood costs no ledger row, audit line or log line per request.
         self.flood = False
 
@@ -175,14 +189,14 @@ class Gate:
                 await (await self._database).close()
 
     async def admit(
-        self, route: Route, request: Request, headers: Mapping[str, str], peer: str | None
+        self, route: RouteView, request: Request, headers: Mapping[str, str], peer: str | None
     ) -> Admission:
         """``admit_caller`` then ``admit_request``, for a request already parsed."""
         admission = await self.admit_caller(headers, peer)
         return await self.admit_request(route, request, headers, admission)
 
     async def admit_caller(self, headers: Mapping[str, str], peer: str | None) -> Admission:
-        """Who is asking and whether they may ask now, on the headers alone: ``Refused``
+        """Who is asking and whether they may ask now, on the headers alone: ``Rejected``
         (401, 429, 503) for the client. Credentials that fail are counted against the caller's
         address like an anonymous request, so guessing keys is limited too."""
         try:
@@ -191,7 +205,7 @@ class Gate:
             anonymous = self.authenticator.anonymous(headers, peer)
             if error.status == 401:
                 await self._limit_caller(anonymous)
-            raise Refused(error, anonymous, None) from None
+            raise Rejected(error, anonymous, None) from None
         admission = Admission(identity)
         decision = await self._limit_caller(identity)
         admission.requests = decision
@@ -204,36 +218,38 @@ class Gate:
         try:
             _refuse_unless_allowed(decision, "requests")
         except GatewayError as error:
-            refused = Refused(error, identity, None)
+            refused = Rejected(error, identity, None)
             refused.flood = not decision.unavailable
             raise refused from None
         return decision
 
     async def admit_request(
-        self, route: Route, request: Request, headers: Mapping[str, str], admission: Admission
+        self, route: RouteView, request: Request, headers: Mapping[str, str], admission: Admission
     ) -> Admission:
-        """The rest of the gate for a parsed request on ``route``: ``Refused`` (401, 403, 413,
+        """The rest of the gate for a parsed request on ``route``: ``Rejected`` (401, 403, 413,
         400, 402, 429, 503) for the client."""
         try:
             return await self._admit_request(route, request, headers, admission)
         except GatewayError as error:
-            raise Refused(error, admission.identity, admission.verdict) from None
+            raise Rejected(error, admission.identity, admission.verdict) from None
 
-    def check_access(self, route: Route, headers: Mapping[str, str], identity: Identity) -> None:
+    def check_access(
+        self, route: RouteView, headers: Mapping[str, str], identity: Identity
+    ) -> None:
         """Whether the caller may use ``route`` at all (a key's routes, anonymous access), and
         nothing else: for a call that runs no model (``count_tokens``), which the route's
-        limits, budgets, screen and stream slots are not about. ``Refused`` 401 or 403."""
+        limits, budgets, screen and stream slots are not about. ``Rejected`` 401 or 403."""
         allow_anonymous = route.settings.allow_anonymous
         if allow_anonymous is None:
             allow_anonymous = self.settings.auth.allow_anonymous
         try:
             self.authenticator.check_route(identity, headers, route.name, allow_anonymous)
         except GatewayError as error:
-            raise Refused(error, identity, None) from None
+            raise Rejected(error, identity, None) from None
 
     async def _admit_request(
         self,
-        route: Route,
+        route: RouteView,
         request: Request,
         headers: Mapping[str, str],
         admission: Admission,
@@ -283,7 +299,7 @@ class Gate:
                 admission.lease = lease
         return admission
 
-    def _screen_for(self, route: Route) -> Screen | None:
+    def _screen_for(self, route: RouteView) -> Screen | None:
         """A configured route's screen, or, for a provider model asked for by name, the default
         screen: naming a model directly must not be a way around screening."""
         if route.configured:
@@ -319,7 +335,7 @@ class Gate:
             rules.append(Rule(Subject("org", identity.org), settings.org_limit))
         return rules
 
-    def _route_rules(self, subject: Subject, route: Route) -> list[Rule]:
+    def _route_rules(self, subject: Subject, route: RouteView) -> list[Rule]:
         """The caller's limits on this route alone (``limits.route_limits``, the route's own
         ``rate_limit``), counted per caller and route."""
         rules = []

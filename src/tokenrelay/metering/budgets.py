@@ -28,11 +28,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 
+from tokenrelay.metering.units import NANOUSD, iso_time, usd
 from tokenrelay.model import GatewayError
 
 if TYPE_CHECKING:
@@ -44,13 +45,8 @@ log = logging.getLogger("tokenrelay.budgets")
 Scope = Literal["key", "user", "org"]
 Period = Literal["day", "month"]
 COLUMNS: dict[Scope, str] = {"key": "key_id", "user": "user_id", "org": "org_id"}
-NANOUSD = 1_000_000_000
 BATCH = 200  # subjects or request ids per query
 DAY = 86400
-# Until model.ERROR_STATUS knows "budget_exceeded" (402): "permission" renders as Anthropic's
-# permission_error, OpenAI's invalid_request_error and /api/generate's "permission", none of
-# which an SDK retries; the status is 402 either way.
-ERROR_TYPE = "budget_exceeded"
 
 
 class BudgetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -101,16 +97,6 @@ def period_bounds(period: Period, now: float) -> tuple[float, float]:
         start = start.replace(day=1)
         end = (start + datetime.timedelta(days=32)).replace(day=1)
     return start.timestamp(), end.timestamp()
-
-
-def usd(nanousd: int, quantum: Decimal = Decimal("0.01")) -> str:
-    return "$" + str((Decimal(nanousd) / NANOUSD).quantize(quantum, ROUND_HALF_UP))
-
-
-def iso_time(timestamp: float) -> str:
-    """A Unix time as ISO 8601 UTC to the second (``2026-11-01T12:00:00Z``), as metering
-    writes every time it shows."""
-    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _until(seconds: float) -> str:
@@ -323,13 +309,13 @@ class Budgets:
             noted[(index, subject, "alert")] = start
             self.metrics.alerts += 1
             log.warning(
-                "budget alert: %s has spent %s, %d %% of its %s of %s (alert at %d %%); "
+                "budget alert: %s has spent $%s, %d %% of its %s of $%s (alert at %d %%); "
                 "it resets at %s",
                 who,
-                usd(spent),
+                usd(spent, 2),
                 spent * 100 // limit,
                 budget.label,
-                usd(limit),
+                usd(limit, 2),
                 round(budget.alert_at * 100),
                 iso_time(end),
                 extra={"budget": budget.label, "subject": subject, "spent_nanousd": spent},
@@ -338,11 +324,11 @@ class Budgets:
             noted[(index, subject, "exhausted")] = start
             self.metrics.exhausted += 1
             log.warning(
-                "budget used up: %s has spent %s of its %s of %s; refused until %s",
+                "budget used up: %s has spent $%s of its %s of $%s; refused until %s",
                 who,
-                usd(spent),
+                usd(spent, 2),
                 budget.label,
-                usd(limit),
+                usd(limit, 2),
                 iso_time(end),
                 extra={"budget": budget.label, "subject": subject, "spent_nanousd": spent},
             )
@@ -459,12 +445,11 @@ def _exceeded(
 ) -> GatewayError:
     exponent = budget.limit_usd.normalize().as_tuple().exponent
     places = max(2, -exponent) if isinstance(exponent, int) else 2
-    quantum = Decimal(1).scaleb(-places)
     reset = iso_time(end)
     return GatewayError(
-        ERROR_TYPE,
-        f"budget exceeded: {budget.scope} {subject!r} has spent {usd(spent, quantum)} of its "
-        f"{budget.label} of {usd(budget.limit_nanousd, quantum)} since {iso_time(start)}; "
+        "budget_exceeded",
+        f"budget exceeded: {budget.scope} {subject!r} has spent ${usd(spent, places)} of its "
+        f"{budget.label} of ${usd(budget.limit_nanousd, places)} since {iso_time(start)}; "
         f"it resets at {reset} (in {_until(end - now)})",
         402,
         retry_after=max(1.0, end - now),

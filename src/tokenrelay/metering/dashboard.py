@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import datetime
 import io
 import math
 from collections.abc import Mapping, Sequence
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
-from tokenrelay.metering.budgets import iso_time
 from tokenrelay.metering.reports import (
     _COLUMNS,
     _COUNTS,
@@ -37,6 +35,7 @@ from tokenrelay.metering.reports import (
     csv_cell,
     make_query,
 )
+from tokenrelay.metering.units import iso_day, iso_time
 
 if TYPE_CHECKING:
     from tokenrelay.store import Queries
@@ -274,10 +273,6 @@ def _group_totals(cells: Sequence[tuple[int, UsageRow]]) -> list[UsageRow]:
     return list(totals.values())
 
 
-def _day_name(day: int) -> str:
-    return (datetime.date(1970, 1, 1) + datetime.timedelta(days=day)).isoformat()
-
-
 def shape(found: Dashboard) -> dict[str, Any]:
     """The JSON body: ``days``, the chart's ``groups`` (each with its ``total`` and one
     ``daily`` entry per day; past ``SHOWN`` groups the smallest are summed as one whose
@@ -317,7 +312,7 @@ def shape(found: Dashboard) -> dict[str, Any]:
         "since": iso_time(query.since),
         "until": iso_time(query.until),
         "filters": query.filters,
-        "days": [_day_name(found.first_day + offset) for offset in range(found.days)],
+        "days": [iso_day(found.first_day + offset) for offset in range(found.days)],
         "groups": groups,
         "total": _sums(total),
         "top": {
@@ -353,10 +348,10 @@ def render_csv(found: Dashboard) -> str:
     writer.writerow(["day", found.by, *_CSV_FIELDS, "cost_usd"])
     for day, row in found.cells:
         counts = [getattr(row, name) for name in _CSV_FIELDS]
-        writer.writerow([_day_name(day), csv_cell(row.group), *counts, _exact_usd(row)])
+        writer.writerow([iso_day(day), csv_cell(row.group), *counts, _exact_usd(row)])
     return out.getvalue()
 
 
 def csv_name(found: Dashboard) -> str:
     last = found.first_day + found.days - 1
-    return f"tokenrelay-usage-by-{found.by}-{_day_name(found.first_day)}-{_day_name(last)}.csv"
+    return f"tokenrelay-usage-by-{found.by}-{iso_day(found.first_day)}-{iso_day(last)}.csv"

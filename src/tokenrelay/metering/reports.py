@@ -21,12 +21,12 @@ import io
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
-from tokenrelay.metering.budgets import iso_time
+from tokenrelay.metering.units import iso_day, iso_time, usd
 
 if TYPE_CHECKING:
     from tokenrelay.store import Queries
@@ -241,7 +241,7 @@ _COUNTS = tuple(name for name in UsageRow.__struct_fields__ if name != "group")
 def _row(by: Group, row: Mapping[str, Any]) -> UsageRow:
     group: str | None
     if by == "day":
-        group = (datetime.date(1970, 1, 1) + datetime.timedelta(days=int(row["g0"]))).isoformat()
+        group = iso_day(int(row["g0"]))
     elif by in MODEL_KEYS:
         provider, model = row["g0"], row["g1"]
         group = f"{provider}:{model}" if provider and model else (model or provider)
@@ -253,11 +253,9 @@ def _row(by: Group, row: Mapping[str, Any]) -> UsageRow:
 
 # --- rendering -----------------------------------------------------------------------------------
 
-_SIX_PLACES = Decimal("0.000001")
-
 
 def _exact_usd(row: UsageRow) -> str:
-    return f"{row.cost_usd:.9f}"
+    return usd(row.cost_nanousd, 9)  # exact, and fixed at nine places: the columns align
 
 
 def _json_row(by: str | None, row: UsageRow) -> dict[str, Any]:
@@ -332,7 +330,7 @@ def render_table(report: UsageReport) -> str:
     for row in [*report.rows, report.total]:
         label = "TOTAL" if row is report.total else (row.group or "-")
         counts = [f"{getattr(row, name):,}" for name in _CSV_FIELDS]
-        cost = str(row.cost_usd.quantize(_SIX_PLACES, ROUND_HALF_UP))
+        cost = usd(row.cost_nanousd, 6)
         lines.append([label, *counts, cost, f"{row.estimated_share:.1%}"])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "".join(

@@ -18,7 +18,6 @@ slow disk or a blocked pipe never stalls the event loop; a full queue drops line
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import hmac
 import logging
@@ -34,6 +33,8 @@ from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Annotated
 
 import msgspec
+
+from tokenrelay.metering.units import iso_time, usd
 
 if TYPE_CHECKING:
     from tokenrelay.model import Request
@@ -322,16 +323,6 @@ class AuditLine(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 
 
-def _iso(timestamp: float) -> str:
-    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _usd(nanousd: int) -> str:
-    sign, value = ("-", -nanousd) if nanousd < 0 else ("", nanousd)
-    return f"{sign}{value // 1_000_000_000}.{value % 1_000_000_000:09d}"
-
-
 def fingerprint(text: str, secret: bytes, prefix_chars: int) -> PromptInfo:
     """A prompt as the audit may keep it."""
     digest = hmac.new(secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
@@ -366,7 +357,7 @@ def audit_line(
     verdict = record.verdict
     usage = record.usage
     line = AuditLine(
-        time=_iso(time.time() if now is None else now),
+        time=iso_time(time.time() if now is None else now, ms=True),
         request_id=record.request_id,
         dialect=record.dialect,
         route=record.route,
@@ -394,7 +385,7 @@ def audit_line(
             usage.cache_write_tokens,
             usage.reasoning_tokens,
         ),
-        cost_usd=_usd(cost_nanousd) if cost_nanousd is not None else None,
+        cost_usd=usd(cost_nanousd) if cost_nanousd is not None else None,
         screening=(
             _Screening(
                 round(verdict.score, 3), verdict.injection, verdict.rules, verdict.classifier

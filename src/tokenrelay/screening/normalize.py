@@ -73,7 +73,6 @@ _JOINED = re.compile(r"_(?<=[^\W\d_]_)(?=[^\W\d_])")  # starts with the literal:
 _SPACED_MARKS = (b"SLSLSLSLS", b"SLLSLLSLLSLLS", b"SLLLSLLLSLLLSLLLS")
 
 # Candidate runs worth an attempt at decoding. Hex-encoded text starts every byte with 2-7.
-_BASE64_RUN = re.compile(r"[A-Za-z0-9+/\-_]{16,}={0,2}")
 _HEX_RUN = re.compile(r"[2-7][0-9a-fA-F](?:(?:[ :,]|\\x|0x)?[2-7][0-9a-fA-F]){7,}")
 _HEX_SEP = re.compile(r"\\x|0x|[ :,]")
 # Each starts with a literal, so ``re`` jumps from one "%" or "&#" to the next (written as

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from tokenrelay.model import Error, Usage
+from tokenrelay.model import Error, ErrorType, Usage
 
 NAME = "responses"
 # the Request.front_options keys this dialect sets (read by its writer and its encoder)
@@ -35,9 +35,12 @@ CUSTOM_INPUT = "input"  # the one string argument a custom tool becomes elsewher
 _encode = msgspec.json.encode
 
 # our error type -> the ``code`` of a ``response.failed`` event's error (a closed set in the SDK)
-FAILED_CODES = {"rate_limit": "rate_limit_exceeded", "invalid_request": "invalid_prompt"}
+FAILED_CODES: dict[ErrorType, str] = {
+    "rate_limit": "rate_limit_exceeded",
+    "invalid_request": "invalid_prompt",
+}
 # a ``response.failed`` or ``error`` event's code -> our error type
-FOREIGN_CODES = {
+FOREIGN_CODES: dict[str, ErrorType] = {
     "rate_limit_exceeded": "rate_limit",
     "insufficient_quota": "rate_limit",
     "server_error": "api_error",
