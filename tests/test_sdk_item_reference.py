@@ -19,7 +19,7 @@ from tokenrelay.simulator import RunningSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TOOL: dict[str, Any] = {
+TOOL: Any = {  # raw JSON, as a client sends it (the SDK types it as a TypedDict)
     "type": "function",
     "name": "lookup",
     "description": "Look something up",
@@ -71,7 +71,7 @@ async def test_the_ai_sdk_tool_loop_second_step_with_item_references(
         },
         {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"},
     ]
-    second = await oa.responses.create(model=route, input=input_, tools=[TOOL])  # type: ignore[list-item]
+    second = await oa.responses.create(model=route, input=input_, tools=[TOOL])
     assert second.status == "completed"
     body = simulator.stats()["last_requests"][0]["body"]
     assert first.output_text in str(body["messages"])  # the referenced message, resolved
