@@ -41,12 +41,13 @@ chromium:
 serve: $(STAMP) bytecode
 	$(BIN)/tokenrelay serve
 
-## Lint, type-check and run the whole test suite.
+## Lint, type-check and run the whole test suite, with its coverage (the floor is pyproject's
+## [tool.coverage.report] fail_under; see tests/test_coverage_floor.py).
 test: $(STAMP) $(NODE_STAMP) $(AGENTS_STAMP) chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/mypy src/tokenrelay tests
+	$(BIN)/pytest --cov --cov-report=term
 
 ## The benchmark of BENCHMARKS.md (a few minutes; loopback only).
 bench: $(STAMP) bytecode
