@@ -41,13 +41,14 @@ chromium:
 serve: $(STAMP) bytecode
 	$(BIN)/tokenrelay serve
 
-## Lint, type-check and run the whole test suite.
+## Lint, type-check and run the whole test suite, with its coverage (the floor is pyproject's
+## [tool.coverage.report] fail_under; see tests/test_coverage_floor.py).
 test: $(STAMP) $(NODE_STAMP) $(AGENTS_STAMP) chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy
+	$(BIN)/mypy src/tokenrelay tests
 	$(MAKE) docs
-	$(BIN)/pytest
+	$(BIN)/pytest --cov --cov-report=term
 
 ## The docs site (docs/, mkdocs.yml) into site/, strict: a broken link or anchor, or a settings
 ## reference out of date with the code (docs/gen_config.py), fails it. Offline: nothing is fetched.

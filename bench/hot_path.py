@@ -46,7 +46,7 @@ def stages() -> list[tuple[str, float]]:
     parser.feed(b": warm\n\n")
     (event,) = parser.feed(OPENAI_CHUNK)
     reader = openai.stream_reader()
-    delta = reader.feed(event)[0]
+    delta = reader.feed(event)[-1]  # the first chunk also names the model (a Usage event)
     assert isinstance(delta, TextDelta)
     accumulator = Accumulator()
     writer = openai.stream_writer(REQUEST, id="chatcmpl-x", model="gpt-5.5")

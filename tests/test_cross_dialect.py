@@ -27,11 +27,11 @@ ROUTE_PROMPT = "You answer weather questions."
 CLIENT_SYSTEM = "Answer in one short sentence."
 QUESTION = "Weather in Paris?"
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-OA_TOOL: dict[str, Any] = {
+OA_TOOL: Any = {  # raw JSON, as a client sends it (the SDK types it as a TypedDict)
     "type": "function",
     "function": {"name": "get_weather", "description": "Weather now", "parameters": SCHEMA},
 }
-AN_TOOL = {"name": "get_weather", "description": "Weather now", "input_schema": SCHEMA}
+AN_TOOL: Any = {"name": "get_weather", "description": "Weather now", "input_schema": SCHEMA}
 # six text tokens, then a call of the request's first tool; 7 of the prompt tokens cached
 SIM = {"x-sim-tokens": "6", "x-sim-tool": "auto", "x-sim-cache-read-tokens": "7"}
 
@@ -545,7 +545,7 @@ async def test_disable_parallel_tool_use_is_parallel_tool_calls_false(
         model="to_gpt",
         max_tokens=50,
         messages=[{"role": "user", "content": QUESTION}],
-        tools=[AN_TOOL],  # type: ignore[list-item]
+        tools=[AN_TOOL],
         tool_choice={"type": "any", "disable_parallel_tool_use": True},
     )
     sent = received(simulator, "/v1/chat/completions")

@@ -152,7 +152,7 @@ INI = sums(1, 0, (10, 1), 1)
 NO_ORG = sums(101, 1, (100, 100))
 TOTAL = sums(108, 2, (1160, 206), 2_008_500_002, cache_read=40)
 
-BY_ORG_GROUPS = [
+BY_ORG_GROUPS: list[dict[str, Any]] = [
     {
         "name": "acme",
         "others": 0,

@@ -492,7 +492,7 @@ def test_sdk_raises_the_class_for_the_status(
 
 EPHEMERAL = {"type": "ephemeral"}
 HOUR = {"type": "ephemeral", "ttl": "1h"}
-CACHING = {
+CACHING: dict[str, Any] = {
     "system": [
         {"type": "text", "text": "You are Claude Code."},
         {"type": "text", "text": "Project rules.", "cache_control": HOUR},

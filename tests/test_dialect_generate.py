@@ -10,6 +10,7 @@ from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.model import (
     Completion,
     Error,
+    Event,
     Finish,
     GatewayError,
     TextDelta,
@@ -66,13 +67,13 @@ def test_bad_requests_say_what_to_change(body: bytes, status: int, names: str) -
     assert error["message"] == raised.value.message
 
 
-def write_all(include: list[str], events: list[object]) -> bytes:
+def write_all(include: list[str], events: list[Event]) -> bytes:
     parsed = generate.parse_request(request(include=include))
     writer = generate.stream_writer(parsed, id="r1", model="m")
-    return b"".join(writer.write(e) for e in events) + writer.close()  # type: ignore[arg-type]
+    return b"".join(writer.write(e) for e in events) + writer.close()
 
 
-STREAM = [
+STREAM: list[Event] = [
     Usage(input_tokens=12),
     ThinkingDelta("hmm"),
     TextDelta("Hello"),

@@ -18,6 +18,7 @@ from tokenrelay.model import (
     Error,
     Event,
     Finish,
+    FinishReason,
     GatewayError,
     ImagePart,
     Message,
@@ -313,7 +314,7 @@ def test_reader_reads_what_the_writer_wrote() -> None:
     "reason", ["stop", "length", "tool_calls", "content_filter", "stop_sequence"]
 )
 def test_each_finish_reason_and_usage_after_it(reason: Any) -> None:
-    wire = "stop" if reason == "stop_sequence" else reason
+    wire: FinishReason = "stop" if reason == "stop_sequence" else reason
     raw = write([TextDelta("x"), Finish(reason), Usage(3, 1)])
     data = chunks(raw)
     assert data[2]["choices"][0]["finish_reason"] == wire
@@ -475,7 +476,10 @@ def _nested_schema(levels: int) -> dict[str, Any]:
 def test_a_deep_but_real_tool_schema_is_accepted_and_one_past_the_limit_is_not() -> None:
     """A schema of 60 nested objects (about 125 JSON levels with the request around it) is
     accepted; one more object crosses the 128-level limit and is a 400 that says so."""
-    tool = {"type": "function", "function": {"name": "f", "parameters": _nested_schema(60)}}
+    tool: dict[str, Any] = {
+        "type": "function",
+        "function": {"name": "f", "parameters": _nested_schema(60)},
+    }
     request = dialect.parse_request(body(tools=[tool]))
     assert request.tools[0].parameters == _nested_schema(60)
     dialect.encode_request(request, "gpt-5.5", stream=True)  # and it can be sent on

@@ -11,6 +11,7 @@ from tokenrelay.dialects import uichat
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.model import (
     Error,
+    Event,
     Finish,
     GatewayError,
     ImagePart,
@@ -132,14 +133,15 @@ def test_writer_emits_the_ui_message_chunks_in_order() -> None:
     )
     head = {"requestId": "r1", "provider": "anthropic"}
     out = writer.describe(head)
-    for event in [
+    events: list[Event] = [
         ThinkingDelta("Let me think"),
         TextDelta("Hel"),
         TextDelta(""),
         TextDelta("lo"),
         Usage(10, 2),
         Finish("length"),
-    ]:
+    ]
+    for event in events:
         out += writer.write(event)
     writer.summarize({"requestId": "r1", "costUsd": "0.0001"})
     out += writer.close()

@@ -74,8 +74,9 @@ async def generate(gw: RunningGateway, route_name: str) -> tuple[aiohttp.ClientR
         return response, await response.read()
 
 
-def attempts(response: aiohttp.ClientResponse) -> list[str]:
-    return [part.split(";")[:2] for part in response.headers["x-tokenrelay-attempts"].split(", ")]  # type: ignore[misc]
+def attempts(response: aiohttp.ClientResponse) -> list[list[str]]:
+    """Each attempt's ``provider/model`` and ``outcome=...``, from the response head."""
+    return [part.split(";")[:2] for part in response.headers["x-tokenrelay-attempts"].split(", ")]
 
 
 async def test_first_token_deadline_moves_on_to_the_next_target(gw: RunningGateway) -> None:

@@ -158,9 +158,9 @@ async def test_streamed_choices_and_logprobs_reach_the_client_as_sent(
     assert (sent["n"], sent["logprobs"], sent["top_logprobs"]) == (2, True, 1)
     assert texts == {0: "Hi there", 1: "Hello!"}
     assert finishes == {0: "stop", 1: "length"}
-    for choice in (0, 1):
-        expected = [LOGPROBS[p] for p in PIECES if p[0] == choice]
-        assert tokens[choice] == expected
+    for index in (0, 1):
+        expected = [LOGPROBS[p] for p in PIECES if p[0] == index]
+        assert tokens[index] == expected
 
 
 async def test_whole_response_has_every_choice_with_its_logprobs(

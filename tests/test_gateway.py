@@ -41,7 +41,7 @@ async def sim_stats(http: aiohttp.ClientSession, simulator: Any) -> dict[str, An
 
 async def sse_data(response: aiohttp.ClientResponse) -> list[str]:
     parser = SSEParser()
-    out = []
+    out: list[str] = []
     async for chunk in response.content.iter_any():
         out.extend(event.data for event in parser.feed(chunk))
     return out

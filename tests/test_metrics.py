@@ -26,6 +26,7 @@ from tokenrelay.model import Usage
 from tokenrelay.observe.metrics import EXTRA_LABEL_VALUES, GatewayMetrics
 from tokenrelay.observe.prometheus import CONTENT_TYPE, Counter, Gauge, Histogram, render
 from tokenrelay.records import Attempt, StreamRecord
+from tokenrelay.settings import MetricsSettings
 
 ASYNC = pytest.mark.asyncio(loop_scope="session")  # the async tests; the rest read a fixture
 
@@ -602,7 +603,7 @@ async def test_the_cost_of_a_scrape(scripted: Scripted, capsys: pytest.CaptureFi
 def test_model_labels_are_bounded_by_the_setting() -> None:
     """metrics.max_model_labels: names past the configured ones and that many more are
     "other"; nothing is lost."""
-    settings = SimpleNamespace(max_model_labels=5, shared_dir=None)
+    settings = MetricsSettings(max_model_labels=5)
     metrics = GatewayMetrics(fake_routes(), settings)
     for i in range(40):
         metrics(record(route=f"gpt-5.5-x{i}", model=f"gpt-5.5-x{i}"))

@@ -12,7 +12,7 @@ import asyncio
 import datetime
 import json
 import types
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -280,12 +280,12 @@ async def _get(app: Starlette, path: str, headers: dict[str, str]) -> tuple[int,
         "client": ("127.0.0.1", 5000),
         "root_path": "",
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     await app(scope, receive, send)
@@ -311,7 +311,7 @@ async def test_usage_endpoint_is_for_admin_keys_only(tmp_path: Path) -> None:
             gate=types.SimpleNamespace(database=database),
             settings=types.SimpleNamespace(auth=AuthSettings()),
         )
-        endpoint = usage_endpoint(gateway)  # type: ignore[arg-type]
+        endpoint = usage_endpoint(gateway)
         app = Starlette(routes=[Route("/v1/usage", endpoint, methods=["GET"])])
         path = "/v1/usage?since=2026-11-01&until=2026-11-08&by=org"
 

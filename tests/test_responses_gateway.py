@@ -273,7 +273,8 @@ async def test_chat_completions_served_by_a_responses_upstream(
     )
     choice = answer.choices[0]
     assert choice.finish_reason == "tool_calls" and len((choice.message.content or "").split()) == 5
-    assert choice.message.tool_calls and choice.message.tool_calls[0].function.name == "get_weather"
+    call = choice.message.tool_calls[0] if choice.message.tool_calls else None
+    assert call is not None and call.type == "function" and call.function.name == "get_weather"
     assert answer.usage is not None and answer.usage.prompt_tokens_details is not None
     assert answer.usage.prompt_tokens_details.cached_tokens == 2
     path, body = received(simulator)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any
 
 import aiohttp
@@ -369,8 +369,13 @@ async def test_a_websocket_upgrade_is_answered_426_on_a_raw_socket(gw: RunningGa
 async def test_a_websocket_scope_is_refused_426_or_closed(gw: RunningGateway) -> None:
     """With a WebSocket library installed, uvicorn delivers a ``websocket`` scope instead: a
     426 denial response where the server offers the extension, else a close before accept."""
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
     for extensions, expected in (({"websocket.http.response": {}}, 426), ({}, "close")):
-        sent: list[dict[str, Any]] = []
+        sent.clear()
         scope = {
             "type": "websocket",
             "path": "/v1/responses",
@@ -380,9 +385,6 @@ async def test_a_websocket_scope_is_refused_426_or_closed(gw: RunningGateway) ->
 
         async def receive() -> dict[str, Any]:
             return {"type": "websocket.connect"}
-
-        async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
-            sent.append(message)
 
         await gw.app(scope, receive, send)
         if expected == 426:

@@ -14,7 +14,7 @@ import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import pytest
@@ -503,12 +503,12 @@ async def test_the_classifier_is_skipped_when_the_rules_have_decided(guard: Guar
 
 @pytest.mark.parametrize(("fail", "blocked"), [("open", False), ("closed", True)])
 async def test_a_slow_classifier_times_out_open_or_closed(
-    guard: Guard, fail: str, blocked: bool
+    guard: Guard, fail: Literal["open", "closed"], blocked: bool
 ) -> None:
     screen = Screen(
         ScreenSettings(
             classifier_url=f"{guard.url}/slow", classifier_timeout=0.2, classifier_fail=fail
-        )  # type: ignore[arg-type]
+        )
     )
     started = time.perf_counter()
     found = await screen.check([ScreenText("Tell me about tides.", "user")])
@@ -611,7 +611,7 @@ def rates(lines: list[Line]) -> tuple[float, float]:
     benign = [line for line in lines if line.label == "benign"]
 
     def flagged(line: Line) -> bool:
-        source = "untrusted" if line.source == "untrusted" else "user"
+        source: Literal["user", "untrusted"] = "untrusted" if line.source == "untrusted" else "user"
         return screen.check_text([ScreenText(line.text, source)]).injection
 
     recall = sum(map(flagged, injections)) / len(injections)

@@ -27,7 +27,7 @@ from tokenrelay.simulator import RunningSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
-TOOL: Any = {
+TOOL: Any = {  # raw JSON, as a client sends it (the SDK types it as a TypedDict)
     "type": "function",
     "name": "lookup",
     "description": "Look something up",

@@ -11,6 +11,7 @@ import pytest
 import pytest_asyncio
 from langchain_core.messages import HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tokenrelay.simulator import RunningSimulator
@@ -27,7 +28,7 @@ async def gw(simulator: RunningSimulator) -> AsyncIterator[RunningGateway]:
 def chat(gw: RunningGateway, model: str) -> ChatOpenAI:
     return ChatOpenAI(
         base_url=gw.url + "/v1",
-        api_key="unused",
+        api_key=SecretStr("unused"),
         model=model,
         use_responses_api=True,
         max_retries=0,

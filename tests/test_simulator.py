@@ -25,16 +25,20 @@ pytestmark = pytest.mark.asyncio(loop_scope="session")
 PROMPT = "Explain server-sent events"
 ESTIMATE = max(1, len(PROMPT) // 4)  # the simulator's input token estimate for PROMPT
 MESSAGES: list[Any] = [{"role": "user", "content": PROMPT}]
-ANTHROPIC_BODY = {"model": "claude-haiku-4-5", "max_tokens": 100, "messages": MESSAGES}
-OPENAI_BODY = {"model": "gpt-5.5", "messages": MESSAGES}
-TOOLS_ANTHROPIC = [
+ANTHROPIC_BODY: dict[str, Any] = {
+    "model": "claude-haiku-4-5",
+    "max_tokens": 100,
+    "messages": MESSAGES,
+}
+OPENAI_BODY: dict[str, Any] = {"model": "gpt-5.5", "messages": MESSAGES}
+TOOLS_ANTHROPIC: list[Any] = [
     {
         "name": "search",
         "description": "Search the web",
         "input_schema": {"type": "object", "properties": {"query": {"type": "string"}}},
     }
 ]
-TOOLS_OPENAI = [
+TOOLS_OPENAI: list[Any] = [
     {
         "type": "function",
         "function": {
@@ -388,11 +392,11 @@ async def test_error_after_tokens_reaches_both_sdks(
                 texts.append(text)
     assert len(texts) == 4
     texts = []
-    stream = await oa.chat.completions.create(
+    chunks = await oa.chat.completions.create(
         model="gpt-5.5", messages=MESSAGES, stream=True, extra_headers=headers
     )
     with pytest.raises(openai.APIError, match="overload"):
-        async for chunk in stream:
+        async for chunk in chunks:
             if chunk.choices and chunk.choices[0].delta.content:
                 texts.append(chunk.choices[0].delta.content)
     assert len(texts) == 4
@@ -442,7 +446,7 @@ async def test_reset_is_a_client_side_connection_error(
                 async for chunk in response.content.iter_any():
                     events.extend(parser.feed(chunk))
     if path == "/v1/messages":
-        texts = [e for e in events if e.event == "content_block_delta"]
+        texts = [e.data for e in events if e.event == "content_block_delta"]
     else:
         texts = openai_texts(events)
     assert len(texts) <= 3  # the RST may take unread bytes with it, never add more

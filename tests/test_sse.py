@@ -9,7 +9,7 @@ from tokenrelay.dialects.sse import DONE, SSEEvent, SSEParser, frame, frame_text
 
 # Field values may hold anything but line breaks and NUL (which the grammar cannot carry).
 line_text = st.text(
-    st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=12
+    st.characters(blacklist_characters="\r\n\x00", blacklist_categories=["Cs"]), max_size=12
 )
 event_name = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=8)
 

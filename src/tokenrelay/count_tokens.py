@@ -119,7 +119,7 @@ class CountTokensEndpoint(RelayEndpoint):
         await send({"type": "http.response.body", "body": counted.body})
 
     async def _count(self, route: Route, request: Request, headers: dict[str, str]) -> _Counted:
-        target = next(((t, p) for t, p in route.targets if p.kind == "anthropic"), None)
+        target = next(((t, p) for t, p in route.targets if p.counts_tokens), None)
         if target is None:
             return _estimate(request, "estimate")
         settings, provider = target

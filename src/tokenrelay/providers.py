@@ -1,4 +1,6 @@
 """Upstream adapters: a provider is a dialect plus a base URL, credentials and one shared pool.
+What differs between kinds of provider (URL shape, authentication) is its ``Transport``, found
+by its ``kind`` in the registry of ``tokenrelay.transports``.
 
 Each upstream stream is read as raw chunks through our own SSE parser, so an event is handed on
 the moment its bytes arrive and no line-length limit of an HTTP client applies. The pool is
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from tokenrelay import dialects
+from tokenrelay import dialects, transports
 from tokenrelay.dialects.responses import hosted
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
@@ -30,7 +32,6 @@ __all__ = ["Provider", "UpstreamPool", "build_providers"]
 
 log = logging.getLogger("tokenrelay.providers")
 
-_PATHS = {"anthropic": "/v1/messages", "openai": "/chat/completions", "responses": "/responses"}
 _MAX_ERROR_BODY = 65_536
 
 # Client headers never passed upstream, whatever ``forward_headers`` says: the client's
@@ -79,28 +80,34 @@ class Provider:
     ) -> None:
         self.name = name
         self.kind = settings.kind
+        self.transport = transports.get(settings.kind)
         self.settings = settings
-        # kind "openai" with api "responses" speaks the Responses API at base_url + /responses;
-        # with api "auto", only to a client of the Responses API (``for_request``)
-        dialect = "responses" if settings.api == "responses" else settings.kind
+        # e.g. kind "openai" with api "auto": Chat Completions, and the Responses API for a
+        # client of the Responses API (``for_request``)
+        dialect, alternative = self.transport.dialects(settings)
         self.endpoint = self._endpoint(dialect)
         self.dialect, self.url = self.endpoint
-        self._responses = self._endpoint("responses") if settings.api == "auto" else None
+        self._alternative = self._endpoint(alternative) if alternative is not None else None
         self._pool = pool
         self._idle_timeout = idle_timeout
         self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)
         self._headers = self._base_headers()
 
     def _endpoint(self, dialect: str) -> Endpoint:
-        base = (self.settings.base_url or "").rstrip("/")
-        return Endpoint(dialects.get(dialect), base + _PATHS[dialect])
+        return Endpoint(dialects.get(dialect), self.transport.url(self.settings, dialect))
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether the upstream counts a request's tokens (``post_json("/count_tokens")``)."""
+        return self.transport.COUNTS_TOKENS
 
     def for_request(self, request: Request) -> Endpoint:
-        """The API a request is sent to: with ``api = "auto"`` a Responses client's goes to
-        ``/responses`` (its hosted tools, item types and fields arrive as sent), every other
-        to ``/chat/completions``."""
-        if self._responses is not None and request.dialect == "responses":
-            return self._responses
+        """The API a request is sent to: the provider's second API when it speaks the client's
+        dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
+        arrive as sent), else its own."""
+        alternative = self._alternative
+        if alternative is not None and request.dialect == alternative.dialect.NAME:
+            return alternative
         return self.endpoint
 
     def _base_headers(self) -> dict[str, str]:
@@ -110,13 +117,7 @@ class Provider:
             "accept-encoding": "identity",
             "user-agent": "tokenrelay",
         }
-        key = self.settings.resolved_key()
-        if self.kind == "anthropic":
-            headers["anthropic-version"] = self.settings.anthropic_version
-            if key:
-                headers["x-api-key"] = key
-        elif key:
-            headers["authorization"] = f"Bearer {key}"
+        headers.update(self.transport.auth_headers(self.settings, self.settings.resolved_key()))
         headers.update({name.lower(): value for name, value in self.settings.headers.items()})
         return headers
 
@@ -173,10 +174,8 @@ class Provider:
 
     def _carries(self, prefix: str) -> bool:
         """Whether a client header of this prefix means anything to this upstream's API."""
-        for kind in ("anthropic", "openai"):
-            if prefix.startswith(kind + "-"):
-                return self.kind == kind
-        return True
+        owner = transports.header_owner(prefix)
+        return owner is None or owner is self.transport
 
     async def post_json(
         self, suffix: str, body: bytes, headers: Mapping[str, str], within: float
@@ -289,6 +288,7 @@ class Provider:
         and, for a refused credential, only a generic message (its status kept, so failover
         does not retry it). The upstream's own words go to the log, loudly and masked: an
         upstream may quote the key it refused."""
+        error = self.transport.classify(error)
         message = self._masked(error.message, headers)
         if error.status in _AUTH_STATUSES:
             log.error(

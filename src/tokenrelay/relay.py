@@ -35,8 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tokenrelay.relay")
 
-_ID_PREFIX = {"anthropic": "msg_", "openai": "chatcmpl-", "generate": "", "uichat": "msg_"}
-_ID_PREFIX["responses"] = "resp_"
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -377,7 +375,7 @@ class _Call:
         dialect = self.endpoint.dialect
         writer = self.writer = dialect.stream_writer(
             self.request,
-            id=_ID_PREFIX[self.endpoint.dialect_name] + self.request_id,
+            id=self.endpoint.dialect.ID_PREFIX + self.request_id,
             model=opened.target.model,
         )
         accumulate = self.accumulator.add
@@ -494,7 +492,7 @@ class _Call:
             self._emit("error", error.type)
             await endpoint._send_error(self.send, error, self.request_id, opened.attempts)
             return "error", error.type
-        response_id = _ID_PREFIX[endpoint.dialect_name] + self.request_id
+        response_id = endpoint.dialect.ID_PREFIX + self.request_id
         # a dialect whose whole response repeats the request (Responses) takes it too
         encode_for = getattr(endpoint.dialect, "encode_response_for", None)
         if encode_for is not None:

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from tokenrelay import transports
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
@@ -40,10 +41,11 @@ class ConfigError(Exception):
 
 
 class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """An upstream API. ``kind`` is the dialect it speaks; any OpenAI-compatible server is
-    ``kind = "openai"`` with its own ``base_url``."""
+    """An upstream API. ``kind`` is how to talk to it (one of ``transports.NAMES``: its
+    dialect, URLs and authentication); any OpenAI-compatible server is ``kind = "openai"``
+    with its own ``base_url``."""
 
-    kind: Literal["anthropic", "openai"]
+    kind: str
     # for kind "openai": Chat Completions (``/chat/completions``), Responses (``/responses``),
     # or "auto": Responses for a Responses client, Chat Completions for every other (OpenAI's
     # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses)
@@ -57,8 +59,7 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     connect_timeout: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.api != "chat" and self.kind != "openai":
-            raise ValueError(f"api = {self.api!r} is for a provider of kind 'openai'")
+        transports.check(self)
 
     def resolved_key(self) -> str | None:
         return self.api_key or None

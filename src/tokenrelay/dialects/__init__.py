@@ -36,6 +36,7 @@ class StreamReader(Protocol):
 class Dialect(Protocol):
     NAME: str
     CONTENT_TYPE: str  # of the streaming response
+    ID_PREFIX: str  # of the ids the gateway gives its responses (``msg_``, ``chatcmpl-``)
 
     def parse_request(self, body: bytes) -> Request:
         """Raise ``GatewayError`` (400 / 422) naming what to change."""

@@ -70,6 +70,7 @@ from tokenrelay.model import (
 )
 
 NAME = "anthropic"
+ID_PREFIX = "msg_"  # of the ids the gateway gives its responses
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; for requests from elsewhere without one
 REDACTED = "redacted_thinking:"

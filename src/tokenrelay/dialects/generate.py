@@ -44,6 +44,7 @@ from tokenrelay.model import (
 )
 
 NAME = "generate"
+ID_PREFIX = ""  # of the ids the gateway gives its responses
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 FIELDS = ("prompt", "maxTokens", "route", "include", "systemPrompt", "temperature", "stream")

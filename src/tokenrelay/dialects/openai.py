@@ -53,6 +53,7 @@ from tokenrelay.model import (
 )
 
 NAME = "openai"
+ID_PREFIX = "chatcmpl-"  # of the ids the gateway gives its responses
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
 
 # Our error types as OpenAI's ``type`` and ``code``; the code also carries our server-side types so

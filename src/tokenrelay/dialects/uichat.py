@@ -54,6 +54,7 @@ from tokenrelay.model import (
 )
 
 NAME = "uichat"
+ID_PREFIX = "msg_"  # of the ids the gateway gives its responses
 CONTENT_TYPE = "text/event-stream"
 ERROR_CONTENT_TYPE = "text/plain; charset=utf-8"
 STREAM_HEADERS = [(b"x-vercel-ai-ui-message-stream", b"v1")]

@@ -31,7 +31,8 @@ from tokenrelay.screening.normalize import (
     decodings,
     fold,
 )
-from tokenrelay.screening.rule_table import RULES, Rule
+from tokenrelay.screening.rule_table import RULES as RULES
+from tokenrelay.screening.rule_table import Rule
 
 if TYPE_CHECKING:
     from ahocorasick_rs import AhoCorasick

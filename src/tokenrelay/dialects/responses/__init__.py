@@ -31,9 +31,11 @@ from tokenrelay.dialects.responses.whole import (
 from tokenrelay.dialects.responses.wire import NAME
 
 CONTENT_TYPE = "text/event-stream; charset=utf-8"
+ID_PREFIX = "resp_"  # of the ids the gateway gives its responses
 
 __all__ = [
     "CONTENT_TYPE",
+    "ID_PREFIX",
     "NAME",
     "ResponsesReader",
     "ResponsesWriter",
