@@ -65,4 +65,4 @@ bench-compare: $(STAMP) bytecode
 	$(BIN)/python bench/compare.py
 
 clean:
-	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache $(NODE_DIR)/node_modules $(AGENTS_DIR)/node_modules test-artifacts
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache .coverage $(NODE_DIR)/node_modules $(AGENTS_DIR)/node_modules test-artifacts

@@ -7,7 +7,7 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-FLOOR = 0  # percent of lines and branches of src/tokenrelay, measured by `make test`
+FLOOR = 92  # percent of lines and branches of src/tokenrelay, measured by `make test`
 
 
 def test_fail_under_is_not_below_the_floor() -> None:

@@ -6,12 +6,8 @@ here. A kind's module is imported on first use."""
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
-from tokenrelay.transports.base import Transport
-
-if TYPE_CHECKING:
-    from tokenrelay.settings import ProviderSettings
+from tokenrelay.transports.base import ProviderSettings, Transport
 
 _KINDS = {
     "anthropic": "tokenrelay.transports.anthropic:Anthropic",

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from tokenrelay.transports.base import Transport
-
-if TYPE_CHECKING:
-    from tokenrelay.settings import ProviderSettings
+from tokenrelay.transports.base import ProviderSettings, Transport
 
 
 class Anthropic(Transport):

@@ -9,11 +9,27 @@ registry of ``transports/__init__.py``; nothing else in the code names it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from tokenrelay.model import Error
-    from tokenrelay.settings import ProviderSettings
+
+
+class ProviderSettings(Protocol):
+    """What a transport reads of a provider's settings (``settings.ProviderSettings``, which
+    imports this package: a Protocol here keeps the import graph a tree)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def api(self) -> str: ...
+
+    @property
+    def base_url(self) -> str | None: ...
+
+    @property
+    def anthropic_version(self) -> str: ...
 
 
 class Transport:
