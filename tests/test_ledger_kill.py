@@ -138,7 +138,10 @@ async def test_requests_finished_before_a_kill_are_in_the_ledger_once(
             await asyncio.sleep(0.1)
         rows = ledger(db)
         assert all(rows[rid] == 1 for rid in before_kill)
-        assert rows.keys() <= seen  # and nothing the clients never asked for
+        # Nothing the clients never asked for: a row the clients have no id for is one of the
+        # requests in flight at the kill (a refusal or a whole answer is recorded just before
+        # its response goes out, so that a client that saw it finds it), at most one a client.
+        assert len(rows.keys() - seen) <= CLIENTS
         assert spooled(spool) == 0
 
         # A graceful stop writes everything before it exits.
