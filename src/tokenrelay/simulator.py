@@ -24,6 +24,13 @@ asked for (an alias resolved to a dated snapshot, as real APIs do).
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
 Messages call with the same prompt reports here.
 
+Vertex AI (``/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/
+{model}:{method}``): Claude's ``rawPredict`` and ``streamRawPredict`` answer as the Messages API
+does, after checking the body as Vertex does (``anthropic_version`` present, no ``model``: the
+URL names it); a bearer token is required (``api_key`` when set, and a token
+``sim-expires-<unix seconds>`` is refused from that time on, as an expired OAuth token is).
+Gemini's methods answer 501 until the simulator speaks Gemini.
+
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
 
@@ -561,16 +568,67 @@ class _Simulator:
             content_type="application/json",
         )
 
-    async def _serve(self, http: web.Request, flavor: _Flavor) -> web.StreamResponse:
+    async def vertex(self, http: web.Request) -> web.StreamResponse:
+        """Vertex AI's ``publishers/{publisher}/models/{model}:{method}``."""
+        info = http.match_info
+        model, _, method = info["target"].partition(":")
+        self.serial += 1
+        request_id = f"req_sim_vx{self.serial:010d}"
+        token = _bearer(http.headers.get("authorization", ""))
+        problem = self._vertex_token_problem(token)
+        if problem is not None:
+            body = {"error": {"code": 401, "message": problem, "status": "UNAUTHENTICATED"}}
+            return _json(msgspec.json.encode(body), status=401)
+        if info["publisher"] != "anthropic" or method not in ("rawPredict", "streamRawPredict"):
+            message = f"the simulator does not serve {info['publisher']} models' {method} yet"
+            body = {"error": {"code": 501, "message": message, "status": "UNIMPLEMENTED"}}
+            return _json(msgspec.json.encode(body), status=501)
+        raw = await http.read()
+        try:
+            fields = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            fields = None
+        if not isinstance(fields, dict) or "model" in fields:
+            why = "model: Extra inputs are not permitted (Vertex names the model in the URL)"
+            error = GatewayError("invalid_request", why, 400)
+            return self._error(self.anthropic, error, request_id, None)
+        if fields.get("anthropic_version") != "vertex-2023-10-16":
+            why = 'anthropic_version: must be "vertex-2023-10-16" on Vertex AI'
+            error = GatewayError("invalid_request", why, 400)
+            return self._error(self.anthropic, error, request_id, None)
+        del fields["anthropic_version"]
+        fields["model"] = model
+        fields["stream"] = method == "streamRawPredict"
+        return await self._serve(http, self.anthropic, msgspec.json.encode(fields))
+
+    def _vertex_token_problem(self, token: str | None) -> str | None:
+        """Why Vertex would refuse this bearer token, or ``None``."""
+        if not token:
+            return "Request is missing required authentication credential (simulator)"
+        if token.startswith("sim-expires-"):
+            try:
+                valid = time.time() < float(token.removeprefix("sim-expires-"))
+            except ValueError:
+                valid = False
+            return None if valid else "Request had invalid authentication credentials: expired"
+        key = self.settings.api_key
+        if key is not None and token != key:
+            return "Request had invalid authentication credentials (simulator)"
+        return None
+
+    async def _serve(
+        self, http: web.Request, flavor: _Flavor, body: bytes | None = None
+    ) -> web.StreamResponse:
         stats = self.stats
         path = http.path
         stats.requests[path] = stats.requests.get(path, 0) + 1
         self.serial += 1
         serial = self.serial
         request_id = f"req_sim_{serial:012d}"
-        body = await http.read()
+        if body is None:
+            body = await http.read()
         stats.last_requests.append((path, http.headers, body))
-        if not self._authorized(http):
+        if not (self._authorized(http) or http.path.startswith("/v1/projects/")):
             error = GatewayError("authentication", "invalid API key (simulator)", 401)
             return self._error(flavor, error, request_id, None)
         try:
@@ -723,10 +781,15 @@ def _reset(http: web.Request) -> None:
     transport.abort()
 
 
-def _json(body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
+def _json(body: bytes, headers: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
     from aiohttp import web
 
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -747,6 +810,10 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
+    app.router.add_post(
+        "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
+        simulator.vertex,
+    )
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)
