@@ -617,23 +617,24 @@ class _Simulator:
         return None
 
     async def _serve(
-        self, http: web.Request, flavor: _Flavor, body: bytes | None = None
+        self, http: web.Request, flavor: _Flavor, rewritten: bytes | None = None
     ) -> web.StreamResponse:
+        """One API request; ``rewritten`` is the body as the dialect reads it, when a Vertex
+        path had to put the URL's model into it (the stats keep the body received)."""
         stats = self.stats
         path = http.path
         stats.requests[path] = stats.requests.get(path, 0) + 1
         self.serial += 1
         serial = self.serial
         request_id = f"req_sim_{serial:012d}"
-        if body is None:
-            body = await http.read()
+        body = await http.read()
         stats.last_requests.append((path, http.headers, body))
         if not (self._authorized(http) or http.path.startswith("/v1/projects/")):
             error = GatewayError("authentication", "invalid API key (simulator)", 401)
             return self._error(flavor, error, request_id, None)
         try:
             knobs = self._knobs(http)
-            request = flavor.dialect.parse_request(body)
+            request = flavor.dialect.parse_request(rewritten or body)
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
