@@ -19,8 +19,7 @@ import pytest_asyncio
 from tests.servers import RunningGateway, gateway_environ, gateway_server
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.metering import pricing
-from tokenrelay.metering.pricing import Pricer
-from tokenrelay.settings import PriceSettings
+from tokenrelay.metering.pricing import Pricer, PriceSettings
 from tokenrelay.simulator import RunningSimulator
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -33,8 +32,7 @@ OA_TOOL = {
     "type": "function",
     "function": {"name": "get_weather", "description": "Weather now", "parameters": SCHEMA},
 }
-RS_TOOL = {"type": "function", "name": "get_weather", "description": "Weather now"}
-RS_TOOL["parameters"] = SCHEMA
+RS_TOOL: dict[str, Any] = {"type": "function", "name": "get_weather", "parameters": SCHEMA}
 QUESTION = "Weather in Paris?"
 FRONTS = ["messages", "chat", "responses", "generate", "uichat"]
 TOOL_FRONTS = ["messages", "chat", "responses"]  # /api/generate and /api/chat carry no tools
@@ -116,7 +114,9 @@ class Heard:
     """What one front's stream said, folded: its text, tool calls, thinking and errors."""
 
     def __init__(self, front: str, data: list[Any]) -> None:
-        self.text, self.thinking, self.tools, self.errors = "", "", [], []
+        self.text, self.thinking = "", ""
+        self.tools: list[str] = []
+        self.errors: list[Any] = []
         self.calls: list[dict[str, Any]] = []
         for item in data:
             self._fold(front, item)
@@ -334,7 +334,8 @@ async def test_an_error_before_the_first_token_fails_over(
     assert status == 200 and heard.text and not heard.errors
     record = await gw.wait_record(request_id)
     assert record.provider == "openai"
-    assert [(a.provider, a.outcome) for a in record.attempts][0] == ("vertex", "overloaded")
+    first = record.attempts[0]
+    assert (first.provider, first.outcome) == ("vertex", "overloaded")
 
 
 @pytest.mark.parametrize("front", FRONTS)

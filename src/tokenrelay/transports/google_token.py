@@ -85,10 +85,13 @@ class ServiceAccountToken:
         try:
             token, expires_at = await asyncio.to_thread(self._blocking_refresh)
         except Exception as exc:
-            reason = f"could not get an access token from {self._path}: {exc}"
+            reason = f"could not get an access token for the service account: {exc}"
             if self._token is not None and time.time() < self._expires_at:
-                log.warning("%s; the current token is used until it expires", reason)
+                log.warning(
+                    "%s (%s); the token in hand serves until it expires", reason, self._path
+                )
                 return
+            log.error("%s (%s)", reason, self._path)
             raise CredentialsError(reason) from None
         finally:
             self._refreshing = None
