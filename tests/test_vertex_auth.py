@@ -57,9 +57,6 @@ class TokenEndpoint:
             assert claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
             if self.refuse:
                 body: dict[str, Any] = {"error": "invalid_grant", "error_description": "Bad JWT"}
-                    "error": "invalid_grant",
-                    "error_description": "Invalid JWT Signature.",
-                }
                 return web.json_response(body, status=400)
             if self.issued and self.delay:
                 await asyncio.sleep(self.delay)
