@@ -29,7 +29,8 @@ Vertex AI (``/v1/projects/{project}/locations/{region}/publishers/{publisher}/mo
 does, after checking the body as Vertex does (``anthropic_version`` present, no ``model``: the
 URL names it); a bearer token is required (``api_key`` when set, and a token
 ``sim-expires-<unix seconds>`` is refused from that time on, as an expired OAuth token is).
-Gemini's methods answer 501 until the simulator speaks Gemini.
+Gemini's methods (publisher ``google``) are served by the Gemini flavor where the simulator has
+one, else answer 501.
 
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
@@ -579,6 +580,9 @@ class _Simulator:
         if problem is not None:
             body = {"error": {"code": 401, "message": problem, "status": "UNAUTHENTICATED"}}
             return _json(msgspec.json.encode(body), status=401)
+        gemini = getattr(self, "gemini", None)  # the Gemini flavor, where the simulator has one
+        if info["publisher"] == "google" and gemini is not None:
+            return await self._serve(http, gemini)  # it reads model and method off the path
         if info["publisher"] != "anthropic" or method not in ("rawPredict", "streamRawPredict"):
             message = f"the simulator does not serve {info['publisher']} models' {method} yet"
             body = {"error": {"code": 501, "message": message, "status": "UNIMPLEMENTED"}}
