@@ -57,11 +57,10 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
-    # kind "vertex" (docs/providers-vertex.md): the Google Cloud project and region, the
-    # publisher when the model's name does not say it, the service account's JSON key file
-    project: str | None = None
-    region: str | None = None
-    publisher: str | None = None
+    # kind "vertex" (docs/providers-vertex.md)
+    project: str | None = None  # the Google Cloud project id
+    region: str | None = None  # `us-east5`, `europe-west1`, `us`, `eu` or `global`
+    publisher: str | None = None  # `anthropic` or `google`; unset: by the model's name
     credentials_file: str | None = None
 
     def __post_init__(self) -> None:
