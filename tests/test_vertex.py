@@ -354,10 +354,17 @@ async def test_an_expired_token_is_refused_and_not_retried(
     environ = vertex_environ(simulator.url)
     environ["TOKENRELAY_PROVIDERS__VERTEX__API_KEY"] = f"sim-expires-{time.time() - 1:.0f}"
     async with gateway_server(environ) as running:
-        status, request_id, _ = await ask(running, http, "messages")
-        assert status == 401 or status == 502
+        path, body = request_for("messages", "vx")
+        async with http.post(running.url + path, json=body) as response:
+            answer = await response.json()
+            request_id = response.headers["x-request-id"]
+        # Vertex's UNAUTHENTICATED is about the gateway's credentials: a 502, said generally
+        assert response.status == 502 and "credentials for vertex" in answer["error"]["message"]
         record = await running.wait_record(request_id)
-        assert record.attempts[0].provider == "vertex"
+        assert (record.attempts[0].provider, record.attempts[0].outcome) == (
+            "vertex",
+            "upstream_auth",
+        )
         assert len([a for a in record.attempts if a.provider == "vertex"]) == 1
 
 
@@ -393,3 +400,87 @@ async def test_a_client_abort_closes_the_upstream_within_100ms(
     assert disconnects[0]["tokens_sent"] < 100
     record = await gw.wait_record(request_id)
     assert record.outcome == "aborted"
+
+
+# --- a model the provider cannot address --------------------------------------------------------
+
+
+async def test_a_client_named_model_vertex_cannot_address_is_a_400_naming_publisher(
+    simulator: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    """Start-up checks the routes' models; one a client names (provider_models) is checked when
+    asked: a 400 in the client's dialect, nothing sent upstream, never a 500."""
+    environ = vertex_environ(simulator.url)
+    environ["TOKENRELAY_PROVIDER_MODELS__ALLOW"] = "vertex/*"
+    simulator.reset_stats()
+    async with gateway_server(environ) as running:
+        body = {"model": "vertex/llama-4-maverick", "max_tokens": 50, "messages": []}
+        body["messages"] = [{"role": "user", "content": "hi"}]
+        async with http.post(running.url + "/v1/messages", json=body) as response:
+            answer = await response.json()
+        assert response.status == 400, answer
+        assert answer["type"] == "error" and "publisher" in answer["error"]["message"]
+        body["model"] = f"vertex/{MODEL}"  # one it can: served
+        async with http.post(running.url + "/v1/messages", json=body) as response:
+            assert response.status == 200
+    assert simulator.stats()["requests"] == {PATH + ":streamRawPredict": 1}
+
+
+async def test_the_simulators_vertex_paths_answer_anthropics_own_vertex_client(
+    simulator: RunningSimulator,
+) -> None:
+    """The anthropic SDK's AnthropicVertex against the simulator: the paths and body rewrite the
+    simulator checks are the ones the official client sends."""
+    from anthropic import AsyncAnthropicVertex
+
+    client = AsyncAnthropicVertex(
+        region="us-east5",
+        project_id="test-project",
+        access_token="sdk-token",
+        base_url=simulator.url + "/v1",
+        max_retries=0,
+    )
+    async with client:
+        message = await client.messages.create(
+            model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert message.content and message.usage.output_tokens > 0
+        async with client.messages.stream(
+            model=MODEL, max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+        ) as stream:
+            text = await stream.get_final_text()
+        assert text
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "says"),
+    [
+        ({"model": MODEL}, 400, "model: Extra inputs are not permitted"),
+        ({"anthropic_version": None}, 400, "anthropic_version: required"),
+        ({"authorization": None}, 401, "missing required authentication credential"),
+        ({"authorization": "Bearer sim-expires-1"}, 401, "expired"),
+    ],
+)
+async def test_the_simulator_refuses_what_vertex_refuses(
+    simulator: RunningSimulator,
+    http: aiohttp.ClientSession,
+    change: dict[str, str | None],
+    status: int,
+    says: str,
+) -> None:
+    body: dict[str, Any] = {
+        "anthropic_version": "vertex-2023-10-16",
+        "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    headers = {"authorization": "Bearer any"}
+    for name, value in change.items():
+        target: dict[str, Any] = headers if name == "authorization" else body
+        if value is None:
+            del target[name]
+        else:
+            target[name] = value
+    url = simulator.url + PATH + ":rawPredict"
+    async with http.post(url, json=body, headers=headers) as response:
+        assert response.status == status
+        assert says in await response.text()

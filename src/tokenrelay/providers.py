@@ -23,7 +23,7 @@ from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.gate.keys import KEY_PREFIX
 from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
-from tokenrelay.model import Error, Event, Request
+from tokenrelay.model import Error, Event, Request, Untranslatable
 from tokenrelay.transports.base import CredentialsError
 
 if TYPE_CHECKING:
@@ -112,7 +112,10 @@ class Provider:
             endpoint = self._by_model.get(model)
             if endpoint is not None:
                 return endpoint
-            named = self.transport.model_endpoint(self.settings, model)
+            try:
+                named = self.transport.model_endpoint(self.settings, model)
+            except ValueError as exc:  # a model it cannot address: the target is skipped
+                raise Untranslatable(str(exc), param="model") from None
             if named is not None:
                 dialect, url = named
                 endpoint = self._by_model[model] = Endpoint(dialects.get(dialect), url)

@@ -27,7 +27,8 @@ Messages call with the same prompt reports here.
 Vertex AI (``/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/
 {model}:{method}``): Claude's ``rawPredict`` and ``streamRawPredict`` answer as the Messages API
 does, after checking the body as Vertex does (``anthropic_version`` present, no ``model``: the
-URL names it); a bearer token is required (``api_key`` when set, and a token
+URL names it; the version may also be a date, as the anthropic SDK's Vertex client sends
+it); a bearer token is required (``api_key`` when set, and a token
 ``sim-expires-<unix seconds>`` is refused from that time on, as an expired OAuth token is).
 Gemini's methods (publisher ``google``) are served by the Gemini flavor where the simulator has
 one, else answer 501.
@@ -120,6 +121,7 @@ FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
 _MID_FAULTS = frozenset({"error_after", "hang_mid", "reset"})
 
 _MAX_LAST_REQUESTS = 50
+_DATED_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MAX_BODY = 32 * 1024 * 1024
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -596,8 +598,11 @@ class _Simulator:
             why = "model: Extra inputs are not permitted (Vertex names the model in the URL)"
             error = GatewayError("invalid_request", why, 400)
             return self._error(self.anthropic, error, request_id, None)
-        if fields.get("anthropic_version") != "vertex-2023-10-16":
-            why = 'anthropic_version: must be "vertex-2023-10-16" on Vertex AI'
+        version = fields.get("anthropic_version")
+        if version != "vertex-2023-10-16" and not _DATED_VERSION.fullmatch(str(version)):
+            # Anthropic's Vertex docs name "vertex-2023-10-16"; the anthropic SDK's Vertex
+            # client sends its API version (a date), so both are taken
+            why = 'anthropic_version: required on Vertex AI, e.g. "vertex-2023-10-16"'
             error = GatewayError("invalid_request", why, 400)
             return self._error(self.anthropic, error, request_id, None)
         del fields["anthropic_version"]
