@@ -46,6 +46,11 @@ def vertex_environ(sim_url: str) -> dict[str, str]:
         {"provider": "openai", "model": "gpt-5.5"},
     ]
     midfail = [{"provider": "vertex", "model": MODEL, "headers": {"x-sim-fault": "error_after"}}]
+    hang = {"x-sim-fault": "hang_before_first_byte"}
+    hung = [
+        {"provider": "vertex", "model": MODEL, "headers": hang, "first_token_timeout": 0.5},
+        {"provider": "openai", "model": "gpt-5.5"},
+    ]
     return {
         **gateway_environ(sim_url),
         vertex + "KIND": "vertex",
@@ -58,6 +63,7 @@ def vertex_environ(sim_url: str) -> dict[str, str]:
         "TOKENRELAY_ROUTES__VX__ALLOW_CLIENT_SYSTEM": "true",
         "TOKENRELAY_ROUTES__VXFLAKY__TARGETS": msgspec.json.encode(flaky).decode(),
         "TOKENRELAY_ROUTES__VXMID__TARGETS": msgspec.json.encode(midfail).decode(),
+        "TOKENRELAY_ROUTES__VXHUNG__TARGETS": msgspec.json.encode(hung).decode(),
         "TOKENRELAY_MAX_BODY_BYTES": "65536",
     }
 
@@ -484,3 +490,15 @@ async def test_the_simulator_refuses_what_vertex_refuses(
     async with http.post(url, json=body, headers=headers) as response:
         assert response.status == status
         assert says in await response.text()
+
+
+async def test_a_silent_vertex_misses_its_first_token_deadline_and_fails_over(
+    gw: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    started = time.monotonic()
+    status, request_id, heard = await ask(gw, http, "chat", route="vxhung")
+    took = time.monotonic() - started
+    assert status == 200 and heard.text and not heard.errors
+    record = await gw.wait_record(request_id)
+    assert record.provider == "openai" and record.attempts[0].outcome == "timeout"
+    assert 0.5 <= took < 0.5 + 1.5  # the deadline, then the next target

@@ -79,6 +79,7 @@ class ServiceAccountToken:
         """The refresh in flight, started if there is none."""
         if self._refreshing is None:
             self._refreshing = asyncio.create_task(self._fetch())
+            self._refreshing.add_done_callback(_observed)
         return self._refreshing
 
     async def _fetch(self) -> None:
@@ -117,3 +118,10 @@ class ServiceAccountToken:
         expiry = credentials.expiry  # naive UTC
         expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry else time.time() + 3600
         return str(credentials.token), expires_at
+
+
+def _observed(task: asyncio.Task[None]) -> None:
+    """A background refresh's failure is logged by ``_fetch``; retrieving it here keeps asyncio
+    from reporting it again as never retrieved."""
+    if not task.cancelled():
+        task.exception()
