@@ -23,7 +23,8 @@ from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.gate.keys import KEY_PREFIX
 from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
-from tokenrelay.model import Error, Event, Request
+from tokenrelay.model import Error, Event, Request, Untranslatable
+from tokenrelay.transports.base import CredentialsError
 
 if TYPE_CHECKING:
     from tokenrelay.settings import ProviderSettings, TargetSettings
@@ -92,6 +93,8 @@ class Provider:
         self._idle_timeout = idle_timeout
         self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)
         self._headers = self._base_headers()
+        self._tokens = self.transport.token_source(settings)  # expiring credentials, if any
+        self._by_model: dict[str, Endpoint] = {}  # a kind whose URL names the model
 
     def _endpoint(self, dialect: str) -> Endpoint:
         return Endpoint(dialects.get(dialect), self.transport.url(self.settings, dialect))
@@ -101,10 +104,22 @@ class Provider:
         """Whether the upstream counts a request's tokens (``post_json("/count_tokens")``)."""
         return self.transport.COUNTS_TOKENS
 
-    def for_request(self, request: Request) -> Endpoint:
+    def for_request(self, request: Request, model: str | None = None) -> Endpoint:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
-        arrive as sent), else its own."""
+        arrive as sent), the model's own where the URL names the model (Vertex), else its own."""
+        if model is not None:
+            endpoint = self._by_model.get(model)
+            if endpoint is not None:
+                return endpoint
+            try:
+                named = self.transport.model_endpoint(self.settings, model)
+            except ValueError as exc:  # a model it cannot address: the target is skipped
+                raise Untranslatable(str(exc), param="model") from None
+            if named is not None:
+                dialect, url = named
+                endpoint = self._by_model[model] = Endpoint(dialects.get(dialect), url)
+                return endpoint
         alternative = self._alternative
         if alternative is not None and request.dialect == alternative.dialect.NAME:
             return alternative
@@ -126,7 +141,7 @@ class Provider:
     ) -> tuple[bytes, list[str]]:
         """The upstream body and the hosted tools dropped from it (``hosted_tools = "drop"``);
         raises ``Untranslatable`` when the request cannot be translated."""
-        dialect = self.for_request(request).dialect
+        dialect = self.for_request(request, target.model).dialect
         added: dict[str, Any] = {}
         dropped: list[str] = []
         if request.dialect != dialect.NAME and "tools" in request.extra:
@@ -140,7 +155,7 @@ class Provider:
                 merged[key] = merged.get(key, []) + value if key == "tools" else value
             merged.update(target.params)
             body = msgspec.json.encode(merged)
-        return body, dropped
+        return self.transport.finish_body(self.settings, dialect.NAME, body), dropped
 
     def build_headers(
         self,
@@ -183,6 +198,11 @@ class Provider:
         """One JSON call beside the streams, at ``url + suffix`` (``/count_tokens``): the body
         of a 200, else the failure as an ``Error`` (the upstream's own, screened as a stream's
         is; a timeout; an unreachable upstream)."""
+        if self._tokens is not None:
+            try:
+                headers = {**headers, **await self._tokens.headers()}
+            except CredentialsError as exc:
+                return Error("upstream_unavailable", f"{self.name}: {exc}", 502)
         try:
             async with asyncio.timeout(within):
                 response = await self._pool.post(
@@ -215,6 +235,12 @@ class Provider:
         event; closing the generator early closes the upstream connection (no reuse of a
         half-read response), which is what stops the provider generating."""
         dialect, url = endpoint or self.endpoint
+        if self._tokens is not None:
+            try:
+                headers = {**headers, **await self._tokens.headers()}
+            except CredentialsError as exc:
+                yield [Error("upstream_unavailable", f"{self.name}: {exc}", 502)]
+                return
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._pool.post(

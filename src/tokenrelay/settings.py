@@ -57,6 +57,11 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
+    # kind "vertex" (docs/providers-vertex.md)
+    project: str | None = None  # the Google Cloud project id
+    region: str | None = None  # `us-east5`, `europe-west1`, `us`, `eu` or `global`
+    publisher: str | None = None  # `anthropic` or `google`; unset: by the model's name
+    credentials_file: str | None = None
 
     def __post_init__(self) -> None:
         transports.check(self)
@@ -440,6 +445,11 @@ def _check(settings: Settings) -> None:
                 raise ConfigError(
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
                 )
+            provider = settings.providers[target.provider]
+            try:  # a kind whose URL names the model refuses one it cannot address
+                transports.get(provider.kind).model_endpoint(provider, target.model)
+            except ValueError as exc:
+                raise ConfigError(f"route {name!r}, provider {target.provider!r}: {exc}") from None
     if settings.provider_models.targets:
         raise ConfigError(
             "provider_models has no targets: the model a client names is its one target"

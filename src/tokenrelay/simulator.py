@@ -24,6 +24,15 @@ asked for (an alias resolved to a dated snapshot, as real APIs do).
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
 Messages call with the same prompt reports here.
 
+Vertex AI (``/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/
+{model}:{method}``): Claude's ``rawPredict`` and ``streamRawPredict`` answer as the Messages API
+does, after checking the body as Vertex does (``anthropic_version`` present, no ``model``: the
+URL names it; the version may also be a date, as the anthropic SDK's Vertex client sends
+it); a bearer token is required (``api_key`` when set, and a token
+``sim-expires-<unix seconds>`` is refused from that time on, as an expired OAuth token is).
+Gemini's methods (publisher ``google``) are served by the Gemini flavor where the simulator has
+one, else answer 501.
+
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
 
@@ -112,6 +121,7 @@ FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
 _MID_FAULTS = frozenset({"error_after", "hang_mid", "reset"})
 
 _MAX_LAST_REQUESTS = 50
+_DATED_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MAX_BODY = 32 * 1024 * 1024
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -561,7 +571,65 @@ class _Simulator:
             content_type="application/json",
         )
 
-    async def _serve(self, http: web.Request, flavor: _Flavor) -> web.StreamResponse:
+    async def vertex(self, http: web.Request) -> web.StreamResponse:
+        """Vertex AI's ``publishers/{publisher}/models/{model}:{method}``."""
+        info = http.match_info
+        model, _, method = info["target"].partition(":")
+        self.serial += 1
+        request_id = f"req_sim_vx{self.serial:010d}"
+        token = _bearer(http.headers.get("authorization", ""))
+        problem = self._vertex_token_problem(token)
+        if problem is not None:
+            body = {"error": {"code": 401, "message": problem, "status": "UNAUTHENTICATED"}}
+            return _json(msgspec.json.encode(body), status=401)
+        gemini = getattr(self, "gemini", None)  # the Gemini flavor, where the simulator has one
+        if info["publisher"] == "google" and gemini is not None:
+            return await self._serve(http, gemini)  # it reads model and method off the path
+        if info["publisher"] != "anthropic" or method not in ("rawPredict", "streamRawPredict"):
+            message = f"the simulator does not serve {info['publisher']} models' {method} yet"
+            body = {"error": {"code": 501, "message": message, "status": "UNIMPLEMENTED"}}
+            return _json(msgspec.json.encode(body), status=501)
+        raw = await http.read()
+        try:
+            fields = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            fields = None
+        if not isinstance(fields, dict) or "model" in fields:
+            why = "model: Extra inputs are not permitted (Vertex names the model in the URL)"
+            error = GatewayError("invalid_request", why, 400)
+            return self._error(self.anthropic, error, request_id, None)
+        version = fields.get("anthropic_version")
+        if version != "vertex-2023-10-16" and not _DATED_VERSION.fullmatch(str(version)):
+            # Anthropic's Vertex docs name "vertex-2023-10-16"; the anthropic SDK's Vertex
+            # client sends its API version (a date), so both are taken
+            why = 'anthropic_version: required on Vertex AI, e.g. "vertex-2023-10-16"'
+            error = GatewayError("invalid_request", why, 400)
+            return self._error(self.anthropic, error, request_id, None)
+        del fields["anthropic_version"]
+        fields["model"] = model
+        fields["stream"] = method == "streamRawPredict"
+        return await self._serve(http, self.anthropic, msgspec.json.encode(fields))
+
+    def _vertex_token_problem(self, token: str | None) -> str | None:
+        """Why Vertex would refuse this bearer token, or ``None``."""
+        if not token:
+            return "Request is missing required authentication credential (simulator)"
+        if token.startswith("sim-expires-"):
+            try:
+                valid = time.time() < float(token.removeprefix("sim-expires-"))
+            except ValueError:
+                valid = False
+            return None if valid else "Request had invalid authentication credentials: expired"
+        key = self.settings.api_key
+        if key is not None and token != key:
+            return "Request had invalid authentication credentials (simulator)"
+        return None
+
+    async def _serve(
+        self, http: web.Request, flavor: _Flavor, rewritten: bytes | None = None
+    ) -> web.StreamResponse:
+        """One API request; ``rewritten`` is the body as the dialect reads it, when a Vertex
+        path had to put the URL's model into it (the stats keep the body received)."""
         stats = self.stats
         path = http.path
         stats.requests[path] = stats.requests.get(path, 0) + 1
@@ -570,12 +638,12 @@ class _Simulator:
         request_id = f"req_sim_{serial:012d}"
         body = await http.read()
         stats.last_requests.append((path, http.headers, body))
-        if not self._authorized(http):
+        if not (self._authorized(http) or http.path.startswith("/v1/projects/")):
             error = GatewayError("authentication", "invalid API key (simulator)", 401)
             return self._error(flavor, error, request_id, None)
         try:
             knobs = self._knobs(http)
-            request = flavor.dialect.parse_request(body)
+            request = flavor.dialect.parse_request(rewritten or body)
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
@@ -723,10 +791,15 @@ def _reset(http: web.Request) -> None:
     transport.abort()
 
 
-def _json(body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
+def _json(body: bytes, headers: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
     from aiohttp import web
 
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -747,6 +820,10 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
+    app.router.add_post(
+        "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
+        simulator.vertex,
+    )
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

@@ -32,6 +32,18 @@ class ProviderSettings(Protocol):
     def anthropic_version(self) -> str: ...
 
 
+class CredentialsError(Exception):
+    """A provider's credentials could not be had (a token endpoint refused or was unreachable);
+    the request fails over as from an unreachable upstream."""
+
+
+class TokenSource(Protocol):
+    """A provider's credentials that expire and are fetched again (OAuth access tokens): asked
+    once per request, never per token; ``headers`` waits only when it holds no valid token."""
+
+    async def headers(self) -> dict[str, str]: ...
+
+
 class Transport:
     """One provider kind. The defaults fit an API that takes a bearer token and speaks one
     dialect; a kind overrides what it does differently."""
@@ -45,6 +57,13 @@ class Transport:
     COUNTS_TOKENS: ClassVar[bool] = False
     # The values of a provider's ``api`` setting this kind understands.
     APIS: ClassVar[frozenset[str]] = frozenset({"chat"})
+    # The genai-prices provider whose table prices this kind's models, after the provider's
+    # own name (``metering/pricing.py``); the kind's name unless a subclass says otherwise.
+    PRICED_AS: ClassVar[str]
+
+    def __init_subclass__(cls) -> None:
+        if "PRICED_AS" not in cls.__dict__:
+            cls.PRICED_AS = cls.NAME
 
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         """The dialect of the provider's API, and the one a client of the same dialect is sent
@@ -58,6 +77,23 @@ class Transport:
     def auth_headers(self, settings: ProviderSettings, key: str | None) -> dict[str, str]:
         """The headers that authenticate the gateway (and pin an API version, where one must)."""
         return {"authorization": f"Bearer {key}"} if key else {}
+
+    def check(self, settings: ProviderSettings) -> None:
+        """Refuse, with a ``ValueError`` naming the setting, what this kind cannot work with."""
+
+    def model_endpoint(self, settings: ProviderSettings, model: str) -> tuple[str, str] | None:
+        """``(dialect, url)`` for a kind whose URL names the model (Vertex); ``None``: the
+        provider's own endpoint serves every model."""
+        return None
+
+    def finish_body(self, settings: ProviderSettings, dialect: str, body: bytes) -> bytes:
+        """The encoded body as this kind wants it (Vertex moves ``model`` into the URL)."""
+        return body
+
+    def token_source(self, settings: ProviderSettings) -> TokenSource | None:
+        """Where a provider's expiring credentials come from, when its kind uses such; their
+        headers join ``auth_headers``' per request."""
+        return None
 
     def classify(self, error: Error) -> Error:
         """An upstream error as failover should judge it (a kind whose API signals throttling
