@@ -31,6 +31,27 @@ class ProviderSettings(Protocol):
     @property
     def anthropic_version(self) -> str: ...
 
+    @property
+    def api_key(self) -> str | None: ...
+
+    @property
+    def api_key_env(self) -> str | None: ...
+
+    def resolved_key(self) -> str | None: ...
+
+    # Vertex AI (transports.vertex)
+    @property
+    def project(self) -> str | None: ...
+
+    @property
+    def region(self) -> str | None: ...
+
+    @property
+    def publisher(self) -> str | None: ...
+
+    @property
+    def credentials_file(self) -> str | None: ...
+
 
 class CredentialsError(Exception):
     """A provider's credentials could not be had (a token endpoint refused or was unreachable);

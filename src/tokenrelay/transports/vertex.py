@@ -17,7 +17,7 @@ import msgspec
 from tokenrelay.transports.base import TokenSource, Transport
 
 if TYPE_CHECKING:
-    from tokenrelay.settings import ProviderSettings
+    from tokenrelay.transports.base import ProviderSettings
 
 ANTHROPIC_VERSION = "vertex-2023-10-16"
 # A region (``us-east5``, ``europe-west1``), a multi-region (``us``, ``eu``) or ``global``.
