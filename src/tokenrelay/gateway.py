@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from tokenrelay import transports
 from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners
@@ -184,7 +185,10 @@ class Gateway:
             audit = self.audit = AuditLog(settings.audit)
         spool_dir = settings.spool_dir or default_spool_dir(settings.database_url)
         ledger = self.ledger = LedgerWriter(spool_dir)
-        kinds = {name: provider.kind for name, provider in settings.providers.items()}
+        kinds = {  # the genai-prices provider of each kind (Bedrock's models are "aws"'s)
+            name: transports.get(provider.kind).PRICES_AS or provider.kind
+            for name, provider in settings.providers.items()
+        }
         meter = self.meter = Meter(ledger, pricer, kinds, gate.budgets, audit)
         ledger.before_write = meter.price_pending
         ledger.start(gate.database)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from tokenrelay import dialects, transports
+from tokenrelay.dialects.eventstream import FramingError
 from tokenrelay.dialects.responses import hosted
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
@@ -101,14 +102,19 @@ class Provider:
         """Whether the upstream counts a request's tokens (``post_json("/count_tokens")``)."""
         return self.transport.COUNTS_TOKENS
 
-    def for_request(self, request: Request) -> Endpoint:
+    def for_request(self, request: Request, model: str | None = None) -> Endpoint:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
-        arrive as sent), else its own."""
+        arrive as sent), else its own; with ``model`` in its URL when the API names it there."""
+        endpoint = self.endpoint
         alternative = self._alternative
         if alternative is not None and request.dialect == alternative.dialect.NAME:
-            return alternative
-        return self.endpoint
+            endpoint = alternative
+        if model is not None:
+            url = self.transport.target_url(endpoint.url, model)
+            if url != endpoint.url:
+                return Endpoint(endpoint.dialect, url)
+        return endpoint
 
     def _base_headers(self) -> dict[str, str]:
         headers = {
@@ -185,8 +191,11 @@ class Provider:
         is; a timeout; an unreachable upstream)."""
         try:
             async with asyncio.timeout(within):
+                url = self.url + suffix
+                if self.transport.SIGNS:
+                    headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
                 response = await self._pool.post(
-                    self.url + suffix, body, headers, connect_timeout=self.settings.connect_timeout
+                    url, body, headers, connect_timeout=self.settings.connect_timeout
                 )
                 try:
                     raw = await response.read(_MAX_ERROR_BODY)  # an answer, not a stream
@@ -215,6 +224,8 @@ class Provider:
         event; closing the generator early closes the upstream connection (no reuse of a
         half-read response), which is what stops the provider generating."""
         dialect, url = endpoint or self.endpoint
+        if self.transport.SIGNS:
+            headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._pool.post(
@@ -246,7 +257,7 @@ class Provider:
                 yield self._screened_all(dialect.parse_response(raw).events(), headers)
                 finished = True
                 return
-            parser = SSEParser()
+            parser = getattr(dialect, "FRAMER", SSEParser)()  # the dialect's framing
             reader = dialect.stream_reader()
             clock = watch.clock
             async for chunk in response.chunks():
@@ -266,6 +277,9 @@ class Provider:
                     "upstream_unavailable", f"{self.name} closed the stream before it finished", 502
                 )
             ]
+        except FramingError as exc:
+            reason = f"{self.name} sent a corrupt stream ({exc}); it was ended here"
+            yield [Error("upstream_unavailable", reason, 502)]
         except TimeoutError:
             yield [Error("timeout", f"{self.name} sent nothing for {self._idle_timeout:g}s", 504)]
         except OSError as exc:

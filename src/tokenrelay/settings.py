@@ -57,6 +57,10 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
+    # kind "bedrock": the AWS region (else AWS_REGION / AWS_DEFAULT_REGION) and the profile of
+    # the shared config files to sign with (else the default credential chain)
+    region: str | None = None
+    aws_profile: str | None = None
 
     def __post_init__(self) -> None:
         transports.check(self)
@@ -260,7 +264,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [
             name
             for name, provider in self.providers.items()
-            if provider.resolved_key() or (provider.base_url and name not in _BUILTIN)
+            if provider.resolved_key()
+            or (provider.base_url and name not in _BUILTIN)
+            or transports.get(provider.kind).SIGNS  # credentials of its own (AWS)
         ]
 
     @property
@@ -439,6 +445,12 @@ def _check(settings: Settings) -> None:
                 known = ", ".join(sorted(settings.providers))
                 raise ConfigError(
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
+                )
+            provider = settings.providers[target.provider]
+            problem = transports.get(provider.kind).check_target(provider, target.model)
+            if problem:
+                raise ConfigError(
+                    f"route {name!r}, target {target.provider}:{target.model}: {problem}"
                 )
     if settings.provider_models.targets:
         raise ConfigError(

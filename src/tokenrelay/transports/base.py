@@ -29,6 +29,10 @@ class Transport:
     COUNTS_TOKENS: ClassVar[bool] = False
     # The values of a provider's ``api`` setting this kind understands.
     APIS: ClassVar[frozenset[str]] = frozenset({"chat"})
+    # The genai-prices provider id this kind's models are priced under, when not its name.
+    PRICES_AS: ClassVar[str | None] = None
+    # Whether ``sign`` changes anything (``Provider`` skips the call otherwise).
+    SIGNS: ClassVar[bool] = False
 
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         """The dialect of the provider's API, and the one a client of the same dialect is sent
@@ -42,6 +46,27 @@ class Transport:
     def auth_headers(self, settings: ProviderSettings, key: str | None) -> dict[str, str]:
         """The headers that authenticate the gateway (and pin an API version, where one must)."""
         return {"authorization": f"Bearer {key}"} if key else {}
+
+    def target_url(self, url: str, model: str) -> str:
+        """The URL of a request for ``model``, for an API that names the model in its path
+        (Bedrock's ``/model/{modelId}/converse-stream``); most take it in the body."""
+        return url
+
+    def check_target(self, settings: ProviderSettings, model: str) -> str | None:
+        """Why a route's target model cannot be used with this provider (start-up), if so."""
+        return None
+
+    def sign(
+        self,
+        settings: ProviderSettings,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> dict[str, str]:
+        """The headers to send, right before sending: a kind whose API signs each request
+        over its body (AWS SigV4) adds the signature here; most send ``headers`` as they are."""
+        return headers
 
     def classify(self, error: Error) -> Error:
         """An upstream error as failover should judge it (a kind whose API signals throttling
