@@ -107,9 +107,15 @@ STREAM_FAULTS = (
     "hang_before_first_byte",
     "hang_mid",
     "reset",
+    "corrupt_frame",
 )
 FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
-_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset"})
+_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset", "corrupt_frame"})
+# A SigV4 Authorization header as Bedrock expects it (its shape; the signature is not checked).
+_SIGV4 = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=[A-Z0-9]{16,128}/\d{8}/[a-z0-9-]+/bedrock/aws4_request, "
+    r"SignedHeaders=[a-z0-9;-]*host[a-z0-9;-]*, Signature=[0-9a-f]{64}$"
+)
 
 _MAX_LAST_REQUESTS = 50
 _MAX_BODY = 32 * 1024 * 1024
@@ -443,6 +449,9 @@ class _Simulator:
         self.responses = _Flavor(
             dialects.get("responses"), "x-request-id", "resp_sim_", "call_sim_", False, True
         )
+        self.bedrock = _Flavor(
+            dialects.get("converse"), "x-amzn-requestid", "msg_bdrk_", "tooluse_sim_", False, False
+        )
 
     # routes
 
@@ -483,6 +492,14 @@ class _Simulator:
 
     async def responses_create(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.responses)
+
+    async def converse_stream(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/converse-stream``: event-stream frames."""
+        return await self._serve(request, self.bedrock, request.match_info["model"], True)
+
+    async def converse(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/converse``: one JSON answer."""
+        return await self._serve(request, self.bedrock, request.match_info["model"], False)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -537,11 +554,16 @@ class _Simulator:
                 ) from None
         return _maybe_slow(msgspec.structs.replace(self.settings, **changes))
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.Request, flavor: _Flavor | None = None) -> bool:
         key = self.settings.api_key
+        headers = request.headers
+        if flavor is not None and flavor is self.bedrock:  # SigV4's shape, or a Bedrock API key
+            given = headers.get("authorization", "")
+            if given.startswith("Bearer "):
+                return key is None or given == "Bearer " + key
+            return bool(_SIGV4.match(given)) and "x-amz-date" in headers
         if key is None:
             return True
-        headers = request.headers
         return headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key
 
     def _error(
@@ -550,6 +572,9 @@ class _Simulator:
         from aiohttp import web
 
         headers = {flavor.request_id_header: request_id}
+        named = getattr(flavor.dialect, "error_headers", None)  # Bedrock's x-amzn-errortype
+        if named is not None:
+            headers.update(named(error))
         if retry_after is not None:
             headers["retry-after"] = _seconds(retry_after)
             if flavor.retry_after_ms:
@@ -561,7 +586,15 @@ class _Simulator:
             content_type="application/json",
         )
 
-    async def _serve(self, http: web.Request, flavor: _Flavor) -> web.StreamResponse:
+    async def _serve(
+        self,
+        http: web.Request,
+        flavor: _Flavor,
+        model: str | None = None,
+        stream: bool | None = None,
+    ) -> web.StreamResponse:
+        """One API request; ``model`` and ``stream`` are the URL's, for an API that says them
+        there (Bedrock) rather than in the body."""
         stats = self.stats
         path = http.path
         stats.requests[path] = stats.requests.get(path, 0) + 1
@@ -570,12 +603,16 @@ class _Simulator:
         request_id = f"req_sim_{serial:012d}"
         body = await http.read()
         stats.last_requests.append((path, http.headers, body))
-        if not self._authorized(http):
+        if not self._authorized(http, flavor):
             error = GatewayError("authentication", "invalid API key (simulator)", 401)
             return self._error(flavor, error, request_id, None)
         try:
             knobs = self._knobs(http)
             request = flavor.dialect.parse_request(body)
+            if model is not None:
+                request.model = model
+            if stream is not None:
+                request.stream = stream
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
@@ -701,6 +738,10 @@ class _Simulator:
                 await loop.create_future()
             elif fault == "reset":
                 _reset(http)
+            elif fault == "corrupt_frame":
+                frame = bytearray(write(TextDelta(" corrupt")))
+                frame[-1] ^= 0xFF  # the message CRC no longer matches (SSE: a torn event)
+                await send(bytes(frame) if frame[:1] != b"d" else b"data: {corrupt\n\n")
         except asyncio.CancelledError:
             self._disconnected(http.path, plan.tokens_in(written))
             self.stats.tokens_sent += plan.tokens_in(written)
@@ -747,6 +788,8 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
+    app.router.add_post("/model/{model}/converse-stream", simulator.converse_stream)
+    app.router.add_post("/model/{model}/converse", simulator.converse)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

@@ -517,8 +517,8 @@ class ConverseWriter:
             out.append(event("metadata", _encode(metadata)))
         elif isinstance(item, Error):
             name = _EXCEPTION_OF.get(item.type, "ModelStreamErrorException")
-            payload = _encode({"message": item.message})
-            out.append(exception(name[0].lower() + name[1:], payload))
+            message = _encode({"message": item.message})
+            out.append(exception(name[0].lower() + name[1:], message))
         return b"".join(out)
 
     def close(self) -> bytes:
