@@ -130,7 +130,7 @@ def _sigv4(profile: str | None, region: str) -> Any:
     try:
         from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
         from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
-        from botocore.session import Session  # type: ignore[import-untyped]
+        from botocore.session import Session
     except ImportError:
         raise MissingCredentials(
             "a bedrock provider without an API key signs with AWS credentials, which needs "
