@@ -8,8 +8,14 @@ import time
 import pytest
 
 from tokenrelay.dialects import converse
-from tokenrelay.dialects.eventstream import EventStreamParser, FramingError, encode_frame, event
-from tokenrelay.model import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+from tokenrelay.dialects.eventstream import (
+    EventStreamParser,
+    Frame,
+    FramingError,
+    encode_frame,
+    event,
+)
+from tokenrelay.model import Event, Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
 
 FRAMES = [
     event("messageStart", b'{"role":"assistant"}'),
@@ -57,8 +63,10 @@ def test_a_corrupt_frame_is_an_error_not_a_skip(where: str) -> None:
     frame[offset] ^= 0x01
     parser = EventStreamParser()
     assert parser.feed(FRAMES[0])  # the good frame before it arrives
-    with pytest.raises(FramingError):
-        parser.feed(bytes(frame) + FRAMES[2])
+    with pytest.raises(FramingError) as raised:
+        parser.feed(FRAMES[2] + bytes(frame) + FRAMES[3])
+    # the good frame in the same chunk before the corrupt one still counts; none after it
+    assert [f.event_type for f in raised.value.frames] == ["contentBlockStop"]
 
 
 def test_an_impossible_length_is_an_error() -> None:
@@ -76,17 +84,17 @@ def test_botocore_reads_our_frames() -> None:
     buffer = EventStreamBuffer()
     buffer.add_data(STREAM)
     decoded = list(buffer)
-    assert [m.headers[":event-type"] for m in decoded] == [f.event_type for f in FRAMES_PARSED()]
+    assert [m.headers[":event-type"] for m in decoded] == [f.event_type for f in parsed()]
     assert decoded[1].payload == EventStreamParser().feed(FRAMES[1])[0].payload
 
 
-def FRAMES_PARSED() -> list[converse.Frame]:  # noqa: N802 - reads as the constant it stands for
+def parsed() -> list[Frame]:
     return EventStreamParser().feed(STREAM)
 
 
 def test_the_writer_and_reader_agree() -> None:
     writer = converse.ConverseWriter()
-    events = [
+    events: list[Event] = [
         ThinkingDelta("hmm"),
         ThinkingDelta("", "sig"),
         TextDelta("Hi"),

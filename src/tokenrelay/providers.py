@@ -263,7 +263,15 @@ class Provider:
             async for chunk in response.chunks():
                 watch.last = clock()
                 batch: list[Event] = []
-                for sse in parser.feed(chunk):
+                try:
+                    items = parser.feed(chunk)
+                except FramingError as exc:  # binary framing: a corrupt frame ends the stream
+                    for item in exc.frames:  # after the good ones before it
+                        batch.extend(reader.feed(item))
+                    reason = f"{self.name} sent a corrupt stream ({exc}); it was ended here"
+                    yield [*batch, Error("upstream_unavailable", reason, 502)]
+                    return
+                for sse in items:
                     batch.extend(reader.feed(sse))
                 if reader.done:  # an upstream's error event ends its stream: it is in here
                     batch = self._screened_all(batch, headers)
@@ -277,9 +285,6 @@ class Provider:
                     "upstream_unavailable", f"{self.name} closed the stream before it finished", 502
                 )
             ]
-        except FramingError as exc:
-            reason = f"{self.name} sent a corrupt stream ({exc}); it was ended here"
-            yield [Error("upstream_unavailable", reason, 502)]
         except TimeoutError:
             yield [Error("timeout", f"{self.name} sent nothing for {self._idle_timeout:g}s", 504)]
         except OSError as exc:

@@ -26,7 +26,12 @@ _FIXED = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 8: 8, 9: 16}
 
 
 class FramingError(ValueError):
-    """The upstream's byte stream is not valid framing (a bad CRC, an impossible length)."""
+    """The upstream's byte stream is not valid framing (a bad CRC, an impossible length).
+    ``frames`` are the good ones the same chunk held before the corrupt one: they still count."""
+
+    def __init__(self, message: str, frames: list[Frame] | None = None) -> None:
+        super().__init__(message)
+        self.frames: list[Frame] = frames or []
 
 
 class Frame(NamedTuple):
@@ -55,6 +60,16 @@ class EventStreamParser:
     def feed(self, chunk: bytes) -> list[Frame]:
         data = self._buffer + chunk if self._buffer else chunk
         frames: list[Frame] = []
+        try:
+            start = self._frames(data, frames)
+        except FramingError as exc:
+            exc.frames = frames
+            raise
+        self._buffer = data[start:] if start else data
+        return frames
+
+    def _frames(self, data: bytes, frames: list[Frame]) -> int:
+        """Append the whole frames of ``data`` to ``frames``; where the rest starts."""
         start = 0
         end = len(data)
         while end - start >= 12:
@@ -71,8 +86,7 @@ class EventStreamParser:
             body = start + 12 + header_length
             frames.append(Frame(_headers(data, start + 12, body), data[body:stop]))
             start += total
-        self._buffer = data[start:] if start else data
-        return frames
+        return start
 
     @property
     def pending(self) -> int:

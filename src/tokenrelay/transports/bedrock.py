@@ -112,7 +112,7 @@ def _known_region(region: str) -> bool:
     """Whether botocore's endpoint table lists Bedrock Runtime in ``region`` (without botocore,
     the shape alone is checked)."""
     try:
-        from botocore.session import get_session  # type: ignore[import-untyped]
+        from botocore.session import get_session
     except ImportError:
         return True
     regions: set[str] = set()
@@ -128,8 +128,8 @@ class MissingCredentials(ValueError):
 
 def _sigv4(profile: str | None, region: str) -> Any:
     try:
-        from botocore.auth import SigV4Auth  # type: ignore[import-untyped]
-        from botocore.awsrequest import AWSRequest  # type: ignore[import-untyped]
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
         from botocore.session import Session
     except ImportError:
         raise MissingCredentials(
