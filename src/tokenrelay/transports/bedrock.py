@@ -109,17 +109,15 @@ def _bearer(settings: ProviderSettings) -> str | None:
 
 
 def _known_region(region: str) -> bool:
-    """Whether botocore's endpoint table lists Bedrock Runtime in ``region`` (without botocore,
-    the shape alone is checked)."""
+    """Whether ``region`` is one of the AWS partitions' regions botocore knows (without
+    botocore, the shape alone is checked). A region AWS opens later than the installed
+    botocore is refused until botocore is upgraded: the message names the setting."""
     try:
-        from botocore.session import get_session
+        from botocore.loaders import create_loader
     except ImportError:
         return True
-    regions: set[str] = set()
-    session = get_session()
-    for partition in session.get_available_partitions():
-        regions.update(session.get_available_regions("bedrock-runtime", partition))
-    return not regions or region in regions
+    partitions = create_loader().load_data("partitions")["partitions"]
+    return any(region in partition.get("regions", {}) for partition in partitions)
 
 
 class MissingCredentials(ValueError):
