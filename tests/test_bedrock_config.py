@@ -116,10 +116,13 @@ async def test_an_api_key_is_sent_as_a_bearer_token_unsigned(
         **environ(api_key="bedrock-api-key-1234", region="us-west-2", base_url=simulator.url),
         "TOKENRELAY_ANONYMOUS_LIMIT": "1000/minute",
     }
-    async with gateway_server(env) as gw, aiohttp.ClientSession() as http:
-        async with http.post(gw.url + "/api/generate", json={"prompt": "hi"}) as response:
-            assert response.status == 200
-            await response.read()
+    async with (
+        gateway_server(env) as gw,
+        aiohttp.ClientSession() as http,
+        http.post(gw.url + "/api/generate", json={"prompt": "hi"}) as response,
+    ):
+        assert response.status == 200
+        await response.read()
     [sent] = simulator.stats()["last_requests"]
     assert sent["headers"]["authorization"] == "Bearer bedrock-api-key-1234"
     assert "x-amz-date" not in sent["headers"]
