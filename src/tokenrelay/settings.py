@@ -57,10 +57,8 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
-    # kind "bedrock": the AWS region (else AWS_REGION / AWS_DEFAULT_REGION) and the profile of
-    # the shared config files to sign with (else the default credential chain)
-    region: str | None = None
-    aws_profile: str | None = None
+    region: str | None = None  # kind "bedrock": the AWS region (else AWS_REGION)
+    aws_profile: str | None = None  # kind "bedrock": AWS profile to sign with (else the chain)
 
     def __post_init__(self) -> None:
         transports.check(self)
