@@ -124,3 +124,81 @@ def test_parsing_speed_per_frame() -> None:
             reader.feed(item)
     per_frame = (time.perf_counter() - start) / 10_000
     assert per_frame < 100e-6, per_frame
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+EXCEPTION_TABLE = [
+    ("ThrottlingException", 429, "rate_limit"),
+    ("ValidationException", 400, "invalid_request"),
+    ("AccessDeniedException", 403, "permission"),
+    ("UnrecognizedClientException", 401, "authentication"),
+    ("ModelStreamErrorException", 502, "upstream_unavailable"),
+    ("ServiceUnavailableException", 503, "upstream_unavailable"),
+    ("InternalServerException", 500, "api_error"),
+    ("ModelNotReadyException", 529, "overloaded"),
+    ("ModelTimeoutException", 504, "timeout"),
+    ("ResourceNotFoundException", 404, "not_found"),
+]
+
+
+@pytest.mark.parametrize(("name", "status", "kind"), EXCEPTION_TABLE)
+def test_an_error_response_is_classified_by_its_exception(
+    name: str, status: int, kind: str
+) -> None:
+    header = f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+    error = converse.parse_error(400, b'{"message":"nope"}', {"x-amzn-errortype": header})
+    assert (error.type, error.status) == (kind, status)
+    assert name in error.message and "nope" in error.message
+    # the body's __type serves when the header is missing
+    body = b'{"__type":"com.amazon.bedrock#' + name.encode() + b'","message":"nope"}'
+    assert converse.parse_error(400, body, {}).status == status
+
+
+@pytest.mark.parametrize(("name", "status", "kind"), EXCEPTION_TABLE)
+def test_an_exception_frame_ends_the_stream(name: str, status: int, kind: str) -> None:
+    from tokenrelay.dialects.eventstream import exception
+    from tokenrelay.model import Error
+
+    frame_name = name[0].lower() + name[1:]
+    wire = FRAMES[1] + exception(frame_name, b'{"message":"stream broke"}')
+    reader = converse.ConverseReader()
+    out = [e for f in EventStreamParser().feed(wire) for e in reader.feed(f)]
+    assert reader.done
+    assert out[0] == TextDelta("Hello \xe9")
+    assert isinstance(out[1], Error) and (out[1].type, out[1].status) == (kind, status)
+    assert "stream broke" in out[1].message
+
+
+def test_a_status_without_a_name_is_judged_by_the_status() -> None:
+    assert converse.parse_error(429, b"", {}).type == "rate_limit"
+    assert converse.parse_error(503, b"busy", {}).status == 503
+    assert converse.parse_error(408, b"{}", {}).type == "timeout"
+    retry = converse.parse_error(429, b"{}", {"retry-after": "2"})
+    assert retry.retry_after == 2
+
+
+@pytest.mark.parametrize(
+    ("reason", "finish"),
+    [
+        ("end_turn", "stop"),
+        ("tool_use", "tool_calls"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop_sequence"),
+        ("guardrail_intervened", "content_filter"),
+        ("content_filtered", "content_filter"),
+    ],
+)
+def test_stop_reasons(reason: str, finish: str) -> None:
+    wire = event("messageStop", b'{"stopReason":"' + reason.encode() + b'"}') + event(
+        "metadata",
+        b'{"usage":{"inputTokens":5,"outputTokens":2,"totalTokens":9,"cacheReadInputTokens":2},'
+        b'"metrics":{"latencyMs":10}}',
+    )
+    reader = converse.ConverseReader()
+    out = [e for f in EventStreamParser().feed(wire) for e in reader.feed(f)]
+    assert reader.done
+    assert out == [
+        Usage(input_tokens=7, output_tokens=2, cache_read_tokens=2),
+        Finish(finish),  # type: ignore[arg-type]
+    ]
