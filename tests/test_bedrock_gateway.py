@@ -411,3 +411,30 @@ async def test_the_simulator_refuses_a_request_without_a_signature(
     bad = {"authorization": "AWS4-HMAC-SHA256 Credential=x", "x-amz-date": "20260102T030405Z"}
     async with http.post(simulator.url + PATH, json=body, headers=bad) as response:
         assert response.status == 401
+
+
+async def test_anthropic_cache_breakpoints_become_cache_points(
+    gw: RunningGateway, http: aiohttp.ClientSession, simulator: RunningSimulator
+) -> None:
+    simulator.reset_stats()
+    ephemeral = {"type": "ephemeral"}
+    body = {
+        "model": "br",
+        "max_tokens": 50,
+        "stream": True,
+        "system": [{"type": "text", "text": "Long instructions", "cache_control": ephemeral}],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": ephemeral}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Long context", "cache_control": ephemeral}],
+            }
+        ],
+    }
+    status, _, text = await call(http, gw, "/v1/messages", body)
+    assert status == 200, text
+    [sent] = sim_requests(simulator)
+    point = {"cachePoint": {"type": "default"}}
+    assert sent["body"]["system"][-1] == point
+    assert sent["body"]["toolConfig"]["tools"][-1] == point
+    assert sent["body"]["messages"][0]["content"] == [{"text": "Long context"}, point]

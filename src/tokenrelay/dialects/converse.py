@@ -121,6 +121,9 @@ _IMAGE_FORMATS = {
     "image/gif": "gif",
     "image/webp": "webp",
 }
+# Where an Anthropic client put a prompt-caching breakpoint (``cache_control``), Converse takes
+# a cache point block after the system prompt, a content block or a tool.
+_CACHE_POINT: dict[str, Any] = {"cachePoint": {"type": "default"}}
 # fields of another dialect that ask for nothing here (storage, ids, stream options)
 _INERT = frozenset(
     {"store", "metadata", "prompt_cache_key", "safety_identifier", "user", "stream_options"}
@@ -138,6 +141,8 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     body: dict[str, Any] = {"messages": _messages(request.messages, target)}
     if request.system:
         body["system"] = [{"text": request.system}]
+        if any(block.get("cache_control") for block in request.system_blocks or ()):
+            body["system"].append(_CACHE_POINT)
     config: dict[str, Any] = {}
     if request.max_tokens is not None:
         config["maxTokens"] = request.max_tokens
@@ -148,18 +153,15 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
     if request.stop:
         config["stopSequences"] = request.stop
     if request.tools:
-        tools: dict[str, Any] = {
-            "tools": [
-                {
-                    "toolSpec": {
-                        "name": tool.name,
-                        **({"description": tool.description} if tool.description else {}),
-                        "inputSchema": {"json": tool.parameters},
-                    }
-                }
-                for tool in request.tools
-            ]
-        }
+        specs: list[dict[str, Any]] = []
+        for tool in request.tools:
+            spec = {"name": tool.name, "inputSchema": {"json": tool.parameters}}
+            if tool.description:
+                spec["description"] = tool.description
+            specs.append({"toolSpec": spec})
+            if tool.cache_control is not None:
+                specs.append(_CACHE_POINT)
+        tools: dict[str, Any] = {"tools": specs}
         choice = request.tool_choice
         if choice == "auto":
             tools["toolChoice"] = {"auto": {}}
@@ -226,7 +228,11 @@ def _messages(messages: list[Message], target: str) -> list[dict[str, Any]]:
                 param=f"messages[{index}]",
             )
         role = "assistant" if message.role == "assistant" else "user"
-        blocks = [_block(part, index, target) for part in message.content]
+        blocks = []
+        for part in message.content:
+            blocks.append(_block(part, index, target))
+            if getattr(part, "cache_control", None) is not None:
+                blocks.append(_CACHE_POINT)
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
@@ -282,6 +288,7 @@ def parse_request(body: bytes) -> Request:
                 spec["toolSpec"].get("inputSchema", {}).get("json") or {"type": "object"},
             )
             for spec in tool_config.get("tools") or []
+            if "toolSpec" in spec  # not a cache point
         ]
         extra = {}
         if data.get("additionalModelRequestFields"):
@@ -335,6 +342,8 @@ def _message(item: dict[str, Any]) -> Message:
         elif "reasoningContent" in block:
             reasoning = block["reasoningContent"].get("reasoningText", {})
             parts.append(ThinkingPart(reasoning.get("text", ""), reasoning.get("signature")))
+        elif "cachePoint" in block:
+            continue
         elif "image" in block:
             image = block["image"]
             media = "image/" + image["format"]
