@@ -202,3 +202,14 @@ def test_stop_reasons(reason: str, finish: str) -> None:
         Usage(input_tokens=7, output_tokens=2, cache_read_tokens=2),
         Finish(finish),  # type: ignore[arg-type]
     ]
+
+
+def test_an_event_that_is_not_json_is_an_error() -> None:
+    from tokenrelay.model import Error
+
+    reader = converse.ConverseReader()
+    [frame] = EventStreamParser().feed(event("contentBlockDelta", b"{not json"))
+    [error] = reader.feed(frame)
+    assert isinstance(error, Error) and error.status == 502 and "not json" in error.message
+    assert reader.done
+    assert converse.parse_response(b"[]").error is not None

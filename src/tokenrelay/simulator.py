@@ -1,5 +1,5 @@
-"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions and OpenAI Responses
-APIs, with fault injection, for tests, demos and benchmarks.
+"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions, OpenAI Responses and
+AWS Bedrock Converse APIs, with fault injection, for tests, demos and benchmarks.
 
 It reads requests and writes responses through the same dialect modules the gateway uses (front,
 provider, simulator and client share one codec per API), so whatever the simulator says is what
@@ -15,7 +15,8 @@ status and the dialect's error body (``retry-after`` on 429/503/529, plus ``retr
 OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overloaded error;
 ``error_before_content`` sends the 200 head then the error; ``hang_before_first_byte`` never
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
-connection with an RST after ``fault_after`` tokens. ``slow_fraction`` of requests, drawn at
+connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, after
+``fault_after`` tokens, a frame whose CRC does not match (Bedrock; a torn event elsewhere). ``slow_fraction`` of requests, drawn at
 random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a primary that is
 slow now and then, for hedging). ``served_model`` names another model in the answer than the one
 asked for (an alias resolved to a dated snapshot, as real APIs do).
@@ -23,6 +24,10 @@ asked for (an alias resolved to a dated snapshot, as real APIs do).
 ``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
 Messages call with the same prompt reports here.
+
+``POST /model/{modelId}/converse-stream`` and ``/converse`` answer Bedrock's Converse API in
+event-stream frames (errors named by ``x-amzn-errortype``, or exception frames in a stream); a
+request must carry a SigV4-shaped ``Authorization`` (and ``x-amz-date``) or a bearer key.
 
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """

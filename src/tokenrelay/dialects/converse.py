@@ -400,6 +400,17 @@ class ConverseReader:
         self._finish: Finish | None = None
 
     def feed(self, frame: Frame) -> list[Event]:
+        if self.done:
+            return []
+        try:
+            return self._events(frame)
+        except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+            self.done = True
+            payload = frame.payload[:200].decode("utf-8", "replace")
+            message = f"the upstream sent a {frame.event_type or 'frame'} event it should not: "
+            return [Error("upstream_unavailable", message + repr(payload), 502)]
+
+    def _events(self, frame: Frame) -> list[Event]:
         headers = frame.headers
         kind = headers.get(":event-type")
         if kind == "contentBlockDelta":
@@ -565,7 +576,15 @@ def encode_response(completion: Completion, *, id: str, model: str) -> bytes:
 
 
 def parse_response(body: bytes) -> Completion:
-    data = _decode(body)
+    try:
+        return _completion(_decode(body))
+    except (msgspec.DecodeError, KeyError, TypeError, AttributeError):
+        text = body[:200].decode("utf-8", "replace")
+        problem = f"the upstream answered with a body that is not a Converse response: {text!r}"
+        return Completion(error=Error("upstream_unavailable", problem, 502))
+
+
+def _completion(data: Any) -> Completion:
     completion = Completion(usage=_usage(data.get("usage") or {}))
     for block in data.get("output", {}).get("message", {}).get("content", []):
         if "text" in block:
