@@ -17,9 +17,10 @@ OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overload
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
 connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, after
 ``fault_after`` tokens, a frame whose CRC does not match (Bedrock; a torn event elsewhere).
-``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a primary that is
-slow now and then, for hedging). ``served_model`` names another model in the answer than the one
-asked for (an alias resolved to a dated snapshot, as real APIs do).
+``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms``
+before their first token (a primary that is slow now and then, for hedging). ``served_model``
+names another model in the answer than the one asked for (an alias resolved to a dated
+snapshot, as real APIs do).
 
 ``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
