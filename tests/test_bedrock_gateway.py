@@ -438,3 +438,36 @@ async def test_anthropic_cache_breakpoints_become_cache_points(
     assert sent["body"]["system"][-1] == point
     assert sent["body"]["toolConfig"]["tools"][-1] == point
     assert sent["body"]["messages"][0]["content"] == [{"text": "Long context"}, point]
+
+
+async def test_a_stream_cut_short_ends_with_an_error(
+    gw: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    """A connection reset mid-stream (the frame in flight is never completed)."""
+    sim = {"x-sim-fault": "reset", "x-sim-fault-after": "2", "x-sim-tokens": "10"}
+    status, headers, text = await call(
+        http, gw, "/v1/messages", body_for("/v1/messages", "br", "x"), sim
+    )
+    assert status == 200
+    assert "error" in text
+    record = await gw.wait_record(headers["x-request-id"])
+    assert record.outcome == "error" and record.content_events == 2
+
+
+async def test_the_simulator_answers_converse_whole(
+    http: aiohttp.ClientSession, simulator: RunningSimulator
+) -> None:
+    body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
+    bearer = {"authorization": "Bearer any", "x-sim-text": "Whole answer"}
+    async with http.post(
+        simulator.url + f"/model/{MODEL}/converse", json=body, headers=bearer
+    ) as r:
+        assert r.status == 200
+        data = await r.json()
+    assert data["output"]["message"]["content"] == [{"text": "Whole answer"}]
+    assert data["stopReason"] == "end_turn" and data["usage"]["outputTokens"] == 2
+    throttled = {**bearer, "x-sim-fault": "429"}
+    async with http.post(simulator.url + PATH, json=body, headers=throttled) as r:
+        assert r.status == 429
+        assert r.headers["x-amzn-errortype"] == "ThrottlingException"
+        assert r.headers["retry-after"]
