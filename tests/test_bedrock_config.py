@@ -100,7 +100,8 @@ def test_the_region_comes_from_the_environment(
     settings = load(environ=environ())
     provider = settings.providers["br"]
     bedrock = transports.get("bedrock")
-    assert bedrock.url(provider, "converse") == "https://bedrock-runtime.eu-west-1.amazonaws.com"
+    url = bedrock.url(provider, "converse")
+    assert url == "https://bedrock-runtime.eu-west-1.amazonaws.com/model/{model}/converse-stream"
     assert bedrock.auth_headers(provider, None)["authorization"] == (
         "Bearer bedrock-api-key-from-env"
     )

@@ -86,6 +86,12 @@ async def gw(simulator: RunningSimulator, aws_env: None) -> AsyncIterator[Runnin
         "TOKENRELAY_PROVIDERS__BEDROCK__REGION": "us-east-1",
         "TOKENRELAY_PROVIDERS__BEDROCK__FORWARD_HEADERS": '["x-sim-"]',
         "TOKENRELAY_ROUTES__BR__TARGETS": f"bedrock:{MODEL}",
+        "TOKENRELAY_PROVIDERS__BRINVOKE__KIND": "bedrock",
+        "TOKENRELAY_PROVIDERS__BRINVOKE__API": "invoke",
+        "TOKENRELAY_PROVIDERS__BRINVOKE__BASE_URL": simulator.url,
+        "TOKENRELAY_PROVIDERS__BRINVOKE__REGION": "us-east-1",
+        "TOKENRELAY_PROVIDERS__BRINVOKE__FORWARD_HEADERS": '["x-sim-"]',
+        "TOKENRELAY_ROUTES__BRINV__TARGETS": f"brinvoke:{MODEL}",
         "TOKENRELAY_ROUTES__BR__ALLOW_CLIENT_SYSTEM": "true",
         **{
             f"TOKENRELAY_ROUTES__BR_{fault.upper()}__TARGETS": targets(
@@ -396,7 +402,7 @@ async def test_the_model_id_is_url_encoded_in_the_path(
     from tokenrelay import transports
 
     url = transports.get("bedrock").target_url(
-        "https://bedrock-runtime.us-east-1.amazonaws.com", MODEL
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/{model}/converse-stream", MODEL
     )
     assert url.endswith("/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse-stream")
 
@@ -471,3 +477,42 @@ async def test_the_simulator_answers_converse_whole(
         assert r.status == 429
         assert r.headers["x-amzn-errortype"] == "ThrottlingException"
         assert r.headers["retry-after"]
+
+
+INVOKE_PATH = f"/model/{MODEL}/invoke-with-response-stream"
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_invoke_mode_sends_anthropics_own_body(
+    gw: RunningGateway, http: aiohttp.ClientSession, simulator: RunningSimulator, front: str
+) -> None:
+    """``api = "invoke"``: InvokeModel with Anthropic's body, answered in chunk frames."""
+    simulator.reset_stats()
+    sim = {"x-sim-text": "Invoked through Bedrock", "x-sim-thinking-tokens": "2"}
+    status, headers, text = await call(http, gw, front, body_for(front, "brinv", "Hi"), sim)
+    assert status == 200, text
+    assert "Invoked" in text and "Bedrock" in text
+    [sent] = sim_requests(simulator)
+    assert sent["path"] == INVOKE_PATH
+    assert sent["body"]["anthropic_version"] == "bedrock-2023-05-31"
+    assert "model" not in sent["body"] and "stream" not in sent["body"]
+    assert sent["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 ")
+    record = await gw.wait_record(headers["x-request-id"])
+    assert record.outcome == "completed" and record.usage.output_tokens == 5
+    assert record.usage.input_tokens
+
+
+async def test_invoke_mode_errors_and_failover(
+    gw: RunningGateway, http: aiohttp.ClientSession, simulator: RunningSimulator
+) -> None:
+    sim = {"x-sim-fault": "error_after", "x-sim-fault-after": "2", "x-sim-tokens": "8"}
+    status, headers, text = await call(
+        http, gw, "/v1/messages", body_for("/v1/messages", "brinv", "Hi"), sim
+    )
+    assert status == 200 and "error" in text
+    record = await gw.wait_record(headers["x-request-id"])
+    assert record.outcome == "error" and record.content_events == 2
+    status, _, text = await call(
+        http, gw, "/v1/messages", body_for("/v1/messages", "brinv", "Hi"), {"x-sim-fault": "400"}
+    )
+    assert status == 400 and "ValidationException" in text

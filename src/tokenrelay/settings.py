@@ -48,8 +48,9 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     kind: str
     # for kind "openai": Chat Completions (``/chat/completions``), Responses (``/responses``),
     # or "auto": Responses for a Responses client, Chat Completions for every other (OpenAI's
-    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses)
-    api: Literal["chat", "responses", "auto"] = "chat"
+    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses);
+    # for kind "bedrock": "chat" (Converse) or "invoke" (InvokeModel with Anthropic's own body)
+    api: Literal["chat", "responses", "auto", "invoke"] = "chat"
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead

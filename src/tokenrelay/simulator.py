@@ -458,6 +458,14 @@ class _Simulator:
         self.bedrock = _Flavor(
             dialects.get("converse"), "x-amzn-requestid", "msg_bdrk_", "tooluse_sim_", False, False
         )
+        self.bedrock_invoke = _Flavor(
+            dialects.get("bedrock_invoke"),
+            "x-amzn-requestid",
+            "msg_bdrk_",
+            "toolu_bdrk_",
+            True,
+            False,
+        )
 
     # routes
 
@@ -506,6 +514,10 @@ class _Simulator:
     async def converse(self, request: web.Request) -> web.StreamResponse:
         """Bedrock's ``/model/{modelId}/converse``: one JSON answer."""
         return await self._serve(request, self.bedrock, request.match_info["model"], False)
+
+    async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/invoke-with-response-stream`` with Anthropic's body."""
+        return await self._serve(request, self.bedrock_invoke, request.match_info["model"], True)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -563,7 +575,7 @@ class _Simulator:
     def _authorized(self, request: web.Request, flavor: _Flavor | None = None) -> bool:
         key = self.settings.api_key
         headers = request.headers
-        if flavor is not None and flavor is self.bedrock:  # SigV4's shape, or a Bedrock API key
+        if flavor is self.bedrock or flavor is self.bedrock_invoke:  # SigV4's shape, or an API key
             given = headers.get("authorization", "")
             if given.startswith("Bearer "):
                 return key is None or given == "Bearer " + key
@@ -796,6 +808,7 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/responses", simulator.responses_create)
     app.router.add_post("/model/{model}/converse-stream", simulator.converse_stream)
     app.router.add_post("/model/{model}/converse", simulator.converse)
+    app.router.add_post("/model/{model}/invoke-with-response-stream", simulator.invoke_stream)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

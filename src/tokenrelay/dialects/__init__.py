@@ -67,6 +67,7 @@ _MODULES = {
     "uichat": "tokenrelay.dialects.uichat",
     "responses": "tokenrelay.dialects.responses",
     "converse": "tokenrelay.dialects.converse",
+    "bedrock_invoke": "tokenrelay.dialects.bedrock_invoke",
 }
 
 

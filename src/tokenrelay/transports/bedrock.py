@@ -33,7 +33,13 @@ _MODEL_ID = re.compile(
 class Bedrock(Transport):
     NAME = "bedrock"
     DIALECT = "converse"
-    PATHS = {"converse": ""}
+    # the model's place in the path is filled per target (``target_url``)
+    PATHS = {
+        "converse": "/model/{model}/converse-stream",
+        "bedrock_invoke": "/model/{model}/invoke-with-response-stream",
+    }
+    # "chat": the Converse API, for every model; "invoke": InvokeModel with Anthropic's own body
+    APIS = frozenset({"chat", "invoke"})
     HEADER_PREFIX = "x-amzn-bedrock-"
     PRICES_AS = "aws"
     SIGNS = True
@@ -41,12 +47,15 @@ class Bedrock(Transport):
     def __init__(self) -> None:
         self._signers: dict[tuple[str | None, str], Any] = {}  # (profile, region) -> signer
 
+    def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
+        return ("bedrock_invoke" if settings.api == "invoke" else "converse"), None
+
     def url(self, settings: ProviderSettings, dialect: str) -> str:
         base = settings.base_url or f"https://bedrock-runtime.{region_of(settings)}.amazonaws.com"
-        return base.rstrip("/")
+        return base.rstrip("/") + self.PATHS[dialect]
 
     def target_url(self, url: str, model: str) -> str:
-        return f"{url}/model/{quote(model, safe='')}/converse-stream"
+        return url.replace("{model}", quote(model, safe=""), 1)
 
     def auth_headers(self, settings: ProviderSettings, key: str | None) -> dict[str, str]:
         headers = {"accept": "application/vnd.amazon.eventstream"}
