@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from tokenrelay import dialects, transports
+from tokenrelay.dialects.eventstream import FramingError
 from tokenrelay.dialects.responses import hosted
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
@@ -107,7 +108,8 @@ class Provider:
     def for_request(self, request: Request, model: str | None = None) -> Endpoint:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
-        arrive as sent), the model's own where the URL names the model (Vertex), else its own."""
+        arrive as sent), the model's own where the URL names the model (Vertex, Bedrock),
+        else its own."""
         if model is not None:
             endpoint = self._by_model.get(model)
             if endpoint is not None:
@@ -120,10 +122,15 @@ class Provider:
                 dialect, url = named
                 endpoint = self._by_model[model] = Endpoint(dialects.get(dialect), url)
                 return endpoint
+        endpoint = self.endpoint
         alternative = self._alternative
         if alternative is not None and request.dialect == alternative.dialect.NAME:
-            return alternative
-        return self.endpoint
+            endpoint = alternative
+        if model is not None:
+            url = self.transport.target_url(endpoint.url, model)
+            if url != endpoint.url:
+                return Endpoint(endpoint.dialect, url)
+        return endpoint
 
     def _base_headers(self) -> dict[str, str]:
         headers = {
@@ -205,8 +212,11 @@ class Provider:
                 return Error("upstream_unavailable", f"{self.name}: {exc}", 502)
         try:
             async with asyncio.timeout(within):
+                url = self.url + suffix
+                if self.transport.SIGNS:
+                    headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
                 response = await self._pool.post(
-                    self.url + suffix, body, headers, connect_timeout=self.settings.connect_timeout
+                    url, body, headers, connect_timeout=self.settings.connect_timeout
                 )
                 try:
                     raw = await response.read(_MAX_ERROR_BODY)  # an answer, not a stream
@@ -241,6 +251,8 @@ class Provider:
             except CredentialsError as exc:
                 yield [Error("upstream_unavailable", f"{self.name}: {exc}", 502)]
                 return
+        if self.transport.SIGNS:
+            headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._pool.post(
@@ -272,13 +284,21 @@ class Provider:
                 yield self._screened_all(dialect.parse_response(raw).events(), headers)
                 finished = True
                 return
-            parser = SSEParser()
+            parser = getattr(dialect, "FRAMER", SSEParser)()  # the dialect's framing
             reader = dialect.stream_reader()
             clock = watch.clock
             async for chunk in response.chunks():
                 watch.last = clock()
                 batch: list[Event] = []
-                for sse in parser.feed(chunk):
+                try:
+                    items = parser.feed(chunk)
+                except FramingError as exc:  # binary framing: a corrupt frame ends the stream
+                    for item in exc.frames:  # after the good ones before it
+                        batch.extend(reader.feed(item))
+                    reason = f"{self.name} sent a corrupt stream ({exc}); it was ended here"
+                    yield [*batch, Error("upstream_unavailable", reason, 502)]
+                    return
+                for sse in items:
                     batch.extend(reader.feed(sse))
                 if reader.done:  # an upstream's error event ends its stream: it is in here
                     batch = self._screened_all(batch, headers)

@@ -48,8 +48,9 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     kind: str
     # for kind "openai": Chat Completions (``/chat/completions``), Responses (``/responses``),
     # or "auto": Responses for a Responses client, Chat Completions for every other (OpenAI's
-    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses)
-    api: Literal["chat", "responses", "auto"] = "chat"
+    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses);
+    # for kind "bedrock": "chat" (Converse) or "invoke" (InvokeModel with Anthropic's own body)
+    api: Literal["chat", "responses", "auto", "invoke"] = "chat"
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead
@@ -59,9 +60,12 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     connect_timeout: float = 10.0
     # kind "vertex" (docs/providers-vertex.md)
     project: str | None = None  # the Google Cloud project id
-    region: str | None = None  # `us-east5`, `europe-west1`, `us`, `eu` or `global`
+    # vertex: `us-east5`, `europe-west1`, `us`, `eu` or `global`; bedrock: the AWS region
+    # (else AWS_REGION)
+    region: str | None = None
     publisher: str | None = None  # `anthropic` or `google`; unset: by the model's name
     credentials_file: str | None = None
+    aws_profile: str | None = None  # kind "bedrock": AWS profile to sign with (else the chain)
 
     def __post_init__(self) -> None:
         transports.check(self)
@@ -265,7 +269,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [
             name
             for name, provider in self.providers.items()
-            if provider.resolved_key() or (provider.base_url and name not in _BUILTIN)
+            if provider.resolved_key()
+            or (provider.base_url and name not in _BUILTIN)
+            or transports.get(provider.kind).SIGNS  # credentials of its own (AWS)
         ]
 
     @property
@@ -450,6 +456,11 @@ def _check(settings: Settings) -> None:
                 transports.get(provider.kind).model_endpoint(provider, target.model)
             except ValueError as exc:
                 raise ConfigError(f"route {name!r}, provider {target.provider!r}: {exc}") from None
+            problem = transports.get(provider.kind).check_target(provider, target.model)
+            if problem:
+                raise ConfigError(
+                    f"route {name!r}, target {target.provider}:{target.model}: {problem}"
+                )
     if settings.provider_models.targets:
         raise ConfigError(
             "provider_models has no targets: the model a client names is its one target"

@@ -1,5 +1,5 @@
-"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions and OpenAI Responses
-APIs, with fault injection, for tests, demos and benchmarks.
+"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions, OpenAI Responses and
+AWS Bedrock Converse APIs, with fault injection, for tests, demos and benchmarks.
 
 It reads requests and writes responses through the same dialect modules the gateway uses (front,
 provider, simulator and client share one codec per API), so whatever the simulator says is what
@@ -15,10 +15,12 @@ status and the dialect's error body (``retry-after`` on 429/503/529, plus ``retr
 OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overloaded error;
 ``error_before_content`` sends the 200 head then the error; ``hang_before_first_byte`` never
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
-connection with an RST after ``fault_after`` tokens. ``slow_fraction`` of requests, drawn at
-random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a primary that is
-slow now and then, for hedging). ``served_model`` names another model in the answer than the one
-asked for (an alias resolved to a dated snapshot, as real APIs do).
+connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, after
+``fault_after`` tokens, a frame whose CRC does not match (Bedrock; a torn event elsewhere).
+``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms``
+before their first token (a primary that is slow now and then, for hedging). ``served_model``
+names another model in the answer than the one asked for (an alias resolved to a dated
+snapshot, as real APIs do).
 
 ``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
@@ -32,6 +34,10 @@ it); a bearer token is required (``api_key`` when set, and a token
 ``sim-expires-<unix seconds>`` is refused from that time on, as an expired OAuth token is).
 Gemini's methods (publisher ``google``) are served by the Gemini flavor where the simulator has
 one, else answer 501.
+
+``POST /model/{modelId}/converse-stream`` and ``/converse`` answer Bedrock's Converse API in
+event-stream frames (errors named by ``x-amzn-errortype``, or exception frames in a stream); a
+request must carry a SigV4-shaped ``Authorization`` (and ``x-amz-date``) or a bearer key.
 
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
@@ -116,9 +122,15 @@ STREAM_FAULTS = (
     "hang_before_first_byte",
     "hang_mid",
     "reset",
+    "corrupt_frame",
 )
 FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
-_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset"})
+_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset", "corrupt_frame"})
+# A SigV4 Authorization header as Bedrock expects it (its shape; the signature is not checked).
+_SIGV4 = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=[A-Z0-9]{16,128}/\d{8}/[a-z0-9-]+/bedrock/aws4_request, "
+    r"SignedHeaders=[a-z0-9;-]*host[a-z0-9;-]*, Signature=[0-9a-f]{64}$"
+)
 
 _MAX_LAST_REQUESTS = 50
 _DATED_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -453,6 +465,17 @@ class _Simulator:
         self.responses = _Flavor(
             dialects.get("responses"), "x-request-id", "resp_sim_", "call_sim_", False, True
         )
+        self.bedrock = _Flavor(
+            dialects.get("converse"), "x-amzn-requestid", "msg_bdrk_", "tooluse_sim_", False, False
+        )
+        self.bedrock_invoke = _Flavor(
+            dialects.get("bedrock_invoke"),
+            "x-amzn-requestid",
+            "msg_bdrk_",
+            "toolu_bdrk_",
+            True,
+            False,
+        )
 
     # routes
 
@@ -493,6 +516,24 @@ class _Simulator:
 
     async def responses_create(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.responses)
+
+    async def converse_stream(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/converse-stream``: event-stream frames."""
+        return await self._serve(
+            request, self.bedrock, model=request.match_info["model"], stream=True
+        )
+
+    async def converse(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/converse``: one JSON answer."""
+        return await self._serve(
+            request, self.bedrock, model=request.match_info["model"], stream=False
+        )
+
+    async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/invoke-with-response-stream`` with Anthropic's body."""
+        return await self._serve(
+            request, self.bedrock_invoke, model=request.match_info["model"], stream=True
+        )
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -547,11 +588,16 @@ class _Simulator:
                 ) from None
         return _maybe_slow(msgspec.structs.replace(self.settings, **changes))
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.Request, flavor: _Flavor | None = None) -> bool:
         key = self.settings.api_key
+        headers = request.headers
+        if flavor is self.bedrock or flavor is self.bedrock_invoke:  # SigV4's shape, or an API key
+            given = headers.get("authorization", "")
+            if given.startswith("Bearer "):
+                return key is None or given == "Bearer " + key
+            return bool(_SIGV4.match(given)) and "x-amz-date" in headers
         if key is None:
             return True
-        headers = request.headers
         return headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key
 
     def _error(
@@ -560,6 +606,9 @@ class _Simulator:
         from aiohttp import web
 
         headers = {flavor.request_id_header: request_id}
+        named = getattr(flavor.dialect, "error_headers", None)  # Bedrock's x-amzn-errortype
+        if named is not None:
+            headers.update(named(error))
         if retry_after is not None:
             headers["retry-after"] = _seconds(retry_after)
             if flavor.retry_after_ms:
@@ -626,10 +675,17 @@ class _Simulator:
         return None
 
     async def _serve(
-        self, http: web.Request, flavor: _Flavor, rewritten: bytes | None = None
+        self,
+        http: web.Request,
+        flavor: _Flavor,
+        rewritten: bytes | None = None,
+        *,
+        model: str | None = None,
+        stream: bool | None = None,
     ) -> web.StreamResponse:
         """One API request; ``rewritten`` is the body as the dialect reads it, when a Vertex
-        path had to put the URL's model into it (the stats keep the body received)."""
+        path had to put the URL's model into it (the stats keep the body received); ``model``
+        and ``stream`` are the URL's, for an API that says them there (Bedrock)."""
         stats = self.stats
         path = http.path
         stats.requests[path] = stats.requests.get(path, 0) + 1
@@ -638,12 +694,16 @@ class _Simulator:
         request_id = f"req_sim_{serial:012d}"
         body = await http.read()
         stats.last_requests.append((path, http.headers, body))
-        if not (self._authorized(http) or http.path.startswith("/v1/projects/")):
+        if not (self._authorized(http, flavor) or http.path.startswith("/v1/projects/")):
             error = GatewayError("authentication", "invalid API key (simulator)", 401)
             return self._error(flavor, error, request_id, None)
         try:
             knobs = self._knobs(http)
             request = flavor.dialect.parse_request(rewritten or body)
+            if model is not None:
+                request.model = model
+            if stream is not None:
+                request.stream = stream
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
@@ -769,6 +829,10 @@ class _Simulator:
                 await loop.create_future()
             elif fault == "reset":
                 _reset(http)
+            elif fault == "corrupt_frame":
+                frame = bytearray(write(TextDelta(" corrupt")))
+                frame[-1] ^= 0xFF  # the message CRC no longer matches (SSE: a torn event)
+                await send(bytes(frame) if frame[:1] != b"d" else b"data: {corrupt\n\n")
         except asyncio.CancelledError:
             self._disconnected(http.path, plan.tokens_in(written))
             self.stats.tokens_sent += plan.tokens_in(written)
@@ -824,6 +888,9 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
         "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
         simulator.vertex,
     )
+    app.router.add_post("/model/{model}/converse-stream", simulator.converse_stream)
+    app.router.add_post("/model/{model}/converse", simulator.converse)
+    app.router.add_post("/model/{model}/invoke-with-response-stream", simulator.invoke_stream)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

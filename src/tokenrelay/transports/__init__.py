@@ -12,6 +12,7 @@ from tokenrelay.transports.base import ProviderSettings, Transport
 _KINDS = {
     "anthropic": "tokenrelay.transports.anthropic:Anthropic",
     "openai": "tokenrelay.transports.openai:OpenAI",
+    "bedrock": "tokenrelay.transports.bedrock:Bedrock",
     "vertex": "tokenrelay.transports.vertex:Vertex",
 }
 NAMES = tuple(_KINDS)

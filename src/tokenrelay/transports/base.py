@@ -52,6 +52,10 @@ class ProviderSettings(Protocol):
     @property
     def credentials_file(self) -> str | None: ...
 
+    # AWS Bedrock (transports.bedrock)
+    @property
+    def aws_profile(self) -> str | None: ...
+
 
 class CredentialsError(Exception):
     """A provider's credentials could not be had (a token endpoint refused or was unreachable);
@@ -86,6 +90,9 @@ class Transport:
         if "PRICED_AS" not in cls.__dict__:
             cls.PRICED_AS = cls.NAME
 
+    # Whether ``sign`` changes anything (``Provider`` skips the call otherwise).
+    SIGNS: ClassVar[bool] = False
+
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         """The dialect of the provider's API, and the one a client of the same dialect is sent
         to instead, when the provider serves that one too (``api = "auto"``)."""
@@ -115,6 +122,27 @@ class Transport:
         """Where a provider's expiring credentials come from, when its kind uses such; their
         headers join ``auth_headers``' per request."""
         return None
+
+    def target_url(self, url: str, model: str) -> str:
+        """The URL of a request for ``model``, for an API that names the model in its path
+        (Bedrock's ``/model/{modelId}/converse-stream``); most take it in the body."""
+        return url
+
+    def check_target(self, settings: ProviderSettings, model: str) -> str | None:
+        """Why a route's target model cannot be used with this provider (start-up), if so."""
+        return None
+
+    def sign(
+        self,
+        settings: ProviderSettings,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> dict[str, str]:
+        """The headers to send, right before sending: a kind whose API signs each request
+        over its body (AWS SigV4) adds the signature here; most send ``headers`` as they are."""
+        return headers
 
     def classify(self, error: Error) -> Error:
         """An upstream error as failover should judge it (a kind whose API signals throttling
