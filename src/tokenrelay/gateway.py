@@ -94,6 +94,13 @@ class Gateway:
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )
+            if "azure" in providers:  # the simulator's Azure OpenAI (v1 API)
+                providers["azure"] = msgspec.structs.replace(
+                    providers["azure"],
+                    base_url=self.simulator.url,
+                    api_key="demo",
+                    forward_headers=DEMO_FORWARD,
+                )
             # the simulator's Responses API too, behind the demo-responses route
             providers["openai-responses"] = msgspec.structs.replace(
                 providers["openai"], api="responses"

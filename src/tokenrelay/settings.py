@@ -57,6 +57,13 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
+    # kind "azure" (docs/providers-azure.md): "v1" or a dated version like "2024-10-21"; a
+    # target's model -> its deployment's name (empty: the model's name is the deployment's);
+    # a Microsoft Entra token sent as a bearer token when there is no api_key
+    api_version: str = "v1"
+    deployments: dict[str, str] = msgspec.field(default_factory=dict)
+    azure_ad_token: str | None = None
+    azure_ad_token_env: str | None = None
 
     def __post_init__(self) -> None:
         transports.check(self)
@@ -260,7 +267,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [
             name
             for name, provider in self.providers.items()
-            if provider.resolved_key() or (provider.base_url and name not in _BUILTIN)
+            if provider.resolved_key()
+            or provider.azure_ad_token
+            or (provider.base_url and name not in _BUILTIN)
         ]
 
     @property
@@ -268,7 +277,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.demo if self.demo is not None else not self.configured_providers()
 
 
-_BUILTIN = ("anthropic", "openai")
+_BUILTIN = ("anthropic", "openai", "azure")
 
 
 def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -284,6 +293,12 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 "base_url": environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
                 "api_key_env": "OPENAI_API_KEY",
                 "api": "auto",
+            },
+            "azure": {  # the Azure OpenAI SDKs' variables; see docs/providers-azure.md
+                "kind": "azure",
+                "base_url": environ.get("AZURE_OPENAI_ENDPOINT") or None,
+                "api_key_env": "AZURE_OPENAI_API_KEY",
+                "azure_ad_token_env": "AZURE_OPENAI_AD_TOKEN",
             },
         },
         "routes": {
@@ -413,6 +428,8 @@ def load(
     for provider in settings.providers.values():
         if not provider.api_key and provider.api_key_env:
             provider.api_key = environ.get(provider.api_key_env) or None
+        if not provider.azure_ad_token and provider.azure_ad_token_env:
+            provider.azure_ad_token = environ.get(provider.azure_ad_token_env) or None
     _check(settings)
     return settings
 
@@ -431,6 +448,13 @@ def _limit_strings(settings: Settings) -> list[tuple[str, str]]:
 
 
 def _check(settings: Settings) -> None:
+    usable = settings.configured_providers()
+    for name, provider in settings.providers.items():
+        if name in _BUILTIN and name not in usable:
+            continue  # not set up: its targets are skipped
+        problem = transports.get(provider.kind).check(provider)
+        if problem:
+            raise ConfigError(f"providers.{name}: {problem}")
     for name, route in settings.routes.items():
         if not route.targets:
             raise ConfigError(f"route {name!r} has no targets")
@@ -440,6 +464,10 @@ def _check(settings: Settings) -> None:
                 raise ConfigError(
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
                 )
+            provider = settings.providers[target.provider]
+            problem = transports.get(provider.kind).check_model(provider, target.model)
+            if problem:
+                raise ConfigError(f"route {name!r}: providers.{target.provider}: {problem}")
     if settings.provider_models.targets:
         raise ConfigError(
             "provider_models has no targets: the model a client names is its one target"

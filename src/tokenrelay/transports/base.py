@@ -29,15 +29,33 @@ class Transport:
     COUNTS_TOKENS: ClassVar[bool] = False
     # The values of a provider's ``api`` setting this kind understands.
     APIS: ClassVar[frozenset[str]] = frozenset({"chat"})
+    # Whether ``url`` depends on the target's model (Azure's deployment URLs); else it is
+    # computed once per provider.
+    MODEL_IN_URL: ClassVar[bool] = False
 
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         """The dialect of the provider's API, and the one a client of the same dialect is sent
         to instead, when the provider serves that one too (``api = "auto"``)."""
         return self.DIALECT, None
 
-    def url(self, settings: ProviderSettings, dialect: str) -> str:
-        """Where a request in ``dialect`` is posted."""
+    def url(self, settings: ProviderSettings, dialect: str, model: str = "") -> str:
+        """Where a request in ``dialect`` for ``model`` (the target's) is posted."""
         return (settings.base_url or "").rstrip("/") + self.PATHS[dialect]
+
+    def wire_model(self, settings: ProviderSettings, model: str) -> str:
+        """The name the upstream knows the target's model by, in the body (an Azure
+        deployment's name); the target's model is still what metering prices."""
+        return model
+
+    def check(self, settings: ProviderSettings) -> str | None:
+        """What is wrong with a provider's settings once its credentials are read (a missing
+        endpoint or key), naming the setting; None when it can be used."""
+        return None
+
+    def check_model(self, settings: ProviderSettings, model: str) -> str | None:
+        """Why this provider cannot serve ``model`` (not in its deployment map), naming the
+        setting; None when it can."""
+        return None
 
     def auth_headers(self, settings: ProviderSettings, key: str | None) -> dict[str, str]:
         """The headers that authenticate the gateway (and pin an API version, where one must)."""
