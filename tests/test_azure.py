@@ -56,6 +56,18 @@ def environ(sim: str) -> dict[str, str]:
         DATED + "AZURE_AD_TOKEN": "entra-token-for-tests",
         DATED + "DEPLOYMENTS": DEPLOYMENTS,
         DATED + "FORWARD_HEADERS": '["x-sim-"]',
+        "TOKENRELAY_PROVIDERS__AZAUTO__KIND": "azure",
+        "TOKENRELAY_PROVIDERS__AZAUTO__API": "auto",
+        "TOKENRELAY_PROVIDERS__AZAUTO__BASE_URL": sim,
+        "TOKENRELAY_PROVIDERS__AZAUTO__API_KEY": "test-azure-key",
+        "TOKENRELAY_PROVIDERS__AZRESP__KIND": "azure",
+        "TOKENRELAY_PROVIDERS__AZRESP__API": "responses",
+        "TOKENRELAY_PROVIDERS__AZRESP__API_VERSION": "2025-04-01-preview",
+        "TOKENRELAY_PROVIDERS__AZRESP__BASE_URL": sim,
+        "TOKENRELAY_PROVIDERS__AZRESP__API_KEY": "test-azure-key",
+        "TOKENRELAY_PROVIDERS__AZRESP__DEPLOYMENTS": DEPLOYMENTS,
+        route + "AZAUTO__TARGETS": "azauto:gpt-5.5",
+        route + "AZRESP__TARGETS": "azresp:gpt-5.5",
         route + "AZ__TARGETS": "azure:gpt-5.5",
         route + "AZ__ALLOW_CLIENT_SYSTEM": "true",
         route + "AZDATED__TARGETS": "azdated:gpt-5.5",
@@ -401,3 +413,30 @@ async def test_a_provider_model_outside_the_map_is_a_404_naming_the_setting(
     status, _, raw = await post(http, gw, front, body_for(front, "azure/gpt-4o"))
     assert status == 404, raw
     assert "providers.azure" in raw and "deployments" in raw
+
+
+@pytest.mark.parametrize(
+    ("front", "route", "path"),
+    [
+        ("/v1/responses", "azauto", "/openai/v1/responses"),  # api = "auto": as sent
+        ("/v1/chat/completions", "azauto", "/openai/v1/chat/completions"),
+        ("/v1/messages", "azresp", "/openai/responses"),  # api = "responses", a dated version
+        ("/api/generate", "azresp", "/openai/responses"),
+    ],
+)
+async def test_the_responses_api_on_azure(
+    front: str,
+    route: str,
+    path: str,
+    gw: RunningGateway,
+    http: aiohttp.ClientSession,
+    simulator: RunningSimulator,
+) -> None:
+    status, headers, raw = await post(http, gw, front, body_for(front, route))
+    assert status == 200, raw
+    assert headers["x-tokenrelay-provider"] == route
+    sent = await last_request(http, simulator)
+    assert sent["path"] == path
+    assert sent["body"]["model"] == ("my-gpt55-eastus" if route == "azresp" else "gpt-5.5")
+    record = await gw.wait_record(headers["x-request-id"])
+    assert record.usage.output_tokens == 20

@@ -94,13 +94,14 @@ class Gateway:
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )
-            if "azure" in providers:  # the simulator's Azure OpenAI (v1 API)
-                providers["azure"] = msgspec.structs.replace(
-                    providers["azure"],
-                    base_url=self.simulator.url,
-                    api_key="demo",
-                    forward_headers=DEMO_FORWARD,
-                )
+            for name, provider in providers.items():  # the simulator's Azure OpenAI
+                if provider.kind == "azure":
+                    providers[name] = msgspec.structs.replace(
+                        provider,
+                        base_url=self.simulator.url,
+                        api_key="demo",
+                        forward_headers=DEMO_FORWARD,
+                    )
             # the simulator's Responses API too, behind the demo-responses route
             providers["openai-responses"] = msgspec.structs.replace(
                 providers["openai"], api="responses"

@@ -115,7 +115,7 @@ class Router:
                 param="model",
             )
         provider = self._providers[target.provider]
-        problem = provider.transport.check_model(provider.settings, target.model)
+        problem = provider.transport.check_target(provider.settings, target.model)
         if problem:
             message = f"providers.{target.provider}: {problem}"
             raise GatewayError("not_found", message, 404, param="model")

@@ -465,9 +465,11 @@ def _check(settings: Settings) -> None:
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
                 )
             provider = settings.providers[target.provider]
-            problem = transports.get(provider.kind).check_model(provider, target.model)
+            problem = transports.get(provider.kind).check_target(provider, target.model)
             if problem:
-                raise ConfigError(f"route {name!r}: providers.{target.provider}: {problem}")
+                raise ConfigError(
+                    f"route {name!r}, target {target.provider}:{target.model}: {problem}"
+                )
     if settings.provider_models.targets:
         raise ConfigError(
             "provider_models has no targets: the model a client names is its one target"

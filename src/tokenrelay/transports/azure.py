@@ -105,12 +105,12 @@ class Azure(Transport):
             )
         return None
 
-    def check_model(self, settings: ProviderSettings, model: str) -> str | None:
+    def check_target(self, settings: ProviderSettings, model: str) -> str | None:
         if not settings.deployments or model in settings.deployments:
             return None
         known = ", ".join(sorted(settings.deployments))
         return (
-            f"model {model!r} is not in deployments (it maps {known}); add "
+            f"model {model!r} is not in the provider's deployments (it maps {known}); add "
             f'"{model}" = "<deployment name>" to deployments'
         )
 

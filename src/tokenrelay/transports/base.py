@@ -52,7 +52,7 @@ class Transport:
         endpoint or key), naming the setting; None when it can be used."""
         return None
 
-    def check_model(self, settings: ProviderSettings, model: str) -> str | None:
+    def check_target(self, settings: ProviderSettings, model: str) -> str | None:
         """Why this provider cannot serve ``model`` (not in its deployment map), naming the
         setting; None when it can."""
         return None
