@@ -44,7 +44,7 @@ async def ask(url: str) -> tuple[int, dict[str, str], bytes]:
 
 
 async def test_demo_mode_serves_azure_after_anthropic_is_down() -> None:
-    targets = [
+    targets: list[dict[str, Any]] = [
         {"provider": "anthropic", "model": "claude-sonnet-5-5", "headers": DOWN},
         {"provider": "azure", "model": "gpt-5.5"},
     ]
@@ -64,7 +64,7 @@ async def test_demo_mode_serves_azure_after_anthropic_is_down() -> None:
 async def test_anthropic_then_bedrock_then_azure_in_demo_mode() -> None:
     """The issue's route: the first two simulated down, the answer comes from Azure, and the
     attempts header shows all three."""
-    targets = [
+    targets: list[dict[str, Any]] = [
         {"provider": "anthropic", "model": "claude-sonnet-5-5", "headers": DOWN},
         {"provider": "bedrock", "model": BEDROCK_MODEL, "headers": DOWN},
         {"provider": "azure", "model": "gpt-5.5"},
