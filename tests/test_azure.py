@@ -440,3 +440,23 @@ async def test_the_responses_api_on_azure(
     assert sent["body"]["model"] == ("my-gpt55-eastus" if route == "azresp" else "gpt-5.5")
     record = await gw.wait_record(headers["x-request-id"])
     assert record.usage.output_tokens == 20
+
+
+@pytest.mark.parametrize(
+    ("front", "said"),
+    [
+        ("/v1/messages", '"stop_reason":"refusal"'),
+        ("/v1/chat/completions", '"finish_reason":"content_filter"'),
+        ("/v1/responses", '"reason":"content_filter"'),
+        ("/api/generate", "content_filter"),
+        ("/api/chat", '"finishReason":"content-filter"'),
+    ],
+)
+async def test_a_content_filter_finish_reaches_every_front(
+    front: str, said: str, gw: RunningGateway, http: aiohttp.ClientSession
+) -> None:
+    status, headers, raw = await post(http, gw, front, body_for(front, "azcut"))
+    assert status == 200, raw
+    assert said in raw.replace(" ", "")
+    record = await gw.wait_record(headers["x-request-id"])
+    assert record.finish_reason == "content_filter"

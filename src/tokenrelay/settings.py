@@ -57,13 +57,12 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
-    # kind "azure" (docs/providers-azure.md): "v1" or a dated version like "2024-10-21"; a
-    # target's model -> its deployment's name (empty: the model's name is the deployment's);
-    # a Microsoft Entra token sent as a bearer token when there is no api_key
+    # kind "azure" (docs/providers-azure.md): "v1", or a dated version like "2024-10-21"
     api_version: str = "v1"
+    # kind "azure": a target's model -> its deployment (empty: the model names the deployment)
     deployments: dict[str, str] = msgspec.field(default_factory=dict)
-    azure_ad_token: str | None = None
-    azure_ad_token_env: str | None = None
+    azure_ad_token: str | None = None  # kind "azure": a Microsoft Entra token, without api_key
+    azure_ad_token_env: str | None = None  # read the Entra token from this variable instead
 
     def __post_init__(self) -> None:
         transports.check(self)
