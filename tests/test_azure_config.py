@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from tokenrelay import transports
+from tokenrelay.dialects import openai as openai_dialect
 from tokenrelay.settings import ConfigError, ProviderSettings, load
 
 ENDPOINT = "https://acme-eastus.openai.azure.com"
@@ -104,3 +105,12 @@ def test_bad_configuration_is_refused_at_start_up(
 def test_the_builtin_provider_with_an_endpoint_and_no_credential_is_skipped() -> None:
     settings = load(environ={"AZURE_OPENAI_ENDPOINT": ENDPOINT})
     assert "azure" not in settings.configured_providers()
+
+
+def test_retry_after_ms_wins_over_retry_after() -> None:
+    error = openai_dialect.parse_error(
+        429,
+        b'{"error":{"code":"429","message":"x"}}',
+        {"retry-after-ms": "250", "retry-after": "1"},
+    )
+    assert error.retry_after == 0.25 and error.type == "rate_limit"
