@@ -114,3 +114,9 @@ def test_retry_after_ms_wins_over_retry_after() -> None:
         {"retry-after-ms": "250", "retry-after": "1"},
     )
     assert error.retry_after == 0.25 and error.type == "rate_limit"
+
+
+def test_demo_mode_does_not_ask_for_azure_credentials() -> None:
+    """The simulator serves every azure provider in demo mode: no key is needed then."""
+    settings = load(environ={"TOKENRELAY_DEMO": "true", P + "KIND": "azure"})
+    assert settings.demo_mode and settings.providers["az"].resolved_key() is None

@@ -449,8 +449,8 @@ def _limit_strings(settings: Settings) -> list[tuple[str, str]]:
 def _check(settings: Settings) -> None:
     usable = settings.configured_providers()
     for name, provider in settings.providers.items():
-        if name in _BUILTIN and name not in usable:
-            continue  # not set up: its targets are skipped
+        if settings.demo_mode or (name in _BUILTIN and name not in usable):
+            continue  # the simulator serves it, or it is not set up: its targets are skipped
         problem = transports.get(provider.kind).check(provider)
         if problem:
             raise ConfigError(f"providers.{name}: {problem}")
