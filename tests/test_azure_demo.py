@@ -69,7 +69,11 @@ async def test_anthropic_then_bedrock_then_azure_in_demo_mode() -> None:
         {"provider": "bedrock", "model": BEDROCK_MODEL, "headers": DOWN},
         {"provider": "azure", "model": "gpt-5.5"},
     ]
-    extra = {"TOKENRELAY_PROVIDERS__BEDROCK__KIND": "bedrock"}
+    extra = {
+        "TOKENRELAY_PROVIDERS__BEDROCK__KIND": "bedrock",
+        "TOKENRELAY_PROVIDERS__BEDROCK__REGION": "us-east-1",
+        "TOKENRELAY_PROVIDERS__BEDROCK__API_KEY": "demo",  # a Bedrock API key: no AWS lookup
+    }
     async with gateway_server(demo_environ(targets, **extra)) as gw:
         status, headers, raw = await ask(gw.url)
     assert status == 200, raw
