@@ -65,7 +65,7 @@ class Azure(Transport):
             return "responses", None
         return "openai", "responses" if settings.api == "auto" else None
 
-    def url(self, settings: ProviderSettings, dialect: str, model: str = "") -> str:
+    def url(self, settings: ProviderSettings, dialect: str, model: str | None = None) -> str:
         endpoint = (settings.base_url or "").rstrip("/")
         version = settings.api_version
         path = self.PATHS[dialect]
@@ -74,7 +74,7 @@ class Azure(Transport):
             return f"{endpoint}/openai/v1{path}{query}"
         if dialect == "responses":  # not per deployment: the body's model names it
             return f"{endpoint}/openai{path}?api-version={version}"
-        deployment = quote(self.wire_model(settings, model), safe="")
+        deployment = quote(self.wire_model(settings, model or ""), safe="")
         return f"{endpoint}/openai/deployments/{deployment}{path}?api-version={version}"
 
     def wire_model(self, settings: ProviderSettings, model: str) -> str:

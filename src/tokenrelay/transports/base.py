@@ -38,8 +38,9 @@ class Transport:
         to instead, when the provider serves that one too (``api = "auto"``)."""
         return self.DIALECT, None
 
-    def url(self, settings: ProviderSettings, dialect: str, model: str = "") -> str:
-        """Where a request in ``dialect`` for ``model`` (the target's) is posted."""
+    def url(self, settings: ProviderSettings, dialect: str, model: str | None = None) -> str:
+        """Where a request in ``dialect`` for ``model`` is posted (``model`` matters only to a
+        kind with ``MODEL_IN_URL``; None: the provider's base for side calls)."""
         return (settings.base_url or "").rstrip("/") + self.PATHS[dialect]
 
     def wire_model(self, settings: ProviderSettings, model: str) -> str:
