@@ -110,6 +110,14 @@ class Gateway:
                         region=provider.region or "us-east-1",
                         forward_headers=DEMO_FORWARD,
                     )
+            for name, provider in providers.items():  # the simulator's Azure OpenAI
+                if provider.kind == "azure":
+                    providers[name] = msgspec.structs.replace(
+                        provider,
+                        base_url=self.simulator.url,
+                        api_key="demo",
+                        forward_headers=DEMO_FORWARD,
+                    )
             # the simulator's Responses API too, behind the demo-responses route
             providers["openai-responses"] = msgspec.structs.replace(
                 providers["openai"], api="responses"

@@ -108,8 +108,8 @@ class Provider:
     def for_request(self, request: Request, model: str | None = None) -> Endpoint:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
-        arrive as sent), the model's own where the URL names the model (Vertex, Bedrock),
-        else its own."""
+        arrive as sent), the model's own where the URL names the model (Vertex, Bedrock,
+        Azure), else its own."""
         if model is not None:
             endpoint = self._by_model.get(model)
             if endpoint is not None:
@@ -130,6 +130,9 @@ class Provider:
             url = self.transport.target_url(endpoint.url, model)
             if url != endpoint.url:
                 return Endpoint(endpoint.dialect, url)
+        if model is not None and self.transport.MODEL_IN_URL:
+            dialect = endpoint.dialect
+            return Endpoint(dialect, self.transport.url(self.settings, dialect.NAME, model))
         return endpoint
 
     def _base_headers(self) -> dict[str, str]:
@@ -156,11 +159,17 @@ class Provider:
             if plan is not None:
                 request, added, dropped = plan.request, plan.added, plan.dropped
         body = dialect.encode_request(request, target.model, stream=True)
-        if target.params or added:
+        # the name the upstream knows the model by (an Azure deployment's), after the dialect
+        # has judged the model by its own name (whether it reasons, say)
+        params = target.params
+        wire = self.transport.wire_model(self.settings, target.model)
+        if wire != target.model:
+            params = {**params, "model": wire}
+        if params or added:
             merged: dict[str, Any] = msgspec.json.decode(body)
             for key, value in added.items():  # Anthropic's server tools join the custom ones
                 merged[key] = merged.get(key, []) + value if key == "tools" else value
-            merged.update(target.params)
+            merged.update(params)
             body = msgspec.json.encode(merged)
         return self.transport.finish_body(self.settings, dialect.NAME, body), dropped
 

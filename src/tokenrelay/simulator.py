@@ -22,6 +22,12 @@ before their first token (a primary that is slow now and then, for hedging). ``s
 names another model in the answer than the one asked for (an alias resolved to a dated
 snapshot, as real APIs do).
 
+Azure OpenAI's URLs are served too (``/openai/v1/chat/completions``, ``/openai/v1/responses``,
+``/openai/deployments/{deployment}/chat/completions`` and ``/openai/responses``, the last two
+with ``api-version`` required), with an ``api-key`` or bearer credential required, Azure's
+content-filter fields in every answer, and its faults ``content_filter`` (a 400),
+``content_filter_finish`` and ``deployment_not_found`` (``simulator_azure``).
+
 ``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
 Messages call with the same prompt reports here.
@@ -62,6 +68,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
+from tokenrelay import simulator_azure as azure
 from tokenrelay.model import (
     Completion,
     Error,
@@ -124,7 +131,7 @@ STREAM_FAULTS = (
     "reset",
     "corrupt_frame",
 )
-FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
+FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS, *azure.FAULTS)
 _MID_FAULTS = frozenset({"error_after", "hang_mid", "reset", "corrupt_frame"})
 # A SigV4 Authorization header as Bedrock expects it (its shape; the signature is not checked).
 _SIGV4 = re.compile(
@@ -287,6 +294,7 @@ class _Flavor(NamedTuple):
     tool_id_prefix: str
     usage_first: bool  # Anthropic reports input usage in message_start, before any content
     retry_after_ms: bool  # OpenAI also sends retry-after-ms
+    azure: bool = False  # Azure OpenAI's checks, faults and content-filter fields
 
 
 class _Plan:
@@ -476,6 +484,8 @@ class _Simulator:
             True,
             False,
         )
+        self.azure_chat = self.openai._replace(request_id_header="apim-request-id", azure=True)
+        self.azure_resp = self.responses._replace(request_id_header="apim-request-id", azure=True)
 
     # routes
 
@@ -534,6 +544,30 @@ class _Simulator:
         return await self._serve(
             request, self.bedrock_invoke, model=request.match_info["model"], stream=True
         )
+
+    async def azure_v1_chat(self, request: web.Request) -> web.StreamResponse:
+        """``/openai/v1/chat/completions``: the deployment is the body's ``model``."""
+        return await self._azure(request, self.azure_chat, dated=False)
+
+    async def azure_v1_responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._azure(request, self.azure_resp, dated=False)
+
+    async def azure_deployment_chat(self, request: web.Request) -> web.StreamResponse:
+        """``/openai/deployments/{deployment}/chat/completions?api-version=...``."""
+        return await self._azure(request, self.azure_chat, dated=True)
+
+    async def azure_responses(self, request: web.Request) -> web.StreamResponse:
+        """``/openai/responses?api-version=...`` (dated versions' Responses API)."""
+        return await self._azure(request, self.azure_resp, dated=True)
+
+    async def _azure(self, http: web.Request, flavor: _Flavor, dated: bool) -> web.StreamResponse:
+        refused = azure.refusal(http.headers, http.query, self.settings.api_key, dated)
+        if refused is not None:
+            stats = self.stats
+            stats.requests[http.path] = stats.requests.get(http.path, 0) + 1
+            stats.last_requests.append((http.path, http.headers, await http.read()))
+            return _raw_json(*refused)
+        return await self._serve(http, flavor)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -598,7 +632,11 @@ class _Simulator:
             return bool(_SIGV4.match(given)) and "x-amz-date" in headers
         if key is None:
             return True
-        return headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key
+        return (
+            headers.get("x-api-key") == key
+            or headers.get("authorization") == "Bearer " + key
+            or headers.get("api-key") == key
+        )
 
     def _error(
         self, flavor: _Flavor, error: GatewayError, request_id: str, retry_after: float | None
@@ -710,7 +748,19 @@ class _Simulator:
                 retry = knobs.retry_after if status in _RETRY_AFTER_STATUSES else None
                 error = GatewayError(kind, message, status, retry_after=retry)
                 return self._error(flavor, error, request_id, retry)
+            refused = azure.fault(fault) if flavor.azure else None
+            if refused is not None:
+                return _raw_json(*refused, {flavor.request_id_header: request_id})
             plan = _Plan(request, knobs, flavor, serial)
+            if fault in azure.FAULTS:  # the others answer at once; this one cuts the answer
+                if fault == "content_filter_finish" and flavor.azure:
+                    kept = plan.events_for(knobs.fault_after)
+                    plan.events = plan.events[:kept]
+                    plan.text = tuple(e for e in plan.events if type(e) is TextDelta)
+                    sent = plan.tokens_in(kept)
+                    plan.usage_last = msgspec.structs.replace(plan.usage_last, output_tokens=sent)
+                    plan.finish = Finish("content_filter")
+                knobs = msgspec.structs.replace(knobs, fault=None)
         except GatewayError as exc:
             return self._error(flavor, exc, request_id, exc.retry_after)
         message_id = f"{flavor.message_id_prefix}{serial:012d}"
@@ -757,6 +807,8 @@ class _Simulator:
             body = encode_for(request, plan.completion(), id=message_id, model=served)
         else:
             body = flavor.dialect.encode_response(plan.completion(), id=message_id, model=served)
+            if flavor.azure:
+                body = azure.annotate_whole(body)
         self.stats.completed += 1
         self.stats.tokens_sent += plan.tokens_in(len(plan.events))
         return web.Response(
@@ -786,6 +838,8 @@ class _Simulator:
         writer = flavor.dialect.stream_writer(
             request, id=message_id, model=knobs.served_model or request.model
         )
+        if flavor.azure and flavor.dialect.NAME == "openai":
+            writer = azure.FilteredWriter(writer, plan.finish.reason == "content_filter")
         write = writer.write
         response = web.StreamResponse(
             headers={
@@ -855,6 +909,12 @@ def _reset(http: web.Request) -> None:
     transport.abort()
 
 
+def _raw_json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
+    from aiohttp import web
+
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
 def _json(body: bytes, headers: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
     from aiohttp import web
 
@@ -891,6 +951,12 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/model/{model}/converse-stream", simulator.converse_stream)
     app.router.add_post("/model/{model}/converse", simulator.converse)
     app.router.add_post("/model/{model}/invoke-with-response-stream", simulator.invoke_stream)
+    app.router.add_post("/openai/v1/chat/completions", simulator.azure_v1_chat)
+    app.router.add_post("/openai/v1/responses", simulator.azure_v1_responses)
+    app.router.add_post(
+        "/openai/deployments/{deployment}/chat/completions", simulator.azure_deployment_chat
+    )
+    app.router.add_post("/openai/responses", simulator.azure_responses)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

@@ -14,6 +14,7 @@ _KINDS = {
     "openai": "tokenrelay.transports.openai:OpenAI",
     "bedrock": "tokenrelay.transports.bedrock:Bedrock",
     "vertex": "tokenrelay.transports.vertex:Vertex",
+    "azure": "tokenrelay.transports.azure:Azure",
 }
 NAMES = tuple(_KINDS)
 _loaded: dict[str, Transport] = {}

@@ -56,6 +56,16 @@ class ProviderSettings(Protocol):
     @property
     def aws_profile(self) -> str | None: ...
 
+    # Azure OpenAI (transports.azure)
+    @property
+    def api_version(self) -> str: ...
+
+    @property
+    def deployments(self) -> dict[str, str]: ...
+
+    @property
+    def azure_ad_token(self) -> str | None: ...
+
 
 class CredentialsError(Exception):
     """A provider's credentials could not be had (a token endpoint refused or was unreachable);
@@ -92,15 +102,30 @@ class Transport:
 
     # Whether ``sign`` changes anything (``Provider`` skips the call otherwise).
     SIGNS: ClassVar[bool] = False
+    # Whether ``url`` depends on the target's model (Azure's deployment URLs); else it is
+    # computed once per provider.
+    MODEL_IN_URL: ClassVar[bool] = False
 
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         """The dialect of the provider's API, and the one a client of the same dialect is sent
         to instead, when the provider serves that one too (``api = "auto"``)."""
         return self.DIALECT, None
 
-    def url(self, settings: ProviderSettings, dialect: str) -> str:
-        """Where a request in ``dialect`` is posted."""
+    def url(self, settings: ProviderSettings, dialect: str, model: str | None = None) -> str:
+        """Where a request in ``dialect`` for ``model`` is posted (``model`` matters only to a
+        kind with ``MODEL_IN_URL``; None: the provider's base for side calls)."""
         return (settings.base_url or "").rstrip("/") + self.PATHS[dialect]
+
+    def wire_model(self, settings: ProviderSettings, model: str) -> str:
+        """The name the upstream knows the target's model by, in the body (an Azure
+        deployment's name); the target's model is still what metering prices."""
+        return model
+
+    def check_ready(self, settings: ProviderSettings) -> str | None:
+        """What is wrong with a provider's settings once its credentials are read (a missing
+        endpoint or key), naming the setting; None when it can be used (not asked in demo
+        mode, where the simulator serves it)."""
+        return None
 
     def auth_headers(self, settings: ProviderSettings, key: str | None) -> dict[str, str]:
         """The headers that authenticate the gateway (and pin an API version, where one must)."""
@@ -129,7 +154,8 @@ class Transport:
         return url
 
     def check_target(self, settings: ProviderSettings, model: str) -> str | None:
-        """Why a route's target model cannot be used with this provider (start-up), if so."""
+        """Why a route's target model cannot be used with this provider (not in an Azure
+        deployment map, not a Bedrock model id), naming the setting; None when it can."""
         return None
 
     def sign(

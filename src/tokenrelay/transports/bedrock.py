@@ -50,7 +50,7 @@ class Bedrock(Transport):
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         return ("bedrock_invoke" if settings.api == "invoke" else "converse"), None
 
-    def url(self, settings: ProviderSettings, dialect: str) -> str:
+    def url(self, settings: ProviderSettings, dialect: str, model: str | None = None) -> str:
         base = settings.base_url or f"https://bedrock-runtime.{region_of(settings)}.amazonaws.com"
         return base.rstrip("/") + self.PATHS[dialect]
 

@@ -68,7 +68,7 @@ class Vertex(Transport):
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         return _DIALECTS[settings.publisher or "anthropic"], None
 
-    def url(self, settings: ProviderSettings, dialect: str) -> str:
+    def url(self, settings: ProviderSettings, dialect: str, model: str | None = None) -> str:
         # A provider-wide URL names no model; requests use ``model_url``.
         return self.model_url(settings, "claude-" if dialect == "anthropic" else "gemini-")
 
