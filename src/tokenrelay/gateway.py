@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from tokenrelay import transports
 from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners
@@ -94,6 +95,29 @@ class Gateway:
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )
+            # Bedrock's Converse API (a configured bedrock provider too, behind any route)
+            from tokenrelay.settings import ProviderSettings
+
+            for name, provider in {
+                "bedrock": ProviderSettings(kind="bedrock"),
+                **providers,
+            }.items():
+                if provider.kind == "bedrock":
+                    providers[name] = msgspec.structs.replace(
+                        provider,
+                        base_url=self.simulator.url,
+                        api_key="demo",
+                        region=provider.region or "us-east-1",
+                        forward_headers=DEMO_FORWARD,
+                    )
+            for name, provider in providers.items():  # the simulator's Azure OpenAI
+                if provider.kind == "azure":
+                    providers[name] = msgspec.structs.replace(
+                        provider,
+                        base_url=self.simulator.url,
+                        api_key="demo",
+                        forward_headers=DEMO_FORWARD,
+                    )
             # the simulator's Responses API too, behind the demo-responses route
             providers["openai-responses"] = msgspec.structs.replace(
                 providers["openai"], api="responses"
@@ -184,7 +208,7 @@ class Gateway:
             audit = self.audit = AuditLog(settings.audit)
         spool_dir = settings.spool_dir or default_spool_dir(settings.database_url)
         ledger = self.ledger = LedgerWriter(spool_dir)
-        kinds = {name: provider.kind for name, provider in settings.providers.items()}
+        kinds = {name: transports.get(p.kind).PRICED_AS for name, p in settings.providers.items()}
         meter = self.meter = Meter(ledger, pricer, kinds, gate.budgets, audit)
         ledger.before_write = meter.price_pending
         ledger.start(gate.database)
@@ -270,6 +294,11 @@ def _add_demo_routes(settings: Settings) -> None:
                 provider="anthropic", model="claude-haiku-4-5", headers={"x-sim-fault": "529"}
             ),
             TargetSettings(provider="openai", model=DEFAULT_OPENAI_MODEL),
+        ],
+        "demo-bedrock": [  # served through Bedrock's Converse API, in event-stream frames
+            TargetSettings(
+                provider="bedrock", model="us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+            ),
         ],
         "demo-responses": [  # served through the OpenAI Responses API
             TargetSettings(provider="openai-responses", model=DEFAULT_OPENAI_MODEL),

@@ -18,12 +18,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from tokenrelay import dialects, transports
+from tokenrelay.dialects.eventstream import FramingError
 from tokenrelay.dialects.responses import hosted
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.gate.keys import KEY_PREFIX
 from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
-from tokenrelay.model import Error, Event, Request
+from tokenrelay.model import Error, Event, Request, Untranslatable
+from tokenrelay.transports.base import CredentialsError
 
 if TYPE_CHECKING:
     from tokenrelay.settings import ProviderSettings, TargetSettings
@@ -92,6 +94,8 @@ class Provider:
         self._idle_timeout = idle_timeout
         self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)
         self._headers = self._base_headers()
+        self._tokens = self.transport.token_source(settings)  # expiring credentials, if any
+        self._by_model: dict[str, Endpoint] = {}  # a kind whose URL names the model
 
     def _endpoint(self, dialect: str) -> Endpoint:
         return Endpoint(dialects.get(dialect), self.transport.url(self.settings, dialect))
@@ -101,14 +105,35 @@ class Provider:
         """Whether the upstream counts a request's tokens (``post_json("/count_tokens")``)."""
         return self.transport.COUNTS_TOKENS
 
-    def for_request(self, request: Request) -> Endpoint:
+    def for_request(self, request: Request, model: str | None = None) -> Endpoint:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
-        arrive as sent), else its own."""
+        arrive as sent), the model's own where the URL names the model (Vertex, Bedrock,
+        Azure), else its own."""
+        if model is not None:
+            endpoint = self._by_model.get(model)
+            if endpoint is not None:
+                return endpoint
+            try:
+                named = self.transport.model_endpoint(self.settings, model)
+            except ValueError as exc:  # a model it cannot address: the target is skipped
+                raise Untranslatable(str(exc), param="model") from None
+            if named is not None:
+                dialect, url = named
+                endpoint = self._by_model[model] = Endpoint(dialects.get(dialect), url)
+                return endpoint
+        endpoint = self.endpoint
         alternative = self._alternative
         if alternative is not None and request.dialect == alternative.dialect.NAME:
-            return alternative
-        return self.endpoint
+            endpoint = alternative
+        if model is not None:
+            url = self.transport.target_url(endpoint.url, model)
+            if url != endpoint.url:
+                return Endpoint(endpoint.dialect, url)
+        if model is not None and self.transport.MODEL_IN_URL:
+            dialect = endpoint.dialect
+            return Endpoint(dialect, self.transport.url(self.settings, dialect.NAME, model))
+        return endpoint
 
     def _base_headers(self) -> dict[str, str]:
         headers = {
@@ -126,7 +151,7 @@ class Provider:
     ) -> tuple[bytes, list[str]]:
         """The upstream body and the hosted tools dropped from it (``hosted_tools = "drop"``);
         raises ``Untranslatable`` when the request cannot be translated."""
-        dialect = self.for_request(request).dialect
+        dialect = self.for_request(request, target.model).dialect
         added: dict[str, Any] = {}
         dropped: list[str] = []
         if request.dialect != dialect.NAME and "tools" in request.extra:
@@ -134,13 +159,19 @@ class Provider:
             if plan is not None:
                 request, added, dropped = plan.request, plan.added, plan.dropped
         body = dialect.encode_request(request, target.model, stream=True)
-        if target.params or added:
+        # the name the upstream knows the model by (an Azure deployment's), after the dialect
+        # has judged the model by its own name (whether it reasons, say)
+        params = target.params
+        wire = self.transport.wire_model(self.settings, target.model)
+        if wire != target.model:
+            params = {**params, "model": wire}
+        if params or added:
             merged: dict[str, Any] = msgspec.json.decode(body)
             for key, value in added.items():  # Anthropic's server tools join the custom ones
                 merged[key] = merged.get(key, []) + value if key == "tools" else value
-            merged.update(target.params)
+            merged.update(params)
             body = msgspec.json.encode(merged)
-        return body, dropped
+        return self.transport.finish_body(self.settings, dialect.NAME, body), dropped
 
     def build_headers(
         self,
@@ -183,10 +214,18 @@ class Provider:
         """One JSON call beside the streams, at ``url + suffix`` (``/count_tokens``): the body
         of a 200, else the failure as an ``Error`` (the upstream's own, screened as a stream's
         is; a timeout; an unreachable upstream)."""
+        if self._tokens is not None:
+            try:
+                headers = {**headers, **await self._tokens.headers()}
+            except CredentialsError as exc:
+                return Error("upstream_unavailable", f"{self.name}: {exc}", 502)
         try:
             async with asyncio.timeout(within):
+                url = self.url + suffix
+                if self.transport.SIGNS:
+                    headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
                 response = await self._pool.post(
-                    self.url + suffix, body, headers, connect_timeout=self.settings.connect_timeout
+                    url, body, headers, connect_timeout=self.settings.connect_timeout
                 )
                 try:
                     raw = await response.read(_MAX_ERROR_BODY)  # an answer, not a stream
@@ -215,6 +254,14 @@ class Provider:
         event; closing the generator early closes the upstream connection (no reuse of a
         half-read response), which is what stops the provider generating."""
         dialect, url = endpoint or self.endpoint
+        if self._tokens is not None:
+            try:
+                headers = {**headers, **await self._tokens.headers()}
+            except CredentialsError as exc:
+                yield [Error("upstream_unavailable", f"{self.name}: {exc}", 502)]
+                return
+        if self.transport.SIGNS:
+            headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
         try:
             async with asyncio.timeout(self._idle_timeout):
                 response = await self._pool.post(
@@ -246,13 +293,21 @@ class Provider:
                 yield self._screened_all(dialect.parse_response(raw).events(), headers)
                 finished = True
                 return
-            parser = SSEParser()
+            parser = getattr(dialect, "FRAMER", SSEParser)()  # the dialect's framing
             reader = dialect.stream_reader()
             clock = watch.clock
             async for chunk in response.chunks():
                 watch.last = clock()
                 batch: list[Event] = []
-                for sse in parser.feed(chunk):
+                try:
+                    items = parser.feed(chunk)
+                except FramingError as exc:  # binary framing: a corrupt frame ends the stream
+                    for item in exc.frames:  # after the good ones before it
+                        batch.extend(reader.feed(item))
+                    reason = f"{self.name} sent a corrupt stream ({exc}); it was ended here"
+                    yield [*batch, Error("upstream_unavailable", reason, 502)]
+                    return
+                for sse in items:
                     batch.extend(reader.feed(sse))
                 if reader.done:  # an upstream's error event ends its stream: it is in here
                     batch = self._screened_all(batch, headers)

@@ -114,6 +114,11 @@ class Router:
                 404,
                 param="model",
             )
+        provider = self._providers[target.provider]
+        problem = provider.transport.check_target(provider.settings, target.model)
+        if problem:
+            message = f"providers.{target.provider}: {problem}"
+            raise GatewayError("not_found", message, 404, param="model")
         settings = policy.for_target(target)
         return Route(model, settings, [(target, self._providers[target.provider])], False)
 

@@ -48,8 +48,9 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     kind: str
     # for kind "openai": Chat Completions (``/chat/completions``), Responses (``/responses``),
     # or "auto": Responses for a Responses client, Chat Completions for every other (OpenAI's
-    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses)
-    api: Literal["chat", "responses", "auto"] = "chat"
+    # own API, the built-in provider's default; an OpenAI-compatible server may lack /responses);
+    # for kind "bedrock": "chat" (Converse) or "invoke" (InvokeModel with Anthropic's own body)
+    api: Literal["chat", "responses", "auto", "invoke"] = "chat"
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead
@@ -57,6 +58,20 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
     connect_timeout: float = 10.0
+    # kind "vertex" (docs/providers-vertex.md)
+    project: str | None = None  # the Google Cloud project id
+    # vertex: `us-east5`, `europe-west1`, `us`, `eu` or `global`; bedrock: the AWS region
+    # (else AWS_REGION)
+    region: str | None = None
+    publisher: str | None = None  # `anthropic` or `google`; unset: by the model's name
+    credentials_file: str | None = None
+    aws_profile: str | None = None  # kind "bedrock": AWS profile to sign with (else the chain)
+    # kind "azure" (docs/providers-azure.md): "v1", or a dated version like "2024-10-21"
+    api_version: str = "v1"
+    # kind "azure": a target's model -> its deployment (empty: the model names the deployment)
+    deployments: dict[str, str] = msgspec.field(default_factory=dict)
+    azure_ad_token: str | None = None  # kind "azure": a Microsoft Entra token, without api_key
+    azure_ad_token_env: str | None = None  # read the Entra token from this variable instead
 
     def __post_init__(self) -> None:
         transports.check(self)
@@ -260,7 +275,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return [
             name
             for name, provider in self.providers.items()
-            if provider.resolved_key() or (provider.base_url and name not in _BUILTIN)
+            if provider.resolved_key()
+            or provider.azure_ad_token
+            or (provider.base_url and name not in _BUILTIN)
+            or transports.get(provider.kind).SIGNS  # credentials of its own (AWS)
         ]
 
     @property
@@ -268,7 +286,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.demo if self.demo is not None else not self.configured_providers()
 
 
-_BUILTIN = ("anthropic", "openai")
+_BUILTIN = ("anthropic", "openai", "azure")
 
 
 def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -284,6 +302,12 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 "base_url": environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1",
                 "api_key_env": "OPENAI_API_KEY",
                 "api": "auto",
+            },
+            "azure": {  # the Azure OpenAI SDKs' variables; see docs/providers-azure.md
+                "kind": "azure",
+                "base_url": environ.get("AZURE_OPENAI_ENDPOINT") or None,
+                "api_key_env": "AZURE_OPENAI_API_KEY",
+                "azure_ad_token_env": "AZURE_OPENAI_AD_TOKEN",
             },
         },
         "routes": {
@@ -413,6 +437,8 @@ def load(
     for provider in settings.providers.values():
         if not provider.api_key and provider.api_key_env:
             provider.api_key = environ.get(provider.api_key_env) or None
+        if not provider.azure_ad_token and provider.azure_ad_token_env:
+            provider.azure_ad_token = environ.get(provider.azure_ad_token_env) or None
     _check(settings)
     return settings
 
@@ -431,6 +457,13 @@ def _limit_strings(settings: Settings) -> list[tuple[str, str]]:
 
 
 def _check(settings: Settings) -> None:
+    usable = settings.configured_providers()
+    for name, provider in settings.providers.items():
+        if settings.demo_mode or (name in _BUILTIN and name not in usable):
+            continue  # the simulator serves it, or it is not set up: its targets are skipped
+        problem = transports.get(provider.kind).check_ready(provider)
+        if problem:
+            raise ConfigError(f"providers.{name}: {problem}")
     for name, route in settings.routes.items():
         if not route.targets:
             raise ConfigError(f"route {name!r} has no targets")
@@ -439,6 +472,16 @@ def _check(settings: Settings) -> None:
                 known = ", ".join(sorted(settings.providers))
                 raise ConfigError(
                     f"route {name!r} names provider {target.provider!r}; known providers: {known}"
+                )
+            provider = settings.providers[target.provider]
+            try:  # a kind whose URL names the model refuses one it cannot address
+                transports.get(provider.kind).model_endpoint(provider, target.model)
+            except ValueError as exc:
+                raise ConfigError(f"route {name!r}, provider {target.provider!r}: {exc}") from None
+            problem = transports.get(provider.kind).check_target(provider, target.model)
+            if problem:
+                raise ConfigError(
+                    f"route {name!r}, target {target.provider}:{target.model}: {problem}"
                 )
     if settings.provider_models.targets:
         raise ConfigError(

@@ -1,5 +1,5 @@
-"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions and OpenAI Responses
-APIs, with fault injection, for tests, demos and benchmarks.
+"""A wire-exact stand-in for the Anthropic Messages, OpenAI Chat Completions, OpenAI Responses and
+AWS Bedrock Converse APIs, with fault injection, for tests, demos and benchmarks.
 
 It reads requests and writes responses through the same dialect modules the gateway uses (front,
 provider, simulator and client share one codec per API), so whatever the simulator says is what
@@ -15,14 +15,35 @@ status and the dialect's error body (``retry-after`` on 429/503/529, plus ``retr
 OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overloaded error;
 ``error_before_content`` sends the 200 head then the error; ``hang_before_first_byte`` never
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
-connection with an RST after ``fault_after`` tokens. ``slow_fraction`` of requests, drawn at
-random, wait ``slow_ttft_ms`` instead of ``ttft_ms`` before their first token (a primary that is
-slow now and then, for hedging). ``served_model`` names another model in the answer than the one
-asked for (an alias resolved to a dated snapshot, as real APIs do).
+connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, after
+``fault_after`` tokens, a frame whose CRC does not match (Bedrock; a torn event elsewhere).
+``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms``
+before their first token (a primary that is slow now and then, for hedging). ``served_model``
+names another model in the answer than the one asked for (an alias resolved to a dated
+snapshot, as real APIs do).
+
+Azure OpenAI's URLs are served too (``/openai/v1/chat/completions``, ``/openai/v1/responses``,
+``/openai/deployments/{deployment}/chat/completions`` and ``/openai/responses``, the last two
+with ``api-version`` required), with an ``api-key`` or bearer credential required, Azure's
+content-filter fields in every answer, and its faults ``content_filter`` (a 400),
+``content_filter_finish`` and ``deployment_not_found`` (``simulator_azure``).
 
 ``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
 Messages call with the same prompt reports here.
+
+Vertex AI (``/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/
+{model}:{method}``): Claude's ``rawPredict`` and ``streamRawPredict`` answer as the Messages API
+does, after checking the body as Vertex does (``anthropic_version`` present, no ``model``: the
+URL names it; the version may also be a date, as the anthropic SDK's Vertex client sends
+it); a bearer token is required (``api_key`` when set, and a token
+``sim-expires-<unix seconds>`` is refused from that time on, as an expired OAuth token is).
+Gemini's methods (publisher ``google``) are served by the Gemini flavor where the simulator has
+one, else answer 501.
+
+``POST /model/{modelId}/converse-stream`` and ``/converse`` answer Bedrock's Converse API in
+event-stream frames (errors named by ``x-amzn-errortype``, or exception frames in a stream); a
+request must carry a SigV4-shaped ``Authorization`` (and ``x-amz-date``) or a bearer key.
 
 Importing this module is cheap: aiohttp and the dialect modules load when an app is created.
 """
@@ -47,6 +68,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
+from tokenrelay import simulator_azure as azure
 from tokenrelay.model import (
     Completion,
     Error,
@@ -107,11 +129,18 @@ STREAM_FAULTS = (
     "hang_before_first_byte",
     "hang_mid",
     "reset",
+    "corrupt_frame",
 )
-FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS)
-_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset"})
+FAULTS: tuple[str, ...] = (*STATUS_FAULTS, *STREAM_FAULTS, *azure.FAULTS)
+_MID_FAULTS = frozenset({"error_after", "hang_mid", "reset", "corrupt_frame"})
+# A SigV4 Authorization header as Bedrock expects it (its shape; the signature is not checked).
+_SIGV4 = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=[A-Z0-9]{16,128}/\d{8}/[a-z0-9-]+/bedrock/aws4_request, "
+    r"SignedHeaders=[a-z0-9;-]*host[a-z0-9;-]*, Signature=[0-9a-f]{64}$"
+)
 
 _MAX_LAST_REQUESTS = 50
+_DATED_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}")
 _MAX_BODY = 32 * 1024 * 1024
 
 # --- knobs ---------------------------------------------------------------------------------------
@@ -265,6 +294,7 @@ class _Flavor(NamedTuple):
     tool_id_prefix: str
     usage_first: bool  # Anthropic reports input usage in message_start, before any content
     retry_after_ms: bool  # OpenAI also sends retry-after-ms
+    azure: bool = False  # Azure OpenAI's checks, faults and content-filter fields
 
 
 class _Plan:
@@ -443,6 +473,19 @@ class _Simulator:
         self.responses = _Flavor(
             dialects.get("responses"), "x-request-id", "resp_sim_", "call_sim_", False, True
         )
+        self.bedrock = _Flavor(
+            dialects.get("converse"), "x-amzn-requestid", "msg_bdrk_", "tooluse_sim_", False, False
+        )
+        self.bedrock_invoke = _Flavor(
+            dialects.get("bedrock_invoke"),
+            "x-amzn-requestid",
+            "msg_bdrk_",
+            "toolu_bdrk_",
+            True,
+            False,
+        )
+        self.azure_chat = self.openai._replace(request_id_header="apim-request-id", azure=True)
+        self.azure_resp = self.responses._replace(request_id_header="apim-request-id", azure=True)
 
     # routes
 
@@ -483,6 +526,48 @@ class _Simulator:
 
     async def responses_create(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.responses)
+
+    async def converse_stream(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/converse-stream``: event-stream frames."""
+        return await self._serve(
+            request, self.bedrock, model=request.match_info["model"], stream=True
+        )
+
+    async def converse(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/converse``: one JSON answer."""
+        return await self._serve(
+            request, self.bedrock, model=request.match_info["model"], stream=False
+        )
+
+    async def invoke_stream(self, request: web.Request) -> web.StreamResponse:
+        """Bedrock's ``/model/{modelId}/invoke-with-response-stream`` with Anthropic's body."""
+        return await self._serve(
+            request, self.bedrock_invoke, model=request.match_info["model"], stream=True
+        )
+
+    async def azure_v1_chat(self, request: web.Request) -> web.StreamResponse:
+        """``/openai/v1/chat/completions``: the deployment is the body's ``model``."""
+        return await self._azure(request, self.azure_chat, dated=False)
+
+    async def azure_v1_responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._azure(request, self.azure_resp, dated=False)
+
+    async def azure_deployment_chat(self, request: web.Request) -> web.StreamResponse:
+        """``/openai/deployments/{deployment}/chat/completions?api-version=...``."""
+        return await self._azure(request, self.azure_chat, dated=True)
+
+    async def azure_responses(self, request: web.Request) -> web.StreamResponse:
+        """``/openai/responses?api-version=...`` (dated versions' Responses API)."""
+        return await self._azure(request, self.azure_resp, dated=True)
+
+    async def _azure(self, http: web.Request, flavor: _Flavor, dated: bool) -> web.StreamResponse:
+        refused = azure.refusal(http.headers, http.query, self.settings.api_key, dated)
+        if refused is not None:
+            stats = self.stats
+            stats.requests[http.path] = stats.requests.get(http.path, 0) + 1
+            stats.last_requests.append((http.path, http.headers, await http.read()))
+            return _raw_json(*refused)
+        return await self._serve(http, flavor)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -537,12 +622,21 @@ class _Simulator:
                 ) from None
         return _maybe_slow(msgspec.structs.replace(self.settings, **changes))
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, request: web.Request, flavor: _Flavor | None = None) -> bool:
         key = self.settings.api_key
+        headers = request.headers
+        if flavor is self.bedrock or flavor is self.bedrock_invoke:  # SigV4's shape, or an API key
+            given = headers.get("authorization", "")
+            if given.startswith("Bearer "):
+                return key is None or given == "Bearer " + key
+            return bool(_SIGV4.match(given)) and "x-amz-date" in headers
         if key is None:
             return True
-        headers = request.headers
-        return headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key
+        return (
+            headers.get("x-api-key") == key
+            or headers.get("authorization") == "Bearer " + key
+            or headers.get("api-key") == key
+        )
 
     def _error(
         self, flavor: _Flavor, error: GatewayError, request_id: str, retry_after: float | None
@@ -550,6 +644,9 @@ class _Simulator:
         from aiohttp import web
 
         headers = {flavor.request_id_header: request_id}
+        named = getattr(flavor.dialect, "error_headers", None)  # Bedrock's x-amzn-errortype
+        if named is not None:
+            headers.update(named(error))
         if retry_after is not None:
             headers["retry-after"] = _seconds(retry_after)
             if flavor.retry_after_ms:
@@ -561,7 +658,72 @@ class _Simulator:
             content_type="application/json",
         )
 
-    async def _serve(self, http: web.Request, flavor: _Flavor) -> web.StreamResponse:
+    async def vertex(self, http: web.Request) -> web.StreamResponse:
+        """Vertex AI's ``publishers/{publisher}/models/{model}:{method}``."""
+        info = http.match_info
+        model, _, method = info["target"].partition(":")
+        self.serial += 1
+        request_id = f"req_sim_vx{self.serial:010d}"
+        token = _bearer(http.headers.get("authorization", ""))
+        problem = self._vertex_token_problem(token)
+        if problem is not None:
+            body = {"error": {"code": 401, "message": problem, "status": "UNAUTHENTICATED"}}
+            return _json(msgspec.json.encode(body), status=401)
+        gemini = getattr(self, "gemini", None)  # the Gemini flavor, where the simulator has one
+        if info["publisher"] == "google" and gemini is not None:
+            return await self._serve(http, gemini)  # it reads model and method off the path
+        if info["publisher"] != "anthropic" or method not in ("rawPredict", "streamRawPredict"):
+            message = f"the simulator does not serve {info['publisher']} models' {method} yet"
+            body = {"error": {"code": 501, "message": message, "status": "UNIMPLEMENTED"}}
+            return _json(msgspec.json.encode(body), status=501)
+        raw = await http.read()
+        try:
+            fields = msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            fields = None
+        if not isinstance(fields, dict) or "model" in fields:
+            why = "model: Extra inputs are not permitted (Vertex names the model in the URL)"
+            error = GatewayError("invalid_request", why, 400)
+            return self._error(self.anthropic, error, request_id, None)
+        version = fields.get("anthropic_version")
+        if version != "vertex-2023-10-16" and not _DATED_VERSION.fullmatch(str(version)):
+            # Anthropic's Vertex docs name "vertex-2023-10-16"; the anthropic SDK's Vertex
+            # client sends its API version (a date), so both are taken
+            why = 'anthropic_version: required on Vertex AI, e.g. "vertex-2023-10-16"'
+            error = GatewayError("invalid_request", why, 400)
+            return self._error(self.anthropic, error, request_id, None)
+        del fields["anthropic_version"]
+        fields["model"] = model
+        fields["stream"] = method == "streamRawPredict"
+        return await self._serve(http, self.anthropic, msgspec.json.encode(fields))
+
+    def _vertex_token_problem(self, token: str | None) -> str | None:
+        """Why Vertex would refuse this bearer token, or ``None``."""
+        if not token:
+            return "Request is missing required authentication credential (simulator)"
+        if token.startswith("sim-expires-"):
+            try:
+                valid = time.time() < float(token.removeprefix("sim-expires-"))
+            except ValueError:
+                valid = False
+            return None if valid else "Request had invalid authentication credentials: expired"
+        key = self.settings.api_key
+        if key is not None and token != key:
+            return "Request had invalid authentication credentials (simulator)"
+        return None
+
+    async def _serve(
+        self,
+        http: web.Request,
+        flavor: _Flavor,
+        rewritten: bytes | None = None,
+        *,
+        model: str | None = None,
+        stream: bool | None = None,
+    ) -> web.StreamResponse:
+        """One API request; ``rewritten`` is the body as the dialect reads it, when a Vertex
+        path had to put the URL's model into it (the stats keep the body received); ``model``
+        and ``stream`` are the URL's, for an API that says them there (Bedrock)."""
         stats = self.stats
         path = http.path
         stats.requests[path] = stats.requests.get(path, 0) + 1
@@ -570,19 +732,35 @@ class _Simulator:
         request_id = f"req_sim_{serial:012d}"
         body = await http.read()
         stats.last_requests.append((path, http.headers, body))
-        if not self._authorized(http):
+        if not (self._authorized(http, flavor) or http.path.startswith("/v1/projects/")):
             error = GatewayError("authentication", "invalid API key (simulator)", 401)
             return self._error(flavor, error, request_id, None)
         try:
             knobs = self._knobs(http)
-            request = flavor.dialect.parse_request(body)
+            request = flavor.dialect.parse_request(rewritten or body)
+            if model is not None:
+                request.model = model
+            if stream is not None:
+                request.stream = stream
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
                 retry = knobs.retry_after if status in _RETRY_AFTER_STATUSES else None
                 error = GatewayError(kind, message, status, retry_after=retry)
                 return self._error(flavor, error, request_id, retry)
+            refused = azure.fault(fault) if flavor.azure else None
+            if refused is not None:
+                return _raw_json(*refused, {flavor.request_id_header: request_id})
             plan = _Plan(request, knobs, flavor, serial)
+            if fault in azure.FAULTS:  # the others answer at once; this one cuts the answer
+                if fault == "content_filter_finish" and flavor.azure:
+                    kept = plan.events_for(knobs.fault_after)
+                    plan.events = plan.events[:kept]
+                    plan.text = tuple(e for e in plan.events if type(e) is TextDelta)
+                    sent = plan.tokens_in(kept)
+                    plan.usage_last = msgspec.structs.replace(plan.usage_last, output_tokens=sent)
+                    plan.finish = Finish("content_filter")
+                knobs = msgspec.structs.replace(knobs, fault=None)
         except GatewayError as exc:
             return self._error(flavor, exc, request_id, exc.retry_after)
         message_id = f"{flavor.message_id_prefix}{serial:012d}"
@@ -629,6 +807,8 @@ class _Simulator:
             body = encode_for(request, plan.completion(), id=message_id, model=served)
         else:
             body = flavor.dialect.encode_response(plan.completion(), id=message_id, model=served)
+            if flavor.azure:
+                body = azure.annotate_whole(body)
         self.stats.completed += 1
         self.stats.tokens_sent += plan.tokens_in(len(plan.events))
         return web.Response(
@@ -658,6 +838,8 @@ class _Simulator:
         writer = flavor.dialect.stream_writer(
             request, id=message_id, model=knobs.served_model or request.model
         )
+        if flavor.azure and flavor.dialect.NAME == "openai":
+            writer = azure.FilteredWriter(writer, plan.finish.reason == "content_filter")
         write = writer.write
         response = web.StreamResponse(
             headers={
@@ -701,6 +883,10 @@ class _Simulator:
                 await loop.create_future()
             elif fault == "reset":
                 _reset(http)
+            elif fault == "corrupt_frame":
+                frame = bytearray(write(TextDelta(" corrupt")))
+                frame[-1] ^= 0xFF  # the message CRC no longer matches (SSE: a torn event)
+                await send(bytes(frame) if frame[:1] != b"d" else b"data: {corrupt\n\n")
         except asyncio.CancelledError:
             self._disconnected(http.path, plan.tokens_in(written))
             self.stats.tokens_sent += plan.tokens_in(written)
@@ -723,10 +909,21 @@ def _reset(http: web.Request) -> None:
     transport.abort()
 
 
-def _json(body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
+def _raw_json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
     from aiohttp import web
 
-    return web.Response(body=body, content_type="application/json", headers=headers)
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _json(body: bytes, headers: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
+    from aiohttp import web
+
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _bearer(authorization: str) -> str | None:
+    scheme, _, token = authorization.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 # --- public API ----------------------------------------------------------------------------------
@@ -747,6 +944,19 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
+    app.router.add_post(
+        "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
+        simulator.vertex,
+    )
+    app.router.add_post("/model/{model}/converse-stream", simulator.converse_stream)
+    app.router.add_post("/model/{model}/converse", simulator.converse)
+    app.router.add_post("/model/{model}/invoke-with-response-stream", simulator.invoke_stream)
+    app.router.add_post("/openai/v1/chat/completions", simulator.azure_v1_chat)
+    app.router.add_post("/openai/v1/responses", simulator.azure_v1_responses)
+    app.router.add_post(
+        "/openai/deployments/{deployment}/chat/completions", simulator.azure_deployment_chat
+    )
+    app.router.add_post("/openai/responses", simulator.azure_responses)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

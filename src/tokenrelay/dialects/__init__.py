@@ -66,6 +66,8 @@ _MODULES = {
     "generate": "tokenrelay.dialects.generate",
     "uichat": "tokenrelay.dialects.uichat",
     "responses": "tokenrelay.dialects.responses",
+    "converse": "tokenrelay.dialects.converse",
+    "bedrock_invoke": "tokenrelay.dialects.bedrock_invoke",
 }
 
 

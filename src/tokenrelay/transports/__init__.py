@@ -12,6 +12,9 @@ from tokenrelay.transports.base import ProviderSettings, Transport
 _KINDS = {
     "anthropic": "tokenrelay.transports.anthropic:Anthropic",
     "openai": "tokenrelay.transports.openai:OpenAI",
+    "bedrock": "tokenrelay.transports.bedrock:Bedrock",
+    "vertex": "tokenrelay.transports.vertex:Vertex",
+    "azure": "tokenrelay.transports.azure:Azure",
 }
 NAMES = tuple(_KINDS)
 _loaded: dict[str, Transport] = {}
@@ -40,6 +43,8 @@ def header_owner(name: str) -> Transport | None:
 
 def check(settings: ProviderSettings) -> None:
     """Refuse a provider's settings its kind cannot use, naming the setting to change."""
-    if settings.api not in get(settings.kind).APIS:
+    transport = get(settings.kind)
+    transport.check(settings)
+    if settings.api not in transport.APIS:
         fits = " or ".join(repr(kind) for kind in NAMES if settings.api in get(kind).APIS)
         raise ValueError(f"api = {settings.api!r} is for a provider of kind {fits}")
