@@ -140,7 +140,7 @@ class _Target:
     @property
     def endpoint(self) -> Endpoint:
         """The provider's API this request goes to (``api = "auto"`` picks per request)."""
-        return self.provider.for_request(self.request)
+        return self.provider.for_request(self.request, self.settings.model)
 
 
 class Failover:

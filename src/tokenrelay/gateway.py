@@ -89,8 +89,8 @@ class Gateway:
 
             knobs = msgspec.convert(settings.simulator, simulator.SimulatorSettings, strict=False)
             self.simulator = await simulator.start(knobs)
-            for name in ("anthropic", "openai"):
-                base = self.simulator.url + ("/v1" if name == "openai" else "")
+            for name in ("anthropic", "openai", "gemini"):
+                base = self.simulator.url + {"openai": "/v1", "gemini": "/v1beta"}.get(name, "")
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )

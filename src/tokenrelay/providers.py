@@ -42,6 +42,7 @@ _NEVER_FORWARDED = frozenset(
         "authorization",
         "proxy-authorization",
         "x-api-key",
+        "x-goog-api-key",
         "api-key",
         "cookie",
         "host",
@@ -101,13 +102,16 @@ class Provider:
         """Whether the upstream counts a request's tokens (``post_json("/count_tokens")``)."""
         return self.transport.COUNTS_TOKENS
 
-    def for_request(self, request: Request) -> Endpoint:
+    def for_request(self, request: Request, model: str | None = None) -> Endpoint:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
-        arrive as sent), else its own."""
+        arrive as sent), else its own; at ``model``'s URL for a kind whose URL names it."""
         alternative = self._alternative
         if alternative is not None and request.dialect == alternative.dialect.NAME:
             return alternative
+        if model is not None and self.transport.MODEL_IN_URL:
+            dialect = self.endpoint.dialect
+            return Endpoint(dialect, self.transport.url(self.settings, dialect.NAME, model))
         return self.endpoint
 
     def _base_headers(self) -> dict[str, str]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _PROVIDER_MODELS = (
     (re.compile(r"claude-"), "anthropic"),
     (re.compile(r"(gpt-|chatgpt-|o\d)"), "openai"),
+    (re.compile(r"gemini-"), "gemini"),
 )
 MAX_NAME_CHARS = 256
 # Letters, digits and the punctuation model names use (claude-sonnet-4-5@20250929,

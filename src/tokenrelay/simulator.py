@@ -443,6 +443,7 @@ class _Simulator:
         self.responses = _Flavor(
             dialects.get("responses"), "x-request-id", "resp_sim_", "call_sim_", False, True
         )
+        self.gemini = _Flavor(dialects.get("gemini"), "x-request-id", "sim-", "call_", False, False)
 
     # routes
 
@@ -483,6 +484,10 @@ class _Simulator:
 
     async def responses_create(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, self.responses)
+
+    async def generate_content(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1beta/models/{model}:streamGenerateContent`` and ``:generateContent``."""
+        return await self._serve(request, self.gemini)
 
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
@@ -542,7 +547,11 @@ class _Simulator:
         if key is None:
             return True
         headers = request.headers
-        return headers.get("x-api-key") == key or headers.get("authorization") == "Bearer " + key
+        return (
+            headers.get("x-api-key") == key
+            or headers.get("x-goog-api-key") == key
+            or headers.get("authorization") == "Bearer " + key
+        )
 
     def _error(
         self, flavor: _Flavor, error: GatewayError, request_id: str, retry_after: float | None
@@ -576,6 +585,13 @@ class _Simulator:
         try:
             knobs = self._knobs(http)
             request = flavor.dialect.parse_request(body)
+            if flavor is self.gemini:  # the model and streaming are in Gemini's URL
+                from tokenrelay.dialects.gemini import parse_call
+
+                call = parse_call(path)
+                if call is None:
+                    raise GatewayError("not_found", f"no such method: {path}", 404)
+                request.model, request.stream = call
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
@@ -747,6 +763,7 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
+    app.router.add_post("/v1beta/models/{call}", simulator.generate_content)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

@@ -66,6 +66,7 @@ _MODULES = {
     "generate": "tokenrelay.dialects.generate",
     "uichat": "tokenrelay.dialects.uichat",
     "responses": "tokenrelay.dialects.responses",
+    "gemini": "tokenrelay.dialects.gemini",
 }
 
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 _KINDS = {
     "anthropic": "tokenrelay.transports.anthropic:Anthropic",
     "openai": "tokenrelay.transports.openai:OpenAI",
+    "gemini": "tokenrelay.transports.gemini:Gemini",
 }
 NAMES = tuple(_KINDS)
 _loaded: dict[str, Transport] = {}

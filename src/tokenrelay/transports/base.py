@@ -29,14 +29,18 @@ class Transport:
     COUNTS_TOKENS: ClassVar[bool] = False
     # The values of a provider's ``api`` setting this kind understands.
     APIS: ClassVar[frozenset[str]] = frozenset({"chat"})
+    # Whether the URL names the model (Gemini's ``models/{model}:...``): ``url`` is then asked
+    # per target, with its model.
+    MODEL_IN_URL: ClassVar[bool] = False
 
     def dialects(self, settings: ProviderSettings) -> tuple[str, str | None]:
         """The dialect of the provider's API, and the one a client of the same dialect is sent
         to instead, when the provider serves that one too (``api = "auto"``)."""
         return self.DIALECT, None
 
-    def url(self, settings: ProviderSettings, dialect: str) -> str:
-        """Where a request in ``dialect`` is posted."""
+    def url(self, settings: ProviderSettings, dialect: str, model: str | None = None) -> str:
+        """Where a request in ``dialect`` for ``model`` is posted (``model`` matters only to a
+        kind with ``MODEL_IN_URL``; None: the provider's base for side calls)."""
         return (settings.base_url or "").rstrip("/") + self.PATHS[dialect]
 
     def auth_headers(self, settings: ProviderSettings, key: str | None) -> dict[str, str]:
