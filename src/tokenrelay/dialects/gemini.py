@@ -500,6 +500,10 @@ def _foreign_extra(request: Request, config: dict[str, Any]) -> dict[str, Any]:
     OpenAI's ``reasoning_effort`` and ``response_format``, the Responses API's ``reasoning``
     and ``text``."""
     refused: list[str] = []
+    # a Responses client's reasoning effort is a hint (other upstreams drop it): Gemini thinks
+    effort = request.front_options.get("responses_hints", {}).get("reasoning", {}).get("effort")
+    if effort in THINKING_BUDGETS:
+        _think(config, THINKING_BUDGETS[effort])
     for key, value in request.extra.items():
         if key in _INERT or (key == "tools" and request.dialect == "openai"):
             continue
