@@ -90,7 +90,7 @@ def test_a_request_is_read_into_the_normalized_model() -> None:
     assert isinstance(call, ToolCallPart) and json.loads(call.arguments) == {"city": "Paris"}
     assert tool.role == "tool"
     assert tool.content == [ToolResultPart(call.id, "sun")]  # matched to the call by name
-    assert request.extra["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 512
+    assert request.front_options[gemini.HINTS]["thinkingConfig"]["thinkingBudget"] == 512
 
 
 def test_a_gemini_request_goes_back_to_gemini_unchanged_in_meaning() -> None:
@@ -115,6 +115,30 @@ def test_a_gemini_request_reaches_anthropic_and_openai() -> None:
     assert claude["messages"][2]["content"][0]["type"] == "tool_result"
     gpt = json.loads(openai.encode_request(request, "gpt-5.5", stream=True))
     assert gpt["messages"][-1]["role"] == "tool"
+
+
+def test_thinking_is_a_hint_and_structured_output_is_refused_elsewhere() -> None:
+    """Gemini CLI asks for thinking on every call: another model answers without it. A response
+    schema changes what the answer is, so another model refuses it, naming the field."""
+    thinking = parse(
+        {
+            "contents": [{"parts": [{"text": "hi"}]}],
+            "generationConfig": {"thinkingConfig": {"includeThoughts": True}, "candidateCount": 1},
+        }
+    )
+    claude = json.loads(anthropic.encode_request(thinking, "claude-sonnet-5-5", stream=True))
+    assert "thinking" not in claude
+    schema = parse(
+        {
+            "contents": [{"parts": [{"text": "hi"}]}],
+            "generationConfig": {"responseMimeType": "application/json", "topK": 3},
+        }
+    )
+    with pytest.raises(Untranslatable) as caught:
+        anthropic.encode_request(schema, "claude-sonnet-5-5", stream=True)
+    assert "generationConfig.responseMimeType" in caught.value.message
+    again = json.loads(gemini.encode_request(schema, "gemini-2.5-flash", stream=True))
+    assert again["generationConfig"] == {"responseMimeType": "application/json", "topK": 3}
 
 
 def test_other_dialects_translate_to_gemini() -> None:

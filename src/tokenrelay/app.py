@@ -24,7 +24,8 @@ from tokenrelay.types import ASGIApp, Receive, Scope, Send
 __all__ = ["Dispatch", "Gateway", "create_app"]
 
 log = logging.getLogger("tokenrelay")
-_GEMINI = "/v1beta/models/"
+# The Gemini front's POSTs (google-genai with a base_url of its own asks /v1/models/...).
+_GEMINI = ("/v1beta/models/", "/v1/models/")
 
 
 def create_app(settings: Settings | None = None) -> Dispatch:
@@ -77,7 +78,7 @@ class Dispatch:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             relay = self._relays.get(scope["path"])
-            if relay is None and self._gemini is not None and scope["path"][:15] == _GEMINI:
+            if relay is None and self._gemini is not None and scope["path"].startswith(_GEMINI):
                 relay = self._gemini
             if relay is not None:
                 await relay(scope, receive, send)

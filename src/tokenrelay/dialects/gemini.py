@@ -63,8 +63,24 @@ _KNOWN = frozenset(
     {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "model"}
 )
 _PASSED = frozenset({"safetySettings", "cachedContent", "labels"})
-# generationConfig fields read into the Request; the rest stay in extra["generationConfig"].
+# generationConfig fields read into the Request; the rest stay in extra as
+# "generationConfig.<field>" (so another dialect's refusal names the field) or, for hints, in
+# front_options: another upstream drops them, a Gemini upstream gets them back.
 _MODELLED_CONFIG = frozenset({"maxOutputTokens", "temperature", "topP", "stopSequences"})
+CONFIG = "generationConfig."
+HINTS = "gemini_hints"  # front_options key: generationConfig hints, for a Gemini upstream only
+
+
+def _hint(key: str, value: Any) -> bool:
+    """Whether a generationConfig field only tunes how the answer is made, never what it means:
+    thinking (another model answers without it, as a Responses client's reasoning effort is
+    dropped), one candidate, text output."""
+    if key == "thinkingConfig":
+        return True
+    if key == "candidateCount":
+        return value in (None, 1)
+    return key == "responseModalities" and value in (None, ["TEXT"], ["text"])
+
 
 # Gemini's finish reasons that mean the answer was withheld or cut by a filter.
 FILTERED = frozenset(
@@ -164,9 +180,14 @@ def parse_request(body: bytes) -> Request:
     config = data.get("generationConfig") or {}
     if not isinstance(config, dict):
         raise _invalid("'generationConfig' must be an object", "generationConfig")
-    rest = {k: v for k, v in config.items() if k not in _MODELLED_CONFIG}
-    if rest:
-        extra["generationConfig"] = rest
+    hints = {}
+    for key, value in config.items():
+        if key in _MODELLED_CONFIG:
+            continue
+        if _hint(key, value):
+            hints[key] = value
+        else:
+            extra[CONFIG + key] = value
     stop = config.get("stopSequences") or []
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise _invalid(
@@ -191,6 +212,7 @@ def parse_request(body: bytes) -> Request:
         tool_choice=tool_choice,
         extra=extra,
         include_usage=True,
+        front_options={HINTS: hints} if hints else {},
     )
 
 
@@ -391,7 +413,10 @@ def encode_request(request: Request, model: str, *, stream: bool) -> bytes:
         if len(request.stop) > 5:
             raise Untranslatable("Gemini takes at most 5 stop sequences", param="stop")
         config["stopSequences"] = request.stop
-    config.update(extra.pop("generationConfig", {}))
+    if same:
+        config.update(request.front_options.get(HINTS, {}))
+        for key in [key for key in extra if key.startswith(CONFIG)]:
+            config[key.removeprefix(CONFIG)] = extra.pop(key)
     if config:
         body["generationConfig"] = config
     body.update(extra)
