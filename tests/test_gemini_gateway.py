@@ -391,3 +391,23 @@ async def test_a_gemini_provider_model_by_name(
     )
     assert response.status == 200 and answer.text == "Yes."
     assert last_upstream(simulator)["path"] == f"/v1beta/models/{GEMINI}:streamGenerateContent"
+
+
+async def test_the_simulator_speaks_googles_errors(
+    simulator: RunningSimulator, http: aiohttp.ClientSession
+) -> None:
+    url = simulator.url + f"/v1beta/models/{GEMINI}:generateContent"
+    body = body_for("gemini", GEMINI)
+    for fault, status, word in (
+        ("529", 503, "UNAVAILABLE"),
+        ("429", 429, "RESOURCE_EXHAUSTED"),
+        ("400", 400, "INVALID_ARGUMENT"),
+    ):
+        response = await http.post(url, json=body, headers={"x-sim-fault": fault})
+        error = (await response.json())["error"]
+        assert (response.status, error["code"], error["status"]) == (status, status, word)
+    limited = await http.post(
+        url, json=body, headers={"x-sim-fault": "429", "x-sim-retry-after": "2"}
+    )
+    assert limited.headers["retry-after"] == "2"
+    assert (await limited.json())["error"]["details"][0]["retryDelay"] == "2s"

@@ -558,6 +558,8 @@ class _Simulator:
     ) -> web.Response:
         from aiohttp import web
 
+        if flavor is self.gemini and error.status == 529:  # Google says overloaded with a 503
+            error = GatewayError(error.type, error.message, 503, retry_after=error.retry_after)
         headers = {flavor.request_id_header: request_id}
         if retry_after is not None:
             headers["retry-after"] = _seconds(retry_after)
