@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -411,3 +412,19 @@ async def test_the_simulator_speaks_googles_errors(
     )
     assert limited.headers["retry-after"] == "2"
     assert (await limited.json())["error"]["details"][0]["retryDelay"] == "2s"
+
+
+async def test_a_gemini_route_without_a_key_is_a_503_naming_the_variable() -> None:
+    environ = {
+        "ANTHROPIC_API_KEY": "x",
+        "ANTHROPIC_BASE_URL": "http://127.0.0.1:9",
+        "TOKENRELAY_ROUTES__G__TARGETS": f"gemini:{GEMINI}",
+        "TOKENRELAY_DATABASE_URL": "sqlite:///" + tempfile.mkdtemp() + "/gw.db",
+    }
+    async with gateway_server(environ) as running, aiohttp.ClientSession() as session:
+        response = await session.post(
+            running.url + "/v1beta/models/g:generateContent", json=body_for("gemini", "g")
+        )
+        error = (await response.json())["error"]
+        assert response.status == 503 and error["status"] == "UNAVAILABLE"
+        assert "GEMINI_API_KEY" in error["message"]

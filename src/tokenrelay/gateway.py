@@ -100,8 +100,8 @@ class Gateway:
             )
             _add_demo_routes(settings)
             log.warning(
-                "DEMO MODE: no provider is configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY), "
-                "so answers come from the built-in simulator at %s",
+                "DEMO MODE: no provider is configured (set ANTHROPIC_API_KEY, OPENAI_API_KEY or "
+                "GEMINI_API_KEY), so answers come from the built-in simulator at %s",
                 self.simulator.url,
             )
         else:

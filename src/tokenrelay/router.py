@@ -73,8 +73,8 @@ class Router:
         if not route.targets:
             raise GatewayError(
                 "api_error",
-                f"route {route.name!r} has no configured provider; set ANTHROPIC_API_KEY or "
-                "OPENAI_API_KEY, or configure the route's providers",
+                f"route {route.name!r} has no configured provider; set ANTHROPIC_API_KEY, "
+                "OPENAI_API_KEY or GEMINI_API_KEY, or configure the route's providers",
                 503,
             )
         _apply_policy(route, request)

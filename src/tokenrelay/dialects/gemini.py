@@ -886,7 +886,7 @@ def _error_json(error: Error | GatewayError) -> dict[str, Any]:
     out: dict[str, Any] = {
         "code": error.status,
         "message": error.message,
-        "status": _TYPE_STATUS[error.type],
+        "status": "UNAVAILABLE" if error.status == 503 else _TYPE_STATUS[error.type],
     }
     if error.retry_after is not None:
         seconds = max(0.0, error.retry_after)
