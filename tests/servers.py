@@ -106,7 +106,7 @@ async def gateway_server(
 
 def clean_environ(**extra: str) -> dict[str, str]:
     """The process environment without provider keys, base URLs or TOKENRELAY_* settings."""
-    drop = ("ANTHROPIC_", "OPENAI_", "AZURE_OPENAI_", "TOKENRELAY_")
+    drop = ("ANTHROPIC_", "OPENAI_", "AZURE_OPENAI_", "TOKENRELAY_", "GEMINI_", "GOOGLE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(extra)
     return env

@@ -36,6 +36,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.client": "http",
     "tokenrelay.count_tokens": "http",
     "tokenrelay.endpoints": "http",
+    "tokenrelay.gemini_front": "http",
     "tokenrelay.gateway": "http",  # the composition root: only the HTTP layer knows it
     "tokenrelay.http_edge": "http",
     "tokenrelay.model_list": "http",

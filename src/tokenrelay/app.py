@@ -24,6 +24,8 @@ from tokenrelay.types import ASGIApp, Receive, Scope, Send
 __all__ = ["Dispatch", "Gateway", "create_app"]
 
 log = logging.getLogger("tokenrelay")
+# The Gemini front's POSTs (google-genai with a base_url of its own asks /v1/models/...).
+_GEMINI = ("/v1beta/models/", "/v1/models/")
 
 
 def create_app(settings: Settings | None = None) -> Dispatch:
@@ -40,7 +42,9 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         "/v1/responses": RelayEndpoint(gateway, "responses"),
         COUNT_TOKENS: CountTokensEndpoint(gateway),  # not a stream, but a POST like them
     }
-    return Dispatch(gateway, relays)
+    from tokenrelay.gemini_front import GeminiRelay
+
+    return Dispatch(gateway, relays, GeminiRelay(gateway))
 
 
 class Dispatch:
@@ -50,10 +54,16 @@ class Dispatch:
     pages, health, metrics, models, usage), is imported only when first needed or a second
     after start-up, off the cold-start path (spawn to first token)."""
 
-    def __init__(self, gateway: Gateway, relays: dict[str, RelayEndpoint]) -> None:
+    def __init__(
+        self,
+        gateway: Gateway,
+        relays: dict[str, RelayEndpoint],
+        gemini: RelayEndpoint | None = None,
+    ) -> None:
         self.gateway = gateway
         self.state = SimpleNamespace(gateway=gateway)
         self._relays = relays
+        self._gemini = gemini  # every POST under /v1beta/models/ (the model is in the path)
         self._pages: ASGIApp | None = None  # the Starlette app, once built
         self._warm: asyncio.Task[None] | None = None
         # Cross-origin pages, when the deployment lists their origins (see tokenrelay.cors).
@@ -68,6 +78,8 @@ class Dispatch:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             relay = self._relays.get(scope["path"])
+            if relay is None and self._gemini is not None and scope["path"].startswith(_GEMINI):
+                relay = self._gemini
             if relay is not None:
                 await relay(scope, receive, send)
                 return

@@ -123,6 +123,16 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
     async def model(request: HTTPRequest) -> Response:
         return await model_list.retrieve_model(gateway, request)
 
+    async def gemini_models(request: HTTPRequest) -> Response:
+        from tokenrelay import gemini_front
+
+        return await gemini_front.list_models(gateway, request)
+
+    async def gemini_model(request: HTTPRequest) -> Response:
+        from tokenrelay import gemini_front
+
+        return await gemini_front.retrieve_model(gateway, request)
+
     async def usage(request: HTTPRequest) -> Response:
         from tokenrelay.usage_http import usage_endpoint
 
@@ -187,6 +197,8 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         Route("/v1/models", models, methods=["GET"]),
         *responses_api.routes(gateway),  # GET and DELETE /v1/responses/{id}, input_items
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
+        Route("/v1beta/models", gemini_models, methods=["GET"]),
+        Route("/v1beta/models/{model_id:path}", gemini_model, methods=["GET"]),
         Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/usage/dashboard", usage_data, methods=["GET"]),
         Route("/usage", usage_page, methods=["GET"]),

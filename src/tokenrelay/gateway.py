@@ -90,8 +90,8 @@ class Gateway:
 
             knobs = msgspec.convert(settings.simulator, simulator.SimulatorSettings, strict=False)
             self.simulator = await simulator.start(knobs)
-            for name in ("anthropic", "openai"):
-                base = self.simulator.url + ("/v1" if name == "openai" else "")
+            for name in ("anthropic", "openai", "gemini"):
+                base = self.simulator.url + {"openai": "/v1", "gemini": "/v1beta"}.get(name, "")
                 providers[name] = msgspec.structs.replace(
                     providers[name], base_url=base, api_key="demo", forward_headers=DEMO_FORWARD
                 )
@@ -124,8 +124,8 @@ class Gateway:
             )
             _add_demo_routes(settings)
             log.warning(
-                "DEMO MODE: no provider is configured (set ANTHROPIC_API_KEY or OPENAI_API_KEY), "
-                "so answers come from the built-in simulator at %s",
+                "DEMO MODE: no provider is configured (set ANTHROPIC_API_KEY, OPENAI_API_KEY or "
+                "GEMINI_API_KEY), so answers come from the built-in simulator at %s",
                 self.simulator.url,
             )
         else:

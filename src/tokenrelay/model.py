@@ -88,6 +88,7 @@ class ToolCallPart(msgspec.Struct, frozen=True):
     name: str
     arguments: str
     cache_control: dict[str, Any] | None = None
+    signature: str | None = None  # Gemini's thoughtSignature on the call, handed back next turn
 
 
 class ToolResultPart(msgspec.Struct, frozen=True):
@@ -282,6 +283,7 @@ class ToolCallDelta(msgspec.Struct, frozen=True, gc=False):
     name: str | None = None
     arguments: str = ""
     choice: int = 0
+    signature: str | None = None  # Gemini's thoughtSignature on the call
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -393,6 +395,7 @@ class ToolCall(msgspec.Struct):
     id: str
     name: str
     arguments: str = ""
+    signature: str | None = None
 
 
 class Completion(msgspec.Struct):
@@ -435,7 +438,9 @@ class Completion(msgspec.Struct):
         if self.text or self.logprobs is not None:
             out.append(TextDelta(self.text, choice, self.logprobs))
         for index, call in enumerate(self.tool_calls):
-            out.append(ToolCallDelta(index, call.id, call.name, call.arguments, choice))
+            out.append(
+                ToolCallDelta(index, call.id, call.name, call.arguments, choice, call.signature)
+            )
 
 
 def merge_usage(old: Usage, new: Usage) -> Usage:
@@ -498,6 +503,8 @@ class Accumulator:
             if event.name:
                 call.name = event.name
             call.arguments += event.arguments
+            if event.signature:
+                call.signature = event.signature
             self.content_events += 1
         elif isinstance(event, Usage):
             completion.usage = merge_usage(completion.usage, event)

@@ -44,6 +44,7 @@ _NEVER_FORWARDED = frozenset(
         "authorization",
         "proxy-authorization",
         "x-api-key",
+        "x-goog-api-key",
         "api-key",
         "cookie",
         "host",
@@ -109,7 +110,7 @@ class Provider:
         """The API a request is sent to: the provider's second API when it speaks the client's
         dialect (``api = "auto"``: a Responses client's hosted tools, item types and fields
         arrive as sent), the model's own where the URL names the model (Vertex, Bedrock,
-        Azure), else its own."""
+        Azure, Gemini), else its own."""
         if model is not None:
             endpoint = self._by_model.get(model)
             if endpoint is not None:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 _PROVIDER_MODELS = (
     (re.compile(r"claude-"), "anthropic"),
     (re.compile(r"(gpt-|chatgpt-|o\d)"), "openai"),
+    (re.compile(r"gemini-"), "gemini"),
 )
 MAX_NAME_CHARS = 256
 # Letters, digits and the punctuation model names use (claude-sonnet-4-5@20250929,
@@ -72,8 +73,8 @@ class Router:
         if not route.targets:
             raise GatewayError(
                 "api_error",
-                f"route {route.name!r} has no configured provider; set ANTHROPIC_API_KEY or "
-                "OPENAI_API_KEY, or configure the route's providers",
+                f"route {route.name!r} has no configured provider; set ANTHROPIC_API_KEY, "
+                "OPENAI_API_KEY or GEMINI_API_KEY, or configure the route's providers",
                 503,
             )
         _apply_policy(route, request)

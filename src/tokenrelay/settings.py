@@ -4,7 +4,8 @@ environment variables, so a deployment needs no file at all.
 Nested keys use a double underscore: ``TOKENRELAY_ROUTES__FAST__TARGETS="openai:gpt-5.4-mini"``
 sets ``routes.fast.targets``. Values are read as JSON when they parse as JSON, else as strings.
 Provider keys and base URLs also honour the official SDKs' ``ANTHROPIC_API_KEY``,
-``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
+``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY``, ``OPENAI_BASE_URL`` and ``GEMINI_API_KEY`` (or
+``GOOGLE_API_KEY``).
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ CLIENT_BETAS = ("anthropic-beta", "openai-beta")
 DEFAULT_PROVIDER_MODELS = (
     *("claude-opus-*", "claude-sonnet-*", "claude-haiku-*", "claude-3-*"),
     *("gpt-4*", "gpt-5*", "chatgpt-4o*", "o1*", "o3*", "o4-mini*"),
+    *("gemini-1.5-*", "gemini-2*", "gemini-3*"),
 )
 
 
@@ -286,7 +288,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.demo if self.demo is not None else not self.configured_providers()
 
 
-_BUILTIN = ("anthropic", "openai", "azure")
+_BUILTIN = ("anthropic", "openai", "azure", "gemini")
 
 
 def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -308,6 +310,14 @@ def _defaults(environ: Mapping[str, str]) -> dict[str, Any]:
                 "base_url": environ.get("AZURE_OPENAI_ENDPOINT") or None,
                 "api_key_env": "AZURE_OPENAI_API_KEY",
                 "azure_ad_token_env": "AZURE_OPENAI_AD_TOKEN",
+            },
+            "gemini": {  # Google AI Studio; docs/providers-gemini.md
+                "kind": "gemini",
+                "api_key_env": (
+                    "GOOGLE_API_KEY"
+                    if environ.get("GOOGLE_API_KEY") and not environ.get("GEMINI_API_KEY")
+                    else "GEMINI_API_KEY"
+                ),
             },
         },
         "routes": {

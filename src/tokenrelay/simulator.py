@@ -486,6 +486,7 @@ class _Simulator:
         )
         self.azure_chat = self.openai._replace(request_id_header="apim-request-id", azure=True)
         self.azure_resp = self.responses._replace(request_id_header="apim-request-id", azure=True)
+        self.gemini = _Flavor(dialects.get("gemini"), "x-request-id", "sim-", "call_", False, False)
 
     # routes
 
@@ -569,6 +570,10 @@ class _Simulator:
             return _raw_json(*refused)
         return await self._serve(http, flavor)
 
+    async def generate_content(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1beta/models/{model}:streamGenerateContent`` and ``:generateContent``."""
+        return await self._serve(request, self.gemini)
+
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
 
@@ -634,6 +639,7 @@ class _Simulator:
             return True
         return (
             headers.get("x-api-key") == key
+            or headers.get("x-goog-api-key") == key
             or headers.get("authorization") == "Bearer " + key
             or headers.get("api-key") == key
         )
@@ -643,6 +649,8 @@ class _Simulator:
     ) -> web.Response:
         from aiohttp import web
 
+        if flavor is self.gemini and error.status == 529:  # Google says overloaded with a 503
+            error = GatewayError(error.type, error.message, 503, retry_after=error.retry_after)
         headers = {flavor.request_id_header: request_id}
         named = getattr(flavor.dialect, "error_headers", None)  # Bedrock's x-amzn-errortype
         if named is not None:
@@ -742,6 +750,13 @@ class _Simulator:
                 request.model = model
             if stream is not None:
                 request.stream = stream
+            if flavor is self.gemini:  # the model and streaming are in Gemini's URL
+                from tokenrelay.dialects.gemini import parse_call
+
+                call = parse_call(path)
+                if call is None:
+                    raise GatewayError("not_found", f"no such method: {path}", 404)
+                request.model, request.stream = call
             fault = knobs.fault
             if fault is not None and fault in STATUS_FAULTS:
                 kind, status, message = STATUS_FAULTS[fault]
@@ -957,6 +972,7 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
         "/openai/deployments/{deployment}/chat/completions", simulator.azure_deployment_chat
     )
     app.router.add_post("/openai/responses", simulator.azure_responses)
+    app.router.add_post("/v1beta/models/{call}", simulator.generate_content)
     app.router.add_get("/healthz", simulator.healthz)
     app.router.add_get("/stats", simulator.get_stats)
     app.router.add_post("/stats/reset", simulator.reset_stats)

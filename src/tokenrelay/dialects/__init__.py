@@ -68,6 +68,7 @@ _MODULES = {
     "responses": "tokenrelay.dialects.responses",
     "converse": "tokenrelay.dialects.converse",
     "bedrock_invoke": "tokenrelay.dialects.bedrock_invoke",
+    "gemini": "tokenrelay.dialects.gemini",
 }
 
 

@@ -177,7 +177,8 @@ def _unauthorized(message: str) -> GatewayError:
 
 
 def credential(headers: Mapping[str, str], *, jwt: bool = False) -> str | None:
-    """The token a request carries, from ``Authorization: Bearer`` or ``x-api-key`` (lower-case
+    """The token a request carries, from ``Authorization: Bearer`` or ``x-api-key`` (or
+    ``x-goog-api-key``; lower-case
     header names): the one parser of credentials, for the relay and the admin endpoints alike.
     When the headers carry two different tokens, ours wins (a key, or a JWT when ``jwt``: an
     SDK's placeholder beside it is ignored); two of ours are a 401 rather than a guess."""
@@ -187,7 +188,8 @@ def credential(headers: Mapping[str, str], *, jwt: bool = False) -> str | None:
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             bearer = value.strip()
-    api_key = (headers.get("x-api-key") or "").strip() or None
+    # x-goog-api-key: the Gemini SDKs' header (the Gemini front, tokenrelay.gemini_front)
+    api_key = (headers.get("x-api-key") or headers.get("x-goog-api-key") or "").strip() or None
     if bearer is None or api_key is None or bearer == api_key:
         return bearer or api_key
     ours = [token for token in (bearer, api_key) if _ours(token, jwt)]

@@ -43,6 +43,8 @@ MILLION = Decimal(1_000_000)
 _EXACT = Context(prec=60, traps=[Inexact, InvalidOperation])
 _ROUND = Context(prec=60, rounding=ROUND_HALF_EVEN)
 _CACHE_LIMIT = 1024  # model lookups remembered; clients can name models, so it is bounded
+# A provider kind whose genai-prices table has another name (Gemini's is Google's).
+_PRICE_IDS = {"gemini": "google"}
 
 
 class ModelPrice(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -192,7 +194,7 @@ class Pricer:
             self._package = _package  # another Pricer loaded it
         providers = self._package.snapshot.providers
         found = None
-        for name in dict.fromkeys(n.lower() for n in (provider, kind) if n):
+        for name in dict.fromkeys(_PRICE_IDS.get(n, n) for n in (provider.lower(), kind) if n):
             table = next((p for p in providers if p.id == name), None)
             info = table.find_model(model, all_providers=providers) if table else None
             if table is not None and info is not None:

@@ -15,6 +15,7 @@ _KINDS = {
     "bedrock": "tokenrelay.transports.bedrock:Bedrock",
     "vertex": "tokenrelay.transports.vertex:Vertex",
     "azure": "tokenrelay.transports.azure:Azure",
+    "gemini": "tokenrelay.transports.gemini:Gemini",
 }
 NAMES = tuple(_KINDS)
 _loaded: dict[str, Transport] = {}

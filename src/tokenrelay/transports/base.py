@@ -102,7 +102,8 @@ class Transport:
 
     # Whether ``sign`` changes anything (``Provider`` skips the call otherwise).
     SIGNS: ClassVar[bool] = False
-    # Whether ``url`` depends on the target's model (Azure's deployment URLs); else it is
+    # Whether ``url`` depends on the target's model (Azure's deployment URLs, Gemini's
+    # ``models/{model}:...``); else it is
     # computed once per provider.
     MODEL_IN_URL: ClassVar[bool] = False
 
