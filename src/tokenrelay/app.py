@@ -42,9 +42,7 @@ def create_app(settings: Settings | None = None) -> Dispatch:
         "/v1/responses": RelayEndpoint(gateway, "responses"),
         COUNT_TOKENS: CountTokensEndpoint(gateway),  # not a stream, but a POST like them
     }
-    from tokenrelay.gemini_front import GeminiRelay
-
-    return Dispatch(gateway, relays, GeminiRelay(gateway))
+    return Dispatch(gateway, relays)
 
 
 class Dispatch:
@@ -78,8 +76,8 @@ class Dispatch:
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
             relay = self._relays.get(scope["path"])
-            if relay is None and self._gemini is not None and scope["path"].startswith(_GEMINI):
-                relay = self._gemini
+            if relay is None and scope["path"].startswith(_GEMINI):
+                relay = self._gemini or self._build_gemini()
             if relay is not None:
                 await relay(scope, receive, send)
                 return
@@ -88,6 +86,14 @@ class Dispatch:
             return
         pages = self._pages if self._pages is not None else self._build_pages()
         await pages(scope, receive, send)
+
+    def _build_gemini(self) -> RelayEndpoint:
+        """The Gemini front, built on its first request: its dialect stays off the cold-start
+        path of a gateway nobody calls that way."""
+        from tokenrelay.gemini_front import GeminiRelay
+
+        self._gemini = GeminiRelay(self.gateway)
+        return self._gemini
 
     def _build_pages(self) -> ASGIApp:
         from tokenrelay.endpoints import build, with_safe_headers
