@@ -34,6 +34,9 @@ from tokenrelay.model import (
 )
 
 PNG = "iVBORw0KGgo="
+OBJ = {"json": {"type": "object"}}
+CP = {"cachePoint": {"type": "default"}}
+EPH = {"type": "ephemeral"}
 
 
 def body_of(request: Request, model: str = "anthropic.claude") -> dict[str, Any]:
@@ -69,13 +72,13 @@ def test_an_anthropic_request_with_everything_encodes_for_converse() -> None:
         top_p=0.9,
         stop=["END"],
         tools=[
-            Tool("get", "fetch it", {"type": "object"}, cache_control={"type": "ephemeral"}),
+            Tool("get", "fetch it", {"type": "object"}, cache_control=EPH),
             Tool("put"),
         ],
         tool_choice="put",
         extra={"thinking": {"type": "enabled", "budget_tokens": 2000}, "top_k": 5},
         messages=[
-            Message("user", [TextPart("hi", cache_control={"type": "ephemeral"})]),
+            Message("user", [TextPart("hi", cache_control=EPH)]),
             Message("user", [ImagePart(data=PNG, media_type="image/png")]),
             Message(
                 "assistant",
@@ -91,29 +94,19 @@ def test_an_anthropic_request_with_everything_encodes_for_converse() -> None:
         ],
     )
     body = body_of(request)
-    assert body["system"] == [{"text": "be brief"}, {"cachePoint": {"type": "default"}}]
+    assert body["system"] == [{"text": "be brief"}, CP]
     # the thinking budget counts in maxTokens, so it grows past it
-    assert body["inferenceConfig"] == {
-        "maxTokens": 2100,
-        "temperature": 0.5,
-        "topP": 0.9,
-        "stopSequences": ["END"],
-    }
+    config = {"maxTokens": 2100, "temperature": 0.5, "topP": 0.9, "stopSequences": ["END"]}
+    assert body["inferenceConfig"] == config
     assert body["additionalModelRequestFields"] == {
         "thinking": {"type": "enabled", "budget_tokens": 2000},
         "top_k": 5,
     }
     assert body["toolConfig"] == {
         "tools": [
-            {
-                "toolSpec": {
-                    "name": "get",
-                    "inputSchema": {"json": {"type": "object"}},
-                    "description": "fetch it",
-                }
-            },
-            {"cachePoint": {"type": "default"}},
-            {"toolSpec": {"name": "put", "inputSchema": {"json": {"type": "object"}}}},
+            {"toolSpec": {"name": "get", "inputSchema": OBJ, "description": "fetch it"}},
+            CP,
+            {"toolSpec": {"name": "put", "inputSchema": OBJ}},
         ],
         "toolChoice": {"tool": {"name": "put"}},
     }
@@ -123,7 +116,7 @@ def test_an_anthropic_request_with_everything_encodes_for_converse() -> None:
         "role": "user",
         "content": [
             {"text": "hi"},
-            {"cachePoint": {"type": "default"}},
+            CP,
             {"image": {"format": "png", "source": {"bytes": PNG}}},
         ],
     }
