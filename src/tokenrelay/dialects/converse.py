@@ -505,11 +505,16 @@ class ConverseWriter:
             out.append(event("contentBlockDelta", _encode(payload)))
         elif isinstance(item, ThinkingDelta):
             index = self._into("thinking", out)
-            reasoning: dict[str, str] = {"text": item.text}
+            # a delta carries text or a signature, not both: one carrying both (a whole
+            # response's thinking, replayed as a stream) is sent as two
+            pieces: list[dict[str, str]] = []
+            if item.text or not item.signature:
+                pieces.append({"text": item.text})
             if item.signature:
-                reasoning = {"signature": item.signature}
-            payload = {"contentBlockIndex": index, "delta": {"reasoningContent": reasoning}}
-            out.append(event("contentBlockDelta", _encode(payload)))
+                pieces.append({"signature": item.signature})
+            for reasoning in pieces:
+                payload = {"contentBlockIndex": index, "delta": {"reasoningContent": reasoning}}
+                out.append(event("contentBlockDelta", _encode(payload)))
         elif isinstance(item, ToolCallDelta):
             index = self._into(f"tool:{item.index}", out)
             if item.id is not None or item.name is not None:
