@@ -116,7 +116,7 @@ class Metric:
 
     def merged(self, dumps: Iterable[list[Any]]) -> Metric:
         """A copy of this family with other workers' dumps added to its children."""
-        raise NotImplementedError
+        raise NotImplementedError  # abstract: _Scalar and Histogram implement it
 
     def header(self, out: list[str]) -> None:
         out.append(f"# HELP {self.name} {escape_help(self.help)}")
