@@ -80,6 +80,9 @@ class Dispatch:
             if relay is None and scope["path"].startswith(_GEMINI):
                 relay = self._gemini or self._build_gemini()
             if relay is not None:
+                if self.gateway.resume is not None and resume_http.is_reconnect(scope):
+                    await resume_http.resume_post(relay, scope, receive, send)  # docs/resume.md
+                    return
                 await relay(scope, receive, send)
                 return
         elif scope["type"] == "http" and resume_http.is_resume_path(scope["path"]):

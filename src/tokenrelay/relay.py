@@ -109,11 +109,6 @@ class RelayEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         gateway = self.gateway
-        if gateway.resume is not None and _header(scope, b"last-event-id") is not None:
-            from tokenrelay.resume_http import resume_post  # a reconnect (docs/resume.md)
-
-            await resume_post(self, scope, receive, send)
-            return
         started = time.perf_counter()
         request_id = os.urandom(12).hex()
         trace = gateway.tracer.begin(scope, request_id) if gateway.tracer is not None else None
@@ -185,6 +180,10 @@ class RelayEndpoint:
         call.admission = admission
         call.trace = trace
         await call.run(route)
+
+    def caller_scope(self, scope: Scope) -> Scope:
+        """The scope whose headers identify the caller (a front may move a credential there)."""
+        return scope
 
     def parse(self, scope: Scope, body: bytes) -> Request:
         """The request in the front's dialect (a front whose URL says more overrides it)."""

@@ -38,6 +38,11 @@ def is_resume_path(path: str) -> bool:
     return path.startswith(STREAMS) or (path.startswith(CHAT) and path.endswith("/stream"))
 
 
+def is_reconnect(scope: Scope) -> bool:
+    """A front's POST that continues a stream: it names the last event its client received."""
+    return any(name == b"last-event-id" for name, _ in scope["headers"])
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -85,6 +90,7 @@ async def _caller(endpoint: RelayEndpoint, scope: Scope) -> Identity:
 async def resume_post(endpoint: RelayEndpoint, scope: Scope, receive: Receive, send: Send) -> None:
     """A front's POST with ``Last-Event-ID``: continue that stream in the same dialect."""
     last_event_id = _header(scope, b"last-event-id") or ""
+    scope = endpoint.caller_scope(scope)
     try:
         identity = await _caller(endpoint, scope)
         await read_body(scope, receive, endpoint.gateway.settings.max_body_bytes)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from tokenrelay.resume.buffer import StreamBuffer, StreamGone, Tap
 from tokenrelay.resume.ids import owner_of, parse_event_id
-from tokenrelay.resume.store import ResumeStore, StreamInfo
+from tokenrelay.resume.info import StreamInfo
+from tokenrelay.resume.store import ResumeStore
 
 if TYPE_CHECKING:
     from tokenrelay.settings import Settings

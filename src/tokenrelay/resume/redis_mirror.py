@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tokenrelay.ratelimit.shared import redis_client
 from tokenrelay.resume.buffer import StreamGone
-from tokenrelay.resume.store import TOMBSTONE_WINDOWS, StreamInfo
+from tokenrelay.resume.info import TOMBSTONE_WINDOWS, StreamInfo
 
 if TYPE_CHECKING:
     import redis.asyncio

@@ -10,31 +10,18 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 from tokenrelay.resume.buffer import StreamBuffer, StreamGone, Tap
+from tokenrelay.resume.info import TOMBSTONE_WINDOWS, Mirror, StreamInfo
 
 if TYPE_CHECKING:
-    from tokenrelay.resume.redis_mirror import RedisMirror
     from tokenrelay.resume.settings import ResumeSettings, ResumeStoreSettings
 
-TOMBSTONE_WINDOWS = 10  # an expired stream is told apart from an unknown one this many windows
 MAX_TOMBSTONES = 100_000
-
-
-class StreamInfo:
-    """What a resume needs to know before replaying: whose it is and in which dialect."""
-
-    __slots__ = ("dialect", "expired", "owner", "stream_id")
-
-    def __init__(self, stream_id: str, owner: str, dialect: str, *, expired: bool) -> None:
-        self.stream_id = stream_id
-        self.owner = owner
-        self.dialect = dialect
-        self.expired = expired  # known, but its events are no longer kept
 
 
 class ResumeStore:
     """Resumable streams in memory (and their Redis copies when a mirror is given)."""
 
-    def __init__(self, settings: ResumeStoreSettings, mirror: RedisMirror | None = None) -> None:
+    def __init__(self, settings: ResumeStoreSettings, mirror: Mirror | None = None) -> None:
         self.settings = settings
         self.mirror = mirror
         self.streams: dict[str, StreamBuffer] = {}
