@@ -174,7 +174,8 @@ async def test_an_expired_window_is_a_clear_error_in_the_clients_dialect(
         assert events[-1].data == "[DONE]" and events[-1].id is not None
         await asyncio.sleep(0.5)  # the route keeps its events 0.3 s
         resume = {"Last-Event-ID": events[2].id or ""}
-        async with http.post(gw.url + "/v1/chat/completions", json=body, headers=resume) as response:
+        url = gw.url + "/v1/chat/completions"
+        async with http.post(url, json=body, headers=resume) as response:
             assert response.status == 410
             error = (await response.json())["error"]
             assert "can no longer be resumed" in error["message"]
