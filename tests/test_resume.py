@@ -58,9 +58,7 @@ def messages_body(route: str, text: str = "Tell me a story") -> dict[str, Any]:
     }
 
 
-async def read_events(
-    response: aiohttp.ClientResponse, limit: int | None = None
-) -> list[SSEEvent]:
+async def read_events(response: aiohttp.ClientResponse, limit: int | None = None) -> list[SSEEvent]:
     """The SSE events of a response, all of them or the first ``limit``."""
     parser = SSEParser()
     events: list[SSEEvent] = []
