@@ -38,6 +38,7 @@ class StreamBuffer:
         self.size = 0
         self.done = False
         self.ended_at: float | None = None
+        self.unread_end = False  # it ended while nobody was reading: someone missed the end
         self.readers = 1  # the client that started it
         self.expire: Callable[[], None] | None = None  # cancels the upstream (set by the relay)
         self.still_wanted: Callable[[], asyncio.Future[bool]] | None = None  # another instance?
@@ -66,6 +67,7 @@ class StreamBuffer:
         if not self.done:
             self.done = True
             self.ended_at = now
+            self.unread_end = self.readers <= 0
             self._cancel_timer()
             self._wake()
 

@@ -110,11 +110,14 @@ class ResumeStore:
         return None
 
     async def active_for_chat(self, owner: str, chat: str) -> str | None:
-        """The stream of a UI chat (its ``id``) still generating, for ``useChat``'s resume."""
+        """The stream of a UI chat (its ``id``) still generating, or ended while nobody read it
+        (a page reloaded just before the end), for ``useChat``'s resume."""
         stream_id = self._chats.get((owner, chat))
         if stream_id is not None:
             buffer = self.streams.get(stream_id)
-            return stream_id if buffer is not None and not buffer.done else None
+            if buffer is None or (buffer.done and not buffer.unread_end):
+                return None
+            return stream_id
         if self.mirror is not None:
             return await self.mirror.active_for_chat(owner, chat)
         return None
@@ -138,6 +141,7 @@ class ResumeStore:
                     seq += len(frames)
                     yield frames
                 elif buffer.done:
+                    buffer.unread_end = False  # this reader got the end
                     return
                 else:
                     await buffer.changed()
