@@ -11,7 +11,7 @@ import asyncio
 import logging
 from types import SimpleNamespace
 
-from tokenrelay import upgrades
+from tokenrelay import resume_http, upgrades
 from tokenrelay.cors import with_cors
 from tokenrelay.count_tokens import PATH as COUNT_TOKENS
 from tokenrelay.count_tokens import CountTokensEndpoint
@@ -66,6 +66,7 @@ class Dispatch:
         self._warm: asyncio.Task[None] | None = None
         # Cross-origin pages, when the deployment lists their origins (see tokenrelay.cors).
         self._handle = with_cors(self._route, gateway.settings.cors)
+        self._resumes = resume_http.ResumeEndpoint(relays)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -79,7 +80,14 @@ class Dispatch:
             if relay is None and scope["path"].startswith(_GEMINI):
                 relay = self._gemini or self._build_gemini()
             if relay is not None:
+                if self.gateway.resume is not None and resume_http.is_reconnect(scope):
+                    await resume_http.resume_post(relay, scope, receive, send)  # docs/resume.md
+                    return
                 await relay(scope, receive, send)
+                return
+        elif scope["type"] == "http" and resume_http.is_resume_path(scope["path"]):
+            if scope["method"] == "GET":  # a reconnect to a resumable stream (docs/resume.md)
+                await self._resumes(scope, receive, send)
                 return
         elif scope["path"] in self._relays and upgrades.is_upgrade(scope):
             await upgrades.refuse(scope, receive, send)  # 426: Codex POSTs at once

@@ -21,6 +21,7 @@ from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners
 from tokenrelay.response_store import ResponseStore
+from tokenrelay.resume import ResumeStore, build_store
 from tokenrelay.router import Router
 from tokenrelay.settings import Settings
 
@@ -69,6 +70,7 @@ class Gateway:
         self.shared: SharedState | None = None
         # /v1/responses answers kept for previous_response_id and GET /v1/responses/{id}
         self.responses = ResponseStore(settings.responses)
+        self.resume: ResumeStore | None = None  # resumable streams' events (docs/resume.md)
 
     @property
     def router(self) -> Router:
@@ -148,6 +150,7 @@ class Gateway:
             self.shared.latency if self.shared is not None else None,
         )
         self._gate = Gate.create(settings)
+        self.resume = build_store(settings)
         self._start_metering()
         self.responses.start(self._gate)
         self.listeners.add(self.responses)
@@ -274,6 +277,8 @@ class Gateway:
             await self._gate.close()
         if self.shared is not None:
             await self.shared.close()
+        if self.resume is not None:
+            await self.resume.close()
         await self.pool.close()
         if self.tracer is not None:  # exports the spans still batched
             await asyncio.to_thread(self.tracer.shutdown)
@@ -284,7 +289,13 @@ class Gateway:
 def _add_demo_routes(settings: Settings) -> None:
     """Two routes that show failover and a mid-stream failure on the simulator, for the
     playground's route list; a configured route of the same name wins."""
-    from tokenrelay.settings import DEFAULT_OPENAI_MODEL, RouteSettings, TargetSettings
+    from tokenrelay.resume.settings import ResumeSettings
+    from tokenrelay.settings import (
+        DEFAULT_ANTHROPIC_MODEL,
+        DEFAULT_OPENAI_MODEL,
+        RouteSettings,
+        TargetSettings,
+    )
 
     base = settings.routes.get("default")
     demos = {
@@ -303,6 +314,9 @@ def _add_demo_routes(settings: Settings) -> None:
         "demo-responses": [  # served through the OpenAI Responses API
             TargetSettings(provider="openai-responses", model=DEFAULT_OPENAI_MODEL),
         ],
+        "demo-resume": [  # resumable: reload the page mid-answer and it continues
+            TargetSettings(provider="anthropic", model=DEFAULT_ANTHROPIC_MODEL),
+        ],
         "demo-error": [
             TargetSettings(
                 provider="openai",
@@ -314,6 +328,8 @@ def _add_demo_routes(settings: Settings) -> None:
     for name, targets in demos.items():
         if name not in settings.routes:
             route = RouteSettings(targets=targets, retries=0)
+            if name == "demo-resume":  # a dropped connection resumes (docs/resume.md)
+                route.resume = ResumeSettings(grace=15.0)
             if base is not None:
                 route.screen = base.screen
             settings.routes[name] = route

@@ -30,13 +30,17 @@ class GeminiRelay(RelayEndpoint):
         super().__init__(gateway, "gemini")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(self.caller_scope(scope), receive, send)
+
+    def caller_scope(self, scope: Scope) -> Scope:
+        """``?key=`` moved into ``x-goog-api-key``, where the gate reads it."""
         query = scope.get("query_string", b"")
         if b"key=" in query:
             keys = parse_qs(query.decode("latin-1")).get("key")
             headers = scope["headers"]
             if keys and not any(name == b"x-goog-api-key" for name, _ in headers):
                 scope = dict(scope, headers=[*headers, (b"x-goog-api-key", keys[0].encode())])
-        await super().__call__(scope, receive, send)
+        return scope
 
     def parse(self, scope: Scope, body: bytes) -> Request:
         path = scope["path"]

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from tokenrelay.failover import OpenStream
     from tokenrelay.gateway import Gateway
     from tokenrelay.observe.tracing import RequestTrace
+    from tokenrelay.resume import Tap
+    from tokenrelay.resume.settings import ResumeSettings
 
 log = logging.getLogger("tokenrelay.relay")
 
@@ -106,9 +108,9 @@ class RelayEndpoint:
         self.dialect = dialects.get(dialect)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = self.gateway
         started = time.perf_counter()
         request_id = os.urandom(12).hex()
-        gateway = self.gateway
         trace = gateway.tracer.begin(scope, request_id) if gateway.tracer is not None else None
         route_name = ""
         request: Request | None = None
@@ -179,6 +181,10 @@ class RelayEndpoint:
         call.trace = trace
         await call.run(route)
 
+    def caller_scope(self, scope: Scope) -> Scope:
+        """The scope whose headers identify the caller (a front may move a credential there)."""
+        return scope
+
     def parse(self, scope: Scope, body: bytes) -> Request:
         """The request in the front's dialect (a front whose URL says more overrides it)."""
         return self.dialect.parse_request(body)
@@ -248,12 +254,17 @@ class _Call:
         self.admission: Admission | None = None
         self.emitted = False
         self.trace: RequestTrace | None = None  # its spans, when tracing is on
+        self.resume: ResumeSettings | None = None  # the route's, when its streams resume
+        self.tap: Tap | None = None  # a resumable stream's ids and kept events
+        self.gone = asyncio.Event()
 
     async def run(self, route: Route) -> None:
         task = self.task = asyncio.current_task()
         assert task is not None
         gateway = self.endpoint.gateway
-        gone = asyncio.Event()
+        gone = self.gone
+        if route.settings.resume.grace > 0:
+            self.resume = route.settings.resume
         watcher = asyncio.create_task(self._watch_disconnect(task, gone))
         outcome: Outcome = "error"
         error_type: str | None = None
@@ -281,6 +292,8 @@ class _Call:
                 watcher.cancel()
                 if self.opened is not None:
                     await self.opened.events.aclose()
+                if self.tap is not None and gateway.resume is not None:
+                    gateway.resume.end(self.tap)
         finally:
             gateway.untrack(self)
             self._emit(outcome, error_type)
@@ -319,6 +332,8 @@ class _Call:
                 event = error.to_event()
                 self.accumulator.add(event)
                 body = self.writer.write(event) + self.writer.close()
+                if self.tap is not None:
+                    body = self.tap.add(body)
                 await self.send({"type": "http.response.body", "body": body, "more_body": False})
         except (OSError, RuntimeError):
             pass  # the client is gone too, or the response could not be ended; the record says so
@@ -329,8 +344,17 @@ class _Call:
             if message["type"] == "http.disconnect":
                 break
         if not self.finished:
+            if self.tap is not None:  # the upstream goes on, resume.grace seconds unread
+                self.tap.buffer.leave()
+                return
             gone.set()
             task.cancel()
+
+    def _grace_over(self) -> None:
+        """Nobody reconnected within the route's resume.grace: end it as a client abort."""
+        if not self.finished and self.task is not None:
+            self.gone.set()
+            self.task.cancel()
 
     async def _serve(self, route: Route) -> tuple[Outcome, str | None]:
         endpoint = self.endpoint
@@ -387,6 +411,9 @@ class _Call:
         head = self._head(dialect.CONTENT_TYPE.encode(), opened)
         head.extend(_STREAM_HEADERS)
         head.extend(getattr(dialect, "STREAM_HEADERS", ()))
+        tap = self._open_tap() if self.resume is not None else None
+        if tap is not None:
+            head.append((b"x-tokenrelay-stream-id", self.request_id.encode()))
         await send({"type": "http.response.start", "status": 200, "headers": head})
         self.head_sent = True
         self.ttft_ms = _ms(self.started)
@@ -412,7 +439,8 @@ class _Call:
                 if data:
                     out.append(data)
             if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                body = b"".join(out) if tap is None else tap.add(b"".join(out))
+                await send({"type": "http.response.body", "body": body, "more_body": True})
                 out = []
             if error is not None:
                 break
@@ -428,8 +456,31 @@ class _Call:
         summarize = getattr(writer, "summarize", None)
         if summarize is not None and record is not None:
             summarize(self._summary(record))
-        await send({"type": "http.response.body", "body": writer.close(), "more_body": False})
+        last = writer.close() if tap is None else tap.add(writer.close())
+        await send({"type": "http.response.body", "body": last, "more_body": False})
         return result
+
+    def _open_tap(self) -> Tap | None:
+        """Ids on this stream's events and a copy kept for a reconnect (docs/resume.md); SSE
+        dialects only (every front today)."""
+        from tokenrelay.resume import owner_of
+
+        store = self.endpoint.gateway.resume
+        admission = self.admission
+        if store is None or self.resume is None or admission is None or admission.identity is None:
+            return None
+        if not self.endpoint.dialect.CONTENT_TYPE.startswith("text/event-stream"):
+            return None
+        chat = self.request.front_options.get("chat_id")
+        tap = self.tap = store.open(
+            self.request_id,
+            owner_of(admission.identity),
+            self.endpoint.dialect_name,
+            chat if isinstance(chat, str) else None,
+            self.resume,
+        )
+        tap.buffer.expire = self._grace_over
+        return tap
 
     def _describe(self, opened: OpenStream) -> dict[str, Any]:
         """What a dialect that carries metadata in-band (``/api/chat``, ``/api/generate`` with
@@ -526,6 +577,8 @@ class _Call:
                     self.request, id=self.request_id, model=""
                 )
                 body = writer.write(error.to_event()) + writer.close()
+                if self.tap is not None:
+                    body = self.tap.add(body)
                 await self.send({"type": "http.response.body", "body": body, "more_body": False})
         except (OSError, RuntimeError):
             pass  # the client is gone as well; the log line above has the traceback

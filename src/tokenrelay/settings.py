@@ -28,6 +28,7 @@ from tokenrelay.metering.budgets import BudgetSettings
 from tokenrelay.metering.pricing import PriceSettings
 from tokenrelay.observe.audit import AuditSettings
 from tokenrelay.ratelimit.model import LimitSettings, parse_limit
+from tokenrelay.resume.settings import ResumeSettings, ResumeStoreSettings
 from tokenrelay.screening.screen import ScreenSettings
 from tokenrelay.store.database import DEFAULT_DATABASE_URL
 
@@ -124,6 +125,8 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A Responses client's hosted tools (web_search, tool_search, ...) that a target of another
     # API cannot run: refused with a 400 naming them, or dropped (named in a response header)
     hosted_tools: Literal["refuse", "drop"] = "refuse"
+    # Resumable streams (docs/resume.md): off unless resume.grace > 0
+    resume: ResumeSettings = msgspec.field(default_factory=ResumeSettings)
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).
@@ -271,6 +274,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Bounds at the HTTP edge: header size and count, read timeouts, open connections.
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)  # store
+    # Bounds on what resumable streams keep, over all routes (docs/resume.md)
+    resume: ResumeStoreSettings = msgspec.field(default_factory=ResumeStoreSettings)
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""

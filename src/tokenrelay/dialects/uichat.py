@@ -124,6 +124,8 @@ def parse_request(body: bytes) -> Request:
         stream=True,
         include_usage=True,
         metadata=metadata,
+        # useChat's chat id: its resume (GET /api/chat/{id}/stream) finds the stream by it
+        front_options={"chat_id": chat} if isinstance(chat := data.get("id"), str) else {},
     )
 
 

@@ -4,14 +4,21 @@
 // request id) as the gateway sends it in the finish chunk.
 //
 // Test knobs, from the query string: ?route=NAME preselects the route; ?headers={JSON} adds
-// request headers (x-sim-* ones reach the simulator through the gateway).
+// request headers (x-sim-* ones reach the simulator through the gateway); ?resume=1 keeps the
+// chat's id and the user's messages in sessionStorage and uses useChat({ resume: true }), so a
+// page reloaded mid-answer reconnects to the gateway's stream (docs/resume.md).
 
 import { useChat } from '@ai-sdk/react';
-import { useState } from 'react';
+import { useEffect, useState } from 'react';
 import { createRoot } from 'react-dom/client';
 
 const params = new URLSearchParams(window.location.search);
 const extraHeaders = JSON.parse(params.get('headers') ?? '{}');
+const resumable = params.get('resume') === '1';
+const stored = resumable ? JSON.parse(sessionStorage.getItem('chat') ?? 'null') : null;
+const chatOptions = resumable
+  ? { id: stored?.id ?? crypto.randomUUID(), messages: stored?.messages ?? [], resume: true }
+  : {};
 
 function Metadata({ metadata }) {
   if (!metadata) return null;
@@ -62,7 +69,12 @@ function Message({ message }) {
 }
 
 function App() {
-  const { messages, sendMessage, status, error, stop } = useChat();
+  const { id, messages, sendMessage, status, error, stop } = useChat(chatOptions);
+  useEffect(() => {
+    if (!resumable) return;
+    const asked = messages.filter((message) => message.role === 'user');
+    sessionStorage.setItem('chat', JSON.stringify({ id, messages: asked }));
+  }, [id, messages]);
   const [input, setInput] = useState('');
   const [route, setRoute] = useState(params.get('route') ?? 'default');
   const busy = status === 'submitted' || status === 'streaming';

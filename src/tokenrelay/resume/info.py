@@ -1,0 +1,43 @@
+"""What the store and its Redis copy tell a reconnect about a stream before replaying it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tokenrelay.resume.buffer import StreamBuffer
+
+TOMBSTONE_WINDOWS = 10  # an expired stream is told apart from an unknown one this many windows
+
+
+class StreamInfo:
+    """Whose a stream is and in which dialect."""
+
+    __slots__ = ("dialect", "expired", "owner", "stream_id")
+
+    def __init__(self, stream_id: str, owner: str, dialect: str, *, expired: bool) -> None:
+        self.stream_id = stream_id
+        self.owner = owner
+        self.dialect = dialect
+        self.expired = expired  # known, but its events are no longer kept
+
+
+class Mirror(Protocol):
+    """A copy of the streams other instances can read (``redis_mirror.RedisMirror``)."""
+
+    def opened(self, buffer: StreamBuffer) -> None: ...
+
+    def frames(self, stream_id: str, first: int, frames: list[bytes]) -> None: ...
+
+    def ended(self, buffer: StreamBuffer) -> None: ...
+
+    async def info(self, stream_id: str) -> StreamInfo | None: ...
+
+    async def active_for_chat(self, owner: str, chat: str) -> str | None: ...
+
+    async def attached(self, stream_id: str) -> bool: ...
+
+    def replay(self, stream_id: str, after: int) -> AsyncGenerator[list[bytes]]: ...
+
+    async def close(self) -> None: ...
