@@ -51,7 +51,7 @@ def emails(text: str) -> Iterator[Span]:
 # 0958", "(555) 123-4567", "+49 (0)30 901820", "06 12 34 56 78". Two digit runs never touch, so
 # the pattern cannot backtrack over the ways of cutting a long number.
 _PHONE = re.compile(
-    r"(?<![\w+.,/:@#=$€£¥-])"
+    r"(?a)(?<![\w+.,/:@#=$€£¥-])"
     r"(?P<plus>\+ ?|(?<!\d)00(?=[1-9]))?"
     r"(?:\(\d{1,5}\)|\d{1,15})"
     r"(?:(?:[ .\-\u00a0] ?|(?<=\))|(?=\())(?:\(\d{1,5}\)|\d{1,15})){0,7}"
@@ -60,7 +60,7 @@ _PHONE = re.compile(
 _PHONE_WORDS = re.compile(
     r"(?i:tel\b|tel\.|phone|call|mobile|cell|fax|whatsapp|sms|contact|reach|dial|"
     r"telefon|handy|rufnummer|mobil|anruf|t[ée]l[ée]phone|t[ée]l\.|portable|appel|joindre|"
-    r"tel[ée]fono|m[óo]vil|llam|celular|numéro|número|nummer|"
+    r"tel[ée]fono|m[óo]vil|llam|celular|"
     r"電話|携帯|連絡|でんわ|\uff34\uff25\uff2c)"
 )
 _NOT_PHONE_WORDS = re.compile(
@@ -138,7 +138,7 @@ def phones(text: str) -> Iterator[Span]:
 
 # --- payment cards ------------------------------------------------------------------------------
 
-_CARD = re.compile(r"(?<![\w.,/+-])\d(?:[ \-]?\d){11,18}(?![\w]|[.,/\-]\d)")
+_CARD = re.compile(r"(?a)(?<![\w.,/+-])\d(?:[ \-]?\d){11,18}(?![\w]|[.,/\-]\d)")
 
 
 def cards(text: str) -> Iterator[Span]:
@@ -178,9 +178,9 @@ def ibans(text: str) -> Iterator[Span]:
 
 # --- IP addresses -------------------------------------------------------------------------------
 
-_IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d|-[A-Za-z0-9])")
+_IPV4 = re.compile(r"(?a)(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w]|\.\d|-[A-Za-z0-9])")
 _IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?"
+    r"(?a)(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?"
     r"(?![\w:])"
 )
 _VERSION_WORDS = re.compile(
@@ -264,7 +264,7 @@ _AWS_KEY_ID = re.compile(
     r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA|AIDA|AROA|AIPA|ANPA|ANVA|AGPA)[A-Z0-9]{16}"
     r"(?![A-Za-z0-9])"
 )
-_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
 _AWS_SECRET_LABEL = re.compile(r"(?i:secret.?access.?key|aws.{0,20}secret|secret.?key)")
 
 
@@ -286,7 +286,7 @@ def aws_keys(text: str) -> Iterator[Span]:
 
 # --- US social security numbers -----------------------------------------------------------------
 
-_SSN = re.compile(r"(?<![\w.,/+-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w]|[.,/\-]\d)")
+_SSN = re.compile(r"(?a)(?<![\w.,/+-])(\d{3})([- ]?)(\d{2})\2(\d{4})(?![\w]|[.,/\-]\d)")
 _SSN_WORDS = re.compile(r"(?i:ssn|social security|soc\.? ?sec|tax ?id|\bss#)")
 
 
