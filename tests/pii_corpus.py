@@ -23,6 +23,7 @@ from tokenrelay.guard.validators import IBAN_LENGTHS, luhn
 
 DATA = Path(__file__).parent / "data" / "pii"
 SEED = 19
+ALNUM = string.ascii_letters + string.digits
 
 
 class Example(msgspec.Struct):
@@ -180,19 +181,20 @@ def _token(
 
 
 def api_key(rng: random.Random) -> tuple[str, str]:
+    d = lambda n: _digits(rng, n)  # noqa: E731
     shapes: dict[str, Callable[[], str]] = {
         "openai": lambda: "sk-" + _token(rng, 48),
-        "openai-proj": lambda: "sk-proj-" + _token(rng, 64, string.ascii_letters + string.digits + "_-"),
-        "anthropic": lambda: "sk-ant-api03-" + _token(rng, 80, string.ascii_letters + string.digits + "_-"),
+        "openai-proj": lambda: "sk-proj-" + _token(rng, 64, ALNUM + "_-"),
+        "anthropic": lambda: "sk-ant-api03-" + _token(rng, 80, ALNUM + "_-"),
         "github": lambda: rng.choice(["ghp_", "gho_", "ghs_"]) + _token(rng, 36),
-        "github-pat": lambda: "github_pat_" + _token(rng, 82, string.ascii_letters + string.digits + "_"),
-        "slack": lambda: rng.choice(["xoxb-", "xoxp-", "xoxa-"]) + f"{_digits(rng, 12)}-{_digits(rng, 13)}-{_token(rng, 24)}",
-        "google": lambda: "AIza" + _token(rng, 35, string.ascii_letters + string.digits + "_-"),
-        "gitlab": lambda: "glpat-" + _token(rng, 20, string.ascii_letters + string.digits + "_-"),
+        "github-pat": lambda: "github_pat_" + _token(rng, 82, ALNUM + "_"),
+        "slack": lambda: rng.choice(["xoxb-", "xoxp-"]) + f"{d(12)}-{d(13)}-{_token(rng, 24)}",
+        "google": lambda: "AIza" + _token(rng, 35, ALNUM + "_-"),
+        "gitlab": lambda: "glpat-" + _token(rng, 20, ALNUM + "_-"),
         "huggingface": lambda: "hf_" + _token(rng, 34),
         "tokenrelay": lambda: "trk_" + _token(rng, 40),
         "stripe": lambda: rng.choice(["sk_live_", "rk_live_", "sk_test_"]) + _token(rng, 24),
-    }  # fmt: skip
+    }
     shape = rng.choice(sorted(shapes))
     return shapes[shape](), shape
 
@@ -219,7 +221,7 @@ def aws_key(rng: random.Random) -> tuple[str, str]:
         return rng.choice(["AKIA", "ASIA"]) + _token(
             rng, 16, string.ascii_uppercase + string.digits
         ), "key-id"
-    return _token(rng, 40, string.ascii_letters + string.digits + "/+"), "secret"
+    return _token(rng, 40, ALNUM + "/+"), "secret"
 
 
 def us_ssn(rng: random.Random) -> tuple[str, str]:
@@ -349,7 +351,7 @@ BENIGN_TEMPLATES = [
     'config = {{"port": {port}, "workers": {n2}, "timeout": {float}, "version": "{version}"}}',
     "SELECT * FROM orders WHERE id = {n6} AND created > '{date}' LIMIT {n3};",
     "Population {bignum}, area {n6} km², GDP {price}.",
-    "Invoice {order}: {n2} × {price} = {price2}",
+    "Invoice {order}: {n2} x {price} = {price2}",
     "The score was {n2}-{n2b}, attendance {bignum}.",
     "Python {version} on Linux {kernel}, node v{version2}.",
     "color: #{hex6}; margin: {n2}px {n2b}px; z-index: {n3};",
@@ -366,6 +368,7 @@ BENIGN_TEMPLATES = [
 
 def benign(rng: random.Random) -> list[Example]:
     d = lambda n: _digits(rng, n)  # noqa: E731
+    hexes = lambda n: "".join(rng.choice("0123456789abcdef") for _ in range(n))  # noqa: E731
     examples: list[Example] = []
     for index in range(420):
         template = BENIGN_TEMPLATES[index % len(BENIGN_TEMPLATES)]
@@ -381,30 +384,45 @@ def benign(rng: random.Random) -> list[Example]:
             "date": rng.choice(dates),
             "time": f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}",
             "price": rng.choice(
-                [f"{rng.randint(1, 9)}.{d(3)},{d(2)} €", f"${rng.randint(1, 99)},{d(3)}.{d(2)}",
-                 f"¥{rng.randint(1, 99)},{d(3)}", f"{rng.randint(10, 999)} EUR", f"£{d(3)}.{d(2)}"]
-            ),  # fmt: skip
+                [
+                    f"{rng.randint(1, 9)}.{d(3)},{d(2)} €",
+                    f"${rng.randint(1, 99)},{d(3)}.{d(2)}",
+                    f"¥{rng.randint(1, 99)},{d(3)}",
+                    f"{rng.randint(10, 999)} EUR",
+                    f"£{d(3)}.{d(2)}",
+                ]
+            ),
             "price2": f"{rng.randint(100, 999)}.{d(2)} €",
             "order": rng.choice([f"ORD-{d(8)}", f"#{d(6)}", f"A-{year}-{d(6)}", f"PO{d(7)}", d(9)]),
             "version": f"{rng.randint(0, 12)}.{rng.randint(0, 30)}.{rng.randint(0, 40)}",
-            "version2": f"{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}.{rng.randint(0, 9)}",
-            "sha": "".join(rng.choice("0123456789abcdef") for _ in range(rng.choice([7, 40]))),
-            "sha256": "".join(rng.choice("0123456789abcdef") for _ in range(64)),
-            "uuid": "-".join("".join(rng.choice("0123456789abcdef") for _ in range(n)) for n in (8, 4, 4, 4, 12)),
+            "version2": ".".join(str(rng.randint(0, 9)) for _ in range(4)),
+            "sha": hexes(rng.choice([7, 40])),
+            "sha256": hexes(64),
+            "uuid": "-".join(hexes(n) for n in (8, 4, 4, 4, 12)),
             "isbn": f"{isbn13[:3]}-{isbn13[3]}-{isbn13[4:8]}-{isbn13[8:12]}-{check}",
-            "lat": f"{rng.uniform(-80, 80):.4f}", "lon": f"{rng.uniform(-170, 170):.4f}",
+            "lat": f"{rng.uniform(-80, 80):.4f}",
+            "lon": f"{rng.uniform(-170, 170):.4f}",
             "tracking": rng.choice([f"1Z{d(3)}AA{d(10)}", f"JD{d(18)}", d(12)]),
             "temp": f"{rng.uniform(-20, 40):.1f}",
-            "n2": str(rng.randint(1, 99)), "n2b": str(rng.randint(1, 99)), "n3": str(rng.randint(100, 999)),
-            "n4": str(rng.randint(1000, 9999)), "n4b": str(rng.randint(1000, 9999)), "n6": d(6),
-            "float": f"{rng.uniform(0, 10):.3f}", "port": str(rng.randint(1024, 65535)),
-            "bignum": f"{rng.randint(1, 999)},{d(3)},{d(3)}", "hex6": "".join(rng.choice("0123456789abcdef") for _ in range(6)),
+            "n2": str(rng.randint(1, 99)),
+            "n2b": str(rng.randint(1, 99)),
+            "n3": str(rng.randint(100, 999)),
+            "n4": str(rng.randint(1000, 9999)),
+            "n4b": str(rng.randint(1000, 9999)),
+            "n6": d(6),
+            "float": f"{rng.uniform(0, 10):.3f}",
+            "port": str(rng.randint(1024, 65535)),
+            "bignum": f"{rng.randint(1, 999)},{d(3)},{d(3)}",
+            "hex6": hexes(6),
             "epoch": str(rng.randint(1_500_000_000, 1_800_000_000)),
-            "iso": f"{year}-{month:02d}-{day:02d}T{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
-            "pct": f"{rng.uniform(0, 100):.1f}", "kernel": f"6.{rng.randint(1, 9)}.{rng.randint(0, 40)}-{rng.randint(1, 200)}-generic",
-            "chrome": f"{rng.randint(100, 130)}.0.{d(4)}.{rng.randint(10, 200)}", "windows": f"10.0.{d(5)}",
-            "serial": f"SN-{d(4)}-{d(4)}-{d(4)}", "zip": d(5),
-        }  # fmt: skip
+            "iso": f"{year}-{month:02d}-{day:02d}T{rng.randint(0, 23):02d}:{d(1)}{d(1)}:00Z",
+            "pct": f"{rng.uniform(0, 100):.1f}",
+            "kernel": f"6.{rng.randint(1, 9)}.{rng.randint(0, 40)}-{d(2)}-generic",
+            "chrome": f"{rng.randint(100, 130)}.0.{d(4)}.{rng.randint(10, 200)}",
+            "windows": f"10.0.{d(5)}",
+            "serial": f"SN-{d(4)}-{d(4)}-{d(4)}",
+            "zip": d(5),
+        }
         examples.append(
             Example(
                 template.format(**fields), [], "mixed", f"benign-{index % len(BENIGN_TEMPLATES)}"
