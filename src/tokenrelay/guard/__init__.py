@@ -1,0 +1,1 @@
+"""Guardrails: personal data masked before the upstream, answers screened as they stream."""
