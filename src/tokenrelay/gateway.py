@@ -18,6 +18,7 @@ import msgspec
 
 from tokenrelay import transports
 from tokenrelay.gate.gatekeeper import Gate
+from tokenrelay.guard.route import Guards
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners
 from tokenrelay.response_store import ResponseStore
@@ -69,6 +70,7 @@ class Gateway:
         self.shared: SharedState | None = None
         # /v1/responses answers kept for previous_response_id and GET /v1/responses/{id}
         self.responses = ResponseStore(settings.responses)
+        self.guards = Guards()  # each route's PII masking and output rules (guard.route)
 
     @property
     def router(self) -> Router:
