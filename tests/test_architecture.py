@@ -64,6 +64,7 @@ LAYERS: dict[str, str] = {
     # Side systems.
     "tokenrelay.breaker": "side",
     "tokenrelay.gate": "side",
+    "tokenrelay.guard": "side",
     "tokenrelay.latency": "side",
     "tokenrelay.metering": "side",
     "tokenrelay.observe": "side",

@@ -1,2 +1,1 @@
-"""Guardrails beyond injection: personal data masked before a request leaves and restored in
-the answer's stream, and the answer itself checked as it streams (docs/guard.md)."""
+"""Guardrails: personal data masked before the upstream, answers screened as they stream."""
