@@ -12,7 +12,7 @@ import pytest
 
 from tokenrelay.guard.mask import Masker, label
 from tokenrelay.guard.output import CANARY, OutputGuard, OutputRules, longest_match
-from tokenrelay.guard.rehydrate import Restorer, RestoreFlow
+from tokenrelay.guard.rehydrate import RestoreFlow, Restorer
 from tokenrelay.guard.settings import GuardSettings, OutputGuardSettings
 from tokenrelay.model import (
     Accumulator,
@@ -118,9 +118,9 @@ def test_custom_entities_become_their_own_word() -> None:
 
 
 def test_settings_refuse_a_bad_regex() -> None:
-    with pytest.raises(msgspec.ValidationError, match=r"guard.custom.bad"):
+    with pytest.raises(msgspec.ValidationError, match=r"guard\.custom\.bad"):
         msgspec.convert({"custom": {"bad": "("}}, GuardSettings)
-    with pytest.raises(msgspec.ValidationError, match="output.rules"):
+    with pytest.raises(msgspec.ValidationError, match=r"output\.rules"):
         msgspec.convert({"output": {"rules": ["[a"]}}, GuardSettings)
 
 
@@ -128,9 +128,7 @@ def test_settings_refuse_a_bad_regex() -> None:
 
 VALUES = {"<EMAIL_1>": "ann@example.com", "<CARD_1>": "4111 1111 1111 1111", "<EMAIL_12>": "z@q.io"}
 MODEL_TEXT = "Sure <EMAIL_1>, card <CARD_1> and <EMAIL_12>; a < b, <EMAIL_2> <EMAIL_1"
-RESTORED = (
-    "Sure ann@example.com, card 4111 1111 1111 1111 and z@q.io; a < b, <EMAIL_2> <EMAIL_1"
-)
+RESTORED = "Sure ann@example.com, card 4111 1111 1111 1111 and z@q.io; a < b, <EMAIL_2> <EMAIL_1"
 
 
 def run(restorer: Restorer, pieces: list[str], *, json: bool = False) -> str:

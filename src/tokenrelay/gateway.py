@@ -270,6 +270,7 @@ class Gateway:
         if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
             await self.ledger.close(timeout=5.0)
         await self.responses.close()  # writes the responses still pending, before the gate
+        await self.guards.aclose()
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         if self._gate is not None:

@@ -70,6 +70,7 @@ class StreamRecord:
     # and output rule -> matches in the answer. Types and counts, never the values.
     guard: dict[str, int] = field(default_factory=dict)
     guard_output: dict[str, int] = field(default_factory=dict)
+    guard_blocked: str | None = None  # the output rule that ended the answer ("canary", ...)
     # Set by metering: what the request is billed for (reported usage, or an estimate where the
     # upstream never reported it; failed attempts included), and its exact cost when priced.
     billed_usage: Usage | None = None

@@ -21,7 +21,7 @@ from tokenrelay.dialects.responses.wire import CONTINUES, REFERENCES
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission, Rejected
 from tokenrelay.gate.identity import Identity, request_headers
-from tokenrelay.guard.route import PiiRefused
+from tokenrelay.guard.route import GuardRefused
 from tokenrelay.metering.units import usd
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
@@ -162,8 +162,8 @@ class RelayEndpoint:
                 record.identity, record.verdict = error.identity, error.verdict
                 record.reject_reason = error.reason
                 flood = error.flood
-            if isinstance(error, PiiRefused):
-                record.guard = error.counts
+            if isinstance(error, GuardRefused):
+                record.guard, record.reject_reason = error.counts, error.reason
             record.request = request
             if flood:
                 # Over the caller's request limit before its body was read: a count in the
@@ -585,6 +585,7 @@ class _Call:
         record.completion = self.accumulator.result()
         if self.guard is not None:
             record.guard, record.guard_output = self.guard.masked, self.guard.hits
+            record.guard_blocked = self.guard.blocked
         if self.admission is not None:
             record.identity = self.admission.identity
             record.verdict = self.admission.verdict

@@ -66,7 +66,7 @@ class OutputRules:
         self,
         settings: OutputGuardSettings,
         finder: Finder | None = None,
-        finder_longest: int = 0,
+        finder_longest: int | None = None,
         canary: str | None = None,
     ) -> None:
         cap = settings.max_match_chars
@@ -83,7 +83,8 @@ class OutputRules:
             )
         self.finder = finder if settings.secrets else None
         if self.finder is not None:
-            rules.append(Rule("secrets", None, min(max(finder_longest, 1), cap)))
+            longest = cap if finder_longest is None else min(max(finder_longest, 1), cap)
+            rules.append(Rule("secrets", None, longest))
         if canary is not None and settings.canary:
             rules.append(Rule(CANARY, re.compile(re.escape(canary), re.IGNORECASE), len(canary)))
         self.rules = rules

@@ -17,28 +17,41 @@ from tokenrelay.model import Event, GatewayError, Request
 if TYPE_CHECKING:
     from tokenrelay.guard.mask import Finder
     from tokenrelay.guard.rehydrate import RestoreFlow
-    from tokenrelay.guard.settings import ExternalDetectorSettings, GuardSettings
+    from tokenrelay.guard.settings import GuardSettings
 
 log = logging.getLogger("tokenrelay.guard")
 
 
-class PiiRefused(GatewayError):
-    """``pii = "block"`` found personal data: a 400 naming the types, with their counts for
-    the record."""
+class GuardRefused(GatewayError):
+    """The guard refused a request before the upstream (recorded as ``rejected`` with its
+    ``reason``); ``counts`` are the entity types found, never the values."""
+
+    def __init__(self, error: GatewayError, counts: dict[str, int] | None = None) -> None:
+        super().__init__(
+            error.type,
+            error.message,
+            error.status,
+            retry_after=error.retry_after,
+            reason=error.reason,
+        )
+        self.counts = counts or {}
+
+
+class PiiRefused(GuardRefused):
+    """``pii = "block"`` found personal data: a 400 naming the types."""
 
     def __init__(self, counts: dict[str, int]) -> None:
-        error = blocked(sorted(counts))
-        super().__init__(error.type, error.message, error.status, reason=error.reason)
-        self.counts = counts
+        super().__init__(blocked(sorted(counts)), counts)
 
 
 class ExternalFinder(Protocol):
     async def find(self, text: str) -> list[Any]: ...
+    async def aclose(self) -> None: ...
 
 
-def build_detector(settings: GuardSettings) -> tuple[Finder, int]:
+def build_detector(settings: GuardSettings) -> tuple[Finder, int | None]:
     """The built-in detector of the route's entity types and custom patterns, and the longest
-    value it can match (0 when a custom pattern is unbounded)."""
+    value it can match (None when a custom pattern is unbounded)."""
     from tokenrelay.guard.detectors import Detector
 
     detector = (
@@ -46,17 +59,31 @@ def build_detector(settings: GuardSettings) -> tuple[Finder, int]:
         if settings.entities is not None
         else Detector(custom=settings.custom)
     )
-    return detector, detector.max_match_chars or 0
+    return detector, detector.max_match_chars
 
 
-def build_external(settings: ExternalDetectorSettings) -> ExternalFinder:
+def build_external(settings: GuardSettings) -> ExternalFinder:
     from tokenrelay.guard.external import ExternalDetector
 
-    return ExternalDetector(  # type: ignore[no-any-return]
-        url=settings.url,
-        entry_point=settings.entry_point,
-        timeout=settings.timeout,
-        fail=settings.fail,
+    external = settings.external
+    return ExternalDetector(
+        url=external.url,
+        entry_point=external.entry_point,
+        timeout=external.timeout,
+        fail=external.fail,
+        entities=settings.entities,
+    )
+
+
+def unavailable() -> GatewayError:
+    """The refusal when the external detector cannot answer and the route fails closed."""
+    return GatewayError(
+        "upstream_unavailable",
+        "this route's personal-data detector did not answer and the route is set to fail "
+        "closed, so the request was not sent; retry shortly",
+        503,
+        retry_after=1,
+        reason="guard_detector",
     )
 
 
@@ -67,11 +94,11 @@ class RouteGuard:
         self.settings = settings
         needs_detector = settings.pii != "off" or settings.output.secrets
         self.detector: Finder | None = None
-        longest = 0
+        longest: int | None = None
         if needs_detector:
             self.detector, longest = build_detector(settings)
         self.external = (
-            build_external(settings.external)
+            build_external(settings)
             if settings.pii != "off" and settings.external.configured
             else None
         )
@@ -102,8 +129,14 @@ class RouteGuard:
             assert self.detector is not None
             known: list[tuple[str, str]] = []
             if self.external is not None:
+                from tokenrelay.guard.external import DetectorUnavailable
+
                 text = request.prompt_text()
-                known = [(text[f.start : f.end], f.entity) for f in await self.external.find(text)]
+                try:
+                    found = await self.external.find(text)
+                except DetectorUnavailable:
+                    raise GuardRefused(unavailable()) from None
+                known = [(text[f.start : f.end], f.entity) for f in found]
             if self.settings.pii == "block":
                 types = types_found(self.detector, request, known)
                 if types:
@@ -190,3 +223,9 @@ class Guards:
         if built is None:
             built = self._built[id(settings)] = (settings, RouteGuard(settings))
         return await built[1].begin(request, canary)
+
+    async def aclose(self) -> None:
+        """Close the external detectors' HTTP sessions (at shutdown)."""
+        for _, guard in self._built.values():
+            if guard.external is not None:
+                await guard.external.aclose()
