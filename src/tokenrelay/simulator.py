@@ -376,7 +376,12 @@ class _Plan:
             self.tool_call = ToolCall(call_id, name, arguments)
             events.append(ToolCallDelta(0, call_id, name))
             cut = len(arguments) // 3
-            for piece in (arguments[:cut], arguments[cut : 2 * cut], arguments[2 * cut :]):
+            pieces = (
+                [arguments[i : i + knobs.echo] for i in range(0, len(arguments), knobs.echo)]
+                if echoed is not None
+                else [arguments[:cut], arguments[cut : 2 * cut], arguments[2 * cut :]]
+            )
+            for piece in pieces:
                 events.append(ToolCallDelta(0, arguments=piece))
             finish = "tool_calls"
         self.events = events
