@@ -70,10 +70,12 @@ def body_for(front: str, route: str, text: str, stream: bool = True) -> dict[str
 async def post(
     gw: RunningGateway, front: str, body: dict[str, Any], **headers: str
 ) -> tuple[int, str, str]:
-    async with aiohttp.ClientSession() as http:
-        async with http.post(gw.url + front, json=body, headers=headers) as response:
-            raw = (await response.read()).decode()
-            return response.status, response.headers.get("x-request-id", ""), raw
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gw.url + front, json=body, headers=headers) as response,
+    ):
+        raw = (await response.read()).decode()
+        return response.status, response.headers.get("x-request-id", ""), raw
 
 
 async def upstream_body(simulator: RunningSimulator) -> str:
@@ -141,8 +143,8 @@ async def test_tool_call_arguments_are_restored_before_the_sdk_parses_them(
     ) as stream:
         final = await stream.get_final_completion()
     call = final.choices[0].message.tool_calls[0]  # type: ignore[index]
-    assert call.function.name == "send_mail"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"query": PROMPT}  # type: ignore[union-attr]
+    assert call.function.name == "send_mail"
+    assert json.loads(call.function.arguments) == {"query": PROMPT}
     whole = await client.chat.completions.create(
         model="piioa",
         messages=[{"role": "user", "content": PROMPT}],
