@@ -161,6 +161,7 @@ def test_a_line_holds_the_request_never_the_prompt_or_answer() -> None:
         "screening": {"score": 0.312, "injection": False, "rules": ["persona"],
                       "classifier": None},
         "dropped_tools": [],
+        "guard": {}, "guard_output": {}, "guard_blocked": None,
     }  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import msgspec
 
 from tokenrelay import transports
 from tokenrelay.gate.gatekeeper import Gate
+from tokenrelay.guard.route import Guards
 from tokenrelay.providers import UpstreamPool, build_providers
 from tokenrelay.records import Listeners
 from tokenrelay.response_store import ResponseStore
@@ -71,6 +72,7 @@ class Gateway:
         # /v1/responses answers kept for previous_response_id and GET /v1/responses/{id}
         self.responses = ResponseStore(settings.responses)
         self.resume: ResumeStore | None = None  # resumable streams' events (docs/resume.md)
+        self.guards = Guards()  # each route's PII masking and output rules (guard.route)
 
     @property
     def router(self) -> Router:
@@ -271,6 +273,7 @@ class Gateway:
         if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
             await self.ledger.close(timeout=5.0)
         await self.responses.close()  # writes the responses still pending, before the gate
+        await self.guards.aclose()
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         if self._gate is not None:

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 # "interrupted": the gateway was shutting down and its grace ran out before the stream ended;
 # the client got an in-band error (or a 503 before the head), error_type "shutting_down".
-Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted"]
+# "guard_blocked": the route's output guard ended the stream with an in-band error.
+Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted", "guard_blocked"]
 
 # How one try of a target ended: "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot
 # carry the request: not tried), "circuit_open" (its breaker is open: not tried),
@@ -65,6 +66,11 @@ class StreamRecord:
     verdict: Verdict | None = None  # the prompt screen's, when the route screens
     reject_reason: str | None = None  # which gate check refused it, when finer than error_type
     dropped_tools: list[str] = field(default_factory=list)  # hosted tools the route dropped
+    # The route's guard: entity type -> values masked in the prompt (or found, when refused),
+    # and output rule -> matches in the answer. Types and counts, never the values.
+    guard: dict[str, int] = field(default_factory=dict)
+    guard_output: dict[str, int] = field(default_factory=dict)
+    guard_blocked: str | None = None  # the output rule that ended the answer ("canary", ...)
     # Set by metering: what the request is billed for (reported usage, or an estimate where the
     # upstream never reported it; failed attempts included), and its exact cost when priced.
     billed_usage: Usage | None = None

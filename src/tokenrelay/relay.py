@@ -21,16 +21,17 @@ from tokenrelay.dialects.responses.wire import CONTINUES, REFERENCES
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission, Rejected
 from tokenrelay.gate.identity import Identity, request_headers
+from tokenrelay.guard.route import GuardRefused
 from tokenrelay.metering.units import usd
-from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, TextDelta, Usage
+from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
-from tokenrelay.screening.canary import CanaryWatch, leak_error
 from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.dialects import StreamWriter
     from tokenrelay.failover import OpenStream
     from tokenrelay.gateway import Gateway
+    from tokenrelay.guard.route import RequestGuard
     from tokenrelay.observe.tracing import RequestTrace
     from tokenrelay.resume import Tap
     from tokenrelay.resume.settings import ResumeSettings
@@ -140,6 +141,7 @@ class RelayEndpoint:
             if gateway.draining:  # it began while the gate awaited
                 await gateway.gate.settle(admission, Usage())
                 raise ShuttingDown
+            guard = await _guard(gateway, route, request, admission)
         except ClientGone:
             if trace is not None:
                 trace.abandon()
@@ -162,6 +164,8 @@ class RelayEndpoint:
                 record.identity, record.verdict = error.identity, error.verdict
                 record.reject_reason = error.reason
                 flood = error.flood
+            if isinstance(error, GuardRefused):
+                record.guard, record.reject_reason = error.counts, error.reason
             record.request = request
             if flood:
                 # Over the caller's request limit before its body was read: a count in the
@@ -179,6 +183,7 @@ class RelayEndpoint:
         call = _Call(self, scope, receive, send, request, route_name, request_id, started)
         call.admission = admission
         call.trace = trace
+        call.guard = guard
         await call.run(route)
 
     def caller_scope(self, scope: Scope) -> Scope:
@@ -257,6 +262,7 @@ class _Call:
         self.resume: ResumeSettings | None = None  # the route's, when its streams resume
         self.tap: Tap | None = None  # a resumable stream's ids and kept events
         self.gone = asyncio.Event()
+        self.guard: RequestGuard | None = None  # masking, output rules, canary: when any
 
     async def run(self, route: Route) -> None:
         task = self.task = asyncio.current_task()
@@ -420,14 +426,13 @@ class _Call:
         error: Error | None = None
         batch: list[Event] = opened.pending
         events = opened.events
-        canary = self.admission.canary if self.admission is not None else None
-        watch = CanaryWatch(canary) if canary is not None else None
+        guard = self.guard if self.guard is not None and self.guard.filters else None
         describe = getattr(writer, "describe", None)
         out = [describe(self._describe(opened))] if describe is not None else []
         while True:
+            if guard is not None:  # output rules, then placeholders restored (guard.route)
+                batch = guard.feed(batch)
             for event in batch:
-                if watch is not None and type(event) is TextDelta and watch.feed(event.text):
-                    event = self._leaked()
                 accumulate(event)
                 if type(event) is Error:
                     error = event
@@ -447,11 +452,12 @@ class _Call:
             try:
                 batch = await anext(events)
             except StopAsyncIteration:
+                if guard is not None:  # the text it still holds
+                    batch, guard = guard.close(), None
+                    continue
                 break
         self.finished = True
-        result: tuple[Outcome, str | None] = (
-            ("error", error.type) if error is not None else ("completed", None)
-        )
+        result = self._result(error)
         record = self._emit(*result)  # before the last byte: see RelayEndpoint.__call__
         summarize = getattr(writer, "summarize", None)
         if summarize is not None and record is not None:
@@ -519,34 +525,52 @@ class _Call:
         summary["ttftMs"] = None if self.ttft_ms is None else round(self.ttft_ms, 1)
         return summary
 
-    def _leaked(self) -> Error:
-        """The error that replaces a delta completing the route's canary: the model is
-        repeating its protected instructions, so the rest of the answer is not sent."""
+    def _result(self, error: Error | None) -> tuple[Outcome, str | None]:
+        """How a stream ended; an output rule's cut (the canary's too) is logged."""
+        if error is None:
+            return "completed", None
+        rule = self.guard.blocked if self.guard is not None else None
+        if rule is None:
+            return "error", error.type
         log.warning(
-            "screening: request %s on route %s leaked the route's canary; stream cut",
+            "guard: request %s on route %s: output rule %s ended the answer",
             self.request_id,
             self.route,
+            rule,
         )
-        return leak_error().to_event()
+        assert self.guard is not None
+        return (
+            ("guard_blocked", "guard_blocked")
+            if self.guard.guard_blocked
+            else ("error", error.type)
+        )
 
     async def _respond_whole(self, opened: OpenStream) -> tuple[Outcome, str | None]:
         """A non-streaming answer: the upstream still streams (one code path, first-token
         failover, usage always reported); the events are folded into one JSON body."""
-        for event in opened.pending:
-            self.accumulator.add(event)
+        guard = self.guard if self.guard is not None and self.guard.filters else None
+        add = self.accumulator.add
+        for event in guard.feed(opened.pending) if guard is not None else opened.pending:
+            add(event)
         async for batch in opened.events:
-            for event in batch:
-                self.accumulator.add(event)
+            for event in guard.feed(batch) if guard is not None else batch:
+                add(event)
+            if guard is not None and guard.blocked is not None:
+                break
+        for event in guard.close() if guard is not None else ():
+            add(event)
         completion = self.accumulator.result()
         endpoint = self.endpoint
         self.finished = True
         if completion.error is not None:
             error = GatewayError.from_event(completion.error)
-            error.status = 502 if error.status < 500 else error.status
+            if guard is None or guard.blocked is None:  # the upstream's failure, not ours
+                error.status = 502 if error.status < 500 else error.status
             self.status = error.status
-            self._emit("error", error.type)
+            outcome, error_type = self._result(completion.error)
+            self._emit(outcome, error_type)
             await endpoint._send_error(self.send, error, self.request_id, opened.attempts)
-            return "error", error.type
+            return outcome, error_type
         response_id = endpoint.dialect.ID_PREFIX + self.request_id
         # a dialect whose whole response repeats the request (Responses) takes it too
         encode_for = getattr(endpoint.dialect, "encode_response_for", None)
@@ -612,6 +636,9 @@ class _Call:
         )
         record.request = self.request
         record.completion = self.accumulator.result()
+        if self.guard is not None:
+            record.guard, record.guard_output = self.guard.masked, self.guard.hits
+            record.guard_blocked = self.guard.blocked
         if self.admission is not None:
             record.identity = self.admission.identity
             record.verdict = self.admission.verdict
@@ -619,6 +646,18 @@ class _Call:
         if self.trace is not None:  # the request's span ends with its record
             self.trace.end(record)
         return record
+
+
+async def _guard(
+    gateway: Gateway, route: Route, request: Request, admission: Admission
+) -> RequestGuard | None:
+    """The route's guard on an admitted request: masked in place before it leaves, or refused
+    (its stream slot given back)."""
+    try:
+        return await gateway.guards.begin(route.settings.guard, request, admission.canary)
+    except GatewayError:
+        await gateway.gate.settle(admission, Usage())
+        raise
 
 
 def _client_headers(scope: Scope) -> dict[str, str]:

@@ -23,6 +23,7 @@ from tokenrelay import transports
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
+from tokenrelay.guard.settings import GuardSettings
 from tokenrelay.http_limits import HttpSettings
 from tokenrelay.metering.budgets import BudgetSettings
 from tokenrelay.metering.pricing import PriceSettings
@@ -127,6 +128,9 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     hosted_tools: Literal["refuse", "drop"] = "refuse"
     # Resumable streams (docs/resume.md): off unless resume.grace > 0
     resume: ResumeSettings = msgspec.field(default_factory=ResumeSettings)
+    # Personal data masked (or refused) before the upstream, the answer checked as it streams
+    # (docs/guard.md).
+    guard: GuardSettings = msgspec.field(default_factory=GuardSettings)
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).

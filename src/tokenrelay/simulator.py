@@ -20,7 +20,9 @@ connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, af
 ``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms``
 before their first token (a primary that is slow now and then, for hedging). ``served_model``
 names another model in the answer than the one asked for (an alias resolved to a dated
-snapshot, as real APIs do).
+snapshot, as real APIs do). ``echo`` (> 0) answers with the last user message's text in pieces
+of that many characters, and makes it a tool call's ``query`` argument: what the upstream
+received, played back split at chosen points (the guard's tests).
 
 Azure OpenAI's URLs are served too (``/openai/v1/chat/completions``, ``/openai/v1/responses``,
 ``/openai/deployments/{deployment}/chat/completions`` and ``/openai/responses``, the last two
@@ -110,6 +112,9 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
     slow_fraction: float = 0  # this share of requests, drawn at random, waits slow_ttft_ms
     slow_ttft_ms: float = 1000
     served_model: str | None = None  # the model the answer names, when not the one asked for
+    # > 0: answer with the last user message's text, in pieces of this many characters (and a
+    # tool call's one argument, "query", is that text too)
+    echo: int = 0
     api_key: str | None = None
 
 
@@ -194,6 +199,7 @@ _KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
     "slow_fraction": (_fraction, "a number from 0 to 1"),
     "slow_ttft_ms": (_float, "a number of milliseconds >= 0"),
     "served_model": (_optional, "a model name (empty: the one asked for)"),
+    "echo": (_int, "an integer >= 0 (characters per piece; 0: off)"),
 }
 _HEADER_KNOBS = {"x-sim-" + name.replace("_", "-"): name for name in _KNOBS}
 
@@ -277,6 +283,14 @@ def _thinking(seed: int, count: int) -> tuple[tuple[ThinkingDelta, ...], str]:
     return tuple(ThinkingDelta(word) for word in words), signature
 
 
+def _last_user_text(request: Request) -> str:
+    """The text of the last user turn (the ``echo`` knob's answer)."""
+    for message in reversed(request.messages):
+        if message.role == "user":
+            return "".join(getattr(part, "text", "") for part in message.content)
+    return ""
+
+
 def prompt_tokens(request: Request) -> int:
     """The simulator's input token count of a prompt: a quarter of its characters, at least 1."""
     return max(1, len(request.prompt_text()) // 4)
@@ -319,11 +333,14 @@ class _Plan:
     ) -> None:
         prompt = request.prompt_text()
         seed = zlib.crc32(prompt.encode())
-        text = (
-            _fixed_text(knobs.text)
-            if knobs.text is not None
-            else _generated_text(seed, knobs.tokens)
-        )
+        echoed = _last_user_text(request) if knobs.echo else None
+        if echoed is not None:
+            step = knobs.echo
+            text = tuple(TextDelta(echoed[i : i + step]) for i in range(0, len(echoed), step))
+        elif knobs.text is not None:
+            text = _fixed_text(knobs.text)
+        else:
+            text = _generated_text(seed, knobs.tokens)
         budget = request.max_tokens if request.max_tokens is not None else sys.maxsize
         thinking: tuple[ThinkingDelta, ...] = ()
         self.signature: str | None = None
@@ -354,12 +371,17 @@ class _Plan:
                     )
                 name = request.tools[0].name
             call_id = f"{flavor.tool_id_prefix}{serial}"
-            query = " ".join(_word_stream(seed ^ 0x746F6F6C, 4))
+            query = echoed if echoed is not None else " ".join(_word_stream(seed ^ 0x746F6F6C, 4))
             arguments = msgspec.json.encode({"query": query}).decode()
             self.tool_call = ToolCall(call_id, name, arguments)
             events.append(ToolCallDelta(0, call_id, name))
             cut = len(arguments) // 3
-            for piece in (arguments[:cut], arguments[cut : 2 * cut], arguments[2 * cut :]):
+            pieces = (
+                [arguments[i : i + knobs.echo] for i in range(0, len(arguments), knobs.echo)]
+                if echoed is not None
+                else [arguments[:cut], arguments[cut : 2 * cut], arguments[2 * cut :]]
+            )
+            for piece in pieces:
                 events.append(ToolCallDelta(0, arguments=piece))
             finish = "tool_calls"
         self.events = events

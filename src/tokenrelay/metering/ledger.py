@@ -59,6 +59,8 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
     # Migration 4 (appended, as ALTER TABLE adds columns at the end).
     served_model: str | None = None
     priced_model: str | None = None
+    # Migration 9: what the route's guard did, as JSON (types and counts, never values).
+    guard: str | None = None
 
 
 COLUMNS: tuple[str, ...] = LedgerRow.__struct_fields__
@@ -141,7 +143,23 @@ def row_from(record: StreamRecord, *, now: float | None = None) -> LedgerRow:
         ttft_ms=record.ttft_ms,
         duration_ms=record.duration_ms,
         served_model=usage.model,
+        guard=guard_json(record),
     )
+
+
+def guard_json(record: StreamRecord) -> str | None:
+    """The guard's counts: entity types masked (or found, when refused), output rule matches
+    and the rule that ended the answer; None when the guard did nothing."""
+    if not (record.guard or record.guard_output or record.guard_blocked):
+        return None
+    detail: dict[str, Any] = {}
+    if record.guard:
+        detail["masked"] = record.guard
+    if record.guard_output:
+        detail["output"] = record.guard_output
+    if record.guard_blocked:
+        detail["blocked"] = record.guard_blocked
+    return msgspec.json.encode(detail).decode()
 
 
 def attempts_json(attempts: Sequence[Any]) -> str:

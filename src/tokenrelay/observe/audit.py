@@ -318,6 +318,11 @@ class AuditLine(msgspec.Struct):
     screening: _Screening | None
     prompt: PromptInfo | None
     dropped_tools: list[str] = msgspec.field(default_factory=list)  # route hosted_tools = "drop"
+    # The route's guard: entity type -> values masked (or found when refused), output rule ->
+    # matches, and the rule that ended the answer. Never the values.
+    guard: dict[str, int] = msgspec.field(default_factory=dict)
+    guard_output: dict[str, int] = msgspec.field(default_factory=dict)
+    guard_blocked: str | None = None
 
 
 _encoder = msgspec.json.Encoder()
@@ -395,6 +400,9 @@ def audit_line(
         ),
         prompt=prompt,
         dropped_tools=record.dropped_tools,
+        guard=record.guard,
+        guard_output=record.guard_output,
+        guard_blocked=record.guard_blocked,
     )
     return _encoder.encode(line) + b"\n"
 

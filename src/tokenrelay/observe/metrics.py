@@ -270,6 +270,17 @@ class GatewayMetrics:
             "too_large, not_found, shutting_down, ratelimit_unavailable, unavailable.",
             ("route", "reason"),
         )
+        self.guard_masked = Counter(
+            "tokenrelay_guard_masked_total",
+            "Personal values masked in prompts before the upstream, by entity type.",
+            ("entity",),
+        )
+        self.guard_blocked = Counter(
+            "tokenrelay_guard_blocked_total",
+            "Requests the route's guard stopped, by rule: pii (personal data refused), "
+            "detector (the external detector failed closed), canary, secrets, terms, rules[i].",
+            ("route", "rule"),
+        )
         self.token_counts = Counter(
             "tokenrelay_token_counts_total",
             "POST /v1/messages/count_tokens answers by route and source: upstream (the route's "
@@ -358,6 +369,18 @@ class GatewayMetrics:
             self._attempts(record, attempts)
         if record.outcome == "rejected":
             self.rejections.inc(self._bounded(record.route), rejection_reason(record))
+        if record.guard or record.guard_blocked or record.reject_reason in _GUARD_REFUSALS:
+            self._guard(record)
+
+    def _guard(self, record: StreamRecord) -> None:
+        """The guard's counts: once per request that masked or was stopped, never per token."""
+        refused = _GUARD_REFUSALS.get(record.reject_reason or "")
+        if refused is None:
+            for entity, count in record.guard.items():
+                self.guard_masked.inc(entity, amount=count)
+        rule = refused or record.guard_blocked
+        if rule is not None:
+            self.guard_blocked.inc(self._bounded(record.route), rule)
 
     def count_tokens(self, route: str, source: str) -> None:
         """One ``count_tokens`` answer (see ``tokenrelay.count_tokens``): counted here only."""
@@ -466,6 +489,8 @@ class GatewayMetrics:
             self.hedges,
             self.rejections,
             self.token_counts,
+            self.guard_masked,
+            self.guard_blocked,
             self.breaker,
             self.active,
         ]
@@ -746,6 +771,10 @@ class PoolReporter:
         self.connections.set("active", value=active)
         self.connections.set("idle", value=idle)
         return [self.connections]
+
+
+# The guard's refusals before the upstream (``reject_reason``) -> their ``rule`` label.
+_GUARD_REFUSALS = {"guard_pii": "pii", "guard_detector": "detector"}
 
 
 def rejection_reason(record: StreamRecord) -> str:

@@ -273,6 +273,10 @@ def _record_attributes(record: StreamRecord) -> dict[str, Any]:
         attributes["gen_ai.response.finish_reasons"] = [_FINISH.get(reason, reason)]
     if record.error_type is not None:
         attributes["error.type"] = record.error_type
+    for entity, count in record.guard.items():  # types and counts, never values
+        attributes[f"tokenrelay.guard.masked.{entity}"] = count
+    if record.guard_blocked is not None:
+        attributes["tokenrelay.guard.blocked"] = record.guard_blocked
     return attributes
 
 

@@ -140,6 +140,13 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX responses_created ON responses (created_at)",
         ),
     ),
+    Migration(
+        9,
+        "ledger_guard",
+        # The route's guard (tokenrelay.guard), as JSON: {"masked": {entity type: count},
+        # "output": {rule: matches}, "blocked": rule}; types and counts, never the values.
+        ("ALTER TABLE ledger ADD COLUMN guard TEXT",),
+    ),
 )
 
 _CREATE_TABLE = """
