@@ -186,8 +186,8 @@ class BudgetAdmin:
         return await budget_out(self.db, await self.row(caller, budget_id))
 
     async def update(self, caller: Caller, budget_id: str, body: BudgetPatch) -> Budget:
+        row = await self.row(caller, budget_id)  # a 404 outside the caller's org first
         require(caller, "budget.update", "change budgets")
-        row = await self.row(caller, budget_id)
         sets: dict[str, Any] = {}
         if body.amount_usd is not UNSET:
             sets["amount_usd"] = str(money(body.amount_usd))
@@ -233,8 +233,8 @@ class BudgetAdmin:
             )
 
     async def delete(self, caller: Caller, budget_id: str) -> None:
-        require(caller, "budget.delete", "delete budgets")
         row = await self.row(caller, budget_id)
+        require(caller, "budget.delete", "delete budgets")
         if row["ceiling_usd"] is not None:
             require(caller, "budget.raise", "delete a budget a global admin set")
         before = await budget_out(self.db, row)

@@ -96,7 +96,8 @@ class KeyAdmin:
                 org_id = user["org_id"]
         return org_id
 
-    async def create(self, caller: Caller, body: KeyCreate) -> KeySecret:
+    async def create(self, caller: Caller, body: KeyCreate, *, rpm: int | None = None) -> KeySecret:
+        """A new key; ``rpm`` is the CLI's older per-key request limit."""
         require(caller, "key.create", "create keys")
         _check_role(caller, body.role)
         org_id = await self._tenant(caller, body.org_id, body.user_id)
@@ -110,7 +111,7 @@ class KeyAdmin:
                 body.user_id,
                 org_id,
                 body.routes,
-                None,
+                rpm,
                 body.name,
                 admin=_reads_usage(body.role, org_id),
                 role=body.role,
@@ -165,8 +166,8 @@ class KeyAdmin:
         return key_out(await self.record(caller, key_id))
 
     async def update(self, caller: Caller, key_id: str, body: KeyPatch) -> Key:
+        record = await self.record(caller, key_id)  # a 404 outside the caller's org first
         require(caller, "key.update", "change keys")
-        record = await self.record(caller, key_id)
         sets: dict[str, Any] = {}
         if body.name is not UNSET:
             sets["name"] = body.name
@@ -208,16 +209,16 @@ class KeyAdmin:
 
     async def revoke(self, caller: Caller, key_id: str) -> Key:
         """Revoked now (revoking twice changes nothing and records nothing)."""
-        require(caller, "key.revoke", "revoke keys")
         record = await self.record(caller, key_id)
+        require(caller, "key.revoke", "revoke keys")
         if record.revoked_at is not None:
             return key_out(record)
         return await self._change(caller, record, "key.revoke", {"revoked_at": now()})
 
     async def rotate(self, caller: Caller, key_id: str, body: KeyRotate) -> KeyRotated:
         """A new key with the same grants; the old one keeps working ``overlap_seconds``."""
-        require(caller, "key.rotate", "rotate keys")
         old = await self.record(caller, key_id)
+        require(caller, "key.rotate", "rotate keys")
         at = now()
         if old.revoked_at is not None or old.expired(at):
             raise _conflict(f"key {key_id} is revoked or expired; create a new key instead")

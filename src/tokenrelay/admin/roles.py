@@ -95,7 +95,7 @@ def require(caller: Caller, capability: Capability, what: str) -> None:
         raise GatewayError(
             "permission",
             f"a key with role {caller.role!r} may not {what}; use a key with role "
-            f"{' or '.join(sorted(CAPABILITIES[capability]))!r}",
+            + " or ".join(repr(role) for role in sorted(CAPABILITIES[capability])),
             403,
         )
 

@@ -17,7 +17,11 @@ from tokenrelay.model import GatewayError
 from tokenrelay.store import Database
 
 BOOTSTRAP_ACTOR = "bootstrap"
-_ROLES: dict[str, Role] = {"admin": "admin", "org_admin": "org_admin", "reader": "reader"}  # the actor of changes made with the bootstrap admin key
+_ROLES: dict[str, Role] = {
+    "admin": "admin",
+    "org_admin": "org_admin",
+    "reader": "reader",
+}  # the actor of changes made with the bootstrap admin key
 
 
 class AdminService:

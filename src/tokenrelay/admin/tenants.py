@@ -123,8 +123,8 @@ class Tenants:
         return org_out(await self.org_row(caller, org_id))
 
     async def update_org(self, caller: Caller, org_id: str, body: OrgPatch) -> Org:
+        row = await self.org_row(caller, org_id)  # a 404 outside the caller's org comes first
         require(caller, "org.update", "change organizations")
-        row = await self.org_row(caller, org_id)
         before = org_out(row)
         sets: dict[str, Any] = {}
         if body.name is not UNSET:
@@ -233,8 +233,8 @@ class Tenants:
         return user_out(await self.user_row(caller, user_id))
 
     async def update_user(self, caller: Caller, user_id: str, body: UserPatch) -> User:
-        require(caller, "user.update", "change users")
         row = await self.user_row(caller, user_id)
+        require(caller, "user.update", "change users")
         sets: dict[str, Any] = {}
         if body.name is not UNSET:
             sets["name"] = body.name
