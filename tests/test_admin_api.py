@@ -148,7 +148,7 @@ async def world(gw: RunningGateway, db_url: str) -> dict[str, Any]:
     }
 
 
-# --- every endpoint, every role --------------------------------------------------------------------
+# --- every endpoint, every role -----------------------------------------------------------------
 
 
 async def test_every_endpoint_for_every_role(gw: RunningGateway, db_url: str) -> None:
@@ -325,7 +325,7 @@ async def test_openapi_lists_every_route(gw: RunningGateway) -> None:
     )
 
 
-# --- enforcement -----------------------------------------------------------------------------------
+# --- enforcement --------------------------------------------------------------------------------
 
 
 async def test_what_a_key_carries_is_enforced(gw: RunningGateway, db_url: str) -> None:

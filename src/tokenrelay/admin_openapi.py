@@ -30,6 +30,7 @@ class Operation(Protocol):
     @property
     def query(self) -> tuple[str, ...]: ...
 
+
 _ERROR = {
     "type": "object",
     "properties": {
