@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tokenrelay import transports
+from tokenrelay.admin.settings import AdminSettings
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
@@ -280,6 +281,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)  # store
     # Bounds on what resumable streams keep, over all routes (docs/resume.md)
     resume: ResumeStoreSettings = msgspec.field(default_factory=ResumeStoreSettings)
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)  # /admin/v1/
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""
