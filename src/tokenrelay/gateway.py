@@ -25,6 +25,7 @@ from tokenrelay.router import Router
 from tokenrelay.settings import Settings
 
 if TYPE_CHECKING:
+    from tokenrelay.cache.service import ResponseCache
     from tokenrelay.metering import LedgerWriter
     from tokenrelay.metering.meter import Meter
     from tokenrelay.observe.audit import AuditLog
@@ -69,6 +70,7 @@ class Gateway:
         self.shared: SharedState | None = None
         # /v1/responses answers kept for previous_response_id and GET /v1/responses/{id}
         self.responses = ResponseStore(settings.responses)
+        self.cache: ResponseCache | None = None  # only when a route turns its cache on
 
     @property
     def router(self) -> Router:
@@ -148,6 +150,10 @@ class Gateway:
             self.shared.latency if self.shared is not None else None,
         )
         self._gate = Gate.create(settings)
+        if _caches(settings):  # else nothing of the cache is imported
+            from tokenrelay.cache.build import build_cache
+
+            self.cache = build_cache(settings, self.pool)
         self._start_metering()
         self.responses.start(self._gate)
         self.listeners.add(self.responses)
@@ -184,6 +190,8 @@ class Gateway:
         if self.gate.budgets is not None:
             reporters.append(metrics.BudgetReporter(self.gate.budgets.metrics))
         reporters.append(self.responses.metrics)  # stored /v1/responses answers
+        if self.cache is not None:
+            reporters.append(self.cache.metrics)
         if self.audit is not None:
             reporters.append(metrics.AuditReporter(self.audit))
         reporters.append(metrics.PoolReporter(self.pool))
@@ -268,6 +276,8 @@ class Gateway:
         if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
             await self.ledger.close(timeout=5.0)
         await self.responses.close()  # writes the responses still pending, before the gate
+        if self.cache is not None:  # the answers still being stored, briefly
+            await self.cache.close()
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         if self._gate is not None:
@@ -279,6 +289,12 @@ class Gateway:
             await asyncio.to_thread(self.tracer.shutdown)
         if self.simulator is not None:
             await self.simulator.stop()
+
+
+def _caches(settings: Settings) -> bool:
+    """Whether any route (or the provider-models policy) turns the response cache on."""
+    routes = [*settings.routes.values(), settings.provider_models]
+    return any(route.cache.mode != "off" for route in routes)
 
 
 def _add_demo_routes(settings: Settings) -> None:

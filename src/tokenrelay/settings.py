@@ -21,6 +21,7 @@ import msgspec
 
 from tokenrelay import transports
 from tokenrelay.breaker import BreakerSettings
+from tokenrelay.cache.settings import CacheSettings, CacheStoreSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.http_limits import HttpSettings
@@ -124,6 +125,8 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A Responses client's hosted tools (web_search, tool_search, ...) that a target of another
     # API cannot run: refused with a 400 naming them, or dropped (named in a response header)
     hosted_tools: Literal["refuse", "drop"] = "refuse"
+    # The response cache (docs/cache.md): off unless the route turns it on.
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).
@@ -271,6 +274,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Bounds at the HTTP edge: header size and count, read timeouts, open connections.
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)  # store
+    # Where the response cache keeps answers (routes turn it on: routes.<name>.cache).
+    cache: CacheStoreSettings = msgspec.field(default_factory=CacheStoreSettings)
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""
