@@ -95,11 +95,17 @@ class CachedCall:
         self.hit = True
         target, provider = served
         ms = (time.perf_counter() - started) * 1000
+        paced = self.plan.settings.replay == "paced"
+        if paced:
+            pending, rest = events_of(entry.batches[0]), replay(entry, paced=True)
+        else:  # every event at once: the relay writes them (each its own event) in one send
+            pending = [event for batch in entry.batches for event in events_of(batch)]
+            rest = replay(entry, paced=False, start=len(entry.batches))
         return OpenStream(
             provider=provider,
             target=target,
-            events=replay(entry, paced=self.plan.settings.replay == "paced"),
-            pending=events_of(entry.batches[0]),
+            events=rest,
+            pending=pending,
             attempts=[Attempt(CACHE_PROVIDER, entry.model, "cache_hit", 200, ms)],
             first_event_at=time.monotonic(),
         )
