@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import shutil
 import statistics
@@ -52,6 +53,14 @@ def body(question: str, model: str) -> bytes:
 
     messages = [{"role": "user", "content": question}]
     return msgspec.json.encode({"model": model, "stream": True, "messages": messages})
+
+
+def numbered(prefix: str, model: str, i: int) -> bytes:
+    return body(f"{prefix} {i}", model)
+
+
+def cycled(bodies: list[bytes], i: int) -> bytes:
+    return bodies[i % len(bodies)]
 
 
 async def ttft_ms(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
@@ -98,20 +107,20 @@ async def ttft_table(n: int) -> list[str]:
                 run = f"{c}-{time.time()}"
                 # prime the hits: one answer per question, stored
                 hot = [body(f"hit {run} {i % 10}", ROUTE) for i in range(10)]
-                await measure(session, chat, lambda i: hot[i], 10, 10)
+                await measure(session, chat, hot.__getitem__, 10, 10)
                 await asyncio.sleep(0.5)
                 samples = {
                     "direct": await measure(
                         session,
                         sim_url + "/v1/chat/completions",
-                        lambda i: body(f"direct {run} {i}", "gpt-5.5"),
+                        functools.partial(numbered, f"direct {run}", "gpt-5.5"),
                         n,
                         c,
                     ),
                     "miss": await measure(
-                        session, chat, lambda i: body(f"miss {run} {i}", ROUTE), n, c
+                        session, chat, functools.partial(numbered, f"miss {run}", ROUTE), n, c
                     ),
-                    "hit": await measure(session, chat, lambda i: hot[i % 10], n, c),
+                    "hit": await measure(session, chat, functools.partial(cycled, hot), n, c),
                 }
                 for name, values in samples.items():
                     rows.append(
@@ -161,7 +170,9 @@ async def lookup_table(n: int) -> list[str]:
     port = free_port()
     folder = tempfile.mkdtemp(prefix="tokenrelay-bench-redis-")
     command = [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", folder]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(  # noqa: ASYNC220 (once, before anything is measured)
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         await asyncio.sleep(0.3)
         redis = RedisCache.from_url(

@@ -368,7 +368,7 @@ async def test_ledger_usage_endpoint_and_cli_show_hits_and_savings(
     second, _ = await ask(gw, http, "anthropic", body)
     assert second.headers["x-tokenrelay-cache"] == "hit"
     db = await gw.gateway.gate.database()
-    rows = {}
+    rows: dict[str, Any] = {}
     deadline = time.monotonic() + 10
     ids = (first.headers["x-request-id"], second.headers["x-request-id"])
     while len(rows) < 2 and time.monotonic() < deadline:
