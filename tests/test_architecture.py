@@ -53,6 +53,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.usage_http": "http",
     # Core: the vocabulary, the dialects, routing, failover, the providers and their transport.
     "tokenrelay": "core",
+    "tokenrelay.cache_relay": "core",  # a request's cache lookup, capture and store
     "tokenrelay.cors": "core",  # CORS settings (part of the settings tree) and a lazy wrapper
     "tokenrelay.dialects": "core",
     "tokenrelay.failover": "core",
@@ -67,6 +68,7 @@ LAYERS: dict[str, str] = {
     # Side systems.
     "tokenrelay.admin": "side",  # orgs, users, keys, budgets, roles, the audit trail
     "tokenrelay.breaker": "side",
+    "tokenrelay.cache": "side",  # the response cache: keys, entries, stores
     "tokenrelay.gate": "side",
     "tokenrelay.guard": "side",
     "tokenrelay.latency": "side",

@@ -106,6 +106,9 @@ JSON_BY_MODEL = {
             "cost_nanousd": 2_012_385_801,
             "cost_usd": "2.012385801",
             "estimated_share": 0.3333,
+            "cache_hits": 0,
+            "saved_nanousd": 0,
+            "saved_usd": "0.000000000",
         },
         {
             "model": "openai:gpt-5.5",
@@ -118,6 +121,9 @@ JSON_BY_MODEL = {
             "cost_nanousd": 1_500_000,
             "cost_usd": "0.001500000",
             "estimated_share": 0.0,
+            "cache_hits": 0,
+            "saved_nanousd": 0,
+            "saved_usd": "0.000000000",
         },
         {
             "model": None,
@@ -130,6 +136,9 @@ JSON_BY_MODEL = {
             "cost_nanousd": 0,
             "cost_usd": "0.000000000",
             "estimated_share": 0.0,
+            "cache_hits": 0,
+            "saved_nanousd": 0,
+            "saved_usd": "0.000000000",
         },
     ],
     "total": {
@@ -142,6 +151,9 @@ JSON_BY_MODEL = {
         "cost_nanousd": 2_013_885_801,
         "cost_usd": "2.013885801",
         "estimated_share": 0.1667,
+        "cache_hits": 0,
+        "saved_nanousd": 0,
+        "saved_usd": "0.000000000",
     },
 }
 

@@ -27,6 +27,7 @@ from tokenrelay.router import Router
 from tokenrelay.settings import Settings
 
 if TYPE_CHECKING:
+    from tokenrelay.cache.service import ResponseCache
     from tokenrelay.metering import LedgerWriter
     from tokenrelay.metering.meter import Meter
     from tokenrelay.observe.audit import AuditLog
@@ -73,6 +74,7 @@ class Gateway:
         self.responses = ResponseStore(settings.responses)
         self.resume: ResumeStore | None = None  # resumable streams' events (docs/resume.md)
         self.guards = Guards()  # each route's PII masking and output rules (guard.route)
+        self.cache: ResponseCache | None = None  # only when a route turns its cache on
 
     @property
     def router(self) -> Router:
@@ -153,6 +155,10 @@ class Gateway:
         )
         self._gate = Gate.create(settings)
         self.resume = build_store(settings)
+        if _caches(settings):  # else nothing of the cache is imported
+            from tokenrelay.cache.build import build_cache
+
+            self.cache = build_cache(settings, self.pool)
         self._start_metering()
         self.responses.start(self._gate)
         self.listeners.add(self.responses)
@@ -189,6 +195,8 @@ class Gateway:
         if self.gate.budgets is not None:
             reporters.append(metrics.BudgetReporter(self.gate.budgets.metrics))
         reporters.append(self.responses.metrics)  # stored /v1/responses answers
+        if self.cache is not None:
+            reporters.append(self.cache.metrics)
         if self.audit is not None:
             reporters.append(metrics.AuditReporter(self.audit))
         reporters.append(metrics.PoolReporter(self.pool))
@@ -274,6 +282,8 @@ class Gateway:
             await self.ledger.close(timeout=5.0)
         await self.responses.close()  # writes the responses still pending, before the gate
         await self.guards.aclose()
+        if self.cache is not None:  # the answers still being stored, briefly
+            await self.cache.close()
         if self.audit is not None:
             await asyncio.to_thread(self.audit.close)
         if self._gate is not None:
@@ -287,6 +297,12 @@ class Gateway:
             await asyncio.to_thread(self.tracer.shutdown)
         if self.simulator is not None:
             await self.simulator.stop()
+
+
+def _caches(settings: Settings) -> bool:
+    """Whether any route (or the provider-models policy) turns the response cache on."""
+    routes = [*settings.routes.values(), settings.provider_models]
+    return any(route.cache.mode != "off" for route in routes)
 
 
 def _add_demo_routes(settings: Settings) -> None:

@@ -24,10 +24,13 @@ Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted", "g
 
 # How one try of a target ended: "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot
 # carry the request: not tried), "circuit_open" (its breaker is open: not tried),
-# "upstream_auth" (refused the gateway's credentials), or the error type it failed with.
+# "upstream_auth" (refused the gateway's credentials), "cache_hit" (served from the response
+# cache: no upstream was asked), or the error type it failed with.
 AttemptOutcome = (
-    Literal["ok", "hedged_out", "unsupported", "circuit_open", "upstream_auth"] | ErrorType
+    Literal["ok", "hedged_out", "unsupported", "circuit_open", "upstream_auth", "cache_hit"]
+    | ErrorType
 )
+CacheResult = Literal["hit", "miss", "bypass"]
 
 log = logging.getLogger("tokenrelay.requests")
 
@@ -76,6 +79,12 @@ class StreamRecord:
     billed_usage: Usage | None = None
     usage_estimated: bool = False
     cost_nanousd: int | None = None
+    # On a route with a response cache: whether it answered (a hit costs nothing upstream and
+    # is billed 0; metering sets ``saved_nanousd`` to what the original answer cost), and a
+    # semantic hit's similarity.
+    cache: CacheResult | None = None
+    cache_similarity: float | None = None
+    saved_nanousd: int | None = None
     # For metering and audit only (estimating unreported usage, the audit line's prefix and
     # keyed hash); never logged as such.
     request: Request | None = None

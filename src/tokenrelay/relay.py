@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tokenrelay import dialects
+from tokenrelay.cache_relay import CachedCall
 from tokenrelay.dialects.responses.wire import CONTINUES, REFERENCES
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission, Rejected
@@ -137,6 +138,7 @@ class RelayEndpoint:
                 request = await gateway.responses.referenced(request, identity)
             if CONTINUES in request.front_options:
                 request = await gateway.responses.continued(request, identity)
+            cached = CachedCall.begin(gateway.cache, route, request, identity, headers)
             admission = await gateway.gate.admit_request(route, request, headers, admission)
             if gateway.draining:  # it began while the gate awaited
                 await gateway.gate.settle(admission, Usage())
@@ -182,6 +184,7 @@ class RelayEndpoint:
             return
         call = _Call(self, scope, receive, send, request, route_name, request_id, started)
         call.admission = admission
+        call.cached = cached
         call.trace = trace
         call.guard = guard
         await call.run(route)
@@ -200,6 +203,7 @@ class RelayEndpoint:
         error: GatewayError,
         request_id: str,
         attempts: list[Attempt] | None = None,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         content_type = getattr(self.dialect, "ERROR_CONTENT_TYPE", "application/json")
         headers = [
@@ -217,6 +221,8 @@ class RelayEndpoint:
             headers.append((b"connection", b"close"))
         if error.headers:  # a rate limit's quota (its retry-after is already above)
             headers.extend(h for h in error.headers if h[0] != b"retry-after")
+        if extra:
+            headers.extend(extra)
         await send({"type": "http.response.start", "status": error.status, "headers": headers})
         await send({"type": "http.response.body", "body": self.dialect.encode_error(error)})
 
@@ -263,6 +269,7 @@ class _Call:
         self.tap: Tap | None = None  # a resumable stream's ids and kept events
         self.gone = asyncio.Event()
         self.guard: RequestGuard | None = None  # masking, output rules, canary: when any
+        self.cached: CachedCall | None = None  # the response cache's part, on a route with one
 
     async def run(self, route: Route) -> None:
         task = self.task = asyncio.current_task()
@@ -303,13 +310,17 @@ class _Call:
         finally:
             gateway.untrack(self)
             self._emit(outcome, error_type)
+            if self.cached is not None:  # stores a completed miss, in the background
+                self.cached.finish(outcome, self.accumulator.completion)
             if self.admission is not None:
                 await self._settle(self.admission)
 
     async def _settle(self, admission: Admission) -> None:
         """Give back the stream slot and charge the tokens used; never fails the request."""
+        hit = self.cached is not None and self.cached.hit
+        usage = Usage() if hit else self.accumulator.completion.usage  # a hit used no tokens
         try:
-            await self.endpoint.gateway.gate.settle(admission, self.accumulator.completion.usage)
+            await self.endpoint.gateway.gate.settle(admission, usage)
         except Exception:
             log.exception("request %s: settling its rate limits failed", self.request_id)
 
@@ -365,21 +376,27 @@ class _Call:
     async def _serve(self, route: Route) -> tuple[Outcome, str | None]:
         endpoint = self.endpoint
         headers = _client_headers(self.scope)
+        cached = self.cached
+        hit = await cached.open(route) if cached is not None else None
         try:
-            opened = await endpoint.gateway.router.open_stream(
+            opened = hit or await endpoint.gateway.router.open_stream(
                 route, self.request, headers, self.trace
             )
         except RouteFailed as error:
             self.attempts = error.attempts
             self.status = error.status
             self._emit("error", error.type)
-            await endpoint._send_error(self.send, error, self.request_id, error.attempts)
+            extra = [cached.header] if cached is not None else None
+            await endpoint._send_error(self.send, error, self.request_id, error.attempts, extra)
             return "error", error.type
         except GatewayError as error:
             self.status = error.status
             self._emit("error", error.type)
-            await endpoint._send_error(self.send, error, self.request_id)
+            extra = [cached.header] if cached is not None else None
+            await endpoint._send_error(self.send, error, self.request_id, extra=extra)
             return "error", error.type
+        if cached is not None and hit is None:
+            cached.capture(opened)
         self.opened = opened
         self.attempts = opened.attempts
         if self.request.stream:
@@ -403,6 +420,8 @@ class _Call:
             headers.append((b"x-tokenrelay-demo", b"true"))
         if self.admission is not None:
             headers.extend(self.admission.headers)
+        if self.cached is not None:
+            headers.append(self.cached.header)
         return headers
 
     async def _stream(self, opened: OpenStream) -> tuple[Outcome, str | None]:
@@ -639,6 +658,8 @@ class _Call:
         if self.guard is not None:
             record.guard, record.guard_output = self.guard.masked, self.guard.hits
             record.guard_blocked = self.guard.blocked
+        if self.cached is not None:
+            record.cache, record.cache_similarity = self.cached.plan.result, self.cached.similarity
         if self.admission is not None:
             record.identity = self.admission.identity
             record.verdict = self.admission.verdict

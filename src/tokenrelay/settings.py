@@ -22,6 +22,7 @@ import msgspec
 from tokenrelay import transports
 from tokenrelay.admin.settings import AdminSettings
 from tokenrelay.breaker import BreakerSettings
+from tokenrelay.cache.settings import CacheSettings, CacheStoreSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.guard.settings import GuardSettings
@@ -132,6 +133,8 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Personal data masked (or refused) before the upstream, the answer checked as it streams
     # (docs/guard.md).
     guard: GuardSettings = msgspec.field(default_factory=GuardSettings)
+    # The response cache (docs/cache.md): off unless the route turns it on.
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).
@@ -282,6 +285,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Bounds on what resumable streams keep, over all routes (docs/resume.md)
     resume: ResumeStoreSettings = msgspec.field(default_factory=ResumeStoreSettings)
     admin: AdminSettings = msgspec.field(default_factory=AdminSettings)  # /admin/v1/
+    # Where the response cache keeps answers (routes turn it on: routes.<name>.cache).
+    cache: CacheStoreSettings = msgspec.field(default_factory=CacheStoreSettings)
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""

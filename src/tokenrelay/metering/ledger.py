@@ -59,6 +59,11 @@ class LedgerRow(msgspec.Struct, kw_only=True, gc=False):
     # Migration 4 (appended, as ALTER TABLE adds columns at the end).
     served_model: str | None = None
     priced_model: str | None = None
+    # Migration 6: "hit" / "miss" / "bypass" on a route with a response cache; a hit costs 0
+    # and ``saved_nanousd`` is what the original answer cost; a semantic hit's similarity.
+    cache: str | None = None
+    saved_nanousd: int = 0
+    cache_similarity: float | None = None
     # Migration 9: what the route's guard did, as JSON (types and counts, never values).
     guard: str | None = None
 
@@ -143,6 +148,8 @@ def row_from(record: StreamRecord, *, now: float | None = None) -> LedgerRow:
         ttft_ms=record.ttft_ms,
         duration_ms=record.duration_ms,
         served_model=usage.model,
+        cache=record.cache,
+        cache_similarity=record.cache_similarity,
         guard=guard_json(record),
     )
 

@@ -103,9 +103,12 @@ class Meter:
         record.billed_usage, record.usage_estimated = total, estimated
         if self.pricer.loaded:
             self._price(row, parts)
+            _served_from_cache(row)
         else:
             row.cost_nanousd = UNPRICED
         self.ledger.submit(row)
+        if row.cache == "hit" and row.cost_nanousd != UNPRICED:
+            record.saved_nanousd = row.saved_nanousd
         if row.priced and row.cost_nanousd >= 0:
             record.cost_nanousd = row.cost_nanousd
         if row.cost_nanousd > 0 and self.budgets is not None and record.identity is not None:
@@ -161,10 +164,18 @@ class Meter:
                 reasoning_tokens=row.reasoning_tokens,
             )
             self._price(row, [(row.provider, row.model, row.served_model, usage)])
+            _served_from_cache(row)
             if row.cost_nanousd > 0 and self.budgets is not None:
                 self.budgets.charge(
                     _identity(row), row.cost_nanousd, row.request_id, row.created_at
                 )
+
+
+def _served_from_cache(row: LedgerRow) -> None:
+    """A cache hit asked no upstream: it costs 0, and saved what the original answer cost
+    (its usage, priced as the row was). Budgets then charge it nothing."""
+    if row.cache == "hit":
+        row.saved_nanousd, row.cost_nanousd = row.cost_nanousd, 0
 
 
 def _add(a: Usage, b: Usage) -> Usage:

@@ -75,8 +75,10 @@ _SUMS = ", ".join(
                 "cache_write_tokens",
                 "cost_nanousd",
                 "estimated",
+                "saved_nanousd",
             )
         ),
+        "SUM(CASE WHEN cache = 'hit' THEN 1 ELSE 0 END) AS cache_hits",
     ]
 )
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY}
@@ -110,6 +112,8 @@ class UsageRow(msgspec.Struct, kw_only=True):
     cache_write_tokens: int = 0
     cost_nanousd: int = 0
     estimated: int = 0  # requests whose token counts are our estimate, not the upstream's
+    cache_hits: int = 0  # requests the response cache answered (billed 0)
+    saved_nanousd: int = 0  # what those answers cost when they were first made
 
     @property
     def cost_usd(self) -> Decimal:
@@ -262,6 +266,7 @@ def _json_row(by: str | None, row: UsageRow) -> dict[str, Any]:
     item: dict[str, Any] = {by: row.group} if by is not None else {}
     item.update({name: getattr(row, name) for name in _COUNTS if name != "estimated"})
     item["cost_usd"] = _exact_usd(row)
+    item["saved_usd"] = usd(row.saved_nanousd, 9)
     item["estimated_share"] = round(row.estimated_share, 4)
     return item
 
@@ -288,6 +293,7 @@ _CSV_FIELDS = (
     "cache_read_tokens",
     "cache_write_tokens",
 )
+_CSV_CACHE = ("cache_hits",)
 
 
 # What makes a spreadsheet read a cell as a formula, once it skips leading blanks (the
@@ -310,15 +316,24 @@ def csv_cell(name: str | None) -> str:
     return name
 
 
+def _cached(report: UsageReport) -> bool:
+    """Whether the response cache answered any request of the report: its columns show then
+    (so a gateway without a cache keeps its report's shape)."""
+    return report.total.cache_hits > 0
+
+
 def render_csv(report: UsageReport) -> str:
     """One line per group (no total line, so a spreadsheet can sum the columns)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([report.query.by, *_CSV_FIELDS, "cost_usd", "estimated_share"])
+    cached = _cached(report)
+    cache_header = [*_CSV_CACHE, "saved_usd"] if cached else []
+    writer.writerow([report.query.by, *_CSV_FIELDS, "cost_usd", "estimated_share", *cache_header])
     for row in report.rows:
         counts = [getattr(row, name) for name in _CSV_FIELDS]
         share = round(row.estimated_share, 4)
-        writer.writerow([csv_cell(row.group), *counts, _exact_usd(row), share])
+        cache = [row.cache_hits, usd(row.saved_nanousd, 9)] if cached else []
+        writer.writerow([csv_cell(row.group), *counts, _exact_usd(row), share, *cache])
     return out.getvalue()
 
 
@@ -326,12 +341,18 @@ def render_table(report: UsageReport) -> str:
     """Aligned columns with a TOTAL line; costs rounded to a millionth of a dollar."""
     header = [report.query.by.upper(), "REQUESTS", "ERRORS", "INPUT", "OUTPUT", "CACHE_READ"]
     header += ["CACHE_WRITE", "COST_USD", "ESTIMATED"]
+    cached = _cached(report)
+    if cached:
+        header += ["CACHE_HITS", "SAVED_USD"]
     lines = [header]
     for row in [*report.rows, report.total]:
         label = "TOTAL" if row is report.total else (row.group or "-")
         counts = [f"{getattr(row, name):,}" for name in _CSV_FIELDS]
         cost = usd(row.cost_nanousd, 6)
-        lines.append([label, *counts, cost, f"{row.estimated_share:.1%}"])
+        line = [label, *counts, cost, f"{row.estimated_share:.1%}"]
+        if cached:
+            line += [f"{row.cache_hits:,}", usd(row.saved_nanousd, 6)]
+        lines.append(line)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "".join(
         "  ".join(

@@ -365,8 +365,10 @@ class GatewayMetrics:
             if tokens is not None:
                 upstream.usage_out.observe(tokens)
                 upstream.tokens_out.value += tokens
-        if len(attempts) > 1 or (attempts and attempts[0].outcome != "ok"):
-            self._attempts(record, attempts)
+        if record.cache != "hit" and (
+            len(attempts) > 1 or (attempts and attempts[0].outcome != "ok")
+        ):
+            self._attempts(record, attempts)  # a cache hit's one attempt is no upstream failure
         if record.outcome == "rejected":
             self.rejections.inc(self._bounded(record.route), rejection_reason(record))
         if record.guard or record.guard_blocked or record.reject_reason in _GUARD_REFUSALS:

@@ -141,6 +141,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        6,
+        "ledger_cache",
+        (
+            # The response cache (tokenrelay.cache): "hit", "miss" or "bypass" on a route with
+            # one (NULL elsewhere); a hit's cost is 0 and saved_nanousd what the original answer
+            # cost; a semantic hit's cosine similarity.
+            "ALTER TABLE ledger ADD COLUMN cache TEXT",
+            "ALTER TABLE ledger ADD COLUMN saved_nanousd BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE ledger ADD COLUMN cache_similarity DOUBLE PRECISION",
+        ),
+    ),
+    Migration(
         7,
         "admin",
         (
