@@ -63,6 +63,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.types": "core",
     # Side systems.
     "tokenrelay.breaker": "side",
+    "tokenrelay.cache": "side",
     "tokenrelay.gate": "side",
     "tokenrelay.latency": "side",
     "tokenrelay.metering": "side",

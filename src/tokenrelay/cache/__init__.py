@@ -1,0 +1,1 @@
+"""Response cache: exact match and a semantic plug-in."""
