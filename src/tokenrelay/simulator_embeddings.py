@@ -12,6 +12,7 @@ and a real embedding model must be measured on real traffic (docs/cache-semantic
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import re
 import unicodedata
@@ -26,12 +27,13 @@ MAX_INPUTS = 2048  # as OpenAI's limit on inputs per request
 
 _WORD = re.compile(r"[a-z0-9]+(?:\.[0-9]+)?")
 # Words that say little about what is asked; negations are NOT here: they change the answer.
-_FUNCTION_WORDS = frozenset(
+_FUNCTION_TEXT = (
     "a an the of to in on at for from by with about as into is are was were be been being am "
     "do does did i me my you your we our it its this that these those there here s "
     "please can could would will shall should may might tell give show what which who whom "
-    "whose and or but so if then than".split()
+    "whose and or but so if then than"
 )
+_FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
 _NEGATIONS = {"t": "not", "nt": "not", "no": "not", "never": "not", "without": "not"}
 _SUFFIXES = ("ational", "ization", "ness", "ment", "ing", "ies", "ied", "es", "ed", "ly", "s")
 
@@ -62,7 +64,7 @@ def features(text: str) -> list[tuple[str, float]]:
         if word not in _FUNCTION_WORDS:
             stems.append(_stem(word))
     found = [(stem, 1.0) for stem in stems]
-    found.extend((f"{a}>{b}", PAIR_WEIGHT) for a, b in zip(stems, stems[1:], strict=False))
+    found.extend((f"{a}>{b}", PAIR_WEIGHT) for a, b in itertools.pairwise(stems))
     return found
 
 

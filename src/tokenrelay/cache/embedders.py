@@ -100,7 +100,7 @@ class HttpEmbedder:
         self.headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
-        self._pool = pool
+        self._pool: Any = pool
         self._session: aiohttp.ClientSession | None = None
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
@@ -120,9 +120,7 @@ class HttpEmbedder:
         return parse_embeddings(payload, len(texts))
 
     async def _post_pooled(self, body: bytes) -> tuple[int, bytes]:
-        response = await self._pool.post(
-            self.url, body, self.headers, connect_timeout=self.timeout
-        )
+        response = await self._pool.post(self.url, body, self.headers, connect_timeout=self.timeout)
         try:
             payload: bytes = await response.read(MAX_ANSWER_BYTES + 1)
         except BaseException:

@@ -56,7 +56,7 @@ def cosine(a: Vector, b: Vector) -> float:
     """The cosine similarity of two unit vectors (0 when their sizes differ: another model)."""
     if len(a) != len(b):
         return 0.0
-    return sum(map(operator.mul, a, b))
+    return float(sum(map(operator.mul, a, b)))
 
 
 def pack(vector: Vector, expires: float) -> bytes:
@@ -127,7 +127,7 @@ class SemanticIndex:
         self.threshold = threshold
         self.max_entries = max_entries
         self.ttl = ttl
-        self.redis = redis
+        self.redis: Any = redis  # redis.asyncio.Redis answering bytes (no decode_responses)
         self.prefix = prefix
         self.faults: dict[str, int] = {}  # why lookups missed for want of vectors or of Redis
         self._scopes: dict[str, _Scope] = {}
@@ -301,7 +301,9 @@ class SemanticIndex:
         source = "redis" if kind == "redis" else "embedder"
         if source not in self._failing:
             self._failing.add(source)
-            log.warning("semantic cache: %s failed (%s), lookups miss until it recovers", source, detail)
+            log.warning(
+                "semantic cache: %s failed (%s), lookups miss until it recovers", source, detail
+            )
 
     def _recovered(self, source: str) -> None:
         if source in self._failing:
