@@ -22,6 +22,7 @@ import redis.asyncio
 from tests.redis_server import RedisServer, redis_server_binary, redis_server_fixture
 from tests.services import free_port
 from tokenrelay import simulator_embeddings
+from tokenrelay.cache import vectors
 from tokenrelay.cache.embedders import (
     BoundedEmbedder,
     EmbedderError,
@@ -125,6 +126,21 @@ async def client(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis
         await made.aclose()
 
 
+@pytest.fixture(params=["numpy", "python"])
+def kernel_name(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every index the test builds scans with numpy, or (its module handle emptied as if numpy
+    were not installed) in pure Python."""
+    if request.param == "numpy":
+        assert vectors.load_numpy() is not None, "numpy is in the test extra"
+    else:
+        monkeypatch.setattr(vectors, "_numpy", False)
+    name: str = request.param
+    return name
+
+
+both_kernels = pytest.mark.usefixtures("kernel_name")
+
+
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A server of this test's own, to stop and start."""
@@ -135,6 +151,7 @@ def own_redis() -> Iterator[RedisServer]:
 # --- memory --------------------------------------------------------------------------------------
 
 
+@both_kernels
 async def test_the_same_text_hits_with_similarity_one() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95)
     await index.add("org-a", "p1", FRANCE, "key-france")
@@ -144,6 +161,7 @@ async def test_the_same_text_hits_with_similarity_one() -> None:
     assert found[1] == pytest.approx(1.0)
 
 
+@both_kernels
 async def test_a_paraphrase_hits_with_its_similarity_and_a_near_miss_does_not() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.9)
     await index.add("org-a", "p1", READ, "key-read")
@@ -155,6 +173,7 @@ async def test_a_paraphrase_hits_with_its_similarity_and_a_near_miss_does_not() 
     assert await index.find("org-a", "p1", GERMANY) is None
 
 
+@both_kernels
 async def test_the_threshold_decides() -> None:
     close = similarity(READ, READ_AGAIN)
     assert 0.94 < close < 0.95
@@ -166,6 +185,7 @@ async def test_the_threshold_decides() -> None:
         SemanticIndex(LocalEmbedder(), threshold=1.5)
 
 
+@both_kernels
 async def test_the_most_similar_entry_wins() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.3)
     await index.add("org-a", "p1", GERMANY, "key-germany")
@@ -176,6 +196,7 @@ async def test_the_most_similar_entry_wins() -> None:
     assert found is not None and found[0] == "key-france"
 
 
+@both_kernels
 async def test_another_scope_or_partition_never_hits() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95)
     await index.add("org-a", "p1", FRANCE, "key-france")
@@ -184,6 +205,7 @@ async def test_another_scope_or_partition_never_hits() -> None:
     assert await index.find("org-a", "p1", FRANCE) is not None
 
 
+@both_kernels
 async def test_an_empty_partition_is_a_miss_without_embedding() -> None:
     embedder = LocalEmbedder()
     index = SemanticIndex(embedder, threshold=0.95)
@@ -194,6 +216,7 @@ async def test_an_empty_partition_is_a_miss_without_embedding() -> None:
     assert embedder.calls == 1
 
 
+@both_kernels
 async def test_entries_expire() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95, ttl=3600)
     await index.add("org-a", "p1", FRANCE, "key-france", ttl=0)  # a client's ttl of 0
@@ -205,6 +228,7 @@ async def test_entries_expire() -> None:
     assert short.size == 0
 
 
+@both_kernels
 async def test_the_sweep_drops_expired_entries_of_idle_scopes() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95)
     await index.add("org-idle", "p1", FRANCE, "old", ttl=0)
@@ -215,6 +239,7 @@ async def test_the_sweep_drops_expired_entries_of_idle_scopes() -> None:
     assert await index.find("org-busy", "p1", GERMANY) is not None
 
 
+@both_kernels
 async def test_each_scope_is_bounded_oldest_evicted() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95, max_entries=3)
     questions = [f"How far is planet number {n} from the sun?" for n in range(5)]
@@ -228,6 +253,7 @@ async def test_each_scope_is_bounded_oldest_evicted() -> None:
     assert_hit(await index.find("org-b", "p0", questions[0]), "other-org")
 
 
+@both_kernels
 async def test_adding_a_key_again_replaces_it() -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95, max_entries=2)
     await index.add("org-a", "p1", FRANCE, "key")
@@ -237,6 +263,7 @@ async def test_adding_a_key_again_replaces_it() -> None:
     assert_hit(await index.find("org-a", "p1", GERMANY), "key")
 
 
+@both_kernels
 async def test_a_failing_embedder_is_a_miss_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     index = SemanticIndex(CrashingEmbedder(), threshold=0.95)
     index._scopes.clear()
@@ -254,6 +281,7 @@ async def test_a_failing_embedder_is_a_miss_logged_once(caplog: pytest.LogCaptur
 # --- Redis ---------------------------------------------------------------------------------------
 
 
+@both_kernels
 async def test_two_instances_share_entries_through_redis(
     client: redis.asyncio.Redis, prefix: str
 ) -> None:
@@ -272,6 +300,7 @@ async def test_two_instances_share_entries_through_redis(
     assert 0 < await client.ttl(name) <= 3600
 
 
+@both_kernels
 async def test_a_redis_hash_is_trimmed_to_the_bound_and_expires(
     client: redis.asyncio.Redis, prefix: str
 ) -> None:
@@ -290,6 +319,7 @@ async def test_a_redis_hash_is_trimmed_to_the_bound_and_expires(
     assert await index.find("org-a", "p1", FRANCE) is None
 
 
+@both_kernels
 async def test_a_torn_redis_field_is_ignored(client: redis.asyncio.Redis, prefix: str) -> None:
     index = SemanticIndex(LocalEmbedder(), threshold=0.95, redis=client, prefix=prefix)
     await index.add("org-a", "p1", FRANCE, "good")
@@ -307,6 +337,7 @@ def test_a_vector_survives_packing_as_float32() -> None:
     assert unpacked[1] == pytest.approx(vector, abs=1e-6)
 
 
+@both_kernels
 async def test_a_redis_outage_is_a_miss_and_recovers(
     own_redis: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -327,6 +358,143 @@ async def test_a_redis_outage_is_a_miss_and_recovers(
         assert "redis recovered" in caplog.text
     finally:
         await made.aclose()
+
+
+# --- the two kernels: numpy's matrix product and the pure-Python scan ---------------------------
+
+
+class ResizingEmbedder(LocalEmbedder):
+    """The simulator's vectors padded with zeros to ``dimensions``: a new embedding model, when
+    it changes."""
+
+    def __init__(self, dimensions: int) -> None:
+        super().__init__()
+        self.dimensions = dimensions
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        padded = [vector + [0.0] * self.dimensions for vector in await super().embed(texts)]
+        return [vector[: self.dimensions] for vector in padded]
+
+
+def labelled_pairs() -> list[dict[str, str]]:
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "semantic_pairs.json").read_text())
+    pairs: list[dict[str, str]] = data["pairs"]
+    return pairs
+
+
+def assert_same(numpy_found: list[Any], python_found: list[Any], *, ties: bool = False) -> None:
+    """The same answers: keys, and scores equal to float32 rounding. With ``ties``, two rows
+    of the same similarity (distinct vectors, equal in float64) may be chosen either way."""
+    assert [f is None for f in numpy_found] == [f is None for f in python_found]
+    for ours, theirs in zip(numpy_found, python_found, strict=True):
+        if ours is not None:
+            assert ours[1] == pytest.approx(theirs[1], abs=1e-5)
+            assert ours[0] == theirs[0] or ties, (ours, theirs)
+
+
+def test_the_kernel_is_numpys_unless_told_or_numpy_is_absent(kernel_name: str) -> None:
+    assert SemanticIndex(LocalEmbedder(), threshold=0.9).vectorized == (kernel_name == "numpy")
+    assert not SemanticIndex(LocalEmbedder(), threshold=0.9, vectorized=False).vectorized
+
+
+async def test_without_numpy_the_slow_scan_is_said_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sys
+
+    monkeypatch.setattr(vectors, "_numpy", None)  # not looked for yet
+    monkeypatch.setitem(sys.modules, "numpy", None)  # and not importable
+    with caplog.at_level(logging.WARNING, logger="tokenrelay.cache"):
+        first = SemanticIndex(LocalEmbedder(), threshold=0.95)
+        second = SemanticIndex(LocalEmbedder(), threshold=0.95)
+    assert not first.vectorized and not second.vectorized
+    assert caplog.text.count("numpy is not installed") == 1
+    assert "pip install 'tokenrelay[semantic]'" in caplog.text
+    await first.add("org-a", "p1", FRANCE, "key-france")
+    assert_hit(await first.find("org-a", "p1", FRANCE_AGAIN), "key-france")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one-partition", "a-partition-each"])
+async def test_both_kernels_answer_the_same_on_the_labelled_pairs(shared: bool) -> None:
+    """Each pair's first text stored (77 rows in one partition: the matrix grows past its
+    first 16), each second text looked up, at a threshold low enough to see every answer."""
+    pairs = labelled_pairs()
+    answers: dict[bool, list[Any]] = {}
+    for vectorized in (True, False):
+        index = SemanticIndex(LocalEmbedder(), threshold=0.01, vectorized=vectorized)
+        assert index.vectorized == vectorized
+        for number, pair in enumerate(pairs):
+            await index.add("org", "all" if shared else f"p{number}", pair["a"], f"key{number}")
+        answers[vectorized] = [
+            await index.find("org", "all" if shared else f"p{number}", pair["b"])
+            for number, pair in enumerate(pairs)
+        ]
+    assert_same(answers[True], answers[False])
+    hits = [found is not None and found[1] >= DEFAULT_THRESHOLD for found in answers[True]]
+    near_misses = [
+        hit for hit, pair in zip(hits, pairs, strict=True) if pair["label"] == "near_miss"
+    ]
+    assert sum(near_misses) == 0
+
+
+async def test_both_kernels_answer_the_same_after_eviction_replacement_and_expiry() -> None:
+    questions = [f"How far is planet number {n} from the star {n % 7}?" for n in range(60)]
+    answers: dict[bool, list[Any]] = {}
+    for vectorized in (True, False):
+        index = SemanticIndex(LocalEmbedder(), threshold=0.5, max_entries=40, vectorized=vectorized)
+        for number, question in enumerate(questions):
+            ttl = 0.0 if number % 9 == 0 else None  # some expire at once
+            await index.add("org", f"p{number % 3}", question, f"key{number % 50}", ttl=ttl)
+        assert index.size <= 40
+        answers[vectorized] = [
+            await index.find("org", f"p{part}", question)
+            for question in questions
+            for part in range(3)
+        ]
+    assert_same(answers[True], answers[False], ties=True)  # these questions tie often
+    assert sum(found is not None for found in answers[True]) > 30
+
+
+@both_kernels
+async def test_vectors_of_another_size_replace_a_partitions_old_ones() -> None:
+    embedder = ResizingEmbedder(256)
+    index = SemanticIndex(embedder, threshold=0.95)
+    await index.add("org-a", "p1", FRANCE, "key-france")
+    await index.add("org-a", "p2", READ, "key-read")
+    embedder.dimensions = 320
+    assert await index.find("org-a", "p1", GERMANY) is None  # 320 against 256: no comparison
+    await index.add("org-a", "p1", GERMANY, "key-germany")
+    assert index.size == 2  # FRANCE's 256 dimensions are gone; p2 keeps its own
+    assert await index.find("org-a", "p1", FRANCE) is None
+    assert_hit(await index.find("org-a", "p1", GERMANY), "key-germany")
+
+
+async def test_both_kernels_score_the_same_redis_hash(
+    client: redis.asyncio.Redis, prefix: str
+) -> None:
+    """Written by one kernel, read by both; a field of another size (another model) and a
+    torn one are skipped by both."""
+    writer = SemanticIndex(LocalEmbedder(), threshold=0.3, redis=client, prefix=prefix)
+    pairs = labelled_pairs()[:30]
+    for number, pair in enumerate(pairs):
+        await writer.add("org", "p1", pair["a"], f"key{number}")
+    name = writer.redis_key("org", "p1")
+    small = unit(simulator_embeddings.embed(FRANCE)[:64])
+    assert small is not None
+    await client.hset(name, "small", pack(small, 4e9))
+    await client.hset(name, "torn", b"\x00\x01\x02")
+    answers: dict[bool, list[Any]] = {}
+    for vectorized in (True, False):
+        reader = SemanticIndex(
+            LocalEmbedder(), threshold=0.3, redis=client, prefix=prefix, vectorized=vectorized
+        )
+        answers[vectorized] = [await reader.find("org", "p1", pair["b"]) for pair in pairs]
+    assert_same(answers[True], answers[False])
+    assert sum(found is not None for found in answers[True]) > 20
+    assert all(found is None or found[0].startswith("key") for found in answers[True])
 
 
 # --- the HTTP embedder against the simulator -----------------------------------------------------

@@ -5,7 +5,8 @@ Looked up only after an exact-cache miss. Each stored answer's conversation text
 the scope is the tenant, the partition a hash of everything but the conversation (route,
 targets, tools, sampling), so an entry is only ever found by the same tenant asking the same
 route the same way. ``find`` answers the key of the most similar entry when its cosine
-similarity reaches the threshold.
+similarity reaches the threshold: with numpy (the ``semantic`` extra) one matrix-vector product
+over the partition's rows, else a pure-Python scan (``vectors``).
 
 In memory the entries are bounded per scope (oldest evicted) and expire after ``ttl``. With a
 Redis client they live in one Redis hash per (scope, partition), shared by every instance: a
@@ -19,18 +20,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import operator
-import struct
-import sys
 import time
-from array import array
 from collections import OrderedDict
-from collections.abc import Sequence
 from typing import Any
 
 from tokenrelay.cache.embedders import Embedder, EmbedderError, build_embedder
+from tokenrelay.cache.vectors import Kernel, Matrix, cosine, expiry, kernel, pack, unit, unpack
 
-__all__ = ["DEFAULT_THRESHOLD", "Embedder", "EmbedderError", "SemanticIndex", "build_embedder"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "Embedder",
+    "EmbedderError",
+    "SemanticIndex",
+    "build_embedder",
+    "cosine",
+    "pack",
+    "unit",
+    "unpack",
+]
 
 log = logging.getLogger("tokenrelay.cache")
 
@@ -39,53 +46,69 @@ log = logging.getLogger("tokenrelay.cache")
 DEFAULT_THRESHOLD = 0.95
 RECENT_VECTORS = 256  # texts whose vectors are kept, so the add after a miss embeds nothing
 SWEEP_SECONDS = 60.0  # how often an add drops the expired entries of every scope
-_EXPIRY = struct.Struct("<d")
-
-Vector = tuple[float, ...]
 
 
-def unit(vector: Sequence[float]) -> Vector | None:
-    """``vector`` scaled to length 1, or None when it has no direction (zero, NaN, infinite)."""
-    norm = math.sqrt(math.fsum(value * value for value in vector))
-    if not norm or not math.isfinite(norm):
-        return None
-    return tuple(value / norm for value in vector)
+class _Rows:
+    """One (scope, partition)'s entries as parallel rows: keys, expiries and unit vectors (the
+    kernel's matrix). A removal moves the last row into the hole, so the rows stay packed."""
 
+    __slots__ = ("expires", "keys", "matrix", "soonest", "where")
 
-def cosine(a: Vector, b: Vector) -> float:
-    """The cosine similarity of two unit vectors (0 when their sizes differ: another model)."""
-    if len(a) != len(b):
-        return 0.0
-    return float(sum(map(operator.mul, a, b)))
+    def __init__(self, matrix: Matrix) -> None:
+        self.matrix = matrix
+        self.keys: list[str] = []
+        self.expires: list[float] = []
+        self.where: dict[str, int] = {}  # key -> row
+        self.soonest = math.inf  # no row expires before this (it may be earlier than needed)
 
+    def put(self, key: str, vector: Any, expires: float) -> list[str]:
+        """Store ``key``'s vector; the keys dropped because theirs had another size (a new
+        embedding model: they could never be compared)."""
+        dropped: list[str] = []
+        if self.keys and len(vector) != self.matrix.dimensions:
+            dropped = self.keys
+            self.keys, self.expires, self.where = [], [], {}
+            self.matrix.truncate(0)
+        row = self.where.get(key)
+        if row is None:
+            self.where[key] = len(self.keys)
+            self.keys.append(key)
+            self.expires.append(expires)
+            self.matrix.append(vector)
+        else:
+            self.expires[row] = expires
+            self.matrix.replace(row, vector)
+        self.soonest = min(self.soonest, expires)
+        return dropped
 
-def pack(vector: Vector, expires: float) -> bytes:
-    """A Redis field's value: the wall-clock expiry, then the vector as little-endian float32."""
-    values = array("f", vector)
-    if sys.byteorder == "big":
-        values.byteswap()
-    return _EXPIRY.pack(expires) + values.tobytes()
+    def remove(self, key: str) -> None:
+        row = self.where.pop(key, None)
+        if row is None:
+            return
+        last = len(self.keys) - 1
+        if row != last:
+            moved = self.keys[row] = self.keys[last]
+            self.expires[row] = self.expires[last]
+            self.where[moved] = row
+            self.matrix.move(last, row)
+        self.keys.pop()
+        self.expires.pop()
+        self.matrix.truncate(last)
 
+    def expired(self, now: float) -> list[str]:
+        """The keys expired by ``now`` (checked only once the soonest expiry has passed)."""
+        if now < self.soonest:
+            return []
+        gone = [key for key, expires in zip(self.keys, self.expires, strict=True) if expires <= now]
+        self.soonest = min((e for e in self.expires if e > now), default=math.inf)
+        return gone
 
-def unpack(value: bytes) -> tuple[float, Vector] | None:
-    """The expiry and the (re-normalized) vector of a Redis field, or None if it is torn."""
-    if len(value) < _EXPIRY.size + 4 or (len(value) - _EXPIRY.size) % 4:
-        return None
-    (expires,) = _EXPIRY.unpack_from(value)
-    values = array("f")
-    values.frombytes(value[_EXPIRY.size :])
-    if sys.byteorder == "big":
-        values.byteswap()
-    vector = unit(values)  # float32 rounding: back to length 1 exactly
-    return None if vector is None else (expires, vector)
-
-
-class _Entry:
-    __slots__ = ("expires", "vector")
-
-    def __init__(self, vector: Vector, expires: float) -> None:
-        self.vector = vector
-        self.expires = expires
+    def best(self, query: Any) -> tuple[str, float] | None:
+        """The nearest row's key and similarity (None when empty or of another size)."""
+        if not self.keys or len(query) != self.matrix.dimensions:
+            return None
+        row, score = self.matrix.best(query)
+        return self.keys[row], score
 
 
 class _Scope:
@@ -95,15 +118,21 @@ class _Scope:
 
     def __init__(self) -> None:
         self.order: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self.partitions: dict[str, dict[str, _Entry]] = {}
+        self.partitions: dict[str, _Rows] = {}
 
     def drop(self, partition: str, key: str) -> None:
         self.order.pop((partition, key), None)
-        entries = self.partitions.get(partition)
-        if entries is not None:
-            entries.pop(key, None)
-            if not entries:
+        rows = self.partitions.get(partition)
+        if rows is not None:
+            rows.remove(key)
+            if not rows.keys:
                 del self.partitions[partition]
+
+    def expire(self, partition: str, now: float) -> None:
+        rows = self.partitions.get(partition)
+        if rows is not None:
+            for key in rows.expired(now):
+                self.drop(partition, key)
 
 
 class SemanticIndex:
@@ -118,7 +147,9 @@ class SemanticIndex:
         ttl: float = 3600.0,
         redis: Any | None = None,
         prefix: str = "tokenrelay:sem:",
+        vectorized: bool = True,
     ) -> None:
+        """``vectorized=False`` scans in pure Python even when numpy is installed (tests)."""
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"the similarity threshold must be in (0, 1], not {threshold}")
         if max_entries < 1 or ttl <= 0:
@@ -130,8 +161,10 @@ class SemanticIndex:
         self.redis: Any = redis  # redis.asyncio.Redis answering bytes (no decode_responses)
         self.prefix = prefix
         self.faults: dict[str, int] = {}  # why lookups missed for want of vectors or of Redis
+        self._kernel: Kernel = kernel(vectorized)
+        self.vectorized = self._kernel.vectorized  # numpy's one product per lookup, or a loop
         self._scopes: dict[str, _Scope] = {}
-        self._recent: OrderedDict[bytes, Vector] = OrderedDict()
+        self._recent: OrderedDict[bytes, Any] = OrderedDict()  # text digest -> kernel's vector
         self._failing: set[str] = set()
         self._next_sweep = time.monotonic() + SWEEP_SECONDS
 
@@ -141,24 +174,20 @@ class SemanticIndex:
         """The exact-cache key of the most similar entry and its cosine similarity, when that
         reaches the threshold; None otherwise, and on any fault."""
         if self.redis is None:
-            entries = self._memory_entries(scope, partition)
-            if not entries:  # nothing to compare with: no embedding on the request's path
+            rows = self._memory_rows(scope, partition)
+            if rows is None:  # nothing to compare with: no embedding on the request's path
                 return None
+            vector = await self._vector(text)
+            found = None if vector is None else rows.best(vector)
         else:
-            entries = await self._redis_entries(scope, partition)
-            if not entries:
+            fields = await self._redis_fields(scope, partition)
+            if not fields:
                 return None
-        vector = await self._vector(text)
-        if vector is None:
+            vector = await self._vector(text)
+            found = None if vector is None else self._redis_best(fields, vector)
+        if found is None or found[1] < self.threshold:
             return None
-        best_key, best = None, -1.0
-        for key, candidate in entries:
-            similarity = cosine(vector, candidate)
-            if similarity > best:
-                best_key, best = key, similarity
-        if best_key is None or best < self.threshold:
-            return None
-        return best_key, min(best, 1.0)
+        return found[0], min(found[1], 1.0)
 
     async def add(
         self, scope: str, partition: str, text: str, key: str, *, ttl: float | None = None
@@ -177,7 +206,11 @@ class SemanticIndex:
         held = self._scopes.get(scope)
         if held is None:
             held = self._scopes[scope] = _Scope()
-        held.partitions.setdefault(partition, {})[key] = _Entry(vector, now + life)
+        rows = held.partitions.get(partition)
+        if rows is None:
+            rows = held.partitions[partition] = _Rows(self._kernel.matrix())
+        for other in rows.put(key, vector, now + life):
+            held.order.pop((partition, other), None)
         held.order[(partition, key)] = None
         held.order.move_to_end((partition, key))
         while len(held.order) > self.max_entries:
@@ -197,7 +230,7 @@ class SemanticIndex:
 
     # vectors
 
-    async def _vector(self, text: str) -> Vector | None:
+    async def _vector(self, text: str) -> Any | None:
         digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
         known = self._recent.get(digest)
         if known is not None:
@@ -205,7 +238,7 @@ class SemanticIndex:
             return known
         try:
             vectors = await self.embedder.embed([text])
-            vector = unit(vectors[0])
+            vector = self._kernel.vector(vectors[0])
         except EmbedderError as exc:
             self._fault(exc.kind, str(exc))
             return None
@@ -222,23 +255,19 @@ class SemanticIndex:
 
     # memory
 
-    def _memory_entries(self, scope: str, partition: str) -> list[tuple[str, Vector]]:
+    def _memory_rows(self, scope: str, partition: str) -> _Rows | None:
+        """The partition's live rows (the expired dropped first), or None when it has none."""
         held = self._scopes.get(scope)
-        entries = held.partitions.get(partition) if held is not None else None
-        if held is None or not entries:
-            return []
-        now = time.monotonic()
-        expired = [key for key, entry in entries.items() if entry.expires <= now]
-        for key in expired:
-            held.drop(partition, key)
-        return [(key, entry.vector) for key, entry in entries.items() if entry.expires > now]
+        if held is None or partition not in held.partitions:
+            return None
+        held.expire(partition, time.monotonic())
+        return held.partitions.get(partition)
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + min(SWEEP_SECONDS, self.ttl)
         for name, held in list(self._scopes.items()):
-            for partition, entries in list(held.partitions.items()):
-                for key in [key for key, entry in entries.items() if entry.expires <= now]:
-                    held.drop(partition, key)
+            for partition in list(held.partitions):
+                held.expire(partition, now)
             if not held.order:
                 del self._scopes[name]
 
@@ -249,31 +278,32 @@ class SemanticIndex:
         both = hashlib.blake2b(f"{scope}\0{partition}".encode(), digest_size=16).hexdigest()
         return f"{self.prefix}{both}"
 
-    async def _redis_entries(self, scope: str, partition: str) -> list[tuple[str, Vector]]:
+    async def _redis_fields(self, scope: str, partition: str) -> dict[bytes, bytes]:
         try:
             fields: dict[bytes, bytes] = await self.redis.hgetall(self.redis_key(scope, partition))
         except Exception as exc:  # any Redis failure is a miss (redis-py's errors vary)
             self._fault("redis", repr(exc))
-            return []
+            return {}
         self._recovered("redis")
-        now = time.time()
-        found: list[tuple[str, Vector]] = []
-        for field, value in fields.items():
-            entry = unpack(value)
-            if entry is not None and entry[0] > now:
-                found.append((_text(field), entry[1]))
-                if len(found) >= self.max_entries:
-                    break
-        return found
+        return fields
+
+    def _redis_best(self, fields: dict[bytes, bytes], vector: Any) -> tuple[str, float] | None:
+        """The nearest of the first ``max_entries`` live fields of the vector's size (the
+        others are torn or another model's)."""
+        names = list(fields)
+        found = self._kernel.redis_best(
+            list(fields.values()), vector, time.time(), self.max_entries
+        )
+        return None if found is None else (_text(names[found[0]]), found[1])
 
     async def _redis_add(
-        self, scope: str, partition: str, key: str, vector: Vector, life: float
+        self, scope: str, partition: str, key: str, vector: Any, life: float
     ) -> None:
         name = self.redis_key(scope, partition)
         now = time.time()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hset(name, key, pack(vector, now + life))
+                pipe.hset(name, key, self._kernel.pack(vector, now + life))
                 pipe.expire(name, max(1, math.ceil(self.ttl)))
                 pipe.hlen(name)
                 *_, count = await pipe.execute()
@@ -287,8 +317,8 @@ class SemanticIndex:
     async def _redis_trim(self, name: str, now: float) -> None:
         """Drop the expired fields, then the soonest to expire beyond ``max_entries``."""
         fields: dict[bytes, bytes] = await self.redis.hgetall(name)
-        ranked = sorted(fields, key=lambda field: _expiry(fields[field]))
-        expired = [field for field in ranked if _expiry(fields[field]) <= now]
+        ranked = sorted(fields, key=lambda field: expiry(fields[field]))
+        expired = [field for field in ranked if expiry(fields[field]) <= now]
         excess = max(0, len(ranked) - len(expired) - self.max_entries)
         doomed = expired + ranked[len(expired) : len(expired) + excess]
         if doomed:
@@ -309,10 +339,6 @@ class SemanticIndex:
         if source in self._failing:
             self._failing.discard(source)
             log.warning("semantic cache: %s recovered", source)
-
-
-def _expiry(value: bytes) -> float:
-    return _EXPIRY.unpack_from(value)[0] if len(value) >= _EXPIRY.size else 0.0
 
 
 def _text(field: bytes | str) -> str:
