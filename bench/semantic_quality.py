@@ -8,8 +8,9 @@ from a simulator on loopback through ``HttpEmbedder``, which gives the same numb
 thresholds 0.80 to 0.99, counted as a hit when the cosine similarity reaches the threshold:
 the wrong-hit rate (near misses that hit: a wrong answer served) and the paraphrase hit rate
 (the saving). Then, at the recommended threshold, both per kind of pair, and the near misses
-that came closest. With ``--timing``: ``SemanticIndex.find`` on a warm vector over 1,000
-entries of one partition, at 256 and 1,536 dimensions, p50 and p99 in milliseconds.
+that came closest. With ``--timing``: ``SemanticIndex.find`` on a warm vector over 100 and
+1,000 entries of one partition, at 256 and 1,536 dimensions, with numpy and in pure Python
+(``vectorized=False``), p50 and p99 in milliseconds.
 """
 
 from __future__ import annotations
@@ -106,27 +107,44 @@ class _Fixed:
         return [[self.rng.gauss(0, 1) for _ in range(self.dimensions)] for _ in texts]
 
 
-async def timing(entries: int = 1000, rounds: int = 200) -> None:
-    print(f"\nSemanticIndex.find over {entries} entries of one partition (memory, warm vector):")
-    for dimensions in (256, 1536):
-        index = SemanticIndex(_Fixed(dimensions), threshold=0.95, max_entries=entries)
-        for number in range(entries):
-            await index.add("org", "part", f"stored {number}", f"key{number}")
-        await index.find("org", "part", "the question")  # embeds it once; then it is warm
-        took = []
-        for _ in range(rounds):
-            started = time.perf_counter()
-            await index.find("org", "part", "the question")
-            took.append((time.perf_counter() - started) * 1000)
-        took.sort()
-        p50, p99 = took[len(took) // 2], took[int(len(took) * 0.99)]
-        print(f"  {dimensions:5} dimensions: p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+async def timing(rounds: int = 200) -> None:
+    print("\nSemanticIndex.find in memory, one partition, warm vector (p50 / p99 ms):")
+    print("  entries  dimensions      numpy            pure Python")
+    for entries in (100, 1000):
+        for dimensions in (256, 1536):
+            cells = []
+            for vectorized in (True, False):
+                p50, p99 = await _time_find(entries, dimensions, vectorized, rounds)
+                cells.append(f"{p50:6.3f} / {p99:6.3f}")
+            print(f"  {entries:7} {dimensions:11}   {cells[0]}   {cells[1]}")
+
+
+async def _time_find(
+    entries: int, dimensions: int, vectorized: bool, rounds: int
+) -> tuple[float, float]:
+    index = SemanticIndex(
+        _Fixed(dimensions), threshold=0.95, max_entries=entries, vectorized=vectorized
+    )
+    if vectorized and not index.vectorized:
+        raise SystemExit("numpy is not installed: pip install 'tokenrelay[semantic]'")
+    for number in range(entries):
+        await index.add("org", "part", f"stored {number}", f"key{number}")
+    await index.find("org", "part", "the question")  # embeds it once; then it is warm
+    took = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await index.find("org", "part", "the question")
+        took.append((time.perf_counter() - started) * 1000)
+    took.sort()
+    return took[len(took) // 2], took[int(len(took) * 0.99)]
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--http", action="store_true", help="embed over HTTP from a simulator")
-    parser.add_argument("--timing", action="store_true", help="also time find() at 1000 entries")
+    parser.add_argument(
+        "--timing", action="store_true", help="also time find() (numpy and pure Python)"
+    )
     args = parser.parse_args()
     pairs = load_pairs()
     scores = await similarities(pairs, args.http)
