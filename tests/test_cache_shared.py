@@ -100,7 +100,9 @@ class FakeIndex:
                 best = (key, score)
         return best
 
-    async def add(self, scope: str, partition: str, text: str, key: str) -> None:
+    async def add(
+        self, scope: str, partition: str, text: str, key: str, *, ttl: float | None = None
+    ) -> None:
         words = set(text.lower().replace("?", "").split())
         self.entries.setdefault((scope, partition), []).append((words, key))
 
@@ -122,7 +124,7 @@ async def test_semantic_hit_after_an_exact_miss(
     index = FakeIndex(0.7)
     made: list[SemanticCacheSettings] = []
 
-    def factory(settings: SemanticCacheSettings) -> FakeIndex:
+    def factory(settings: SemanticCacheSettings, ttl: float) -> FakeIndex:
         made.append(settings)
         return index
 

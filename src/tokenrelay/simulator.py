@@ -30,6 +30,9 @@ with ``api-version`` required), with an ``api-key`` or bearer credential require
 content-filter fields in every answer, and its faults ``content_filter`` (a 400),
 ``content_filter_finish`` and ``deployment_not_found`` (``simulator_azure``).
 
+``POST /v1/embeddings`` answers OpenAI's embeddings API with deterministic hashed bag-of-words
+vectors (``simulator_embeddings``), for the semantic cache's tests and quality bench.
+
 ``POST /v1/messages/count_tokens`` answers Anthropic's token counting API: the same checks as
 the real one (the generation fields are refused), the status faults, and the ``input_tokens`` a
 Messages call with the same prompt reports here.
@@ -596,6 +599,32 @@ class _Simulator:
         """``POST /v1beta/models/{model}:streamGenerateContent`` and ``:generateContent``."""
         return await self._serve(request, self.gemini)
 
+    async def embeddings(self, http: web.Request) -> web.StreamResponse:
+        """``POST /v1/embeddings``: deterministic vectors (``simulator_embeddings``). The status
+        faults apply, ``ttft_ms`` delays the answer and ``corrupt_frame`` tears its body."""
+        from tokenrelay import simulator_embeddings
+
+        self.stats.requests[http.path] = self.stats.requests.get(http.path, 0) + 1
+        body = await http.read()
+        self.stats.last_requests.append((http.path, http.headers, body))
+        self.serial += 1
+        request_id = f"req_sim_{self.serial:012d}"
+        try:
+            if not self._authorized(http, self.openai):
+                raise GatewayError("authentication", "invalid API key (simulator)", 401)
+            knobs = self._knobs(http)
+            if knobs.fault in STATUS_FAULTS:
+                kind, status, message = STATUS_FAULTS[knobs.fault]
+                retry = knobs.retry_after if status in _RETRY_AFTER_STATUSES else None
+                raise GatewayError(kind, message, status, retry_after=retry)
+            answer = simulator_embeddings.answer(body)
+        except GatewayError as exc:
+            return self._error(self.openai, exc, request_id, exc.retry_after)
+        await asyncio.sleep(knobs.ttft_ms / 1000)
+        if knobs.fault == "corrupt_frame":
+            answer = answer[: len(answer) // 2]
+        return _json(answer, {self.openai.request_id_header: request_id})
+
     async def healthz(self, request: web.Request) -> web.StreamResponse:
         return _json(b'{"status":"ok"}')
 
@@ -981,6 +1010,7 @@ def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simula
     app.router.add_post("/v1/messages/count_tokens", simulator.count_tokens)
     app.router.add_post("/v1/chat/completions", simulator.chat_completions)
     app.router.add_post("/v1/responses", simulator.responses_create)
+    app.router.add_post("/v1/embeddings", simulator.embeddings)
     app.router.add_post(
         "/v1/projects/{project}/locations/{region}/publishers/{publisher}/models/{target}",
         simulator.vertex,

@@ -41,6 +41,7 @@ class CacheKey:
     scope: str
     partition: str
     text: str
+    turns: int = 0  # the conversation's messages (a message's text may span lines)
 
 
 def scope_of(identity: Identity | None, scope: CacheScope) -> str:
@@ -115,4 +116,4 @@ def cache_key(
     exact = hashlib.sha256(b"%d:%b\0%b\0%b" % (len(scoped), scoped, common, conversation))
     partition = hashlib.sha256(common)
     text = conversation_text(request) if with_text else ""
-    return CacheKey(exact.hexdigest(), scope, partition.hexdigest(), text)
+    return CacheKey(exact.hexdigest(), scope, partition.hexdigest(), text, len(request.messages))

@@ -39,10 +39,13 @@ class SemanticIndex(Protocol):
     """What ``tokenrelay.cache.semantic.SemanticIndex`` offers the cache."""
 
     async def find(self, scope: str, partition: str, text: str) -> tuple[str, float] | None: ...
-    async def add(self, scope: str, partition: str, text: str, key: str) -> None: ...
+    async def add(
+        self, scope: str, partition: str, text: str, key: str, *, ttl: float | None = None
+    ) -> None: ...
 
 
-IndexFactory = Callable[[SemanticCacheSettings], SemanticIndex]
+# (the route's semantic settings, its cache.ttl) -> its index
+IndexFactory = Callable[[SemanticCacheSettings, float], SemanticIndex]
 
 
 @dataclass(slots=True)
@@ -197,13 +200,13 @@ class ResponseCache:
     @staticmethod
     def _short(plan: Plan, semantic: SemanticCacheSettings) -> bool:
         assert plan.key is not None
-        return 0 < plan.key.text.count("\n") + 1 <= semantic.max_messages
+        return 0 < plan.key.turns <= semantic.max_messages
 
     async def _semantic(self, plan: Plan, semantic: SemanticCacheSettings) -> Found | None:
         assert plan.key is not None
         key = plan.key
         try:
-            index = self._index(plan.route, semantic)
+            index = self._index(plan, semantic)
             near = await asyncio.wait_for(
                 index.find(key.scope, key.partition, key.text), semantic.timeout
             )
@@ -220,20 +223,28 @@ class ResponseCache:
             found.similarity = near[1]
         return found
 
-    def _index(self, route: str, semantic: SemanticCacheSettings) -> SemanticIndex:
-        index = self._indexes.get(route)
+    def _index(self, plan: Plan, semantic: SemanticCacheSettings) -> SemanticIndex:
+        index = self._indexes.get(plan.route)
         if index is None:
-            index = self._indexes[route] = self.index_factory(semantic)
+            ttl = float(plan.settings.ttl)
+            index = self._indexes[plan.route] = self.index_factory(semantic, ttl)
         return index
 
-    def _default_index(self, semantic: SemanticCacheSettings) -> SemanticIndex:
-        from tokenrelay.cache import semantic as module  # type: ignore[attr-defined,unused-ignore]
+    def _default_index(self, semantic: SemanticCacheSettings, ttl: float) -> SemanticIndex:
+        from tokenrelay.cache import semantic as module
 
+        # In Redis with the answers when they are there (so every instance finds them), else here
+        redis = getattr(self.backend, "client", None)
+        prefix = getattr(self.backend, "prefix", "tokenrelay:cache:") + "sem:"
         embedder = module.build_embedder(semantic, self._pool)
-        index: SemanticIndex = module.SemanticIndex(
-            embedder, threshold=semantic.threshold, max_entries=semantic.max_entries
+        return module.SemanticIndex(
+            embedder,
+            threshold=semantic.threshold,
+            max_entries=semantic.max_entries,
+            ttl=ttl,  # the route's; a client's x-tokenrelay-cache-ttl shortens an entry's
+            redis=redis,
+            prefix=prefix,
         )
-        return index
 
     def store(
         self, plan: Plan, provider: str, model: str, batches: list[tuple[float, list[Event]]]
@@ -270,9 +281,10 @@ class ResponseCache:
         semantic = plan.settings.semantic
         if semantic is not None and self._short(plan, semantic):
             try:
-                index = self._index(plan.route, semantic)
+                index = self._index(plan, semantic)
                 await asyncio.wait_for(
-                    index.add(key.scope, key.partition, key.text, key.key), semantic.timeout * 5
+                    index.add(key.scope, key.partition, key.text, key.key, ttl=plan.ttl),
+                    semantic.timeout * 5,
                 )
             except Exception:
                 self.semantic_failures += 1
