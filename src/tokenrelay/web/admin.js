@@ -1,0 +1,603 @@
+// The admin page: a client of /admin/v1 (docs/admin-page.md). The admin key lives in
+// sessionStorage only (this tab; Sign out clears it) and goes out as a Bearer header, never a
+// cookie, so no other site can act with it. Every value that came from a user (names, emails,
+// metadata, audit entries) is put on the page with textContent, never parsed as HTML.
+
+const $ = (id) => document.getElementById(id);
+const STORAGE = "tokenrelay.admin.key";
+const API = "/admin/v1";
+const PAGES = 50; // at most this many pages of a list are followed
+const state = { me: null, orgs: [], users: [], keys: [], budgets: [], auditNext: null };
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const error = body?.error ?? {};
+    super(error.message ?? `The gateway answered HTTP ${status}.`);
+    this.status = status;
+    this.type = error.type ?? "api_error";
+    this.param = error.param ?? null;
+  }
+}
+
+// --- the API ------------------------------------------------------------------------------------
+
+async function api(method, path, body) {
+  const headers = { authorization: `Bearer ${sessionStorage.getItem(STORAGE) ?? ""}` };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(API + path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    cache: "no-store",
+    credentials: "omit",
+  });
+  const payload = response.status === 204 ? null : await response.json().catch(() => null);
+  if (!response.ok) throw new ApiError(response.status, payload);
+  return payload;
+}
+
+/** Every item of a list endpoint, following its `next` cursor. */
+async function listAll(path, query = {}) {
+  const items = [];
+  let cursor = null;
+  for (let page = 0; page < PAGES; page++) {
+    const params = new URLSearchParams(query);
+    if (cursor) params.set("cursor", cursor);
+    const text = params.toString();
+    const body = await api("GET", text ? `${path}?${text}` : path);
+    items.push(...body.data);
+    cursor = body.next;
+    if (!cursor) break;
+  }
+  return items;
+}
+
+// --- small DOM helpers (text only) --------------------------------------------------------------
+
+function el(tag, text, attributes = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
+  return node;
+}
+
+function button(text, label, onClick, attributes = {}) {
+  const node = el("button", text, { type: "button", class: "small", "aria-label": label, ...attributes });
+  node.addEventListener("click", () => onClick(node));
+  return node;
+}
+
+function fillTable(id, rows, emptyText) {
+  const body = $(id).tBodies[0];
+  const columns = $(id).tHead.rows[0].cells.length;
+  body.replaceChildren();
+  if (!rows.length) {
+    const row = body.insertRow();
+    row.append(el("td", emptyText, { colspan: String(columns), class: "empty" }));
+    return;
+  }
+  for (const cells of rows) {
+    const row = body.insertRow();
+    for (const cell of cells) row.append(cell instanceof Node ? cell : el("td", cell ?? "—"));
+  }
+}
+
+const when = (iso) => (iso ? `${iso.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, "")} UTC` : "—");
+const usd = (text) => (text === null || text === undefined ? "—" : `$${text}`);
+const list = (text) => text.split(",").map((part) => part.trim()).filter(Boolean);
+
+function limitsText(limits) {
+  if (!limits) return "—";
+  const parts = [];
+  if (limits.requests) parts.push(`${limits.requests} requests`);
+  if (limits.tokens) parts.push(`${limits.tokens} tokens`);
+  if (limits.concurrent_streams !== null && limits.concurrent_streams !== undefined) {
+    parts.push(`${limits.concurrent_streams} concurrent streams`);
+  }
+  return parts.length ? parts.join(" · ") : "—";
+}
+
+const nameOf = (items, id) => (id ? (items.find((item) => item.id === id)?.name ?? id) : "—");
+
+function subjectName(scope, id) {
+  if (scope === "key") {
+    const key = state.keys.find((item) => item.id === id);
+    return key ? `${key.name} (${key.prefix}…)` : id;
+  }
+  return nameOf(scope === "user" ? state.users : state.orgs, id);
+}
+
+// --- status, errors ------------------------------------------------------------------------------
+
+function say(text) {
+  $("status").textContent = text;
+}
+
+function problem(error) {
+  const text = error instanceof ApiError && error.param ? `${error.message} (field: ${error.param})` : error.message;
+  $("problem").textContent = text;
+  $("problem").hidden = false;
+  say(text);
+}
+
+function clearProblem() {
+  $("problem").hidden = true;
+  $("problem").textContent = "";
+}
+
+/** Run an API action: its success says `done`, a 401 signs out, any other error is shown. */
+async function act(action, done) {
+  clearProblem();
+  try {
+    const result = await action();
+    if (done) say(typeof done === "function" ? done(result) : done);
+    return result;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      signOut(`Signed out: ${error.message}`);
+    } else {
+      problem(error instanceof ApiError ? error : new Error(`Cannot reach the gateway (${error.message}).`));
+    }
+    return undefined;
+  }
+}
+
+// --- dialogs: focus goes in, Escape closes, focus comes back ------------------------------------
+
+let opener = null;
+
+function openDialog(dialog, from) {
+  opener = from ?? document.activeElement;
+  dialog.showModal();
+  const first = dialog.querySelector("input:not([type=hidden]), select, button");
+  first?.focus();
+}
+
+function returnFocus() {
+  const back = opener;
+  opener = null;
+  if (back?.isConnected) {
+    back.focus();
+    return;
+  }
+  const again = back?.dataset?.action && document.querySelector(
+    `[data-action="${back.dataset.action}"][data-id="${CSS.escape(back.dataset.id ?? "")}"]`,
+  );
+  (again || back?.closest?.("section")?.querySelector("h2") || $("keys-title")).focus();
+}
+
+for (const dialog of document.querySelectorAll("dialog")) {
+  dialog.addEventListener("close", returnFocus);
+  for (const close of dialog.querySelectorAll("[data-close]")) {
+    close.addEventListener("click", () => dialog.close());
+  }
+}
+for (const heading of document.querySelectorAll("main h2")) heading.tabIndex = -1;
+
+// --- signing in and out -------------------------------------------------------------------------
+
+function signOut(reason) {
+  sessionStorage.removeItem(STORAGE);
+  state.me = null;
+  $("console").hidden = true;
+  $("whoami").hidden = true;
+  $("identity").textContent = "";
+  $("sign-in").hidden = false;
+  $("admin-key").value = "";
+  clearProblem();
+  say(reason ?? "Signed out; the key is forgotten.");
+  $("admin-key").focus();
+}
+
+async function signIn() {
+  let me;
+  try {
+    me = await api("GET", "/me");
+  } catch (error) {
+    sessionStorage.removeItem(STORAGE);
+    $("sign-in").hidden = false;
+    $("console").hidden = true;
+    if (error instanceof ApiError) problem(new Error(`That key cannot administer this gateway: ${error.message}`));
+    else problem(new Error(`Cannot reach the gateway (${error.message}).`));
+    $("admin-key").focus();
+    return;
+  }
+  state.me = me;
+  clearProblem();
+  $("sign-in").hidden = true;
+  $("console").hidden = false;
+  $("whoami").hidden = false;
+  $("identity").textContent = me.org_id ? `Signed in as ${me.role} of organization ${me.org_id}` : `Signed in as ${me.role}`;
+  const manage = me.role === "admin" || me.role === "org_admin";
+  for (const form of document.querySelectorAll("[data-needs]")) {
+    form.hidden = form.dataset.needs === "admin" ? me.role !== "admin" : !manage;
+  }
+  await refresh();
+  say(`Signed in as ${me.role}.`);
+  $("orgs-title").focus();
+}
+
+$("sign-in-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  sessionStorage.setItem(STORAGE, $("admin-key").value.trim());
+  $("admin-key").value = "";
+  say("Signing in…");
+  await signIn();
+});
+
+$("sign-out").addEventListener("click", () => signOut());
+
+// --- loading and drawing ------------------------------------------------------------------------
+
+const canManage = () => state.me && (state.me.role === "admin" || state.me.role === "org_admin");
+
+async function refresh() {
+  await act(async () => {
+    const revoked = $("show-revoked").checked ? { include_revoked: "true" } : {};
+    const [orgs, users, keys, budgets] = await Promise.all([
+      listAll("/orgs"),
+      listAll("/users"),
+      listAll("/keys", revoked),
+      listAll("/budgets"),
+    ]);
+    Object.assign(state, { orgs, users, keys, budgets });
+    drawOrgs();
+    drawUsers();
+    drawKeys();
+    drawBudgets();
+    fillOptions();
+    await loadAudit(false);
+  });
+}
+
+function statusText(item) {
+  return item.disabled ? "disabled" : "active";
+}
+
+function drawOrgs() {
+  fillTable(
+    "orgs",
+    state.orgs.map((org) => [org.name, org.id, statusText(org), limitsText(org.limits), when(org.created_at)]),
+    "No organizations yet.",
+  );
+}
+
+function drawUsers() {
+  fillTable(
+    "users",
+    state.users.map((user) => [
+      user.name, nameOf(state.orgs, user.org_id), user.email || "—", user.id, statusText(user), when(user.created_at),
+    ]),
+    "No users yet.",
+  );
+}
+
+function keyStatus(key) {
+  if (key.revoked_at) return `revoked ${when(key.revoked_at)}`;
+  if (key.expires_at && Date.parse(key.expires_at) <= Date.now()) return "expired";
+  return "active";
+}
+
+function drawKeys() {
+  fillTable(
+    "keys",
+    state.keys.map((key) => {
+      const actions = el("td", null, { class: "actions-cell" });
+      const data = { "data-id": key.id };
+      actions.append(button("Requests", `Recent requests of key ${key.name}`, (from) => showRequests(key, from),
+        { ...data, "data-action": "requests" }));
+      if (canManage() && !key.revoked_at) {
+        actions.append(
+          button("Limits", `Edit limits of key ${key.name}`, (from) => editLimits(key, from), { ...data, "data-action": "limits" }),
+          button("Revoke", `Revoke key ${key.name}`, (from) => confirmRevoke(key, from), { ...data, "data-action": "revoke" }),
+        );
+      }
+      return [
+        key.name, `${key.prefix}…`, nameOf(state.orgs, key.org_id), nameOf(state.users, key.user_id), key.role ?? "API key",
+        limitsText(key.limits), when(key.expires_at), keyStatus(key), actions,
+      ];
+    }),
+    "No keys yet.",
+  );
+}
+
+function drawBudgets() {
+  fillTable(
+    "budgets",
+    state.budgets.map((budget) => {
+      const used = el("td");
+      const amount = Number(budget.amount_usd);
+      const spent = Number(budget.spent_usd);
+      const share = amount > 0 ? Math.min(spent / amount, 1) : 1;
+      const meter = el("meter", null, { min: "0", max: "1", value: String(share), high: "0.8", optimum: "0" });
+      meter.setAttribute("aria-label", `${Math.round(share * 100)} % of the budget used`);
+      used.append(meter, el("span", ` ${Math.round((spent / (amount || 1)) * 100)} %`));
+      const actions = el("td", null, { class: "actions-cell" });
+      if (canManage()) {
+        const label = subjectName(budget.scope, budget.subject_id);
+        const data = { "data-id": budget.id };
+        actions.append(
+          button("Edit", `Edit the budget of ${label}`, (from) => editBudget(budget, from), { ...data, "data-action": "edit-budget" }),
+          button("Delete", `Delete the budget of ${label}`, (from) => confirmDeleteBudget(budget, from), { ...data, "data-action": "delete-budget" }),
+        );
+      }
+      return [
+        subjectName(budget.scope, budget.subject_id), budget.scope, usd(budget.amount_usd), budget.period,
+        budget.hard ? "hard" : "soft", usd(budget.spent_usd), usd(budget.remaining_usd), used, when(budget.resets_at), actions,
+      ];
+    }),
+    "No budgets yet.",
+  );
+}
+
+function options(select, items, label, blank) {
+  const kept = select.value;
+  select.replaceChildren();
+  if (blank !== undefined) select.append(el("option", blank, { value: "" }));
+  for (const item of items) select.append(el("option", label(item), { value: item.id }));
+  if ([...select.options].some((option) => option.value === kept)) select.value = kept;
+}
+
+function fillOptions() {
+  for (const select of document.querySelectorAll("select[data-options]")) {
+    const items = select.dataset.options === "orgs" ? state.orgs : state.users;
+    const label = select.dataset.options === "orgs" ? (org) => org.name : (user) => `${user.name} (${nameOf(state.orgs, user.org_id)})`;
+    options(select, items, label, select.dataset.blank);
+  }
+  fillSubjects();
+}
+
+function fillSubjects() {
+  const scope = $("budget-scope").value;
+  const items = scope === "key" ? state.keys.filter((key) => !key.revoked_at) : scope === "user" ? state.users : state.orgs;
+  options($("budget-subject"), items, (item) => subjectName(scope, item.id));
+}
+
+$("budget-scope").addEventListener("change", fillSubjects);
+$("show-revoked").addEventListener("change", () => refresh());
+
+async function loadAudit(more) {
+  const query = new URLSearchParams({ limit: "50" });
+  if (more && state.auditNext) query.set("before", state.auditNext);
+  const page = await api("GET", `/audit?${query}`);
+  state.auditNext = page.next;
+  const rows = page.data.map((entry) => [
+    when(entry.at), entry.actor ? `${entry.actor.role ?? "?"} ${entry.actor.key_id ?? ""}`.trim() : "—", entry.action,
+    `${entry.target_type} ${entry.target_id ?? ""}`.trim(), entry.org_id ? nameOf(state.orgs, entry.org_id) : "—", change(entry),
+  ]);
+  if (more) {
+    const body = $("audit").tBodies[0];
+    for (const cells of rows) {
+      const row = body.insertRow();
+      for (const cell of cells) row.append(el("td", cell));
+    }
+  } else {
+    fillTable("audit", rows, "Nothing changed yet.");
+  }
+  $("audit-more").hidden = !state.auditNext;
+}
+
+/** What an audit entry changed, field by field, as plain text. */
+function change(entry) {
+  const before = entry.before ?? {};
+  const after = entry.after ?? {};
+  const fields = new Set([...Object.keys(before), ...Object.keys(after)]);
+  const parts = [];
+  for (const field of fields) {
+    if (["updated_at", "created_at", "id"].includes(field)) continue;
+    const old = JSON.stringify(before[field] ?? null);
+    const now = JSON.stringify(after[field] ?? null);
+    if (old !== now) parts.push(entry.before ? `${field}: ${old} → ${now}` : `${field}: ${now}`);
+  }
+  const text = parts.join("; ");
+  return text.length > 300 ? `${text.slice(0, 299)}…` : text || "—";
+}
+
+$("audit-more").addEventListener("click", () => act(() => loadAudit(true), "Older audit entries loaded."));
+
+// --- creating -----------------------------------------------------------------------------------
+
+function onSubmit(id, handler) {
+  $(id).addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.currentTarget;
+    const submit = form.querySelector("button[type=submit]");
+    submit.disabled = true;
+    try {
+      await handler(form);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+}
+
+onSubmit("org-form", async (form) => {
+  const org = await act(() => api("POST", "/orgs", { name: $("org-name").value }), (org) => `Organization ${org.name} created.`);
+  if (!org) return;
+  form.reset();
+  await refresh();
+  $("org-name").focus();
+});
+
+onSubmit("user-form", async (form) => {
+  const body = { org_id: $("user-org").value, name: $("user-name").value };
+  if ($("user-email").value) body.email = $("user-email").value;
+  const user = await act(() => api("POST", "/users", body), (user) => `User ${user.name} created.`);
+  if (!user) return;
+  form.reset();
+  await refresh();
+  $("user-name").focus();
+});
+
+onSubmit("key-form", async (form) => {
+  const body = { name: $("key-name").value };
+  for (const field of ["org_id", "user_id", "role"]) {
+    const value = form.elements[field].value;
+    if (value) body[field] = value;
+  }
+  const routes = list($("key-routes").value);
+  const models = list($("key-models").value);
+  if (routes.length) body.routes = routes;
+  if (models.length) body.models = models;
+  if ($("key-expires").value) body.expires_at = new Date(`${$("key-expires").value}Z`).toISOString();
+  const created = await act(() => api("POST", "/keys", body));
+  if (!created) return;
+  form.reset();
+  await refresh();
+  showSecret(created.key, created.secret, null, $("key-name"));
+  say(`Key ${created.key.name} created; copy its secret now, it is shown only once.`);
+});
+
+function showSecret(key, secret, note, from) {
+  $("secret-name").textContent = key.name;
+  $("secret").value = secret;
+  $("secret-note").textContent = note ?? "";
+  openDialog($("secret-dialog"), from);
+  $("secret").select();
+}
+
+// Once the dialog closes the secret is gone from the page.
+$("secret-dialog").addEventListener("close", () => {
+  $("secret").value = "";
+});
+
+$("copy-secret").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText($("secret").value);
+    say("Secret copied to the clipboard.");
+  } catch {
+    $("secret").select();
+    say("The clipboard is not available here: the secret is selected, copy it with Ctrl+C.");
+  }
+});
+
+onSubmit("budget-form", async (form) => {
+  const body = {
+    scope: $("budget-scope").value,
+    subject_id: $("budget-subject").value,
+    amount_usd: $("budget-amount").value.trim(),
+    period: $("budget-period").value,
+    hard: $("budget-hard").checked,
+    alert_at: list($("budget-alerts").value).map(Number),
+  };
+  const budget = await act(() => api("POST", "/budgets", body));
+  if (!budget) return;
+  say(`Budget of ${usd(budget.amount_usd)} per ${budget.period} set for ${subjectName(budget.scope, budget.subject_id)}.`);
+  form.reset();
+  await refresh();
+  $("budget-amount").focus();
+});
+
+// --- editing, revoking --------------------------------------------------------------------------
+
+let editing = null; // the key or budget an open dialog edits
+
+function editLimits(key, from) {
+  editing = key;
+  const limits = key.limits ?? {};
+  $("limits-name").textContent = key.name;
+  $("limit-requests").value = limits.requests ?? "";
+  $("limit-tokens").value = limits.tokens ?? "";
+  $("limit-streams").value = limits.concurrent_streams ?? "";
+  openDialog($("limits-dialog"), from);
+}
+
+onSubmit("limits-form", async () => {
+  const streams = $("limit-streams").value;
+  const limits = {
+    requests: $("limit-requests").value.trim() || null,
+    tokens: $("limit-tokens").value.trim() || null,
+    concurrent_streams: streams === "" ? null : Number(streams),
+  };
+  const key = await act(() => api("PATCH", `/keys/${encodeURIComponent(editing.id)}`, { limits }));
+  if (!key) return;
+  $("limits-dialog").close();
+  await refresh();
+  say(`Limits of key ${key.name} saved: ${limitsText(key.limits)}.`);
+});
+
+function editBudget(budget, from) {
+  editing = budget;
+  $("budget-edit-name").textContent = subjectName(budget.scope, budget.subject_id);
+  $("edit-amount").value = budget.amount_usd;
+  $("edit-period").value = budget.period;
+  $("edit-alerts").value = (budget.alert_at ?? []).join(", ");
+  $("edit-hard").checked = budget.hard;
+  openDialog($("budget-dialog"), from);
+}
+
+onSubmit("budget-edit-form", async () => {
+  const body = {
+    amount_usd: $("edit-amount").value.trim(),
+    period: $("edit-period").value,
+    hard: $("edit-hard").checked,
+    alert_at: list($("edit-alerts").value).map(Number),
+  };
+  const budget = await act(() => api("PATCH", `/budgets/${encodeURIComponent(editing.id)}`, body));
+  if (!budget) return;
+  $("budget-dialog").close();
+  await refresh();
+  say(`Budget of ${subjectName(budget.scope, budget.subject_id)} is now ${usd(budget.amount_usd)} per ${budget.period}.`);
+});
+
+let confirmed = null; // what the confirm dialog's button does
+
+function confirmAction(title, text, verb, action, from) {
+  $("confirm-title").textContent = title;
+  $("confirm-text").textContent = text;
+  $("confirm-yes").textContent = verb;
+  confirmed = action;
+  openDialog($("confirm-dialog"), from);
+  $("confirm-yes").focus();
+}
+
+onSubmit("confirm-form", async () => {
+  const action = confirmed;
+  confirmed = null;
+  $("confirm-dialog").close();
+  if (action) await action();
+});
+
+function confirmRevoke(key, from) {
+  confirmAction(`Revoke key ${key.name}?`, "Requests with it are refused on every instance within the key cache TTL. This cannot be undone.",
+    "Revoke", async () => {
+      const revoked = await act(() => api("POST", `/keys/${encodeURIComponent(key.id)}/revoke`));
+      if (!revoked) return;
+      await refresh();
+      say(`Key ${revoked.name} revoked.`);
+    }, from);
+}
+
+function confirmDeleteBudget(budget, from) {
+  const label = subjectName(budget.scope, budget.subject_id);
+  confirmAction(`Delete the budget of ${label}?`, `Its ${usd(budget.amount_usd)} per ${budget.period} limit stops applying.`,
+    "Delete", async () => {
+      const done = await act(() => api("DELETE", `/budgets/${encodeURIComponent(budget.id)}`));
+      if (done === undefined) return;
+      await refresh();
+      say(`Budget of ${label} deleted.`);
+    }, from);
+}
+
+async function showRequests(key, from) {
+  const page = await act(() => api("GET", `/keys/${encodeURIComponent(key.id)}/requests?limit=50`));
+  if (!page) return;
+  $("requests-name").textContent = key.name;
+  fillTable(
+    "requests",
+    page.data.map((row) => [
+      when(row.created_at), row.route, row.model, row.outcome, row.status, row.tokens, usd(row.cost_usd), row.ttft_ms,
+    ]),
+    "No requests with this key yet.",
+  );
+  openDialog($("requests-dialog"), from);
+  say(`${page.data.length} recent requests of key ${key.name}.`);
+}
+
+// --- start --------------------------------------------------------------------------------------
+
+if (sessionStorage.getItem(STORAGE)) {
+  signIn();
+} else {
+  $("admin-key").focus();
+}
