@@ -168,6 +168,13 @@ function returnFocus() {
 
 for (const dialog of document.querySelectorAll("dialog")) {
   dialog.addEventListener("close", returnFocus);
+  // Chromium may swallow Escape on a dialog opened without a fresh user activation (after a fetch).
+  dialog.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      event.preventDefault();
+      dialog.close();
+    }
+  });
   for (const close of dialog.querySelectorAll("[data-close]")) {
     close.addEventListener("click", () => dialog.close());
   }
@@ -226,6 +233,11 @@ $("sign-in-form").addEventListener("submit", async (event) => {
 });
 
 $("sign-out").addEventListener("click", () => signOut());
+$("refresh").addEventListener("click", async () => {
+  say("Refreshing…");
+  await refresh();
+  if ($("problem").hidden) say("Refreshed: spend and lists are as of now.");
+});
 
 // --- loading and drawing ------------------------------------------------------------------------
 
@@ -564,6 +576,7 @@ function confirmRevoke(key, from) {
       const revoked = await act(() => api("POST", `/keys/${encodeURIComponent(key.id)}/revoke`));
       if (!revoked) return;
       await refresh();
+      $("keys-title").focus(); // its row's buttons are gone
       say(`Key ${revoked.name} revoked.`);
     }, from);
 }
@@ -575,6 +588,7 @@ function confirmDeleteBudget(budget, from) {
       const done = await act(() => api("DELETE", `/budgets/${encodeURIComponent(budget.id)}`));
       if (done === undefined) return;
       await refresh();
+      $("budgets-title").focus();
       say(`Budget of ${label} deleted.`);
     }, from);
 }
