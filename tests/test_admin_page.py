@@ -9,6 +9,7 @@ Screenshots of each state go to ``test-artifacts/screenshots/admin-*.png``.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -34,7 +35,7 @@ KEY_TTL = 0.5  # the key cache TTL of the gateway under test, seconds
 # 200 USD per million output tokens: the simulator's 20 tokens cost $0.004, so $0.01 is spent
 # by the third stream and the fourth is refused.
 PRICES = {"anthropic:claude-sonnet-5-5": {"input": "0", "output": "200"}}
-HOSTILE_ORG = '<img src=x onerror="window.__pwned = \'org\'">Acme & Co'
+HOSTILE_ORG = "<img src=x onerror=\"window.__pwned = 'org'\">Acme & Co"
 HOSTILE_USER = "<script>window.__pwned = 'user'</script>Ann"
 HOSTILE_KEY = "<b>page key</b>"
 
@@ -334,10 +335,8 @@ async def test_the_page_is_served_with_a_strict_policy(gw: RunningGateway) -> No
         assert sink not in script, sink
 
 
-def test_every_input_has_a_label() -> None:
+async def test_every_input_has_a_label() -> None:
     """Each input and select is named by a <label for=...> (the page's only way to name them)."""
-    import re
-
     html = (WEB / "admin.html").read_text()
     ids = re.findall(r"<(?:input|select)\b[^>]*\bid=\"([^\"]+)\"", html)
     labelled = set(re.findall(r"<label\b[^>]*\bfor=\"([^\"]+)\"", html))
