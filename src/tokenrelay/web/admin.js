@@ -99,10 +99,13 @@ function limitsText(limits) {
 
 const nameOf = (items, id) => (id ? (items.find((item) => item.id === id)?.name ?? id) : "—");
 
+/** A key as people know it: its name (keys may have none) and its prefix. */
+const keyLabel = (key) => (key.name ? `${key.name} (${key.prefix}…)` : `${key.prefix}…`);
+
 function subjectName(scope, id) {
   if (scope === "key") {
     const key = state.keys.find((item) => item.id === id);
-    return key ? `${key.name} (${key.prefix}…)` : id;
+    return key ? keyLabel(key) : id;
   }
   return nameOf(scope === "user" ? state.users : state.orgs, id);
 }
@@ -153,30 +156,47 @@ function openDialog(dialog, from) {
   first?.focus();
 }
 
+let redrawn = null; // the opener to find again if a redraw replaces it
+
 function returnFocus() {
   const back = opener;
   opener = null;
-  if (back?.isConnected) {
-    back.focus();
-    return;
-  }
-  const again = back?.dataset?.action && document.querySelector(
-    `[data-action="${back.dataset.action}"][data-id="${CSS.escape(back.dataset.id ?? "")}"]`,
-  );
-  (again || back?.closest?.("section")?.querySelector("h2") || $("keys-title")).focus();
+  if (back?.isConnected) back.focus();
+  redrawn = back?.dataset?.action ? { action: back.dataset.action, id: back.dataset.id, section: back.closest("section") } : null;
+}
+
+/** After a redraw: focus the new twin of a table button that opened a dialog, else its heading. */
+function keepFocus() {
+  const lost = redrawn;
+  redrawn = null;
+  if (!lost || (document.activeElement && document.activeElement !== document.body)) return;
+  const twin = document.querySelector(`[data-action="${lost.action}"][data-id="${CSS.escape(lost.id ?? "")}"]`);
+  (twin ?? lost.section?.querySelector("h2"))?.focus();
+}
+
+/** Close a dialog and give the focus back at once (the "close" event would come a task later). */
+function closeDialog(dialog) {
+  if (!dialog.open) return;
+  dialog.close();
+  if (dialog.id === "secret-dialog") $("secret").value = ""; // the secret is gone from the page
+  returnFocus();
 }
 
 for (const dialog of document.querySelectorAll("dialog")) {
-  dialog.addEventListener("close", returnFocus);
-  // Chromium may swallow Escape on a dialog opened without a fresh user activation (after a fetch).
+  // Escape is handled here rather than by the browser's cancel, which Chromium may skip for a
+  // dialog opened without a fresh user activation (after a fetch), and which focuses late.
   dialog.addEventListener("keydown", (event) => {
     if (event.key === "Escape") {
       event.preventDefault();
-      dialog.close();
+      closeDialog(dialog);
     }
   });
+  dialog.addEventListener("cancel", (event) => {
+    event.preventDefault();
+    closeDialog(dialog);
+  });
   for (const close of dialog.querySelectorAll("[data-close]")) {
-    close.addEventListener("click", () => dialog.close());
+    close.addEventListener("click", () => closeDialog(dialog));
   }
 }
 for (const heading of document.querySelectorAll("main h2")) heading.tabIndex = -1;
@@ -258,6 +278,7 @@ async function refresh() {
     drawKeys();
     drawBudgets();
     fillOptions();
+    keepFocus();
     await loadAudit(false);
   });
 }
@@ -296,16 +317,18 @@ function drawKeys() {
     state.keys.map((key) => {
       const actions = el("td", null, { class: "actions-cell" });
       const data = { "data-id": key.id };
-      actions.append(button("Requests", `Recent requests of key ${key.name}`, (from) => showRequests(key, from),
+      const label = keyLabel(key);
+      actions.append(button("Requests", `Recent requests of key ${label}`, (from) => showRequests(key, from),
         { ...data, "data-action": "requests" }));
       if (canManage() && !key.revoked_at) {
         actions.append(
-          button("Limits", `Edit limits of key ${key.name}`, (from) => editLimits(key, from), { ...data, "data-action": "limits" }),
-          button("Revoke", `Revoke key ${key.name}`, (from) => confirmRevoke(key, from), { ...data, "data-action": "revoke" }),
+          button("Limits", `Edit limits of key ${label}`, (from) => editLimits(key, from), { ...data, "data-action": "limits" }),
+          button("Rotate", `Rotate key ${label}`, (from) => confirmRotate(key, from), { ...data, "data-action": "rotate" }),
+          button("Revoke", `Revoke key ${label}`, (from) => confirmRevoke(key, from), { ...data, "data-action": "revoke" }),
         );
       }
       return [
-        key.name, `${key.prefix}…`, nameOf(state.orgs, key.org_id), nameOf(state.users, key.user_id), key.role ?? "API key",
+        key.name ?? "—", `${key.prefix}…`, nameOf(state.orgs, key.org_id), nameOf(state.users, key.user_id), key.role ?? "API key",
         limitsText(key.limits), when(key.expires_at), keyStatus(key), actions,
       ];
     }),
@@ -457,21 +480,16 @@ onSubmit("key-form", async (form) => {
   form.reset();
   await refresh();
   showSecret(created.key, created.secret, null, $("key-name"));
-  say(`Key ${created.key.name} created; copy its secret now, it is shown only once.`);
+  say(`Key ${keyLabel(created.key)} created; copy its secret now, it is shown only once.`);
 });
 
 function showSecret(key, secret, note, from) {
-  $("secret-name").textContent = key.name;
+  $("secret-name").textContent = keyLabel(key);
   $("secret").value = secret;
   $("secret-note").textContent = note ?? "";
   openDialog($("secret-dialog"), from);
   $("secret").select();
 }
-
-// Once the dialog closes the secret is gone from the page.
-$("secret-dialog").addEventListener("close", () => {
-  $("secret").value = "";
-});
 
 $("copy-secret").addEventListener("click", async () => {
   try {
@@ -507,7 +525,7 @@ let editing = null; // the key or budget an open dialog edits
 function editLimits(key, from) {
   editing = key;
   const limits = key.limits ?? {};
-  $("limits-name").textContent = key.name;
+  $("limits-name").textContent = keyLabel(key);
   $("limit-requests").value = limits.requests ?? "";
   $("limit-tokens").value = limits.tokens ?? "";
   $("limit-streams").value = limits.concurrent_streams ?? "";
@@ -523,9 +541,9 @@ onSubmit("limits-form", async () => {
   };
   const key = await act(() => api("PATCH", `/keys/${encodeURIComponent(editing.id)}`, { limits }));
   if (!key) return;
-  $("limits-dialog").close();
+  closeDialog($("limits-dialog"));
   await refresh();
-  say(`Limits of key ${key.name} saved: ${limitsText(key.limits)}.`);
+  say(`Limits of key ${keyLabel(key)} saved: ${limitsText(key.limits)}.`);
 });
 
 function editBudget(budget, from) {
@@ -547,7 +565,7 @@ onSubmit("budget-edit-form", async () => {
   };
   const budget = await act(() => api("PATCH", `/budgets/${encodeURIComponent(editing.id)}`, body));
   if (!budget) return;
-  $("budget-dialog").close();
+  closeDialog($("budget-dialog"));
   await refresh();
   say(`Budget of ${subjectName(budget.scope, budget.subject_id)} is now ${usd(budget.amount_usd)} per ${budget.period}.`);
 });
@@ -566,18 +584,29 @@ function confirmAction(title, text, verb, action, from) {
 onSubmit("confirm-form", async () => {
   const action = confirmed;
   confirmed = null;
-  $("confirm-dialog").close();
+  closeDialog($("confirm-dialog"));
   if (action) await action();
 });
 
+function confirmRotate(key, from) {
+  confirmAction(`Rotate key ${keyLabel(key)}?`, "A new secret replaces it; the old one keeps working for an hour, then stops.",
+    "Rotate", async () => {
+      const rotated = await act(() => api("POST", `/keys/${encodeURIComponent(key.id)}/rotate`, { overlap_seconds: 3600 }));
+      if (!rotated) return;
+      await refresh();
+      showSecret(rotated.key, rotated.secret, `The old key works until ${when(rotated.old_key_expires_at)}.`, $("keys-title"));
+      say(`Key ${keyLabel(key)} rotated; copy the new secret now, it is shown only once.`);
+    }, from);
+}
+
 function confirmRevoke(key, from) {
-  confirmAction(`Revoke key ${key.name}?`, "Requests with it are refused on every instance within the key cache TTL. This cannot be undone.",
+  confirmAction(`Revoke key ${keyLabel(key)}?`, "Requests with it are refused on every instance within the key cache TTL. This cannot be undone.",
     "Revoke", async () => {
       const revoked = await act(() => api("POST", `/keys/${encodeURIComponent(key.id)}/revoke`));
       if (!revoked) return;
       await refresh();
       $("keys-title").focus(); // its row's buttons are gone
-      say(`Key ${revoked.name} revoked.`);
+      say(`Key ${keyLabel(revoked)} revoked.`);
     }, from);
 }
 
@@ -596,7 +625,7 @@ function confirmDeleteBudget(budget, from) {
 async function showRequests(key, from) {
   const page = await act(() => api("GET", `/keys/${encodeURIComponent(key.id)}/requests?limit=50`));
   if (!page) return;
-  $("requests-name").textContent = key.name;
+  $("requests-name").textContent = keyLabel(key);
   fillTable(
     "requests",
     page.data.map((row) => [
@@ -605,7 +634,7 @@ async function showRequests(key, from) {
     "No requests with this key yet.",
   );
   openDialog($("requests-dialog"), from);
-  say(`${page.data.length} recent requests of key ${key.name}.`);
+  say(`${page.data.length} recent requests of key ${keyLabel(key)}.`);
 }
 
 // --- start --------------------------------------------------------------------------------------
