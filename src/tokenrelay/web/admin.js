@@ -318,7 +318,7 @@ function drawKeys() {
       const actions = el("td", null, { class: "actions-cell" });
       const data = { "data-id": key.id };
       const label = keyLabel(key);
-      actions.append(button("Requests", `Recent requests of key ${label}`, (from) => showRequests(key, from),
+      actions.append(button("Activity", `Recent requests and rate limits of key ${label}`, (from) => showRequests(key, from),
         { ...data, "data-action": "requests" }));
       if (canManage() && !key.revoked_at) {
         actions.append(
@@ -622,19 +622,36 @@ function confirmDeleteBudget(budget, from) {
     }, from);
 }
 
+function tokensText(row) {
+  if (row.tokens !== undefined) return row.tokens;
+  return `${row.input_tokens} in · ${row.output_tokens} out`;
+}
+
+/** A key's recent ledger rows and its rate-limit state, side by side in one dialog. */
 async function showRequests(key, from) {
-  const page = await act(() => api("GET", `/keys/${encodeURIComponent(key.id)}/requests?limit=50`));
-  if (!page) return;
+  const id = encodeURIComponent(key.id);
+  const pages = await act(() => Promise.all([api("GET", `/keys/${id}/requests?limit=50`), api("GET", `/keys/${id}/limits`)]));
+  if (!pages) return;
+  const [requests, limits] = pages;
   $("requests-name").textContent = keyLabel(key);
   fillTable(
     "requests",
-    page.data.map((row) => [
-      when(row.created_at), row.route, row.model, row.outcome, row.status, row.tokens, usd(row.cost_usd), row.ttft_ms,
+    requests.data.map((row) => [
+      when(row.created_at), row.route, row.model, row.outcome, row.status, tokensText(row), usd(row.cost_usd),
+      row.ttft_ms === null || row.ttft_ms === undefined ? "—" : Math.round(row.ttft_ms),
     ]),
     "No requests with this key yet.",
   );
+  fillTable(
+    "limit-state",
+    (limits.limits ?? []).map((limit) => [
+      limit.subject, limit.kind, limit.limit, limit.remaining ?? "—",
+      limit.reset_seconds === null || limit.reset_seconds === undefined ? "—" : `${Math.ceil(limit.reset_seconds)} s`,
+    ]),
+    "No rate limit applies to this key.",
+  );
   openDialog($("requests-dialog"), from);
-  say(`${page.data.length} recent requests of key ${keyLabel(key)}.`);
+  say(`${requests.data.length} recent requests of key ${keyLabel(key)}.`);
 }
 
 // --- start --------------------------------------------------------------------------------------
