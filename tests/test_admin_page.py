@@ -12,7 +12,6 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -127,13 +126,15 @@ async def active_id(page: Page) -> str:
     return found
 
 
-async def sign_in_with_keyboard(page: Page, gw: RunningGateway, secret: str) -> None:
+async def sign_in_with_keyboard(
+    page: Page, gw: RunningGateway, secret: str, role: str = "admin"
+) -> None:
     await page.goto(gw.url + "/admin")
     await page.locator("#admin-key").wait_for()
     assert await active_id(page) == "admin-key"  # focus starts where the key goes
     await page.keyboard.type(secret)
     await page.keyboard.press("Enter")
-    await status_says(page, "Signed in as admin")
+    await status_says(page, f"Signed in as {role}.")
 
 
 async def test_admin_journey(
@@ -341,4 +342,43 @@ async def test_every_input_has_a_label() -> None:
     ids = re.findall(r"<(?:input|select)\b[^>]*\bid=\"([^\"]+)\"", html)
     labelled = set(re.findall(r"<label\b[^>]*\bfor=\"([^\"]+)\"", html))
     assert ids and set(ids) <= labelled, set(ids) - labelled
-    assert Path(WEB / "admin.css").is_file()
+
+
+async def admin_post(gw: RunningGateway, secret: str, path: str, body: dict[str, Any]) -> Any:
+    """A call of the admin API itself (for the roles' set-up)."""
+    headers = {"authorization": f"Bearer {secret}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{gw.url}/admin/v1{path}", json=body, headers=headers) as response,
+    ):
+        assert response.status in (200, 201), await response.text()
+        return await response.json()
+
+
+async def test_what_a_role_may_not_do_is_not_offered(
+    watched: tuple[Page, list[str]], gw: RunningGateway, admin: str
+) -> None:
+    """An org admin sees its own org only and no org form; a reader sees tables, no forms."""
+    page, problems = watched
+    mine = await admin_post(gw, admin, "/orgs", {"name": "Initech"})
+    await admin_post(gw, admin, "/orgs", {"name": "Hidden Corp"})
+    made = await admin_post(
+        gw, admin, "/keys", {"name": "initech admin", "org_id": mine["id"], "role": "org_admin"}
+    )
+    read = await admin_post(gw, admin, "/keys", {"name": "auditor", "role": "reader"})
+
+    await sign_in_with_keyboard(page, gw, made["secret"], role="org_admin")
+    assert await page.locator("#org-form").is_hidden()
+    assert await page.locator("#key-form").is_visible()
+    orgs = await page.locator("#orgs tbody tr td:first-child").all_text_contents()
+    assert orgs == ["Initech"]  # another org is not even named
+    await screenshot(page, "admin-org-admin")
+    await page.click("#sign-out")
+
+    await sign_in_with_keyboard(page, gw, read["secret"], role="reader")
+    for form in ("#org-form", "#user-form", "#key-form", "#budget-form"):
+        assert await page.locator(form).is_hidden(), form
+    assert "Hidden Corp" in (await page.locator("#orgs tbody").text_content() or "")
+    assert await page.locator("#keys button", has_text="Revoke").count() == 0
+    await screenshot(page, "admin-reader")
+    assert problems == []
