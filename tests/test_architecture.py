@@ -31,6 +31,8 @@ SRC = Path(os.environ.get("TOKENRELAY_SRC", Path(__file__).parent.parent / "src"
 LAYERS: dict[str, str] = {
     # HTTP: the ASGI app, its endpoints, the fronts' handlers, the server and the command line.
     "tokenrelay.__main__": "http",
+    "tokenrelay.admin_http": "http",
+    "tokenrelay.admin_openapi": "http",
     "tokenrelay.app": "http",
     "tokenrelay.cli": "http",
     "tokenrelay.client": "http",
@@ -62,6 +64,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.settings": "core",
     "tokenrelay.types": "core",
     # Side systems.
+    "tokenrelay.admin": "side",  # orgs, users, keys, budgets, roles, the audit trail
     "tokenrelay.breaker": "side",
     "tokenrelay.gate": "side",
     "tokenrelay.latency": "side",

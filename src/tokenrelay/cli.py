@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from tokenrelay.admin.service import AdminService
     from tokenrelay.gate.keys import KeyRecord, KeyStore
     from tokenrelay.settings import Settings
 
@@ -219,6 +220,29 @@ def _with_store(url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
         raise click.ClickException(message) from None
 
 
+def _with_admin(url: str, action: Callable[[AdminService], Awaitable[T]]) -> T:
+    """Run ``action`` on the admin service over the migrated database at ``url``: the CLI is a
+    client of the same code as ``/admin/v1/``."""
+    import asyncio
+
+    from tokenrelay.admin.service import AdminService
+    from tokenrelay.gate.keys import AmbiguousKey, KeyNotFound, KeyStore
+    from tokenrelay.model import GatewayError
+    from tokenrelay.store import DatabaseError, open_database
+
+    async def run() -> T:
+        async with await open_database(url) as db:
+            return await action(AdminService(db, KeyStore(db)))
+
+    try:
+        return asyncio.run(run())
+    except (DatabaseError, KeyNotFound, AmbiguousKey, ValueError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
+        raise click.ClickException(message) from None
+    except GatewayError as exc:
+        raise click.ClickException(exc.message) from None
+
+
 def _when(timestamp: float | None, separator: str = " ") -> str:
     from tokenrelay.metering.units import iso_time
 
@@ -273,7 +297,9 @@ def _echo_json(value: object) -> None:
 
 
 @keys.command("create")
-@click.option("--user", required=True, help="The user the key acts for (recorded in the ledger).")
+@click.option(
+    "--user", help="The user the key acts for (recorded in the ledger); needed without --role."
+)
 @click.option("--org", help="The user's organization.")
 @click.option(
     "--routes",
@@ -282,22 +308,39 @@ def _echo_json(value: object) -> None:
 )
 @click.option("--rpm", type=click.IntRange(min=1), help="The key's own requests per minute.")
 @click.option("--name", help="A note to tell keys apart in listings.")
-@click.option("--admin", is_flag=True, help="May also read every caller's usage (GET /v1/usage).")
+@click.option("--admin", is_flag=True, help="Same as --role admin (kept for old scripts).")
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "org_admin", "reader"]),
+    help="An admin API role (docs/admin-api.md): admin is global; org_admin and reader with "
+    "--org are confined to that org.",
+)
+@click.option("--expires", help="When the key stops working: an ISO time (2030-01-31T00:00:00Z).")
+@click.option(
+    "--models", multiple=True, help="A model the key may ask for; repeat or comma-separate."
+)
 @_DATABASE
 @_CONFIG
 @_FORMAT
 def keys_create(
-    user: str,
+    user: str | None,
     org: str | None,
     routes: tuple[str, ...],
     rpm: int | None,
     name: str | None,
     admin: bool,
+    role: str | None,
+    expires: str | None,
+    models: tuple[str, ...],
     database_url: str | None,
     config: str | None,
     fmt: str,
 ) -> None:
-    """Create a key and print its secret, once: only its SHA-256 hash is stored."""
+    """Create a key and print its secret, once: only its SHA-256 hash is stored. The change is
+    made by the admin service (the same validation and audit trail entry, actor "cli")."""
+    role = "admin" if admin else role
+    if user is None and role is None:
+        raise click.UsageError("give --user (the key's user), or --role for an admin key")
     url = _database_url(database_url, config, must_exist=False)
     allowed = [part.strip() for value in routes for part in value.split(",") if part.strip()]
     if allowed:
@@ -306,16 +349,30 @@ def keys_create(
             if unknown:
                 click.echo(f"warning: no route named {', '.join(unknown)} is configured", err=True)
 
-    async def create(store: KeyStore) -> tuple[KeyRecord, str]:
-        key_id, secret = await store.create(user, org, allowed or None, rpm, name, admin=admin)
-        return await store.find(key_id), secret
+    allowed_models = [part.strip() for value in models for part in value.split(",") if part]
 
-    record, secret = _with_store(url, create)
+    async def create(service: AdminService) -> tuple[KeyRecord, str]:
+        from tokenrelay.admin.roles import CLI
+        from tokenrelay.admin.schema import KeyCreate
+
+        body = KeyCreate(
+            name=name or (f"{role} key" if role else f"key of {user}"),
+            org_id=org,
+            user_id=user,
+            role=role,  # type: ignore[arg-type]  # click.Choice
+            routes=allowed or None,
+            models=allowed_models or None,
+            expires_at=expires,
+        )
+        created = await service.key_admin.create(CLI, body, rpm=rpm)
+        return await service.keys.find(created.key.id), created.secret
+
+    record, secret = _with_admin(url, create)
     click.echo(
         "Copy the key now: tokenrelay stores only its SHA-256 hash and cannot show it again.",
         err=True,
     )
-    if admin:
+    if role == "admin":
         click.echo("This is an admin key: it may read every caller's usage.", err=True)
     if fmt == "json":
         _echo_json({**_key_json(record), "secret": secret})
@@ -355,11 +412,14 @@ def keys_revoke(key: str, database_url: str | None, config: str | None, fmt: str
     accepting it within their key cache TTL (5 s by default)."""
     url = _database_url(database_url, config, must_exist=True)
 
-    async def revoke(store: KeyStore) -> tuple[KeyRecord, bool]:
-        before = await store.find(key)
-        return await store.revoke(before.id), before.revoked_at is not None
+    async def revoke(service: AdminService) -> tuple[KeyRecord, bool]:
+        from tokenrelay.admin.roles import CLI
 
-    record, already = _with_store(url, revoke)
+        before = await service.keys.find(key)
+        await service.key_admin.revoke(CLI, before.id)
+        return await service.keys.find(before.id), before.revoked_at is not None
+
+    record, already = _with_admin(url, revoke)
     if fmt == "json":
         _echo_json(_key_json(record))
     elif already:

@@ -21,7 +21,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from tokenrelay import __version__, model_list, responses_api
+from tokenrelay import __version__, admin_http, model_list, responses_api
 from tokenrelay.model import GatewayError
 from tokenrelay.observe.health import Readiness
 from tokenrelay.path_errors import render
@@ -207,6 +207,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         *(Route(path, endpoint, methods=["POST"]) for path, endpoint in relays.items()),
         Route("/v1/models", models, methods=["GET"]),
         *responses_api.routes(gateway),  # GET and DELETE /v1/responses/{id}, input_items
+        *admin_http.routes(gateway),  # /admin/v1/ (docs/admin-api.md)
         Route("/v1/models/{model_id:path}", model, methods=["GET"]),
         Route("/v1beta/models", gemini_models, methods=["GET"]),
         Route("/v1beta/models/{model_id:path}", gemini_model, methods=["GET"]),

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tokenrelay import transports
+from tokenrelay.admin.settings import AdminSettings
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
@@ -271,6 +272,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Bounds at the HTTP edge: header size and count, read timeouts, open connections.
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     responses: ResponsesSettings = msgspec.field(default_factory=ResponsesSettings)  # store
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)  # /admin/v1/
 
     def configured_providers(self) -> list[str]:
         """Providers that can be called: a key, or an explicit base URL (local servers)."""

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, cast
 
 from tokenrelay.gate.identity import Authenticator, Identity
+from tokenrelay.gate.policy import check_model, stream_caps
+from tokenrelay.gate.policy import request_rules as policy_request_rules
+from tokenrelay.gate.policy import token_rules as policy_token_rules
 from tokenrelay.model import GatewayError, Request, Usage
 from tokenrelay.ratelimit import Decision, Lease, RateLimiter, Rule, Subject, SubjectKind
 
@@ -58,6 +61,7 @@ class Admission:
     verdict: Verdict | None = None
     canary: str | None = None
     requests: Decision | None = None  # the caller's request limits, for the quota headers
+    leases: list[Lease] = field(default_factory=list)  # a key's, user's, org's stream caps
 
 
 DATABASE_OPEN_DELAY = 1.0  # seconds after start-up
@@ -130,10 +134,16 @@ class Gate:
         }
         gate = cls(settings, authenticator, RateLimiter.create(settings.limits), screens, canaries)
         authenticator.open_keys = gate._key_store
-        if settings.budgets:
-            from tokenrelay.metering.budgets import Budgets
+        from tokenrelay.admin.budgets import stored_budgets_loader
+        from tokenrelay.metering.budgets import Budgets
 
-            gate.budgets = Budgets(settings.budgets, gate.database)
+        # The settings' budgets and those stored by the admin API, re-read every key cache TTL.
+        gate.budgets = Budgets(
+            settings.budgets,
+            gate.database,
+            stored=stored_budgets_loader(gate.database),
+            stored_ttl=settings.auth.key_cache_ttl,
+        )
         # Open the database soon, but not on the start-up path (spawn to first token); a request
         # with a key before then opens it at once.
         gate._opener = asyncio.get_running_loop().call_later(
@@ -262,6 +272,8 @@ class Gate:
             allow_anonymous = self.settings.auth.allow_anonymous
         self.authenticator.check_route(identity, headers, route.name, allow_anonymous)
         subject = _subject(identity)
+        if identity.policy is not None:
+            check_model(identity.policy, identity.key_id or "", route.name, request.model)
 
         rules = self._route_rules(subject, route)
         if rules:
@@ -297,6 +309,8 @@ class Gate:
                 _refuse_unless_allowed(lease, "concurrent streams", reason="concurrency")
             else:
                 admission.lease = lease
+        if identity.policy is not None and identity.key_id is not None:
+            await _acquire_policy_streams(self.limiter, identity, admission)
         return admission
 
     def _screen_for(self, route: RouteView) -> Screen | None:
@@ -315,6 +329,8 @@ class Gate:
         """After the stream: free its slot, charge what it used against the token limits."""
         if admission.lease is not None:
             await admission.lease.release()
+        for lease in admission.leases:
+            await lease.release()
         if admission.token_rules:
             used = (usage.input_tokens or 0) + (usage.output_tokens or 0)
             await self.limiter.charge_tokens(admission.token_rules, used)
@@ -329,6 +345,10 @@ class Gate:
             rules.append(Rule(subject, settings.limits.anonymous_limit))
         elif identity.rpm:
             rules.append(Rule(subject, f"{identity.rpm}/minute"))
+        if identity.policy is not None and identity.key_id is not None:
+            rules += policy_request_rules(
+                identity.policy, identity.key_id, identity.user, identity.org
+            )
         if settings.user_limit and identity.user:
             rules.append(Rule(Subject("user", identity.user), settings.user_limit))
         if settings.org_limit and identity.org:
@@ -352,7 +372,29 @@ class Gate:
             rules.append(Rule(Subject("user", identity.user), settings.user_token_limit))
         if settings.org_token_limit and identity.org:
             rules.append(Rule(Subject("org", identity.org), settings.org_token_limit))
+        if identity.policy is not None and identity.key_id is not None:
+            rules += policy_token_rules(
+                identity.policy, identity.key_id, identity.user, identity.org
+            )
         return rules
+
+
+async def _acquire_policy_streams(
+    limiter: RateLimiter, identity: Identity, admission: Admission
+) -> None:
+    """A slot under each stream cap the admin API set on the key, its user and its org; a
+    refusal gives back the slots already taken."""
+    assert identity.policy is not None and identity.key_id is not None
+    for subject, cap in stream_caps(identity.policy, identity.key_id, identity.user, identity.org):
+        lease = await limiter.acquire_stream(subject, cap, "policy")
+        if isinstance(lease, Decision):
+            for taken in [*admission.leases, *([admission.lease] if admission.lease else [])]:
+                await taken.release()
+            admission.leases.clear()
+            admission.lease = None
+            _refuse_unless_allowed(lease, "concurrent streams", reason="concurrency")
+        else:
+            admission.leases.append(lease)
 
 
 def _subject(identity: Identity) -> Subject:

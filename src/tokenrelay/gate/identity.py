@@ -20,13 +20,15 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 from tokenrelay.gate.jwt_auth import JWTSettings, JWTVerifier
-from tokenrelay.gate.keys import KEY_PREFIX, PREFIX_LENGTH, KeyStore
+from tokenrelay.gate.keys import KEY_PREFIX, PREFIX_LENGTH, KeyRecord, KeyStore
+from tokenrelay.gate.policy import NO_POLICY, KeyPolicy
 from tokenrelay.model import GatewayError
 
 log = logging.getLogger("tokenrelay.identity")
@@ -74,6 +76,9 @@ class Identity(msgspec.Struct, frozen=True):
     # An anonymous IPv6 caller's network (``2001:db8:1:2::/64``), counted instead of its
     # address; None for IPv4 and for identified callers.
     network: str | None = None
+    # A key's models and its own, its user's and its org's limits (``gate.policy``): shared
+    # with the cached key record, never built per request.
+    policy: KeyPolicy | None = None
 
     @property
     def subject(self) -> str:
@@ -289,6 +294,19 @@ class Authenticator:
             raise _unauthorized(f"this gateway accepts no JWTs; {self._what_to_send()}")
         raise _unauthorized(f"the token is not a tokenrelay API key; {self._what_to_send()}")
 
+    def jwt_claims(self, token: str) -> tuple[dict[str, Any], str, str | None] | None:
+        """A JWT's claims with its ``(user, org)`` when JWTs are configured (a 401 when it is
+        not valid); ``None`` for anything that is not a JWT here. For the admin API's roles."""
+        if self._jwt is None or token.count(".") != 2:
+            return None
+        claims = self._jwt.verify(token)
+        user, org = self._jwt.subject(claims)
+        return claims, user, org
+
+    async def key_store(self) -> KeyStore:
+        """The key store the gate checks keys with (opened now if need be)."""
+        return await self._key_store()
+
     def _credential(self, headers: Mapping[str, str]) -> str | None:
         return credential(headers, jwt=self._jwt is not None)
 
@@ -336,6 +354,35 @@ class Authenticator:
             raise _unauthorized(
                 f"the API key {shown}… is unknown or revoked; {self._what_to_send()}"
             )
+        refuse_unusable(key, token[:PREFIX_LENGTH])
         return Identity(
-            "key", ip, user=key.user, org=key.org, key_id=key.id, routes=key.routes, rpm=key.rpm
+            "key",
+            ip,
+            user=key.user,
+            org=key.org,
+            key_id=key.id,
+            routes=key.routes,
+            rpm=key.rpm,
+            policy=None if key.policy == NO_POLICY else key.policy,
         )
+
+
+def refuse_unusable(key: KeyRecord, shown: str) -> None:
+    """A 401 for an expired key, a 403 for one whose user or organization is disabled."""
+    policy = key.policy
+    if policy.expires_at is not None and key.expired(time.time()):
+        raise _unauthorized(
+            f"the API key {shown}… expired at {_iso(policy.expires_at)}; ask your administrator "
+            "for a new one"
+        )
+    if policy.org_disabled or policy.user_disabled:
+        whose = "organization" if policy.org_disabled else "user"
+        raise GatewayError(
+            "permission",
+            f"the {whose} of API key {shown}… is disabled; ask your administrator to enable it",
+            403,
+        )
+
+
+def _iso(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))

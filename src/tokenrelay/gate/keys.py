@@ -38,12 +38,14 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from tokenrelay.gate.policy import KeyPolicy, Limits, limits_from_json
+
 if TYPE_CHECKING:  # imported by whoever opens the database; not at start-up
-    from tokenrelay.store.database import Database, Row
+    from tokenrelay.store.database import Database, Queries, Row
 
 log = logging.getLogger("tokenrelay.keys")
 
@@ -52,6 +54,17 @@ SECRET_LENGTH = 40  # base62 characters after the prefix: 40 * log2(62) ≈ 238 
 PREFIX_LENGTH = len(KEY_PREFIX) + 8  # shown in listings and logs: "trk_Ab3dE9xq"
 _ALPHABET = string.ascii_letters + string.digits
 _COLUMNS = "id, prefix, user_id, org_id, routes, rpm, name, created_at, revoked_at, admin"
+_KEY_COLUMNS = (
+    "k.id, k.prefix, k.user_id, k.org_id, k.routes, k.rpm, k.name, k.created_at, k.revoked_at, "
+    "k.admin, k.role, k.models, k.expires_at, k.limits, k.metadata, k.rotated_from"
+)
+# A key with what the admin API stored about its user and organization (tokenrelay.admin), so
+# that one lookup, cached for ``ttl``, carries everything the gate enforces.
+_SELECT = (
+    f"SELECT {_KEY_COLUMNS}, o.disabled AS org_disabled, o.limits AS org_limits, "
+    "u.disabled AS user_disabled, u.limits AS user_limits "
+    "FROM api_keys k LEFT JOIN orgs o ON o.id = k.org_id LEFT JOIN users u ON u.id = k.user_id"
+)
 
 
 class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,11 +79,22 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     name: str | None
     created_at: float  # Unix seconds
     revoked_at: float | None
-    admin: bool = False  # may read every caller's usage (GET /v1/usage); serves no other purpose
+    admin: bool = False  # may read every caller's usage (GET /v1/usage)
+    role: str | None = None  # admin, org_admin, reader (tokenrelay.admin.roles); None: ordinary
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    rotated_from: str | None = None  # the key this one replaced (POST /admin/v1/keys/{id}/rotate)
+    policy: KeyPolicy = msgspec.field(default_factory=KeyPolicy)  # models, expiry, limits
 
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+    @property
+    def expires_at(self) -> float | None:
+        return self.policy.expires_at
+
+    def expired(self, now: float) -> bool:
+        return self.policy.expires_at is not None and self.policy.expires_at <= now
 
 
 class KeyNotFound(LookupError):
@@ -106,6 +130,16 @@ def _new_id() -> str:
 
 def _record(row: Row) -> KeyRecord:
     routes = row["routes"]
+    models = row.get("models")
+    policy = KeyPolicy(
+        models=frozenset(json.loads(models)) if models is not None else None,
+        expires_at=float(row["expires_at"]) if row.get("expires_at") is not None else None,
+        key=limits_from_json(row.get("limits")),
+        user=limits_from_json(row.get("user_limits")),
+        org=limits_from_json(row.get("org_limits")),
+        user_disabled=bool(row.get("user_disabled")),
+        org_disabled=bool(row.get("org_disabled")),
+    )
     return KeyRecord(
         id=row["id"],
         prefix=row["prefix"],
@@ -117,6 +151,10 @@ def _record(row: Row) -> KeyRecord:
         created_at=float(row["created_at"]),
         revoked_at=float(row["revoked_at"]) if row["revoked_at"] is not None else None,
         admin=bool(row["admin"]),
+        role=row.get("role"),
+        metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
+        rotated_from=row.get("rotated_from"),
+        policy=policy,
     )
 
 
@@ -171,20 +209,37 @@ class KeyStore:
         name: str | None = None,
         *,
         admin: bool = False,
+        role: str | None = None,
+        models: Iterable[str] | None = None,
+        expires_at: float | None = None,
+        limits: Limits | None = None,
+        metadata: dict[str, Any] | None = None,
+        rotated_from: str | None = None,
+        db: Queries | None = None,
     ) -> tuple[str, str]:
         """A new key: ``(key_id, secret)``. The secret is not stored; show it to the user now.
-        An ``admin`` key may also read the usage reports of every caller."""
+        An ``admin`` key may also read the usage reports of every caller; ``role`` is its
+        place in the admin API (``tokenrelay.admin.roles``). ``db``: a transaction to write in."""
         from tokenrelay.store.database import IntegrityError
 
         if rpm is not None and rpm < 1:
             raise ValueError("rpm must be at least 1")
         routes_json = json.dumps(sorted(set(routes))) if routes is not None else None
+        extra = (
+            role,
+            json.dumps(sorted(set(models))) if models is not None else None,
+            expires_at,
+            msgspec.json.encode(limits).decode() if limits is not None else None,
+            json.dumps(metadata or {}),
+            rotated_from,
+        )
         for _ in range(3):  # an id or hash collision is astronomically unlikely; retry anyway
             key_id, secret = _new_id(), new_secret()
             try:
-                await self.db.execute(
-                    f"INSERT INTO api_keys ({_COLUMNS}, key_hash) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)",
+                await (db or self.db).execute(
+                    f"INSERT INTO api_keys ({_COLUMNS}, key_hash, role, models, expires_at, "
+                    "limits, metadata, rotated_from) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key_id,
                         secret[:PREFIX_LENGTH],
@@ -196,6 +251,7 @@ class KeyStore:
                         time.time(),
                         int(admin),
                         hash_key(secret),
+                        *extra,
                     ),
                 )
             except IntegrityError:
@@ -266,7 +322,7 @@ class KeyStore:
 
     async def _fetch(self, digest: str) -> KeyRecord | None:
         row = await self.db.fetch_one(
-            f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL",
+            f"{_SELECT} WHERE k.key_hash = ? AND k.revoked_at IS NULL",
             (digest,),
         )
         return _record(row) if row is not None else None
@@ -330,22 +386,34 @@ class KeyStore:
 
     async def list(self, *, include_revoked: bool = True) -> builtins.list[KeyRecord]:
         """Every key, oldest first."""
-        where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        rows = await self.db.fetch_all(
-            f"SELECT {_COLUMNS} FROM api_keys{where} ORDER BY created_at, id"
-        )
+        where = "" if include_revoked else " WHERE k.revoked_at IS NULL"
+        rows = await self.db.fetch_all(f"{_SELECT}{where} ORDER BY k.created_at, k.id")
+        return [_record(row) for row in rows]
+
+    async def query(
+        self,
+        where: str,
+        params: Iterable[object] = (),
+        *,
+        limit: int | None = None,
+        db: Queries | None = None,
+    ) -> builtins.list[KeyRecord]:
+        """Keys matching ``where`` (SQL over ``k``, the key, ``o`` its org, ``u`` its user),
+        oldest first; ``db``: a transaction to read in."""
+        sql = f"{_SELECT} WHERE {where} ORDER BY k.created_at, k.id"
+        values = builtins.list(params)
+        if limit is not None:
+            sql += " LIMIT ?"
+            values.append(limit)
+        rows = await (db or self.db).fetch_all(sql, values)
         return [_record(row) for row in rows]
 
     async def find(self, key: str) -> KeyRecord:
         """The key named by its id, its display prefix or its full secret."""
         if looks_like_key(key):
-            rows = await self.db.fetch_all(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE key_hash = ?", (hash_key(key),)
-            )
+            rows = await self.db.fetch_all(f"{_SELECT} WHERE k.key_hash = ?", (hash_key(key),))
         else:
-            rows = await self.db.fetch_all(
-                f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? OR prefix = ?", (key, key)
-            )
+            rows = await self.db.fetch_all(f"{_SELECT} WHERE k.id = ? OR k.prefix = ?", (key, key))
         if not rows:
             raise KeyNotFound(f"no key has the id, prefix or secret {_shown(key)!r}")
         if len(rows) > 1:

@@ -59,12 +59,19 @@ class BudgetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
     id: str = "*"
     period: Period = "month"
     alert_at: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.8
+    # false: a soft budget; over it requests still flow, and the overrun is logged and counted
+    hard: bool = True
 
     def __post_init__(self) -> None:
         if not self.limit_usd.is_finite() or self.limit_usd < 0:
             raise ValueError(f"budget limit_usd must be a positive amount, not {self.limit_usd}")
         if not self.id:
             raise ValueError('budget id must name a subject, or be "*" for each one')
+
+    @property
+    def alert_levels(self) -> tuple[float, ...]:
+        """The shares of the limit whose crossing is logged and counted."""
+        return (self.alert_at,) if self.alert_at else ()
 
     @property
     def limit_nanousd(self) -> int:
@@ -115,6 +122,7 @@ class BudgetMetrics:
     alerts: int = 0  # alert_at crossed (once per subject, budget and period)
     exhausted: int = 0  # limits reached (once per subject, budget and period)
     refused: int = 0  # requests refused with 402
+    soft_over: int = 0  # requests let through over a soft budget
     failures: int = 0  # ledger reads that failed (budgets failed open)
     charges_expired: int = 0  # charges never found in the ledger (its writer is failing)
 
@@ -144,7 +152,8 @@ class _State:
     # (scope, subject) -> UTC day -> nanodollars: a charge counts only in the periods its
     # request belongs to, also just after midnight.
     unrecorded: dict[tuple[Scope, str], dict[int, int]] = field(default_factory=dict)
-    noted: dict[tuple[int, str, str], float] = field(default_factory=dict)  # -> period start
+    # (budget, subject, what) -> period start
+    noted: dict[tuple[BudgetSettings, str, str], float] = field(default_factory=dict)
 
 
 class Budgets:
@@ -162,8 +171,17 @@ class Budgets:
         timeout: float = 2.0,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        stored: Callable[[], Awaitable[Sequence[BudgetSettings]]] | None = None,
+        stored_ttl: float = 5.0,
     ) -> None:
-        self.settings = tuple(settings)
+        self.configured = tuple(settings)
+        self.settings = self.configured  # and the stored ones, once read
+        # Budgets stored by the admin API: re-read at most every ``stored_ttl`` seconds, on the
+        # request that finds them older (one query shared by concurrent requests).
+        self._stored = stored
+        self.stored_ttl = stored_ttl
+        self._stored_at = -1e18
+        self._stored_loading: asyncio.Task[None] | None = None
         self._database = database
         self.refresh_interval = refresh
         self.idle = idle
@@ -186,19 +204,44 @@ class Budgets:
 
     async def check(self, identity: Identity | None) -> None:
         """Refuse (402) a request whose caller has used up a budget that applies to it."""
-        if identity is None or not self.settings:
+        if identity is None or (identity.key_id or identity.user or identity.org) is None:
+            return
+        if self._stored is not None and self._monotonic() - self._stored_at >= self.stored_ttl:
+            await self._reload_stored()
+        if not self.settings:
             return
         now = self._clock()
-        for index, budget in enumerate(self.settings):
+        for budget in self.settings:
             subject = budget.subject(identity)
             if subject is None:
                 continue
             start, end = period_bounds(budget.period, now)
             spent = await self._spent(budget, subject, start)
-            self._note(index, budget, subject, spent, start, end)
+            self._note(budget, subject, spent, start, end)
             if spent >= budget.limit_nanousd:
+                if not budget.hard:
+                    self.metrics.soft_over += 1
+                    continue
                 self.metrics.refused += 1
                 raise _exceeded(budget, subject, spent, start, end, now)
+
+    async def _reload_stored(self) -> None:
+        """Read the stored budgets again; on failure keep the last ones (logged, counted)."""
+        task = self._stored_loading
+        if task is None or task.done():
+            task = self._stored_loading = asyncio.ensure_future(self._read_stored())
+        await asyncio.shield(task)
+
+    async def _read_stored(self) -> None:
+        assert self._stored is not None
+        try:
+            async with asyncio.timeout(self.timeout):
+                stored = tuple(await self._stored())
+        except Exception as exc:  # the database, its driver, a timeout: keep the last ones
+            self._failed(exc)
+            stored = self.settings[len(self.configured) :]
+        self._stored_at = self._monotonic()
+        self.settings = self.configured + stored
 
     def charge(
         self,
@@ -226,7 +269,7 @@ class Budgets:
         for key in subjects:
             days = state.unrecorded.setdefault(key, {})
             days[day] = days.get(day, 0) + cost_nanousd
-        for index, budget in enumerate(self.settings):
+        for budget in self.settings:
             subject = budget.subject(identity)
             if subject is None:
                 continue
@@ -234,7 +277,7 @@ class Budgets:
             entry = state.spend.get((budget.scope, budget.period, subject))
             if entry is not None and entry.start == start:
                 spent = entry.ledger + self._unrecorded(budget.scope, subject, start)
-                self._note(index, budget, subject, spent, start, end)
+                self._note(budget, subject, spent, start, end)
 
     async def spend(self, budget: BudgetSettings, subject: str) -> int:
         """What ``subject`` has spent against ``budget`` this period, in nanodollars, as the
@@ -296,17 +339,18 @@ class Budgets:
             )
 
     def _note(
-        self, index: int, budget: BudgetSettings, subject: str, spent: int, start: float, end: float
+        self, budget: BudgetSettings, subject: str, spent: int, start: float, end: float
     ) -> None:
-        """Log and count crossing the alert share and reaching the limit, once per period."""
+        """Log and count crossing each alert share and reaching the limit, once per period."""
         limit = budget.limit_nanousd
         if limit <= 0:
             return
         noted = self._state.noted
         who = f"{budget.scope} {subject!r}"
-        alert = budget.alert_at and spent >= limit * budget.alert_at
-        if alert and noted.get((index, subject, "alert")) != start:
-            noted[(index, subject, "alert")] = start
+        crossed = [level for level in budget.alert_levels if spent >= limit * level]
+        level = max(crossed, default=0.0)
+        if crossed and noted.get((budget, subject, f"alert{level}")) != start:
+            noted[(budget, subject, f"alert{level}")] = start
             self.metrics.alerts += 1
             log.warning(
                 "budget alert: %s has spent $%s, %d %% of its %s of $%s (alert at %d %%); "
@@ -316,15 +360,16 @@ class Budgets:
                 spent * 100 // limit,
                 budget.label,
                 usd(limit, 2),
-                round(budget.alert_at * 100),
+                round(level * 100),
                 iso_time(end),
                 extra={"budget": budget.label, "subject": subject, "spent_nanousd": spent},
             )
-        if spent >= limit and noted.get((index, subject, "exhausted")) != start:
-            noted[(index, subject, "exhausted")] = start
+        if spent >= limit and noted.get((budget, subject, "exhausted")) != start:
+            noted[(budget, subject, "exhausted")] = start
             self.metrics.exhausted += 1
             log.warning(
-                "budget used up: %s has spent $%s of its %s of $%s; refused until %s",
+                "budget used up: %s has spent $%s of its %s of $%s; "
+                + ("refused until %s" if budget.hard else "soft: still served; resets at %s"),
                 who,
                 usd(spent, 2),
                 budget.label,
@@ -424,7 +469,7 @@ class Budgets:
     def _prune_notes(self, now: float) -> None:
         noted = self._state.noted
         for key, start in list(noted.items()):
-            if start < period_bounds(self.settings[key[0]].period, now)[0]:
+            if start < period_bounds(key[0].period, now)[0]:
                 del noted[key]
 
     async def close(self) -> None:

@@ -140,6 +140,83 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX responses_created ON responses (created_at)",
         ),
     ),
+    Migration(
+        7,
+        "admin",
+        (
+            # The admin API (tokenrelay.admin): organizations, their users, stored budgets, the
+            # admin audit trail, and what a key carries beyond migration 1's columns. JSON in
+            # TEXT columns; times are Unix seconds. ``ceiling`` columns hold what a global admin
+            # set, which an org admin may lower but never raise past.
+            """
+            CREATE TABLE orgs (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                metadata TEXT NOT NULL DEFAULT '{}',
+                limits TEXT,
+                limits_ceiling TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                org_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                email TEXT,
+                disabled INTEGER NOT NULL DEFAULT 0,
+                metadata TEXT NOT NULL DEFAULT '{}',
+                limits TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX users_org ON users (org_id, created_at)",
+            "ALTER TABLE api_keys ADD COLUMN role TEXT",
+            "ALTER TABLE api_keys ADD COLUMN models TEXT",
+            "ALTER TABLE api_keys ADD COLUMN expires_at DOUBLE PRECISION",
+            "ALTER TABLE api_keys ADD COLUMN limits TEXT",
+            "ALTER TABLE api_keys ADD COLUMN metadata TEXT",
+            "ALTER TABLE api_keys ADD COLUMN rotated_from TEXT",
+            # Keys made with --admin before roles existed were the operator's own: admins.
+            "UPDATE api_keys SET role = 'admin' WHERE admin = 1 AND org_id IS NULL",
+            "CREATE INDEX api_keys_org ON api_keys (org_id, created_at)",
+            """
+            CREATE TABLE admin_budgets (
+                id TEXT PRIMARY KEY,
+                scope TEXT NOT NULL,
+                subject_id TEXT NOT NULL,
+                org_id TEXT,
+                amount_usd TEXT NOT NULL,
+                ceiling_usd TEXT,
+                period TEXT NOT NULL,
+                hard INTEGER NOT NULL,
+                alert_at TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "CREATE INDEX admin_budgets_subject ON admin_budgets (scope, subject_id)",
+            """
+            CREATE TABLE admin_audit (
+                id TEXT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                actor_key_id TEXT,
+                actor_role TEXT,
+                action TEXT NOT NULL,
+                target_type TEXT NOT NULL,
+                target_id TEXT,
+                org_id TEXT,
+                before TEXT,
+                after TEXT
+            )
+            """,
+            "CREATE INDEX admin_audit_at ON admin_audit (at, id)",
+            "CREATE INDEX admin_audit_org ON admin_audit (org_id, at)",
+        ),
+    ),
 )
 
 _CREATE_TABLE = """
