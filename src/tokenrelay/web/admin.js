@@ -83,7 +83,12 @@ function fillTable(id, rows, emptyText) {
 }
 
 const when = (iso) => (iso ? `${iso.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, "")} UTC` : "—");
-const usd = (text) => (text === null || text === undefined ? "—" : `$${text}`);
+/** An exact decimal string as dollars, trailing zeros trimmed down to cents: "0.004000" -> "$0.004". */
+function usd(text) {
+  if (text === null || text === undefined) return "—";
+  const [whole, fraction = ""] = String(text).split(".");
+  return `$${whole}.${fraction.replace(/0+$/, "").padEnd(2, "0")}`;
+}
 const list = (text) => text.split(",").map((part) => part.trim()).filter(Boolean);
 
 function limitsText(limits) {
