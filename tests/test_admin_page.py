@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -226,12 +227,18 @@ async def test_admin_journey(
     assert status == 402, body
     assert 2 <= streamed <= 4, streamed
     print(f"\n{streamed} streams spent the $0.01 budget; the next was refused with 402")
-    await page.click("#refresh")
-    await status_says(page, "Refreshed")
     budget_row = page.locator("#budgets tbody tr", has_text=HOSTILE_KEY)
+    spent = f"${Decimal('0.004') * streamed}"  # the ledger's rows, once written (off the hot path)
+
+    async def spend_shown() -> bool:
+        await page.click("#refresh")
+        await status_says(page, "Refreshed")
+        return await budget_row.locator("td").nth(5).text_content() == spent
+
+    await eventually(spend_shown)
     budget_cells = await budget_row.locator("td").all_text_contents()
-    assert budget_cells[1:5] == ["key", "$0.01", "day", "hard"]
-    assert budget_cells[5] != "$0" and budget_cells[7].strip().endswith("%")
+    assert budget_cells[1:7] == ["key", "$0.01", "day", "hard", spent, "$0.00"]
+    assert budget_cells[7].strip() == f"{streamed * 40} %"  # over it: requests in flight finish
     await screenshot(page, "admin-budget-spent")
 
     # Raised in the page: the next request streams again.
