@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -55,8 +56,9 @@ async def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('admin-page')}/admin.db"
 
 
-def environ(simulator: Any, database_url: str) -> dict[str, str]:
+def environ(simulator: Any, database_url: str, audit: str) -> dict[str, str]:
     return {
+        "TOKENRELAY_AUDIT__DESTINATION": audit,
         **gateway_environ(simulator.url),
         "TOKENRELAY_DATABASE_URL": database_url,
         "TOKENRELAY_AUTH__KEY_CACHE_TTL": str(KEY_TTL),
@@ -67,14 +69,16 @@ def environ(simulator: Any, database_url: str) -> dict[str, str]:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gw(simulator: Any, database_url: str) -> AsyncIterator[RunningGateway]:
     """The instance serving the page."""
-    async with gateway_server(environ(simulator, database_url)) as running:
+    audit = database_url.removeprefix("sqlite:///") + ".audit-1.jsonl"
+    async with gateway_server(environ(simulator, database_url, audit)) as running:
         yield running
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def other(simulator: Any, database_url: str) -> AsyncIterator[RunningGateway]:
     """A second instance on the same database, which hears of changes only through it."""
-    async with gateway_server(environ(simulator, database_url)) as running:
+    audit = database_url.removeprefix("sqlite:///") + ".audit-2.jsonl"
+    async with gateway_server(environ(simulator, database_url, audit)) as running:
         yield running
 
 
@@ -150,7 +154,12 @@ async def sign_in_with_keyboard(
 
 
 async def test_admin_journey(
-    watched: tuple[Page, list[str]], gw: RunningGateway, other: RunningGateway, admin: str
+    watched: tuple[Page, list[str]],
+    gw: RunningGateway,
+    other: RunningGateway,
+    admin: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     page, problems = watched
     await sign_in_with_keyboard(page, gw, admin)
@@ -293,6 +302,13 @@ async def test_admin_journey(
     await screenshot(page, "admin-audit")
     assert await page.evaluate("() => window.__pwned") is None
     assert problems == []
+    # Neither secret reached a log line, an audit line or the database (ledger rows, keys,
+    # the admin audit trail): only hashes and prefixes are kept.
+    await asyncio.sleep(KEY_TTL)  # the audit lines are written off the hot path
+    written = await asyncio.to_thread(files_of, database_url)
+    assert b"budget_exceeded" in written  # the audit lines are there ...
+    for kept in (written, caplog.text.encode()):
+        assert admin.encode() not in kept and secret.encode() not in kept  # ... no secret
 
     # Sign out forgets the key.
     await page.click("#sign-out")
@@ -300,6 +316,12 @@ async def test_admin_journey(
     assert await page.evaluate("() => sessionStorage.length") == 0
     assert await page.locator("#console").is_hidden()
     await screenshot(page, "admin-signed-out")
+
+
+def files_of(database_url: str) -> bytes:
+    """Everything the gateways wrote beside their SQLite database (its WAL, the audit lines)."""
+    db = Path(database_url.removeprefix("sqlite:///"))
+    return b"".join(path.read_bytes() for path in sorted(db.parent.iterdir()) if path.is_file())
 
 
 async def dialog_closed(page: Page) -> bool:

@@ -452,20 +452,22 @@ function onSubmit(id, handler) {
 }
 
 onSubmit("org-form", async (form) => {
-  const org = await act(() => api("POST", "/orgs", { name: $("org-name").value }), (org) => `Organization ${org.name} created.`);
+  const org = await act(() => api("POST", "/orgs", { name: $("org-name").value }));
   if (!org) return;
   form.reset();
   await refresh();
+  say(`Organization ${org.name} created.`); // once the table shows it
   $("org-name").focus();
 });
 
 onSubmit("user-form", async (form) => {
   const body = { org_id: $("user-org").value, name: $("user-name").value };
   if ($("user-email").value) body.email = $("user-email").value;
-  const user = await act(() => api("POST", "/users", body), (user) => `User ${user.name} created.`);
+  const user = await act(() => api("POST", "/users", body));
   if (!user) return;
   form.reset();
   await refresh();
+  say(`User ${user.name} created.`);
   $("user-name").focus();
 });
 
@@ -517,9 +519,9 @@ onSubmit("budget-form", async (form) => {
   };
   const budget = await act(() => api("POST", "/budgets", body));
   if (!budget) return;
-  say(`Budget of ${usd(budget.amount_usd)} per ${budget.period} set for ${subjectName(budget.scope, budget.subject_id)}.`);
   form.reset();
   await refresh();
+  say(`Budget of ${usd(budget.amount_usd)} per ${budget.period} set for ${subjectName(budget.scope, budget.subject_id)}.`);
   $("budget-amount").focus();
 });
 
