@@ -371,12 +371,13 @@ async def test_the_page_is_served_with_a_strict_policy(gw: RunningGateway) -> No
     # Nothing inline for the policy to refuse: no script or style blocks, no style attributes.
     assert "<style" not in html and " style=" not in html and "javascript:" not in html
     assert html.count("<script") == 1 and '<script type="module" src="/static/admin.js">' in html
-    for name, kind in (("admin.js", "text/javascript"), ("admin.css", "text/css")):
+    assets = (("admin.js", "text/javascript"), ("admin_view.js", "text/javascript"))
+    for name, kind in (*assets, ("admin.css", "text/css")):
         async with aiohttp.ClientSession() as http, http.get(f"{gw.url}/static/{name}") as got:
             assert got.status == 200 and got.headers["content-type"].startswith(kind)
             assert got.headers["x-content-type-options"] == "nosniff"
     # Every value from the API goes in as text: the script never parses HTML.
-    script = (WEB / "admin.js").read_text()
+    script = (WEB / "admin.js").read_text() + (WEB / "admin_view.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script, sink
 

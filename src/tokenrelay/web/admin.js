@@ -3,6 +3,8 @@
 // cookie, so no other site can act with it. Every value that came from a user (names, emails,
 // metadata, audit entries) is put on the page with textContent, never parsed as HTML.
 
+import { button, el, fillTable, limitsText, list, usd, when } from "/static/admin_view.js";
+
 const $ = (id) => document.getElementById(id);
 const STORAGE = "tokenrelay.admin.key";
 const API = "/admin/v1";
@@ -50,56 +52,6 @@ async function listAll(path, query = {}) {
     if (!cursor) break;
   }
   return items;
-}
-
-// --- small DOM helpers (text only) --------------------------------------------------------------
-
-function el(tag, text, attributes = {}) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, value);
-  return node;
-}
-
-function button(text, label, onClick, attributes = {}) {
-  const node = el("button", text, { type: "button", class: "small", "aria-label": label, ...attributes });
-  node.addEventListener("click", () => onClick(node));
-  return node;
-}
-
-function fillTable(id, rows, emptyText) {
-  const body = $(id).tBodies[0];
-  const columns = $(id).tHead.rows[0].cells.length;
-  body.replaceChildren();
-  if (!rows.length) {
-    const row = body.insertRow();
-    row.append(el("td", emptyText, { colspan: String(columns), class: "empty" }));
-    return;
-  }
-  for (const cells of rows) {
-    const row = body.insertRow();
-    for (const cell of cells) row.append(cell instanceof Node ? cell : el("td", cell ?? "—"));
-  }
-}
-
-const when = (iso) => (iso ? `${iso.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, "")} UTC` : "—");
-/** An exact decimal string as dollars, trailing zeros trimmed down to cents: "0.004000" -> "$0.004". */
-function usd(text) {
-  if (text === null || text === undefined) return "—";
-  const [whole, fraction = ""] = String(text).split(".");
-  return `$${whole}.${fraction.replace(/0+$/, "").padEnd(2, "0")}`;
-}
-const list = (text) => text.split(",").map((part) => part.trim()).filter(Boolean);
-
-function limitsText(limits) {
-  if (!limits) return "—";
-  const parts = [];
-  if (limits.requests) parts.push(`${limits.requests} requests`);
-  if (limits.tokens) parts.push(`${limits.tokens} tokens`);
-  if (limits.concurrent_streams !== null && limits.concurrent_streams !== undefined) {
-    parts.push(`${limits.concurrent_streams} concurrent streams`);
-  }
-  return parts.length ? parts.join(" · ") : "—";
 }
 
 const nameOf = (items, id) => (id ? (items.find((item) => item.id === id)?.name ?? id) : "—");
