@@ -43,6 +43,12 @@ _SAFE_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
+# The admin page has no inline script or style at all, so its policy needs no hashes.
+ADMIN_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
 _INLINE = re.compile(rb"<(script|style)(?![^>]*\bsrc=)[^>]*>(.*?)</\1>", re.DOTALL)
 
 
@@ -153,6 +159,11 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
     async def page(request: HTTPRequest) -> Response:
         return FileResponse(WEB / "index.html", headers=_page_headers("index.html"))
 
+    async def admin_page(request: HTTPRequest) -> Response:
+        """The admin page (``web/admin.html``): a client of ``/admin/v1`` in the browser."""
+        headers = {"cache-control": "no-cache", "content-security-policy": ADMIN_POLICY}
+        return FileResponse(WEB / "admin.html", headers=headers)
+
     async def static(request: HTTPRequest) -> Response:
         name = request.path_params.get("name", "client.js")
         path = WEB / name
@@ -203,6 +214,7 @@ def build(gateway: Gateway, relays: dict[str, RelayEndpoint]) -> Starlette:
         Route("/v1/usage", usage, methods=["GET"]),
         Route("/v1/usage/dashboard", usage_data, methods=["GET"]),
         Route("/usage", usage_page, methods=["GET"]),
+        Route("/admin", admin_page, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         *(
