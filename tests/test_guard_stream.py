@@ -280,3 +280,65 @@ def test_the_canary_is_a_rule_that_always_cuts() -> None:
 def test_unbounded_rules_get_the_cap() -> None:
     assert longest_match(re.compile(r"\d+"), 256) == 256
     assert longest_match(re.compile(r"ab{2,5}"), 256) == 6
+
+
+# --- mask: what is held back ---------------------------------------------------------------------
+
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
+    ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
+
+
+def detector_guard() -> OutputGuard:
+    from tokenrelay.guard.detectors import Detector
+
+    detector = Detector()
+    settings = OutputGuardSettings(secrets=True, action="mask", max_match_chars=4096)
+    return OutputGuard(OutputRules(settings, detector, detector.max_match_chars))
+
+
+def said(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+def test_mask_with_the_detectors_sends_prose_at_once() -> None:
+    """The JWT type makes the longest match 4,096 characters; prose is not held for that."""
+    g = detector_guard()
+    assert g.rules.longest == 4096
+    sent = ""
+    text = "The quarterly review covered the roadmap, the hiring plan and the budget. " * 3
+    for word in text.split(" "):
+        sent += said(g.feed([TextDelta(word + " ")]))
+        assert len(sent) >= len(text[: text.find(word)]) - 1  # at most the last blank is held
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"your token is {JWT} keep it safe",
+        "write to ann.lee@example.com today",
+        "call me on +44 20 7946 0958 tonight",
+        "card 4111 1111 1111 1111, thanks",
+        "use Authorization: Bearer abcdEFGH1234ijklMNOP5678qrst please",
+        "the secret access key is wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY ok",
+        "IBAN GB82 WEST 1234 5698 7654 32 for the refund",
+    ],
+)
+def test_mask_with_the_detectors_masks_values_split_anywhere(text: str) -> None:
+    from tokenrelay.guard.detectors import Detector
+
+    (found,) = Detector().find(text)
+    expected = text[: found.start] + "[redacted]" + text[found.end :]
+    for size in (1, 2, 3, 5, 7, 11, len(text)):
+        events = stream(detector_guard(), text, size)
+        assert said(events) == expected, size
+
+
+def test_mask_holds_a_value_in_progress_until_it_is_complete() -> None:
+    g = detector_guard()
+    out = said(g.feed([TextDelta("token: " + JWT[:60])]))
+    assert out == "token: "  # the JWT so far is held, the label is sent
+    out += said(g.feed([TextDelta(JWT[60:] + " and more")]))
+    out += said(g.feed([Finish()]))
+    assert out == "token: [redacted] and more"

@@ -2,8 +2,10 @@
 look-behind (the longest match a rule can have, or a configured cap for an unbounded one), so a
 match split across events is still seen and each event costs time in proportion to its size.
 
-On a match the action either masks it in place (the look-behind is then held back, since text
-sent cannot be taken back) or ends the stream with an in-band error in the client's dialect.
+On a match the action either masks it in place or ends the stream with an in-band error in the
+client's dialect. Masking holds text back (text sent cannot be taken back), but only from where a
+match could still be in progress: the detectors say where that is (a JWT can only be growing in
+the last run of non-blank characters), so prose flows on at once while a value is completed.
 The route's canary is one rule among them: it always ends the stream, with the screen's error.
 """
 
@@ -60,7 +62,15 @@ class Rule:
 class OutputRules:
     """A route's rules, compiled once: their names, patterns and the look-behind they need."""
 
-    __slots__ = ("action", "finder", "longest", "mask_with", "rules")
+    __slots__ = (
+        "_pattern_longest",
+        "_pending",
+        "action",
+        "finder",
+        "longest",
+        "mask_with",
+        "rules",
+    )
 
     def __init__(
         self,
@@ -89,11 +99,26 @@ class OutputRules:
             rules.append(Rule(CANARY, re.compile(re.escape(canary), re.IGNORECASE), len(canary)))
         self.rules = rules
         self.longest = max((rule.longest for rule in rules), default=1)
+        self._pattern_longest = max((r.longest for r in rules if r.pattern is not None), default=0)
+        self._pending = getattr(self.finder, "pending", None)
         self.action = settings.action
         self.mask_with = settings.mask_with
 
     def __bool__(self) -> bool:
         return bool(self.rules)
+
+    def pending(self, text: str) -> int:
+        """Where in ``text`` a match may start that more text could still complete: masking
+        holds back from there. A pattern can be anywhere in its longest match; the detectors
+        say where (``Detector.pending``), when they can."""
+        size = len(text)
+        floor = max(0, size - self.longest + 1)
+        earliest = size - self._pattern_longest + 1 if self._pattern_longest else size
+        if self.finder is not None:
+            if self._pending is None:
+                return floor
+            earliest = min(earliest, self._pending(text))
+        return max(earliest, floor)
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
         """Every match in ``text``: ``(start, end, rule)`` in order of start."""
@@ -125,11 +150,12 @@ class OutputGuard:
     """One answer's checks: a look-behind per choice's text, the hits per rule, and the rule
     that blocked the stream, if one did."""
 
-    __slots__ = ("_tails", "blocked", "hits", "rules")
+    __slots__ = ("_context", "_tails", "blocked", "hits", "rules")
 
     def __init__(self, rules: OutputRules) -> None:
         self.rules = rules
         self._tails: dict[int, str] = {}  # per choice: the look-behind (block) or held text (mask)
+        self._context: dict[int, str] = {}  # mask: per choice, the text sent (a look-behind)
         self.hits: dict[str, int] = {}
         self.blocked: str | None = None
 
@@ -163,29 +189,45 @@ class OutputGuard:
 
     def _text(self, event: TextDelta, out: list[Event]) -> Error | None:
         rules = self.rules
-        keep = rules.longest - 1
         tail = self._tails.get(event.choice, "")
         window = tail + event.text
-        spans = rules.spans(window)
-        if rules.action == "block":
-            new = [span for span in spans if span[1] > len(tail)]
-            if new:
-                self._count(new[:1])
-                return self._block(new[0][2])
-            self._tails[event.choice] = window[-keep:] if keep else ""
-            out.append(event)
-            return None
+        if rules.action == "mask":
+            return self._mask(event, window, out)
+        keep = rules.longest - 1
+        new = [span for span in rules.spans(window) if span[1] > len(tail)]
+        if new:
+            self._count(new[:1])
+            return self._block(new[0][2])
+        self._tails[event.choice] = window[-keep:] if keep else ""
+        out.append(event)
+        return None
+
+    def _mask(self, event: TextDelta, held: str, out: list[Event]) -> Error | None:
+        """Send the new text at once, masked, except from where a match may still be growing."""
+        rules = self.rules
+        # The text already sent stays as look-behind (a label before a value): the window is
+        # it, the text held and the new text; a match wholly in what was sent was handled then.
+        sent = self._context.get(event.choice, "")
+        window = sent + held
+        offset = len(sent)
+        spans = [span for span in rules.spans(window) if span[1] > offset]
         leaks = [span for span in spans if span[2] == CANARY]
         if leaks:  # the canary ends the stream whatever the other rules do
             self._count(leaks[:1])
             return self._block(CANARY)
-        safe = len(window) - keep
-        done = [span for span in spans if span[0] < safe]
-        cut = max([safe, *(end for _, end, _ in done)]) if done else max(safe, 0)
+        safe = max(rules.pending(window), offset)
+        done = [(max(start, offset), end, rule) for start, end, rule in spans if start < safe]
+        done = [span for span in done if span[1] > span[0]]
+        cut = max([safe, *(end for _, end, _ in done)])
         self._tails[event.choice] = window[cut:]
+        behind = max(0, len(window) - rules.longest + 1)  # look-behind and held: as before
+        self._context[event.choice] = window[min(behind, cut) : cut]
         if done:
             self._count(done)
-        text = _masked(window[:cut], done, rules.mask_with) if done else window[:cut]
+            shifted = [(start - offset, end - offset, rule) for start, end, rule in done]
+            text = _masked(window[offset:cut], shifted, rules.mask_with)
+        else:
+            text = window[offset:cut]
         if text or event.logprobs is not None:
             out.append(TextDelta(text, event.choice, event.logprobs))
         return None
@@ -205,7 +247,13 @@ class OutputGuard:
             if choice is not None and key != choice:
                 continue
             text = self._tails.pop(key)
+            sent = self._context.pop(key, "")
             if text:
-                spans = self.rules.spans(text)
+                offset = len(sent)
+                spans = [
+                    (max(start, offset) - offset, end - offset, rule)
+                    for start, end, rule in self.rules.spans(sent + text)
+                    if end > offset
+                ]
                 self._count(spans)
                 out.append(TextDelta(_masked(text, spans, self.rules.mask_with), key))
