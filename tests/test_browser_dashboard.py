@@ -1,6 +1,8 @@
 """The usage dashboard in headless Chromium: the seeded ledger drawn as bars, the filters
-(with the mouse and with the keyboard alone), a phone-sized screen, the CSV download, and the
-admin key prompt once a key exists. Screenshots go to ``test-artifacts/screenshots/``.
+(with the mouse and with the keyboard alone), a phone-sized screen, the CSV download, the
+admin key prompt once a key exists, and the response cache's hits and savings (shown only for a
+range that has one, under the page's own Content-Security-Policy). Screenshots go to
+``test-artifacts/screenshots/``.
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ async def test_dashboard_draws_the_seeded_ledger(browser: Browser, gw: RunningGa
         assert failovers.split("\n")[0] == "fast\t1\t1\t1\t0"
         assert "overloaded" in await page.inner_text("#errors tbody")
         assert await page.is_visible("#open-note")  # no key yet: the page says it is open
+        assert await page.is_hidden("#cache-card")  # no cache hit in the range: no cache figures
         await screenshot(page, "usage-dashboard")
 
         # the grouping and the range, with the mouse
@@ -307,3 +310,84 @@ async def test_admin_key_prompt(browser: Browser, gw: RunningGateway, ledger_url
         await page.wait_for_selector("#key-section:not([hidden])")
     finally:
         await context.close()
+
+
+# An org name a caller chose: shown as text, never read as markup.
+HOSTILE = '<img src=x onerror="window.owned=1">acme & co'
+
+
+def cached_ledger(now: float) -> list[LedgerRow]:
+    """Today's requests on routes with a response cache: a miss and a hit of each of two orgs'
+    answers (the hit costs 0 and saved what the miss cost), and one without a cache."""
+    at = max(math.floor(now / DAY) * DAY, now - 60)
+    rows = [
+        entry("c1", at, ("ann", "acme"), "default", GPT, tokens=(1000, 200),
+              cost=1_500_000_000, ttft=120),
+        entry("c2", at + 1, ("ann", "acme"), "default", GPT, tokens=(1000, 200), ttft=0.4),
+        entry("c3", at + 2, ("eve", HOSTILE), "default", CLAUDE, tokens=(300, 50),
+              cost=250_000_000, ttft=300),
+        entry("c4", at + 3, ("eve", HOSTILE), "default", CLAUDE, tokens=(300, 50), ttft=0.6),
+        entry("c5", at + 4, ("gus", "globex"), "plain", GPT, tokens=(500, 100),
+              cost=750_000_000, ttft=250),
+    ]  # fmt: skip
+    for miss, hit in ((rows[0], rows[1]), (rows[2], rows[3])):
+        miss.cache, hit.cache, hit.saved_nanousd = "miss", "hit", miss.cost_nanousd
+    return rows
+
+
+async def test_cache_hits_and_savings(browser: Browser, simulator: Any, tmp_path: Path) -> None:
+    """Under the page's enforced policy (no bypass): the cache card and totals appear for a
+    range with hits, every value escaped; hits are their own row of the latency table."""
+    url = f"sqlite:///{tmp_path}/cached.db"
+    await seed(url, cached_ledger(time.time()))
+    env = {**gateway_environ(simulator.url), "TOKENRELAY_DATABASE_URL": url}
+    async with gateway_server(env) as running:
+        context = await browser.new_context(viewport={"width": 1280, "height": 900})
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if "Refused" in m.text else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        try:
+            await page.goto(f"{running.url}/usage?by=org")
+            await page.wait_for_selector("#cache-card:not([hidden]) tbody tr")
+            assert await page.text_content("#totals") == (
+                "Cost$2.50Requests5Errors0Input tokens3,100Output tokens600"
+                "Cache hits2Cache savings$1.75"
+            )
+            head = await page.inner_text("#cache thead")
+            assert head.strip().split("\t") == [
+                "Org",
+                "Requests",
+                "Cache hits",
+                "Hit rate",
+                "Saved",
+            ]
+            body = await page.inner_text("#cache tbody")
+            assert body.split("\n") == [
+                "acme\t2\t1\t50%\t$1.50",
+                "globex\t1\t0\t0%\t$0.00",
+                f"{HOSTILE}\t2\t1\t50%\t$0.25",
+                "Total\t5\t2\t40%\t$1.75",
+            ]
+            assert await page.locator("#report img").count() == 0  # text, not markup
+            assert await page.evaluate("() => window.owned") is None
+            ttft = await page.inner_text("#ttft tbody")
+            assert [line.split("\t")[:2] for line in ttft.split("\n")] == [
+                ["anthropic", "1"],  # the provider's own answer only
+                ["cache", "2"],
+                ["openai", "2"],
+            ]
+            await screenshot(page, "usage-dashboard-cache")
+
+            # the CSV carries the hits and savings too
+            async with page.expect_download() as download_info:
+                await page.click("#csv")
+            _, text = await downloaded(await download_info.value)
+            lines = text.splitlines()
+            assert lines[0].endswith(",cost_usd,cache_hits,saved_usd")
+            assert lines[1].startswith(f"{day(0)},acme,2,0,") and lines[1].endswith(
+                ",1.500000000,1,1.500000000"
+            )
+            assert problems == []
+        finally:
+            await context.close()

@@ -141,7 +141,10 @@ def sums(
         "cache_read_tokens": cache_read,
         "cache_write_tokens": 0,
         "cost_nanousd": cost,
+        "cache_hits": 0,
+        "saved_nanousd": 0,
         "cost_usd": f"{cost // 10**9}.{cost % 10**9:09d}",
+        "saved_usd": "0.000000000",
     }
 
 

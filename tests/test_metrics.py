@@ -611,3 +611,50 @@ def test_model_labels_are_bounded_by_the_setting() -> None:
     models = {labels.get("model") for _, labels, _ in requests}
     assert len(models) == 5 + 1 and "other" in models
     assert sum(v for _, _, v in requests) == 40
+
+
+def test_a_cache_hit_is_counted_under_the_cache_not_its_provider() -> None:
+    """A hit's sub-millisecond first token and its replayed tokens never reach the provider's
+    series: they are provider "cache"; its similarity and saving have families of their own."""
+    metrics = GatewayMetrics(fake_routes())
+    metrics(record())  # the provider's own answer
+    hit = record(
+        ttft_ms=0.3,
+        duration_ms=2.0,
+        attempts=[Attempt("cache", "claude-sonnet-5-5", "cache_hit", 200, 0.2)],
+        cost_nanousd=0,
+        cache="hit",
+        cache_similarity=0.97,
+        saved_nanousd=1_234_567,
+    )
+    metrics(hit)
+    exact = record(ttft_ms=0.4, cache="hit", cost_nanousd=0, saved_nanousd=1_000_000)
+    metrics(exact)  # an exact hit: no similarity
+    families = parse(render(metrics._present()).decode())
+    ttft = "gen_ai_server_time_to_first_token_seconds"
+    op = {"gen_ai_operation_name": "chat", "gen_ai_request_model": "claude-sonnet-5-5"}
+    assert histogram(families, ttft, **op, gen_ai_provider_name="anthropic") == (1, 0.21)
+    count, total = histogram(families, ttft, **op, gen_ai_provider_name="cache")
+    assert count == 2 and total == pytest.approx(0.0007)
+    tokens = "tokenrelay_tokens_total"
+    assert value(families, tokens, **CLAUDE, type="output") == 80
+    assert (
+        value(families, tokens, provider="cache", model="claude-sonnet-5-5", type="output") == 160
+    )
+    requests = "tokenrelay_requests_total"
+    assert value(families, requests, route="an", **CLAUDE, outcome="completed") == 1
+    cached = {"route": "an", "provider": "cache", "model": "claude-sonnet-5-5"}
+    assert value(families, requests, **cached, outcome="completed") == 2
+    assert value(families, "tokenrelay_cost_usd_total", route="an", **CLAUDE) == 0.001234567
+    assert value(families, "tokenrelay_cost_usd_total", **cached) == 0
+    assert value(families, "tokenrelay_cache_saved_usd_total", route="an") == 0.002234567
+    assert histogram(families, "tokenrelay_cache_similarity", route="an") == (1, 0.97)
+    buckets = {
+        labels["le"]: v
+        for s, labels, v in families["tokenrelay_cache_similarity"].samples
+        if s.endswith("_bucket")
+    }
+    assert (buckets["0.96"], buckets["0.97"], buckets["+Inf"]) == (0, 1, 1)
+    # a hit is no upstream failure, failover or retry
+    assert not samples(families, "tokenrelay_upstream_failures_total")
+    assert not samples(families, "tokenrelay_failovers_total")

@@ -16,13 +16,11 @@ from tokenrelay.cache.entry import events_of, has_error
 from tokenrelay.cache.replay import replay
 from tokenrelay.failover import Events, OpenStream, Route
 from tokenrelay.model import Completion, Event, Request
-from tokenrelay.records import Attempt, Outcome
+from tokenrelay.records import CACHE_PROVIDER, Attempt, Outcome
 
 if TYPE_CHECKING:
     from tokenrelay.cache.service import Plan, ResponseCache
     from tokenrelay.gate.identity import Identity
-
-CACHE_PROVIDER = "cache"  # the provider an attempt served from the cache names
 
 
 class CachedCall:

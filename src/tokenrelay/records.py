@@ -31,6 +31,9 @@ AttemptOutcome = (
     | ErrorType
 )
 CacheResult = Literal["hit", "miss", "bypass"]
+# The provider a cache hit is counted under, wherever one is named per provider (its attempt,
+# the metrics' provider labels, the dashboard's time to first token): no upstream answered it.
+CACHE_PROVIDER = "cache"
 
 log = logging.getLogger("tokenrelay.requests")
 

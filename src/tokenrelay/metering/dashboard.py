@@ -2,8 +2,9 @@
 
 The data is a handful of grouped queries over the ledger, each summed by the database (as the
 reports in ``tokenrelay.metering.reports``, whose range words, day buckets and sums it reuses):
-spend, tokens and requests per UTC day per org, user, model or route; top spenders; time to
-first token percentiles per provider; failovers per route; errors by outcome. The page draws it
+spend, tokens and requests per UTC day per org, user, model or route (with the response cache's
+hits and what they saved); top spenders; time to first token percentiles per provider (cache
+hits as the provider "cache"); failovers per route; errors by outcome. The page draws it
 with our own SVG charts (``web/chart.js``), so nothing is fetched from elsewhere. The queries
 and their shaping only: ``tokenrelay.usage_http`` answers HTTP and decides who may look.
 """
@@ -35,7 +36,8 @@ from tokenrelay.metering.reports import (
     csv_cell,
     make_query,
 )
-from tokenrelay.metering.units import iso_day, iso_time
+from tokenrelay.metering.units import iso_day, iso_time, usd
+from tokenrelay.records import CACHE_PROVIDER
 
 if TYPE_CHECKING:
     from tokenrelay.store import Queries
@@ -47,6 +49,9 @@ SHOWN = 8  # series in the chart; past that the smallest groups are summed as on
 TOP = 10
 PERCENTILES = (50, 90, 99)
 _HEDGED = '%"hedged_out"%'  # how attempts_detail records a loser of a hedge race
+# Who served a row for the latency table: a cache hit's row names the provider of the answer it
+# replayed, whose latency it is not.
+_SERVED_BY = f"CASE WHEN cache = 'hit' THEN '{CACHE_PROVIDER}' ELSE provider END"
 
 
 class Dashboard(msgspec.Struct, kw_only=True):
@@ -174,7 +179,8 @@ def _ranked(rows: Sequence[UsageRow]) -> list[UsageRow]:
 
 async def _ttft(db: Queries, query: UsageQuery) -> list[dict[str, Any]]:
     """Nearest-rank percentiles (the value at rank ⌈p·n/100⌉) per provider, picked by the
-    database with a window: only three rows per provider come back, however many requests."""
+    database with a window: only three rows per provider come back, however many requests.
+    Response-cache hits are the provider "cache", so a provider's figures are its own."""
     where, params = _where(query)
     ranks = " OR ".join(f"pos = ({p} * n + 99) / 100" for p in PERCENTILES)
     rows = await db.fetch_all(
@@ -182,7 +188,8 @@ async def _ttft(db: Queries, query: UsageQuery) -> list[dict[str, Any]]:
         "SELECT provider, ttft_ms, "
         "ROW_NUMBER() OVER (PARTITION BY provider ORDER BY ttft_ms) AS pos, "
         "COUNT(*) OVER (PARTITION BY provider) AS n "
-        f"FROM ledger WHERE {where} AND ttft_ms IS NOT NULL) AS ranked WHERE {ranks}",
+        f"FROM (SELECT {_SERVED_BY} AS provider, ttft_ms FROM ledger "
+        f"WHERE {where} AND ttft_ms IS NOT NULL) AS served) AS ranked WHERE {ranks}",
         params,
     )
     providers: dict[str | None, dict[str, Any]] = {}
@@ -258,6 +265,7 @@ async def _errors(db: Queries, query: UsageQuery) -> list[dict[str, Any]]:
 def _sums(row: UsageRow) -> dict[str, Any]:
     item: dict[str, Any] = {name: getattr(row, name) for name in _COUNTS if name != "estimated"}
     item["cost_usd"] = _exact_usd(row)
+    item["saved_usd"] = usd(row.saved_nanousd, 9)
     return item
 
 
@@ -278,7 +286,8 @@ def shape(found: Dashboard) -> dict[str, Any]:
     ``daily`` entry per day; past ``SHOWN`` groups the smallest are summed as one whose
     ``others`` says how many), the ``total``, ``top`` spenders, ``ttft``, ``failovers`` and
     ``errors``; ``top`` has the chosen grouping's (``group``), the users' and the orgs'. Costs
-    are exact: ``cost_nanousd`` and the decimal string ``cost_usd``."""
+    are exact: ``cost_nanousd`` and the decimal string ``cost_usd``; every sum has the response
+    cache's ``cache_hits`` and what they saved (``saved_nanousd``, ``saved_usd``)."""
     query = found.query
     ranked = _ranked(_group_totals(found.cells))
     shown = ranked if len(ranked) <= SHOWN else ranked[: SHOWN - 1]
@@ -342,13 +351,17 @@ _CSV_FIELDS = (
 
 def render_csv(found: Dashboard) -> str:
     """One line per day per group (every group, none folded), days in order and the costliest
-    group first; no total line, so a spreadsheet can sum the columns."""
+    group first; no total line, so a spreadsheet can sum the columns. ``cache_hits`` and
+    ``saved_usd`` columns follow when the response cache answered any request of the range."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["day", found.by, *_CSV_FIELDS, "cost_usd"])
+    cached = any(row.cache_hits for _, row in found.cells)
+    header = ["day", found.by, *_CSV_FIELDS, "cost_usd"]
+    writer.writerow([*header, "cache_hits", "saved_usd"] if cached else header)
     for day, row in found.cells:
         counts = [getattr(row, name) for name in _CSV_FIELDS]
-        writer.writerow([iso_day(day), csv_cell(row.group), *counts, _exact_usd(row)])
+        cache = [row.cache_hits, usd(row.saved_nanousd, 9)] if cached else []
+        writer.writerow([iso_day(day), csv_cell(row.group), *counts, _exact_usd(row), *cache])
     return out.getvalue()
 
 

@@ -9,6 +9,10 @@ How it stays off the stream's path:
   time to first token, tokens, cost) as one cached bundle keyed by the record's
   ``(route, outcome, error_type, provider, model)``, so a record costs one dict lookup and a few
   additions; attempts are only walked when there was more than one, or one that failed.
+- A response-cache hit asked no upstream, so it is counted under ``provider="cache"`` (the
+  model of the answer it replayed stays): the providers' time to first token, duration and
+  token series describe the providers alone, and summing over providers still gives what the
+  clients saw. Its similarity (a semantic hit's) and the cost it saved have families of their own.
 - Gauges that describe the present (streams open, breaker states, the ledger's backlog, pooled
   upstream connections) are read when ``/metrics`` is asked, by reporters: small objects that
   each hold one component's families and read that component's own counters (``app`` builds the
@@ -44,6 +48,7 @@ from tokenrelay.observe.prometheus import (
     merge,
     render,
 )
+from tokenrelay.records import CACHE_PROVIDER
 
 if TYPE_CHECKING:
     from tokenrelay.observe.snapshots import Snapshots
@@ -64,6 +69,10 @@ TOKEN_BUCKETS = tuple(4**i for i in range(14))
 # The gateway's own share of the first token: sub-millisecond when all is well, seconds when a
 # failover or a slow gate (a remote classifier, a Redis round trip) sits in front of it.
 ADDED_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+# A semantic cache hit's cosine similarity: at or above its route's threshold (0.95 by default,
+# any value in (0, 1]), so the buckets are finest near 1.
+SIMILARITY_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995, 1)
 
 BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 # A rejected request's error type -> the reason label (see ``rejection_reason``).
@@ -199,7 +208,8 @@ class GatewayMetrics:
             "gen_ai_server_time_to_first_token_seconds",
             "Time to first token as the client saw it: from the request's first byte to the "
             "response head sent with the first content (for a non-streamed answer, the whole "
-            "body).",
+            'body). Response-cache hits are gen_ai_provider_name="cache", never their '
+            "original provider's.",
             op,
             TTFT_BUCKETS,
         )
@@ -212,14 +222,15 @@ class GatewayMetrics:
         )
         self.tokens = Counter(
             "tokenrelay_tokens_total",
-            "Tokens the upstreams reported for the answers served, by type (input, output).",
+            "Tokens the upstreams reported for the answers served, by type (input, output); "
+            'answers replayed from the response cache are provider="cache".',
             ("provider", "model", "type"),
         )
         self.requests = Counter(
             "tokenrelay_requests_total",
             "Finished requests by route, serving target (or the last one tried) and outcome: "
             "completed, error, aborted (the client left), rejected (before any upstream), "
-            "interrupted (shutdown).",
+            'interrupted (shutdown). A response-cache hit\'s provider is "cache".',
             ("route", "provider", "model", "outcome"),
         )
         self.added = Histogram(
@@ -281,6 +292,20 @@ class GatewayMetrics:
             "detector (the external detector failed closed), canary, secrets, terms, rules[i].",
             ("route", "rule"),
         )
+        self.cache_similarity = Histogram(
+            "tokenrelay_cache_similarity",
+            "Cosine similarity of each semantic response-cache hit to the conversation it was "
+            "stored for (exact hits have none and are not counted here), by route.",
+            ("route",),
+            SIMILARITY_BUCKETS,
+        )
+        self.cache_saved = Counter(
+            "tokenrelay_cache_saved_usd_total",
+            "What the answers served from the response cache cost when the upstream first made "
+            "them, in US dollars, by route (summed in nanodollars; hits themselves cost 0).",
+            ("route",),
+            digits=9,
+        )
         self.token_counts = Counter(
             "tokenrelay_token_counts_total",
             "POST /v1/messages/count_tokens answers by route and source: upstream (the route's "
@@ -334,7 +359,10 @@ class GatewayMetrics:
     def __call__(self, record: StreamRecord) -> None:
         attempts = record.attempts
         provider, model = record.provider, record.model
-        if provider is None and attempts:  # failed before the first token: the last one tried
+        if record.cache == "hit":  # no upstream answered: not the provider's latency or tokens
+            provider = CACHE_PROVIDER
+            self._cache_hit(record)
+        elif provider is None and attempts:  # failed before the first token: the last one tried
             provider, model = attempts[-1].provider, attempts[-1].model
         key = (record.route, record.outcome, record.error_type or "", provider or "", model or "")
         series = self._series.get(key)
@@ -373,6 +401,18 @@ class GatewayMetrics:
             self.rejections.inc(self._bounded(record.route), rejection_reason(record))
         if record.guard or record.guard_blocked or record.reject_reason in _GUARD_REFUSALS:
             self._guard(record)
+
+    def _cache_hit(self, record: StreamRecord) -> None:
+        """A response-cache hit's similarity (semantic hits) and the cost it saved (once
+        metering priced it: not for a hit that ended before the price table loaded)."""
+        route = self._bounded(record.route)
+        similarity = record.cache_similarity
+        if similarity is not None:
+            # a cosine can come out a hair over 1 in floating point: still the 1 bucket
+            self.cache_similarity.observe(route, value=min(similarity, 1.0))
+        saved = record.saved_nanousd
+        if saved is not None:
+            self.cache_saved.inc(route, amount=saved)
 
     def _guard(self, record: StreamRecord) -> None:
         """The guard's counts: once per request that masked or was stopped, never per token."""
@@ -491,6 +531,8 @@ class GatewayMetrics:
             self.hedges,
             self.rejections,
             self.token_counts,
+            self.cache_similarity,
+            self.cache_saved,
             self.guard_masked,
             self.guard_blocked,
             self.breaker,

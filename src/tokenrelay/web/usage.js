@@ -9,6 +9,7 @@ import { OTHERS_COLOR, PALETTE, horizontalBars, stackedBars } from "/static/char
 const $ = (id) => document.getElementById(id);
 const KEY = "tokenrelay.usage.key";
 const NONE = { org: "(no org)", user: "(anonymous)", model: "(no model)", route: "(no route)" };
+const GROUPING = { model: "Model", org: "Org", user: "User", route: "Route", requested_model: "Requested model" };
 const DAY_MS = 86400000;
 let shown = null; // the data on screen, redrawn when the width changes
 let latest = 0; // the newest request: answers to older ones are dropped
@@ -35,6 +36,7 @@ function shortUSD(value) {
 const compact = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
 const whole = (value) => Number(value).toLocaleString("en-US");
 const requests = (n) => `${whole(n)} ${n === 1 ? "request" : "requests"}`;
+const share = (part, all) => all ? `${(100 * part / all).toLocaleString("en-US", { maximumFractionDigits: 1 })}%` : "-";
 const tokensOf = (sums) => sums.input_tokens + sums.output_tokens;
 const dollarsOf = (sums) => sums.cost_nanousd / 1e9; // for drawing only; text uses cost_usd
 
@@ -160,6 +162,11 @@ function render(data) {
   $("top-orgs-card").hidden = by === "org";
   $("top-orgs").replaceChildren(spenders(data.top.org, "org", "Top orgs by cost", PALETTE[4]));
 
+  // Only a range the response cache answered in shows it (a gateway without one looks the same).
+  const cached = data.total.cache_hits > 0;
+  $("cache-card").hidden = !cached;
+  $("cache").replaceChildren(...(cached ? [cacheTable(data)] : []));
+
   $("ttft").replaceChildren(table(
     "Time to first token per provider, in milliseconds",
     ["Provider", "Requests", "p50 ms", "p90 ms", "p99 ms"],
@@ -192,6 +199,9 @@ function renderTotals(total) {
     ["Input tokens", whole(total.input_tokens)],
     ["Output tokens", whole(total.output_tokens)],
   ];
+  if (total.cache_hits > 0) {
+    items.push(["Cache hits", whole(total.cache_hits)], ["Cache savings", exactUSD(total.saved_usd)]);
+  }
   $("totals").replaceChildren(...items.map(([name, value]) => {
     const box = document.createElement("div");
     const term = document.createElement("dt");
@@ -201,6 +211,20 @@ function renderTotals(total) {
     box.append(term, detail);
     return box;
   }));
+}
+
+/** Per group (as in the chart): requests, those the response cache answered, and what it saved. */
+function cacheTable(data) {
+  const line = (label, sums) => [
+    label, whole(sums.requests), whole(sums.cache_hits), share(sums.cache_hits, sums.requests), exactUSD(sums.saved_usd),
+  ];
+  const rows = data.groups.map((group) => line(groupLabel(group, data.by), group.total));
+  return table(
+    `Response cache hits and savings by ${data.by}`,
+    [GROUPING[data.by] ?? data.by, "Requests", "Cache hits", "Hit rate", "Saved"],
+    [...rows, line("Total", data.total)],
+    "No requests in this range.",
+  );
 }
 
 function spenders(rows, by, label, color) {
