@@ -64,10 +64,14 @@ class GuardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     def __post_init__(self) -> None:
         if self.entities is not None:
             check_entities(self.entities)  # at load, not as a 500 at the route's first request
-        if self.custom:  # names, regexes, no empty match: the detector's own checks
+        if self.custom:  # names, regexes, no empty match: the detector's own checks, at load
             from tokenrelay.guard.detectors import compile_custom
 
-            compile_custom(self.custom)
+            for name, pattern in self.custom.items():
+                try:
+                    compile_custom({name: pattern})
+                except ValueError as error:
+                    raise ValueError(f"guard.custom.{name}: {error}") from None
         for pattern in self.output.rules:
             try:
                 re.compile(pattern)
