@@ -676,7 +676,7 @@ async def _guard(
     (its stream slot given back)."""
     try:
         return await gateway.guards.begin(route.settings.guard, request, admission.canary)
-    except GatewayError:
+    except Exception:  # a refusal, or a guard that failed: the slot is given back either way
         await gateway.gate.settle(admission, Usage())
         raise
 

@@ -48,6 +48,26 @@ class DetectorUnavailable(Exception):
     """The external detector was slow, down or answered garbage, and it is set to fail closed."""
 
 
+class UnloadableDetector:
+    """An entry point that could not be loaded: every call fails as ``fail`` says, counted as
+    an ``error`` (logged once, at once: only a settings change mends it), never a 500."""
+
+    def __init__(self, fail: Literal["open", "closed"], reason: str) -> None:
+        self.fail = fail
+        self.reason = reason
+        self.failures: dict[str, int] = {}
+        log.error("external PII detector cannot be loaded (fail %s): %s", fail, reason)
+
+    async def find(self, text: str) -> list[Found]:
+        self.failures["error"] = self.failures.get("error", 0) + 1
+        if self.fail == "closed":
+            raise DetectorUnavailable(f"the external PII detector failed (error): {self.reason}")
+        return []
+
+    async def aclose(self) -> None:
+        return None
+
+
 class _Result(msgspec.Struct):
     entity_type: str
     start: int

@@ -63,16 +63,21 @@ def build_detector(settings: GuardSettings) -> tuple[Finder, int | None]:
 
 
 def build_external(settings: GuardSettings) -> ExternalFinder:
-    from tokenrelay.guard.external import ExternalDetector
+    """The route's external detector; an entry point that cannot be loaded becomes one that
+    fails every call as ``fail`` says (the settings checked the rest at load)."""
+    from tokenrelay.guard.external import ExternalDetector, UnloadableDetector
 
     external = settings.external
-    return ExternalDetector(
-        url=external.url,
-        entry_point=external.entry_point,
-        timeout=external.timeout,
-        fail=external.fail,
-        entities=settings.entities,
-    )
+    try:
+        return ExternalDetector(
+            url=external.url,
+            entry_point=external.entry_point,
+            timeout=external.timeout,
+            fail=external.fail,
+            entities=settings.entities,
+        )
+    except Exception as error:  # the operator's module: its import may raise anything
+        return UnloadableDetector(external.fail, f"{type(error).__name__}: {error}")
 
 
 def unavailable() -> GatewayError:
@@ -223,6 +228,11 @@ class Guards:
         if built is None:
             built = self._built[id(settings)] = (settings, RouteGuard(settings))
         return await built[1].begin(request, canary)
+
+    def external(self, settings: GuardSettings) -> ExternalFinder | None:
+        """The route's external detector (its ``failures`` counts), once a request built it."""
+        built = self._built.get(id(settings))
+        return built[1].external if built is not None else None
 
     async def aclose(self) -> None:
         """Close the external detectors' HTTP sessions (at shutdown)."""

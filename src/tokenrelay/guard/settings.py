@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from tokenrelay.guard.entities import check_entities
+
 
 class ExternalDetectorSettings(
     msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True
@@ -17,6 +19,12 @@ class ExternalDetectorSettings(
     entry_point: str | None = None  # or "package.module:callable", loaded once
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 0.5  # seconds, before the upstream
     fail: Literal["open", "closed"] = "open"  # closed: refuse the request when it cannot answer
+
+    def __post_init__(self) -> None:
+        if self.url and self.entry_point:
+            raise ValueError("guard.external: give url or entry_point, not both")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"guard.external.url: {self.url!r} is not an http(s):// URL")
 
     @property
     def configured(self) -> bool:
@@ -54,13 +62,16 @@ class GuardSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     output: OutputGuardSettings = msgspec.field(default_factory=OutputGuardSettings)
 
     def __post_init__(self) -> None:
-        for name, pattern in self.custom.items():
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise ValueError(
-                    f"guard.custom.{name}: not a regular expression: {error}"
-                ) from None
+        if self.entities is not None:
+            check_entities(self.entities)  # at load, not as a 500 at the route's first request
+        if self.custom:  # names, regexes, no empty match: the detector's own checks, at load
+            from tokenrelay.guard.detectors import compile_custom
+
+            for name, pattern in self.custom.items():
+                try:
+                    compile_custom({name: pattern})
+                except ValueError as error:
+                    raise ValueError(f"guard.custom.{name}: {error}") from None
         for pattern in self.output.rules:
             try:
                 re.compile(pattern)
