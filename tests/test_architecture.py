@@ -50,6 +50,8 @@ LAYERS: dict[str, str] = {
     "tokenrelay.usage_http": "http",
     # Core: the vocabulary, the dialects, routing, failover, the providers and their transport.
     "tokenrelay": "core",
+    "tokenrelay.balance": "core",  # load balancing inside a route: failover asks it the order
+    "tokenrelay.balance_settings": "core",  # its settings, read by settings
     "tokenrelay.cors": "core",  # CORS settings (part of the settings tree) and a lazy wrapper
     "tokenrelay.dialects": "core",
     "tokenrelay.failover": "core",
@@ -63,7 +65,9 @@ LAYERS: dict[str, str] = {
     "tokenrelay.types": "core",
     # Side systems.
     "tokenrelay.breaker": "side",
+    "tokenrelay.cooldown": "side",
     "tokenrelay.gate": "side",
+    "tokenrelay.inflight": "side",
     "tokenrelay.latency": "side",
     "tokenrelay.metering": "side",
     "tokenrelay.observe": "side",

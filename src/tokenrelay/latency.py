@@ -22,6 +22,10 @@ class LatencyStats(Protocol):
     def quantile(self, key: str, q: float, min_samples: int) -> float | None:
         """The ``q`` quantile of the recent observations, or ``None`` below ``min_samples``."""
 
+    def recent(self, key: str, count: int) -> float | None:
+        """The median of the last ``count`` observations (load balancing's "latency"
+        strategy, which must see a slowdown quickly), or ``None`` with fewer of them."""
+
 
 class LocalLatencyStats:
     """The last ``window`` observations per key, in process. A quantile is recomputed only
@@ -52,6 +56,18 @@ class LocalLatencyStats:
         value = quantile_of(sorted(samples), q)
         self._cache[(key, q)] = (count, value)
         return value
+
+    def recent(self, key: str, count: int) -> float | None:
+        samples = self._samples.get(key)
+        if samples is None or len(samples) < count:
+            return None
+        return median_of_last(samples, count)
+
+
+def median_of_last(samples: Sequence[float], count: int) -> float:
+    """The median of the last ``count`` of ``samples`` (oldest first)."""
+    last = sorted(samples[i] for i in range(len(samples) - count, len(samples)))
+    return last[count // 2]
 
 
 def quantile_of(ordered: Sequence[float], q: float) -> float:

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from tokenrelay import transports
+from tokenrelay.balance_settings import GroupSettings, check_groups, expand_keys
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cors import CorsSettings
 from tokenrelay.gate.identity import AuthSettings
@@ -55,6 +56,10 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead
+    # several keys: one target per key, grouped, each with its own breaker and rate-limit
+    # cool-down, named `<provider>#1`, `#2`, ... (docs/balancing.md)
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    api_keys_env: str | None = None  # read more keys from this variable, comma-separated
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
@@ -89,6 +94,10 @@ class TargetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     first_token_timeout: float | None = None  # overrides the route's for this target
+    # consecutive targets with the same group are balanced by the group's strategy
+    # (docs/balancing.md); none: a group of one, tried in route order
+    group: str | None = None
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # the target's share in a weighted group
 
 
 class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -124,6 +133,8 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A Responses client's hosted tools (web_search, tool_search, ...) that a target of another
     # API cannot run: refused with a 400 naming them, or dropped (named in a response header)
     hosted_tools: Literal["refuse", "drop"] = "refuse"
+    # Load balancing: each group's strategy, by the group name its targets give
+    groups: dict[str, GroupSettings] = msgspec.field(default_factory=dict)
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).
@@ -407,6 +418,9 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
         policy["allow"] = [part.strip() for part in policy["allow"].split(",") if part.strip()]
     if isinstance(policy, dict):
         _comma_list(policy, "forward_client_headers")
+    for provider in (data.get("providers") or {}).values():
+        if isinstance(provider, dict):
+            _comma_list(provider, "api_keys")
     for name, route in (data.get("routes") or {}).items():
         if not isinstance(route, dict):
             raise ConfigError(f"routes.{name} must be a table")
@@ -444,6 +458,9 @@ def load(
         settings = msgspec.convert(_normalize(data), Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting ({source}): {exc}") from None
+    problem = expand_keys(settings, environ)  # before the single keys: a key list wins
+    if problem:
+        raise ConfigError(problem)
     for provider in settings.providers.values():
         if not provider.api_key and provider.api_key_env:
             provider.api_key = environ.get(provider.api_key_env) or None
@@ -477,6 +494,9 @@ def _check(settings: Settings) -> None:
     for name, route in settings.routes.items():
         if not route.targets:
             raise ConfigError(f"route {name!r} has no targets")
+        problem = check_groups(name, route)
+        if problem:
+            raise ConfigError(problem)
         for target in route.targets:
             if target.provider not in settings.providers:
                 known = ", ".join(sorted(settings.providers))

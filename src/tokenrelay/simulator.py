@@ -20,7 +20,8 @@ connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, af
 ``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms``
 before their first token (a primary that is slow now and then, for hedging). ``served_model``
 names another model in the answer than the one asked for (an alias resolved to a dated
-snapshot, as real APIs do).
+snapshot, as real APIs do). ``fault_key`` limits the fault to requests carrying that API key
+(one key of several rate limited, for load balancing's tests).
 
 Azure OpenAI's URLs are served too (``/openai/v1/chat/completions``, ``/openai/v1/responses``,
 ``/openai/deployments/{deployment}/chat/completions`` and ``/openai/responses``, the last two
@@ -110,6 +111,7 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
     slow_fraction: float = 0  # this share of requests, drawn at random, waits slow_ttft_ms
     slow_ttft_ms: float = 1000
     served_model: str | None = None  # the model the answer names, when not the one asked for
+    fault_key: str | None = None  # the fault hits only requests carrying this API key
     api_key: str | None = None
 
 
@@ -194,6 +196,7 @@ _KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
     "slow_fraction": (_fraction, "a number from 0 to 1"),
     "slow_ttft_ms": (_float, "a number of milliseconds >= 0"),
     "served_model": (_optional, "a model name (empty: the one asked for)"),
+    "fault_key": (_optional, "an API key (empty: every request)"),
 }
 _HEADER_KNOBS = {"x-sim-" + name.replace("_", "-"): name for name in _KNOBS}
 
@@ -208,6 +211,16 @@ def _validate(settings: SimulatorSettings) -> None:
             parse(str(value))
         except ValueError:
             raise ValueError(f"simulator setting {name}={value!r}: must be {kind}") from None
+
+
+def _carries_key(headers: Any, key: str) -> bool:
+    """Whether a request's credential is ``key`` (in any of the APIs' headers)."""
+    return key in (
+        headers.get("x-api-key"),
+        headers.get("api-key"),
+        headers.get("x-goog-api-key"),
+        headers.get("authorization", "").removeprefix("Bearer "),
+    )
 
 
 def _maybe_slow(knobs: SimulatorSettings) -> SimulatorSettings:
@@ -625,7 +638,10 @@ class _Simulator:
                     400,
                     param=knob,
                 ) from None
-        return _maybe_slow(msgspec.structs.replace(self.settings, **changes))
+        knobs = msgspec.structs.replace(self.settings, **changes)
+        if knobs.fault_key is not None and not _carries_key(request.headers, knobs.fault_key):
+            knobs = msgspec.structs.replace(knobs, fault=None)  # another key: served normally
+        return _maybe_slow(knobs)
 
     def _authorized(self, request: web.Request, flavor: _Flavor | None = None) -> bool:
         key = self.settings.api_key
