@@ -29,8 +29,8 @@ class GroupSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # latency: the share of requests sent to another target than the fastest, so a deployment
     # that recovered is measured again
     explore: Annotated[float, msgspec.Meta(ge=0, lt=1)] = 0.05
-    # latency: the observations of a target whose median is its recent time to first token
-    # (fewer: the target is measured first)
+    # latency: the last observations of a target whose median is its recent time to first
+    # token (a target never measured is tried first)
     latency_window: Annotated[int, msgspec.Meta(ge=1, le=256)] = 10
     # prefix_affinity: leading messages hashed with the system prompt
     affinity_messages: Annotated[int, msgspec.Meta(ge=0)] = 1

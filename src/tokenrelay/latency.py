@@ -23,8 +23,8 @@ class LatencyStats(Protocol):
         """The ``q`` quantile of the recent observations, or ``None`` below ``min_samples``."""
 
     def recent(self, key: str, count: int) -> float | None:
-        """The median of the last ``count`` observations (load balancing's "latency"
-        strategy, which must see a slowdown quickly), or ``None`` with fewer of them."""
+        """The median of the last ``count`` observations, or of all when fewer were made (load
+        balancing's "latency" strategy, which must see a slowdown quickly); ``None`` with none."""
 
 
 class LocalLatencyStats:
@@ -59,15 +59,15 @@ class LocalLatencyStats:
 
     def recent(self, key: str, count: int) -> float | None:
         samples = self._samples.get(key)
-        if samples is None or len(samples) < count:
-            return None
-        return median_of_last(samples, count)
+        return median_of_last(samples, count) if samples else None
 
 
 def median_of_last(samples: Sequence[float], count: int) -> float:
-    """The median of the last ``count`` of ``samples`` (oldest first)."""
-    last = sorted(samples[i] for i in range(len(samples) - count, len(samples)))
-    return last[count // 2]
+    """The median of the last ``count`` of non-empty ``samples`` (oldest first), or of all of
+    them when there are fewer."""
+    size = len(samples)
+    last = sorted(samples[i] for i in range(max(0, size - count), size))
+    return last[len(last) // 2]
 
 
 def quantile_of(ordered: Sequence[float], q: float) -> float:

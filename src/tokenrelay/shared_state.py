@@ -445,9 +445,7 @@ class RedisLatencyStats:
         if newest is None:
             self._watch(key)
             return self.local.recent(key, count)
-        if len(newest) < count:
-            return None
-        return median_of_last(newest, count)
+        return median_of_last(newest, count) if newest else None
 
     async def flush(self) -> None:
         """Send the observations made since the last flush."""
