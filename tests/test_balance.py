@@ -288,9 +288,8 @@ async def test_groups_fail_over_in_route_order(gw: RunningGateway) -> None:
 
 async def test_metrics_show_the_picks_and_the_streams_in_flight(gw: RunningGateway) -> None:
     await generate(gw, "weighted")
-    async with aiohttp.ClientSession() as http:
-        async with http.get(gw.url + "/metrics") as response:
-            page = await response.text()
+    async with aiohttp.ClientSession() as http, http.get(gw.url + "/metrics") as response:
+        page = await response.text()
     assert (
         'tokenrelay_balance_picks_total{route="weighted",group="gpt",target="d1",strategy="weighted"}'
         in page
