@@ -172,6 +172,10 @@ def test_keys_of_a_grouped_target_share_its_weight() -> None:
             {**route_env("r", [gpt(group="g")]), "TOKENRELAY_ROUTES__R__GROUPS__G__EXPLORE": "1"},
             "explore",
         ),
+        (
+            {"TOKENRELAY_PROVIDER_MODELS__GROUPS__G__STRATEGY": "latency"},
+            "provider_models has no groups",
+        ),
     ],
 )
 def test_configuration_errors_name_what_to_fix(env: dict[str, str], message: str) -> None:

@@ -517,6 +517,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             "provider_models has no targets: the model a client names is its one target"
         )
+    if settings.provider_models.groups:
+        raise ConfigError("provider_models has no groups: the model a client names is one target")
     for name, limit in _limit_strings(settings):
         try:
             parse_limit(limit)
