@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from tokenrelay.balance import (
+    Balancer,
     affinity_order,
     latency_order,
     least_busy_order,
@@ -17,6 +18,8 @@ from tokenrelay.balance import (
     prefix_digest,
     weighted_order,
 )
+from tokenrelay.balance_settings import GroupSettings
+from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.cooldown import LocalCooldowns
 from tokenrelay.inflight import LocalInFlight
 from tokenrelay.latency import LocalLatencyStats
@@ -212,3 +215,26 @@ def test_recent_latency_is_the_median_of_the_last_observations() -> None:
     for _ in range(6):
         stats.observe("t", 0.1)
     assert stats.recent("t", 10) == 0.1  # six slow of the last ten: the median moved
+
+
+async def test_least_busy_counts_picks_still_waiting_for_their_first_token() -> None:
+    targets = [TargetSettings(provider=p, model="m", group="g") for p in ("a", "b", "c")]
+    settings = RouteSettings(targets=targets, groups={"g": GroupSettings(strategy="least_busy")})
+    (group,) = plan(settings, targets)
+    balancer = Balancer(LocalLatencyStats())
+    keys, asked = ["a:m", "b:m", "c:m"], Request(dialect="openai", model="r", messages=[])
+    balancer.inflight.acquire("a:m")  # one stream already in flight on a
+    picks, holds = [], []
+    for _ in range(4):  # a burst: none has its first token yet
+        order, _, hold = await balancer.order("r", group, keys, [1, 1, 1], asked, CircuitBreaker())
+        picks.append(keys[order[0][0]])
+        assert hold is not None
+        holds.append(hold)
+    assert picks[:2] == ["b:m", "c:m"]  # not a while b and c had fewer
+    load = [picks.count(key) + (key == "a:m") for key in keys]
+    assert max(load) - min(load) <= 1, load  # the burst spread as if each were streaming
+    for hold in holds:
+        hold()
+        hold()  # released once however often it is called
+    order, _, _ = await balancer.order("r", group, keys, [1, 1, 1], asked, CircuitBreaker())
+    assert keys[order[0][0]] != "a:m"  # only a's stream counts again

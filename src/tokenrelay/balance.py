@@ -7,8 +7,9 @@ group as in-group fallbacks in the strategy's order, then any target cooling dow
 
 - ``weighted``: at random, each target in proportion to its ``weight`` (weighted sampling
   without replacement, so the fallbacks follow the weights too);
-- ``least_busy``: fewest streams in flight (``inflight``), ties taken in turn, so a burst that
-  arrives before any first token is spread evenly;
+- ``least_busy``: fewest streams in flight (``inflight``) plus this instance's picks still
+  waiting for their first token (a burst would otherwise all see the same counts), ties taken in
+  turn;
 - ``latency``: lowest median time to first token over the last ``latency_window`` observations
   (``LatencyStats.recent``); a target with fewer is measured first, and ``explore`` of the
   requests go to another target, so a deployment that recovered is measured again;
@@ -33,7 +34,7 @@ import msgspec
 
 from tokenrelay.balance_settings import GroupSettings
 from tokenrelay.cooldown import Cooldowns, LocalCooldowns
-from tokenrelay.inflight import InFlight, LocalInFlight
+from tokenrelay.inflight import InFlight, LocalInFlight, Release
 
 if TYPE_CHECKING:
     from tokenrelay.breaker import CircuitBreaker
@@ -147,6 +148,7 @@ class Balancer:
         self.cooldowns: Cooldowns = cooldowns if cooldowns is not None else LocalCooldowns()
         self.rng = rng if rng is not None else random.Random()
         self._turns: dict[tuple[str, str], int] = {}
+        self._starting: dict[str, int] = {}  # least_busy picks not yet streaming, per target
         # (route, group, target, pick) -> streams served: tokenrelay_balance_picks_total
         self.picks: dict[tuple[str, str, str, str], int] = {}
 
@@ -166,9 +168,10 @@ class Balancer:
         weights: Sequence[float],
         request: Request,
         breaker: CircuitBreaker,
-    ) -> tuple[list[tuple[int, Pick]], dict[str, float]]:
-        """The group's positions in the order to try them, each with why; and the targets
-        cooling down, with the seconds left (they come last, and are skipped when reached)."""
+    ) -> tuple[list[tuple[int, Pick]], dict[str, float], Release | None]:
+        """The group's positions in the order to try them, each with why; the targets cooling
+        down, with the seconds left (they come last, and are skipped when reached); and, for
+        least_busy, the pick's hold, to release once its stream is counted or it failed."""
         settings = group.settings
         strategy = settings.strategy
         cooling = await self.cooldowns.cooling(keys)
@@ -179,7 +182,11 @@ class Balancer:
             turn_key = (route, group.name)
             turn = self._turns.get(turn_key, 0)
             self._turns[turn_key] = turn + 1
-            order = least_busy_order(await self.inflight.counts(keys), turn)
+            counts = await self.inflight.counts(keys)
+            starting = self._starting
+            if starting:
+                counts = [n + starting.get(key, 0) for n, key in zip(counts, keys, strict=True)]
+            order = least_busy_order(counts, turn)
         elif strategy == "latency":
             window = settings.latency_window
             medians = [self.latency.recent(key, window) for key in keys]
@@ -194,7 +201,26 @@ class Balancer:
             order = [i for i in order if keys[i] not in cooling] + [
                 i for i in order if keys[i] in cooling
             ]
-        return [(i, first if n == 0 else "fallback") for n, i in enumerate(order)], cooling
+        hold = self._hold(keys[order[0]]) if strategy == "least_busy" else None
+        return [(i, first if n == 0 else "fallback") for n, i in enumerate(order)], cooling, hold
+
+    def _hold(self, key: str) -> Release:
+        """Count a least_busy pick until its stream is counted in flight (or it failed)."""
+        starting = self._starting
+        starting[key] = starting.get(key, 0) + 1
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                left = starting[key] - 1
+                if left:
+                    starting[key] = left
+                else:
+                    del starting[key]
+
+        return release
 
     def served(self, route: str, group: str, target: str, pick: str) -> None:
         """A stream of ``target`` won in ``group``; counted once per stream."""

@@ -176,6 +176,7 @@ class Failover:
         self.route = route
         self.balancer = balancer
         self.cooling: dict[str, float] = {}  # grouped targets passed over after a 429
+        self.holds: list[Callable[[], None]] = []  # least_busy picks awaiting their stream
         self.settings = route.settings
         self.breaker = breaker
         self.latency = latency
@@ -202,14 +203,18 @@ class Failover:
     async def run(self) -> OpenStream:
         """The first target's stream to produce content; ``RouteFailed`` with the most telling
         status when none does within the route's budget."""
-        if self.route.groups and self.balancer is not None:
-            await self._balance(self.balancer)
-        index, first_retry = 0, 0
-        while index < len(self.targets):
-            outcome = await self._walk(index, first_retry)
-            if isinstance(outcome, OpenStream):
-                return outcome
-            index, first_retry = outcome
+        try:
+            if self.route.groups and self.balancer is not None:
+                await self._balance(self.balancer)
+            index, first_retry = 0, 0
+            while index < len(self.targets):
+                outcome = await self._walk(index, first_retry)
+                if isinstance(outcome, OpenStream):
+                    return outcome
+                index, first_retry = outcome
+        finally:
+            for release in self.holds:  # least_busy picks: counted in flight now, or failed
+                release()
         refusals = self._refusals()
         if not self.errors and not refusals:
             self.errors.append(Error("timeout", f"route {self.route.name!r} spent its budget", 504))
@@ -222,10 +227,12 @@ class Failover:
             members = targets[group.start : group.end]
             keys = [t.key for t in members]
             weights = [t.settings.weight for t in members]
-            order, cooling = await balancer.order(
+            order, cooling, hold = await balancer.order(
                 self.route.name, group, keys, weights, members[0].request, self.breaker
             )
             self.cooling.update(cooling)
+            if hold is not None:
+                self.holds.append(hold)
             for place, (position, pick) in enumerate(order):
                 target = targets[group.start + place] = members[position]
                 target.group, target.pick = group.name, pick
