@@ -54,6 +54,8 @@ LAYERS: dict[str, str] = {
     # Core: the vocabulary, the dialects, routing, failover, the providers and their transport.
     "tokenrelay": "core",
     "tokenrelay.cache_relay": "core",  # a request's cache lookup, capture and store
+    "tokenrelay.balance": "core",  # load balancing inside a route: failover asks it the order
+    "tokenrelay.balance_settings": "core",  # its settings, read by settings
     "tokenrelay.cors": "core",  # CORS settings (part of the settings tree) and a lazy wrapper
     "tokenrelay.dialects": "core",
     "tokenrelay.failover": "core",
@@ -69,8 +71,10 @@ LAYERS: dict[str, str] = {
     "tokenrelay.admin": "side",  # orgs, users, keys, budgets, roles, the audit trail
     "tokenrelay.breaker": "side",
     "tokenrelay.cache": "side",  # the response cache: keys, entries, stores
+    "tokenrelay.cooldown": "side",
     "tokenrelay.gate": "side",
     "tokenrelay.guard": "side",
+    "tokenrelay.inflight": "side",
     "tokenrelay.latency": "side",
     "tokenrelay.metering": "side",
     "tokenrelay.observe": "side",

@@ -21,12 +21,13 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import msgspec
 
+from tokenrelay.balance import Balancer, Group
 from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.hedging import Contender, Outcome, Stream, race
@@ -75,6 +76,7 @@ class Route:
     settings: RouteSettings
     targets: list[tuple[TargetSettings, Provider]]
     configured: bool = True  # False for a provider model asked for by name
+    groups: tuple[Group, ...] = ()  # load-balanced groups of targets (``balance.plan``)
 
     @property
     def limit_key(self) -> str:
@@ -88,6 +90,10 @@ class RouteFailed(GatewayError):
     attempts: list[Attempt]
 
 
+def _nothing() -> None:
+    """An ungrouped target's stream is not counted in flight: nothing to release."""
+
+
 @dataclass(slots=True)
 class OpenStream:
     """A stream whose first content event has arrived: ``pending`` holds every event so far."""
@@ -99,6 +105,7 @@ class OpenStream:
     attempts: list[Attempt] = field(default_factory=list)
     first_event_at: float = 0.0
     dropped_tools: list[str] = field(default_factory=list)  # hosted tools the route dropped
+    release: Callable[[], None] = _nothing  # the relay calls it once the stream has ended
 
 
 @dataclass(slots=True)
@@ -117,6 +124,8 @@ class _Target:
     dropped: list[str] = field(default_factory=list)  # hosted tools left out of the body
     refusal: Untranslatable | None = None  # why its dialect cannot carry the request, if so
     span: AttemptTrace | None = None  # the current try's, when tracing is on
+    group: str | None = None  # its load-balanced group, if any
+    pick: str | None = None  # why it has its place in its group (``balance.Pick``)
 
     @property
     def key(self) -> str:
@@ -125,6 +134,13 @@ class _Target:
     @property
     def label(self) -> str:
         return f"{self.provider.name}/{self.settings.model}"
+
+    def attempt(
+        self, outcome: AttemptOutcome, status: int, ms: float, usage: Usage | None = None
+    ) -> Attempt:
+        """One try of this target, as the attempts list records it."""
+        name, model = self.provider.name, self.settings.model
+        return Attempt(name, model, outcome, status, ms, usage, self.group, self.pick)
 
     def prepared(self) -> tuple[bytes, dict[str, str]]:
         """The body and headers; raises ``Untranslatable`` when the dialect cannot carry the
@@ -155,8 +171,12 @@ class Failover:
         breaker: CircuitBreaker,
         latency: LatencyStats,
         trace: RequestTrace | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
         self.route = route
+        self.balancer = balancer
+        self.cooling: dict[str, float] = {}  # grouped targets passed over after a 429
+        self.holds: list[Callable[[], None]] = []  # least_busy picks awaiting their stream
         self.settings = route.settings
         self.breaker = breaker
         self.latency = latency
@@ -183,16 +203,39 @@ class Failover:
     async def run(self) -> OpenStream:
         """The first target's stream to produce content; ``RouteFailed`` with the most telling
         status when none does within the route's budget."""
-        index, first_retry = 0, 0
-        while index < len(self.targets):
-            outcome = await self._walk(index, first_retry)
-            if isinstance(outcome, OpenStream):
-                return outcome
-            index, first_retry = outcome
+        try:
+            if self.route.groups and self.balancer is not None:
+                await self._balance(self.balancer)
+            index, first_retry = 0, 0
+            while index < len(self.targets):
+                outcome = await self._walk(index, first_retry)
+                if isinstance(outcome, OpenStream):
+                    return outcome
+                index, first_retry = outcome
+        finally:
+            for release in self.holds:  # least_busy picks: counted in flight now, or failed
+                release()
         refusals = self._refusals()
         if not self.errors and not refusals:
             self.errors.append(Error("timeout", f"route {self.route.name!r} spent its budget", 504))
         raise summarize(self.errors, self.attempts, refusals)
+
+    async def _balance(self, balancer: Balancer) -> None:
+        """Each group's targets in the order its strategy gives for this request."""
+        targets = self.targets
+        for group in self.route.groups:
+            members = targets[group.start : group.end]
+            keys = [t.key for t in members]
+            weights = [t.settings.weight for t in members]
+            order, cooling, hold = await balancer.order(
+                self.route.name, group, keys, weights, members[0].request, self.breaker
+            )
+            self.cooling.update(cooling)
+            if hold is not None:
+                self.holds.append(hold)
+            for place, (position, pick) in enumerate(order):
+                target = targets[group.start + place] = members[position]
+                target.group, target.pick = group.name, pick
 
     def _remaining(self) -> float:
         return self.settings.budget - (time.perf_counter() - self.started)
@@ -255,8 +298,7 @@ class Failover:
             target.prepared()
         except Untranslatable as refusal:
             target.refusal = refusal
-            name, model = target.provider.name, target.settings.model
-            self.attempts.append(Attempt(name, model, UNSUPPORTED, 0, 0.0))
+            self.attempts.append(target.attempt(UNSUPPORTED, 0, 0.0))
             return False
         return True
 
@@ -268,11 +310,22 @@ class Failover:
         return None
 
     async def _allowed(self, target: _Target) -> bool:
+        if self.cooling and target.key in self.cooling:
+            return self._cooling_down(target)
         if await self.breaker.allow(target.key):
             return True
         name = target.provider.name
-        self.attempts.append(Attempt(name, target.settings.model, "circuit_open", 503, 0.0))
+        self.attempts.append(target.attempt("circuit_open", 503, 0.0))
         self.errors.append(Error("overloaded", f"{name} is skipped for now: it kept failing", 503))
+        return False
+
+    def _cooling_down(self, target: _Target) -> bool:
+        """Pass over a grouped target cooling down after a 429 (``outcome=cooling_down``)."""
+        left = self.cooling[target.key]
+        self.attempts.append(target.attempt("cooling_down", 429, 0.0))
+        name = target.provider.name
+        message = f"{name} is rate limited for {left:.1f}s more"
+        self.errors.append(Error("rate_limit", message, 429, retry_after=round(left, 3)))
         return False
 
     async def _won(self, target: _Target, stream: Stream, since: float) -> OpenStream:
@@ -281,12 +334,16 @@ class Failover:
             target.span.won()
         self.latency.observe(target.key, now - since)
         await self.breaker.success(target.key)
-        model = target.settings.model
-        self.attempts.append(Attempt(target.provider.name, model, "ok", 200, (now - since) * 1000))
+        self.attempts.append(target.attempt("ok", 200, (now - since) * 1000))
         events, pending = stream
-        return OpenStream(
+        opened = OpenStream(
             target.provider, target.settings, events, pending, self.attempts, now, target.dropped
         )
+        if target.group is not None and self.balancer is not None:
+            opened.release = self.balancer.inflight.acquire(target.key)
+            pick = target.pick or "fallback"
+            self.balancer.served(self.route.name, target.group, target.provider.name, pick)
+        return opened
 
     async def _lost(self, target: _Target, error: Error, since: float) -> bool:
         """Record a failed attempt; ``False`` when the target is not worth another try. Raises
@@ -299,16 +356,23 @@ class Failover:
         ms = (time.perf_counter() - since) * 1000
         if target.span is not None:
             target.span.failed(error)
-        name = target.provider.name
-        model = target.settings.model
         refused = error.status in AUTH_STATUSES
         outcome: AttemptOutcome = "upstream_auth" if refused else error.type
-        self.attempts.append(Attempt(name, model, outcome, error.status, ms, error.usage))
+        self.attempts.append(target.attempt(outcome, error.status, ms, error.usage))
         self.errors.append(_for_client(error) if refused else error)
         if error.status in FINAL_STATUSES:
             raise summarize(self.errors, self.attempts, self._refusals())
         await self.breaker.failure(target.key)
+        if error.status == 429 and target.group is not None and self.balancer is not None:
+            self._cool(target, error, self.balancer)
+            return False  # another target of its group now, not a wait for this one
         return not refused
+
+    def _cool(self, target: _Target, error: Error, balancer: Balancer) -> None:
+        """Pass a grouped target that answered 429 over until its ``retry-after``."""
+        group = next(g for g in self.route.groups if g.name == target.group)
+        seconds = error.retry_after if error.retry_after else group.settings.cooldown
+        balancer.cooldowns.cool(target.key, seconds)
 
     def _refusals(self) -> list[tuple[str, Untranslatable]]:
         return [(t.label, t.refusal) for t in self.targets if t.refusal is not None]
@@ -362,8 +426,7 @@ class Failover:
                         )
                     continue
                 for loser in result.cancelled:
-                    name, model = loser.key.provider.name, loser.key.settings.model
-                    self.attempts.append(Attempt(name, model, "hedged_out", 0, loser.ms))
+                    self.attempts.append(loser.key.attempt("hedged_out", 0, loser.ms))
                     if loser.key.span is not None:
                         loser.key.span.hedged_out()
                 return await self._won(result.key, result.stream, result.started)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from tokenrelay import transports
+from tokenrelay.balance import Balancer
 from tokenrelay.gate.gatekeeper import Gate
 from tokenrelay.guard.route import Guards
 from tokenrelay.providers import UpstreamPool, build_providers
@@ -152,6 +153,7 @@ class Gateway:
             build_providers(providers, self.pool, settings.idle_timeout),
             self.shared.breaker if self.shared is not None else None,
             self.shared.latency if self.shared is not None else None,
+            Balancer.shared(self.shared.link, self.shared.latency) if self.shared else None,
         )
         self._gate = Gate.create(settings)
         self.resume = build_store(settings)
@@ -200,6 +202,7 @@ class Gateway:
         if self.audit is not None:
             reporters.append(metrics.AuditReporter(self.audit))
         reporters.append(metrics.PoolReporter(self.pool))
+        reporters.append(metrics.BalanceReporter(self.router.balancer))
         return reporters
 
     def _start_metering(self) -> None:

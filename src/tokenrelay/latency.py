@@ -22,6 +22,10 @@ class LatencyStats(Protocol):
     def quantile(self, key: str, q: float, min_samples: int) -> float | None:
         """The ``q`` quantile of the recent observations, or ``None`` below ``min_samples``."""
 
+    def recent(self, key: str, count: int) -> float | None:
+        """The median of the last ``count`` observations, or of all when fewer were made (load
+        balancing's "latency" strategy, which must see a slowdown quickly); ``None`` with none."""
+
 
 class LocalLatencyStats:
     """The last ``window`` observations per key, in process. A quantile is recomputed only
@@ -52,6 +56,18 @@ class LocalLatencyStats:
         value = quantile_of(sorted(samples), q)
         self._cache[(key, q)] = (count, value)
         return value
+
+    def recent(self, key: str, count: int) -> float | None:
+        samples = self._samples.get(key)
+        return median_of_last(samples, count) if samples else None
+
+
+def median_of_last(samples: Sequence[float], count: int) -> float:
+    """The median of the last ``count`` of non-empty ``samples`` (oldest first), or of all of
+    them when there are fewer."""
+    size = len(samples)
+    last = sorted(samples[i] for i in range(max(0, size - count), size))
+    return last[len(last) // 2]
 
 
 def quantile_of(ordered: Sequence[float], q: float) -> float:

@@ -25,9 +25,18 @@ Outcome = Literal["completed", "error", "aborted", "rejected", "interrupted", "g
 # How one try of a target ended: "ok", "hedged_out" (lost a hedge race), "unsupported" (cannot
 # carry the request: not tried), "circuit_open" (its breaker is open: not tried),
 # "upstream_auth" (refused the gateway's credentials), "cache_hit" (served from the response
-# cache: no upstream was asked), or the error type it failed with.
+# cache: no upstream was asked), "cooling_down" (a grouped target passed over after a 429: not
+# tried), or the error type it failed with.
 AttemptOutcome = (
-    Literal["ok", "hedged_out", "unsupported", "circuit_open", "upstream_auth", "cache_hit"]
+    Literal[
+        "ok",
+        "hedged_out",
+        "unsupported",
+        "circuit_open",
+        "upstream_auth",
+        "cache_hit",
+        "cooling_down",
+    ]
     | ErrorType
 )
 CacheResult = Literal["hit", "miss", "bypass"]
@@ -49,6 +58,8 @@ class Attempt:
     status: int  # the upstream's HTTP status; 0 when no answer came (hedged out, unsupported)
     ms: float
     usage: Usage | None = None  # what a failed attempt had consumed, when the upstream said
+    group: str | None = None  # the target's load-balanced group (docs/balancing.md), if any
+    pick: str | None = None  # why it had its place in the group: the strategy's pick, "fallback"
 
 
 @dataclass(slots=True)

@@ -304,6 +304,7 @@ class _Call:
                 self.finished = True
                 watcher.cancel()
                 if self.opened is not None:
+                    self.opened.release()  # a balanced group's stream is no longer in flight
                     await self.opened.events.aclose()
                 if self.tap is not None and gateway.resume is not None:
                     gateway.resume.end(self.tap)
@@ -689,7 +690,9 @@ def _client_headers(scope: Scope) -> dict[str, str]:
 
 def _attempts_header(attempts: list[Attempt]) -> bytes:
     return ", ".join(
-        f"{a.provider}/{a.model};outcome={a.outcome};ms={a.ms:.0f}" for a in attempts
+        f"{a.provider}/{a.model};outcome={a.outcome};ms={a.ms:.0f}"
+        + (f";group={a.group};pick={a.pick}" if a.group is not None else "")
+        for a in attempts
     ).encode()
 
 

@@ -14,12 +14,13 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from tokenrelay.balance import Balancer, plan
 from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.failover import Failover, OpenStream, Route
 from tokenrelay.latency import LatencyStats, LocalLatencyStats
 from tokenrelay.model import GatewayError, Request
 from tokenrelay.providers import Provider
-from tokenrelay.settings import ProviderModelSettings, Settings, TargetSettings
+from tokenrelay.settings import ProviderModelSettings, RouteSettings, Settings, TargetSettings
 
 if TYPE_CHECKING:
     from tokenrelay.observe.tracing import RequestTrace
@@ -43,19 +44,20 @@ class Router:
         providers: Mapping[str, Provider],
         breaker: CircuitBreaker | None = None,
         latency: LatencyStats | None = None,
+        balancer: Balancer | None = None,
     ) -> None:
         self._settings = settings
         self._providers = providers
         self.breaker = breaker or CircuitBreaker(settings.breaker)
         self.latency = latency or LocalLatencyStats()
-        self.routes = {
-            name: Route(
-                name,
-                route,
-                [(t, providers[t.provider]) for t in route.targets if t.provider in providers],
-            )
-            for name, route in settings.routes.items()
-        }
+        self.balancer = balancer or Balancer(self.latency)
+        self.routes = {name: self._route(name, route) for name, route in settings.routes.items()}
+
+    def _route(self, name: str, route: RouteSettings) -> Route:
+        """A configured route with the targets whose provider is configured, and its groups."""
+        providers = self._providers
+        targets = [(t, providers[t.provider]) for t in route.targets if t.provider in providers]
+        return Route(name, route, targets, groups=plan(route, [t for t, _ in targets]))
 
     def resolve(self, request: Request) -> Route:
         """The route for ``request.model``, with the route's system prompt and token policy
@@ -133,7 +135,9 @@ class Router:
         """The first of the route's targets to produce content (see ``failover``); raises
         ``RouteFailed`` with the most telling status when none does. ``trace``: the request's
         spans, when tracing is on, under which each attempt gets its own."""
-        failover = Failover(route, request, headers, self.breaker, self.latency, trace)
+        failover = Failover(
+            route, request, headers, self.breaker, self.latency, trace, self.balancer
+        )
         return await failover.run()
 
 

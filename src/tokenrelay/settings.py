@@ -21,6 +21,7 @@ import msgspec
 
 from tokenrelay import transports
 from tokenrelay.admin.settings import AdminSettings
+from tokenrelay.balance_settings import GroupSettings, check_groups, expand_keys
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cache.settings import CacheSettings, CacheStoreSettings
 from tokenrelay.cors import CorsSettings
@@ -59,6 +60,10 @@ class ProviderSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     base_url: str | None = None
     api_key: str | None = None
     api_key_env: str | None = None  # read the key from this variable instead
+    # several keys: one target per key, grouped, each with its own breaker and rate-limit
+    # cool-down, named `<provider>#1`, `#2`, ... (docs/balancing.md)
+    api_keys: list[str] = msgspec.field(default_factory=list)
+    api_keys_env: str | None = None  # read more keys from this variable, comma-separated
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     forward_headers: list[str] = msgspec.field(default_factory=list)  # client header prefixes
     anthropic_version: str = "2023-06-01"
@@ -93,6 +98,10 @@ class TargetSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     params: dict[str, Any] = msgspec.field(default_factory=dict)
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     first_token_timeout: float | None = None  # overrides the route's for this target
+    # consecutive targets with the same group are balanced by the group's strategy
+    # (docs/balancing.md); none: a group of one, tried in route order
+    group: str | None = None
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # the target's share in a weighted group
 
 
 class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -135,6 +144,8 @@ class RouteSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     guard: GuardSettings = msgspec.field(default_factory=GuardSettings)
     # The response cache (docs/cache.md): off unless the route turns it on.
     cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    # Load balancing: each group's strategy, by the group name its targets give
+    groups: dict[str, GroupSettings] = msgspec.field(default_factory=dict)
 
 
 # The betas an agent names on a provider model go along (docs/provider-models.md).
@@ -423,6 +434,9 @@ def _normalize(data: dict[str, Any]) -> dict[str, Any]:
         policy["allow"] = [part.strip() for part in policy["allow"].split(",") if part.strip()]
     if isinstance(policy, dict):
         _comma_list(policy, "forward_client_headers")
+    for provider in (data.get("providers") or {}).values():
+        if isinstance(provider, dict):
+            _comma_list(provider, "api_keys")
     for name, route in (data.get("routes") or {}).items():
         if not isinstance(route, dict):
             raise ConfigError(f"routes.{name} must be a table")
@@ -460,6 +474,9 @@ def load(
         settings = msgspec.convert(_normalize(data), Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting ({source}): {exc}") from None
+    problem = expand_keys(settings, environ)  # before the single keys: a key list wins
+    if problem:
+        raise ConfigError(problem)
     for provider in settings.providers.values():
         if not provider.api_key and provider.api_key_env:
             provider.api_key = environ.get(provider.api_key_env) or None
@@ -493,6 +510,9 @@ def _check(settings: Settings) -> None:
     for name, route in settings.routes.items():
         if not route.targets:
             raise ConfigError(f"route {name!r} has no targets")
+        problem = check_groups(name, route)
+        if problem:
+            raise ConfigError(problem)
         for target in route.targets:
             if target.provider not in settings.providers:
                 known = ", ".join(sorted(settings.providers))
@@ -513,6 +533,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError(
             "provider_models has no targets: the model a client names is its one target"
         )
+    if settings.provider_models.groups:
+        raise ConfigError("provider_models has no groups: the model a client names is one target")
     for name, limit in _limit_strings(settings):
         try:
             parse_limit(limit)

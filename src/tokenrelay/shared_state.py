@@ -60,7 +60,7 @@ from tokenrelay.breaker import (
     StateName,
     Transition,
 )
-from tokenrelay.latency import LocalLatencyStats, quantile_of
+from tokenrelay.latency import LocalLatencyStats, median_of_last, quantile_of
 from tokenrelay.ratelimit.shared import redis_client, redis_health
 
 if TYPE_CHECKING:
@@ -409,6 +409,7 @@ class RedisLatencyStats:
         self._pending: dict[str, list[float]] = {}
         self._watched: set[str] = set()
         self._pooled: dict[str, list[float]] = {}  # key → every instance's samples, sorted
+        self._newest: dict[str, list[float]] = {}  # key → the same, oldest first
         self._cache: dict[tuple[str, float], float] = {}
         self.dropped = 0  # a metric: observations that never reached Redis
         link.listeners.append(self._redis_changed)
@@ -439,6 +440,13 @@ class RedisLatencyStats:
             value = self._cache[(key, q)] = quantile_of(pooled, q)
         return value
 
+    def recent(self, key: str, count: int) -> float | None:
+        newest = self._newest.get(key)
+        if newest is None:
+            self._watch(key)
+            return self.local.recent(key, count)
+        return median_of_last(newest, count) if newest else None
+
     async def flush(self) -> None:
         """Send the observations made since the last flush."""
         if not self._pending:
@@ -464,10 +472,11 @@ class RedisLatencyStats:
         replies = await self._link.run(pipe.execute())
         if replies is DOWN:
             return
-        self._pooled = {
-            key: sorted(float(value) for value in values)
+        self._newest = {
+            key: [float(value) for value in reversed(values)]
             for key, values in zip(keys, replies, strict=True)
         }
+        self._pooled = {key: sorted(values) for key, values in self._newest.items()}
         self._cache.clear()
 
     def _watch(self, key: str) -> None:
@@ -479,6 +488,7 @@ class RedisLatencyStats:
         # Down: answer from this instance's observations, which kept being made all along. Up:
         # the next refresh brings the pooled samples back. Batches were dropped meanwhile.
         self._pooled = {}
+        self._newest = {}
         self._cache.clear()
         if not up:
             self.dropped += sum(len(values) for values in self._pending.values())

@@ -22,7 +22,9 @@ before their first token (a primary that is slow now and then, for hedging). ``s
 names another model in the answer than the one asked for (an alias resolved to a dated
 snapshot, as real APIs do). ``echo`` (> 0) answers with the last user message's text in pieces
 of that many characters, and makes it a tool call's ``query`` argument: what the upstream
-received, played back split at chosen points (the guard's tests).
+received, played back split at chosen points (the guard's tests). ``fault_key`` limits the
+fault to requests carrying that API key (one key of several rate limited, for load balancing's
+tests).
 
 Azure OpenAI's URLs are served too (``/openai/v1/chat/completions``, ``/openai/v1/responses``,
 ``/openai/deployments/{deployment}/chat/completions`` and ``/openai/responses``, the last two
@@ -118,6 +120,7 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
     # > 0: answer with the last user message's text, in pieces of this many characters (and a
     # tool call's one argument, "query", is that text too)
     echo: int = 0
+    fault_key: str | None = None  # the fault hits only requests carrying this API key
     api_key: str | None = None
 
 
@@ -203,6 +206,7 @@ _KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
     "slow_ttft_ms": (_float, "a number of milliseconds >= 0"),
     "served_model": (_optional, "a model name (empty: the one asked for)"),
     "echo": (_int, "an integer >= 0 (characters per piece; 0: off)"),
+    "fault_key": (_optional, "an API key (empty: every request)"),
 }
 _HEADER_KNOBS = {"x-sim-" + name.replace("_", "-"): name for name in _KNOBS}
 
@@ -217,6 +221,16 @@ def _validate(settings: SimulatorSettings) -> None:
             parse(str(value))
         except ValueError:
             raise ValueError(f"simulator setting {name}={value!r}: must be {kind}") from None
+
+
+def _carries_key(headers: Any, key: str) -> bool:
+    """Whether a request's credential is ``key`` (in any of the APIs' headers)."""
+    return key in (
+        headers.get("x-api-key"),
+        headers.get("api-key"),
+        headers.get("x-goog-api-key"),
+        headers.get("authorization", "").removeprefix("Bearer "),
+    )
 
 
 def _maybe_slow(knobs: SimulatorSettings) -> SimulatorSettings:
@@ -676,7 +690,10 @@ class _Simulator:
                     400,
                     param=knob,
                 ) from None
-        return _maybe_slow(msgspec.structs.replace(self.settings, **changes))
+        knobs = msgspec.structs.replace(self.settings, **changes)
+        if knobs.fault_key is not None and not _carries_key(request.headers, knobs.fault_key):
+            knobs = msgspec.structs.replace(knobs, fault=None)  # another key: served normally
+        return _maybe_slow(knobs)
 
     def _authorized(self, request: web.Request, flavor: _Flavor | None = None) -> bool:
         key = self.settings.api_key

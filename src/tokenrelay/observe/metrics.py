@@ -465,7 +465,7 @@ class GatewayMetrics:
         lost_race: Attempt | None = None
         for attempt in attempts:
             outcome = attempt.outcome
-            if outcome in ("circuit_open", "unsupported"):  # skipped, never sent
+            if outcome in ("circuit_open", "unsupported", "cooling_down"):  # skipped, never sent
                 first_failure = first_failure or outcome
                 continue
             model = self._bounded(attempt.model)
@@ -819,6 +819,48 @@ class PoolReporter:
 
 # The guard's refusals before the upstream (``reject_reason``) -> their ``rule`` label.
 _GUARD_REFUSALS = {"guard_pii": "pii", "guard_detector": "detector"}
+
+
+class InFlightNumbers(Protocol):
+    def snapshot(self) -> Mapping[str, int]: ...
+
+
+class BalanceNumbers(Protocol):
+    """What ``balance.Balancer`` counts: streams served per (route, group, target, pick), and
+    its in-flight counts."""
+
+    @property
+    def picks(self) -> Mapping[tuple[str, str, str, str], int]: ...
+    @property
+    def inflight(self) -> InFlightNumbers: ...
+
+
+class BalanceReporter:
+    """Load balancing (docs/balancing.md): which target of a group served and why, and the
+    streams in flight per grouped target. Labels are configured names only."""
+
+    def __init__(self, balancer: BalanceNumbers) -> None:
+        self.balancer = balancer
+        self.picks = Counter(
+            "tokenrelay_balance_picks_total",
+            "Streams served by a target of a load-balanced group, by why it was tried: the "
+            "strategy's pick (weighted, least_busy, latency, affinity), explore (the latency "
+            "strategy measuring another target) or fallback (an earlier one of the group failed).",
+            ("route", "group", "target", "strategy"),
+        )
+        self.inflight = Gauge(
+            "tokenrelay_balance_inflight_streams",
+            "Streams in flight on this instance per grouped target (provider:model), as "
+            "least_busy counts them.",
+            ("target",),
+        )
+
+    def __call__(self) -> list[Metric]:
+        for labels, value in list(self.balancer.picks.items()):
+            self.picks.labels(*labels).value = value
+        for target, count in self.balancer.inflight.snapshot().items():
+            self.inflight.set(target, value=count)
+        return [self.picks, self.inflight]
 
 
 def rejection_reason(record: StreamRecord) -> str:
