@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import shutil
@@ -76,6 +77,16 @@ def body(question: str, model: str) -> bytes:
     return msgspec.json.encode({"model": model, "stream": True, "messages": messages})
 
 
+def same(question: str, model: str, _: int) -> bytes:
+    """Every stream asks ``question`` (a hit once it is stored)."""
+    return body(question, model)
+
+
+def numbered(prefix: str, model: str, i: int) -> bytes:
+    """Stream ``i`` asks a question of its own (a miss)."""
+    return body(f"{prefix} {i}", model)
+
+
 @dataclass
 class Path:
     """One way to the answer: its URL, the body of its i-th stream, what it measured."""
@@ -117,7 +128,7 @@ async def prime(session: aiohttp.ClientSession, gw_url: str, question: str) -> N
     """One miss on each route, stored, so the same question is a hit from now on."""
     chat = gw_url + CHAT.path
     for route in (INSTANT, PACED):
-        path = Path(chat, lambda i, route=route: body(question, route))
+        path = Path(chat, functools.partial(same, question, route))
         await run_batch(session, path, 1, 1, None)
     await asyncio.sleep(0.5)  # stored after the stream, in the background
 
@@ -137,7 +148,7 @@ async def ttft_table(
         run = f"{concurrency}-{time.time()}"
         paths = {
             "direct": Path(sim_url + CHAT.path, lambda i: body(f"direct {i}", "gpt-5.5")),
-            "miss": Path(chat, lambda i, run=run: body(f"miss {run} {i}", INSTANT)),
+            "miss": Path(chat, functools.partial(numbered, f"miss {run}", INSTANT)),
             "hit paced": Path(chat, lambda i: body(hot, PACED)),
             "hit instant": Path(chat, lambda i: body(hot, INSTANT)),
         }

@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import msgspec
@@ -100,7 +101,7 @@ async def run(hits: int, profile: bool) -> None:
     await lifespan.put({"type": "lifespan.startup"})
     started = asyncio.Event()
 
-    async def lifespan_send(message: dict[str, Any]) -> None:
+    async def lifespan_send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "lifespan.startup.complete":
             started.set()
 
@@ -108,6 +109,7 @@ async def run(hits: int, profile: bool) -> None:
     await started.wait()
     try:
         await one_request(app)  # the miss that stores the answer
+        assert app.gateway.cache is not None
         await app.gateway.cache.idle()
         for _ in range(200):  # warm
             sent = await one_request(app)

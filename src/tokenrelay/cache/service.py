@@ -64,7 +64,9 @@ class Plan:
         return (CONTROL_HEADER.encode(), self.result.encode())
 
 
-HOT_BYTES = 8 * 1024 * 1024  # entries (as stored) kept decoded too, most recently hit first
+# The entries most recently hit are also kept decoded (about 4x their stored size in memory),
+# up to this many stored bytes: a hit on one of them skips decoding.
+HOT_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(slots=True)
