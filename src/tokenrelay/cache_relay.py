@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from tokenrelay.cache.entry import events_of, has_error
-from tokenrelay.cache.replay import replay
+from tokenrelay.cache.entry import has_error
+from tokenrelay.cache.replay import nothing, replay
 from tokenrelay.failover import Events, OpenStream, Route
 from tokenrelay.model import Completion, Event, Request
 from tokenrelay.records import CACHE_PROVIDER, Attempt, Outcome
@@ -93,12 +93,10 @@ class CachedCall:
         self.hit = True
         target, provider = served
         ms = (time.perf_counter() - started) * 1000
-        paced = self.plan.settings.replay == "paced"
-        if paced:
-            pending, rest = events_of(entry.batches[0]), replay(entry, paced=True)
+        if self.plan.settings.replay == "paced":
+            pending, rest = list(entry.batches[0][1]), replay(entry)
         else:  # every event at once: the relay writes them (each its own event) in one send
-            pending = [event for batch in entry.batches for event in events_of(batch)]
-            rest = replay(entry, paced=False, start=len(entry.batches))
+            pending, rest = list(entry.events), nothing()
         return OpenStream(
             provider=provider,
             target=target,

@@ -1,9 +1,10 @@
 """What a cache entry holds: the answer's normalized event batches with their time offsets, and
 who served it. Never a dialect's bytes, so one entry serves every front; msgpack, so a hit
-decodes in microseconds."""
+decodes in microseconds (and ``ResponseCache`` keeps the hot ones decoded)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -64,9 +65,24 @@ def encode(
     return _encode(Entry(provider=provider, model=model, created=created, batches=stored))
 
 
-def decode(data: bytes) -> Entry:
-    """An entry from its bytes (``msgspec.DecodeError`` if they are not one)."""
-    return _decode_entry(data)
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An entry decoded for serving: each batch's offset and events, and every event in one
+    list (an instant replay's single batch). Events are frozen, so hits share them."""
+
+    provider: str
+    model: str
+    created: float
+    batches: list[tuple[float, list[Event]]]
+    events: list[Event]
+
+
+def decode(data: bytes) -> Answer:
+    """An entry's answer from its bytes (``msgspec.DecodeError`` if they are not one)."""
+    entry = _decode_entry(data)
+    batches = [(batch.at, events_of(batch)) for batch in entry.batches]
+    events = [event for _, batch in batches for event in batch]
+    return Answer(entry.provider, entry.model, entry.created, batches, events)
 
 
 def events_of(batch: Batch) -> list[Event]:

@@ -6,17 +6,22 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator
 
-from tokenrelay.cache.entry import Entry, events_of
+from tokenrelay.cache.entry import Answer
 from tokenrelay.model import Event
 
 
-async def replay(entry: Entry, *, paced: bool, start: int = 1) -> AsyncGenerator[list[Event], None]:
-    """The entry's batches from ``start`` on (the relay sends the first one itself); ``paced``
-    waits until each batch's original offset from the first."""
+async def replay(answer: Answer, *, start: int = 1) -> AsyncGenerator[list[Event], None]:
+    """The answer's batches from ``start`` on (the relay sends the first one itself), each
+    when its original offset from the first has passed."""
     began = time.monotonic()
-    for batch in entry.batches[start:]:
-        if paced:
-            wait = batch.at - (time.monotonic() - began)
-            if wait > 0:
-                await asyncio.sleep(wait)
-        yield events_of(batch)
+    for at, events in answer.batches[start:]:
+        wait = at - (time.monotonic() - began)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        yield list(events)
+
+
+async def nothing() -> AsyncGenerator[list[Event], None]:
+    """No batches after the first: an instant hit's ``pending`` holds the whole answer."""
+    return
+    yield  # an async generator (the relay closes it like any other)

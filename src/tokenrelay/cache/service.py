@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -67,9 +67,14 @@ class Plan:
         return (CONTROL_HEADER.encode(), self.result.encode())
 
 
+# The entries most recently hit are also kept decoded (about 4x their stored size in memory),
+# up to this many stored bytes: a hit on one of them skips decoding.
+HOT_BYTES = 2 * 1024 * 1024
+
+
 @dataclass(slots=True)
 class Found:
-    entry: entries.Entry
+    entry: entries.Answer
     similarity: float | None  # None for an exact hit
 
 
@@ -137,6 +142,9 @@ class ResponseCache:
         self._indexes: dict[str, SemanticIndex] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._metrics: tuple[Any, ...] | None = None
+        # the entries hit lately, decoded, by key, each with the bytes it was decoded from
+        self._hot: OrderedDict[str, tuple[bytes, entries.Answer]] = OrderedDict()
+        self._hot_bytes = 0
 
     # --- per request -----------------------------------------------------------------------------
 
@@ -191,11 +199,31 @@ class ResponseCache:
         data = await self.backend.get(key)
         if data is None:
             return None
+        hot = self._hot.get(key)
+        if hot is not None and (hot[0] is data or hot[0] == data):  # the same bytes as before
+            self._hot.move_to_end(key)
+            return Found(hot[1], None)
         try:
-            return Found(entries.decode(data), None)
+            answer = entries.decode(data)
         except msgspec.DecodeError:
             log.warning("response cache: entry %s is unreadable; ignored", key[:12])
             return None
+        self._keep_decoded(key, data, answer)
+        return Found(answer, None)
+
+    def _keep_decoded(self, key: str, data: bytes, answer: entries.Answer) -> None:
+        """Remember ``answer`` decoded, so the next hit on ``key`` skips the decoding (checked
+        against the stored bytes, so a replaced entry is decoded afresh)."""
+        if len(data) > HOT_BYTES:
+            return
+        old = self._hot.pop(key, None)
+        if old is not None:
+            self._hot_bytes -= len(old[0])
+        self._hot[key] = (data, answer)
+        self._hot_bytes += len(data)
+        while self._hot_bytes > HOT_BYTES:
+            _, (dropped, _) = self._hot.popitem(last=False)
+            self._hot_bytes -= len(dropped)
 
     @staticmethod
     def _short(plan: Plan, semantic: SemanticCacheSettings) -> bool:
