@@ -169,6 +169,10 @@ class Key(msgspec.Struct, kw_only=True):
     created_at: Time
     revoked_at: Time | None
     rotated_from: str | None = None
+    # The latest request with the key, written in batches every few seconds
+    # (auth.key_last_used_interval), so up to that late; null: never used since recorded.
+    last_used_at: Time | None = None
+    rpm: int | None = None  # the CLI's older requests-per-minute limit of the key (--rpm)
 
 
 class KeySecret(msgspec.Struct, kw_only=True):

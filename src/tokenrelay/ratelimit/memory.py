@@ -88,7 +88,8 @@ class MemoryStore:
         now = time.monotonic()
         usage = []
         for window in windows:
-            log = self._logs.get(window.seconds, {}).get(window.key)
+            logs = self._logs.get(window.seconds)
+            log = logs.get(window.key) if logs is not None else None
             cutoff = now - window.seconds
             live = [hit for hit in log if hit > cutoff] if log else []
             reset_after = live[0] + window.seconds - now if live else 0.0
