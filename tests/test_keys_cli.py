@@ -98,3 +98,33 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert bad_rpm.exit_code == 2
     warned = run("keys", "create", "--user", "x", "--routes", "nosuchroute", *url)
     assert warned.exit_code == 0 and "no route named nosuchroute" in warned.stderr
+
+
+def test_list_goes_through_the_admin_service(tmp_path: Path) -> None:
+    """Role, models, expiry and last use as the admin API has them: in JSON always, in the table
+    with --wide (the default table keeps its columns for scripts)."""
+    url = ["--database-url", f"sqlite:///{tmp_path}/keys.db"]
+    made = run("keys", "create", "--role", "reader", "--models", "a,b", "--expires",
+               "2031-01-02T03:04:05Z", "--format", "json", *url)  # fmt: skip
+    assert made.exit_code == 0, made.output
+    plain = run("keys", "create", "--user", "erin", *url)
+    assert plain.exit_code == 0, plain.output
+    listed = json.loads(run("keys", "list", "--format", "json", *url).stdout)
+    reader = listed[0]
+    assert (reader["role"], reader["models"], reader["expires_at"]) == (
+        "reader",
+        ["a", "b"],
+        "2031-01-02T03:04:05Z",
+    )
+    assert reader["admin"] is True and reader["last_used_at"] is None
+    assert reader["limits"] == {"requests": None, "tokens": None, "concurrent_streams": None}
+    assert (listed[1]["role"], listed[1]["models"], listed[1]["user"]) == (None, None, "erin")
+
+    wide = run("keys", "list", "--wide", *url).stdout.strip().splitlines()
+    assert wide[0].split() == [
+        "ID", "PREFIX", "USER", "ORG", "ROUTES", "RPM", "CREATED", "REVOKED", "ROLE", "MODELS",
+        "EXPIRES", "LAST", "USED", "NAME",
+    ]  # fmt: skip
+    assert "reader" in wide[1] and "a,b" in wide[1] and "2031-01-02 03:04:05Z" in wide[1]
+    narrow = run("keys", "list", *url).stdout.splitlines()[0].split()
+    assert narrow[-1] == "NAME" and "ROLE" not in narrow

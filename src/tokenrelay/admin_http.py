@@ -448,6 +448,7 @@ async def _caller(gateway: Gateway, admin: AdminService, request: Request) -> Ca
                 )
             if role == "org_admin" and org is None:
                 raise GatewayError("permission", "an org_admin token needs an org claim", 403)
+            await gateway.gate.authenticator.refuse_disabled(user, org)
             return Caller(key_id=f"jwt:{user}", role=role, org_id=None if role == "admin" else org)
     return await admin.caller(token)
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 if TYPE_CHECKING:
+    from tokenrelay.admin.schema import Key, KeySecret
     from tokenrelay.admin.service import AdminService
-    from tokenrelay.gate.keys import KeyRecord, KeyStore
     from tokenrelay.settings import Settings
 
 T = TypeVar("T")
@@ -202,24 +202,6 @@ def _database_url(given: str | None, config: str | None, *, must_exist: bool) ->
     return url
 
 
-def _with_store(url: str, action: Callable[[KeyStore], Awaitable[T]]) -> T:
-    """Run ``action`` on a key store over the migrated database at ``url``."""
-    import asyncio
-
-    from tokenrelay.gate.keys import AmbiguousKey, KeyNotFound, KeyStore
-    from tokenrelay.store import DatabaseError, open_database
-
-    async def run() -> T:
-        async with await open_database(url) as db:
-            return await action(KeyStore(db))
-
-    try:
-        return asyncio.run(run())
-    except (DatabaseError, KeyNotFound, AmbiguousKey, ValueError, OSError) as exc:
-        message = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
-        raise click.ClickException(message) from None
-
-
 def _with_admin(url: str, action: Callable[[AdminService], Awaitable[T]]) -> T:
     """Run ``action`` on the admin service over the migrated database at ``url``: the CLI is a
     client of the same code as ``/admin/v1/``."""
@@ -243,46 +225,66 @@ def _with_admin(url: str, action: Callable[[AdminService], Awaitable[T]]) -> T:
         raise click.ClickException(exc.message) from None
 
 
-def _when(timestamp: float | None, separator: str = " ") -> str:
-    from tokenrelay.metering.units import iso_time
-
-    if timestamp is None:
-        return "-"
-    return iso_time(timestamp).replace("T", separator)
+def _when(moment: str | None) -> str:
+    """An admin API time (``2026-01-31T12:00:00Z``) as the table shows it."""
+    return moment.replace("T", " ") if moment is not None else "-"
 
 
-def _key_json(record: KeyRecord) -> dict[str, object]:
+def _key_json(key: Key) -> dict[str, object]:
+    """A key as ``--format json`` prints it: the older fields first, unchanged, then what the
+    admin API added (role, models, expiry, limits, last use)."""
     return {
-        "id": record.id,
-        "prefix": record.prefix,
-        "user": record.user,
-        "org": record.org,
-        "routes": sorted(record.routes) if record.routes is not None else None,
-        "rpm": record.rpm,
-        "name": record.name,
-        "created_at": _when(record.created_at, "T"),
-        "revoked_at": _when(record.revoked_at, "T") if record.revoked_at is not None else None,
-        "admin": record.admin,
+        "id": key.id,
+        "prefix": key.prefix,
+        "user": key.user_id,
+        "org": key.org_id,
+        "routes": key.routes,
+        "rpm": key.rpm,
+        "name": key.name,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+        # may read every caller's usage (GET /v1/usage): a global admin or reader
+        "admin": key.role in ("admin", "reader") and key.org_id is None,
+        "role": key.role,
+        "models": key.models,
+        "expires_at": key.expires_at,
+        "limits": {
+            "requests": key.limits.requests,
+            "tokens": key.limits.tokens,
+            "concurrent_streams": key.limits.concurrent_streams,
+        },
+        "last_used_at": key.last_used_at,
     }
 
 
-def _key_row(record: KeyRecord) -> list[str]:
-    routes = ",".join(sorted(record.routes)) if record.routes is not None else "*"
-    return [
-        record.id,
-        record.prefix,
-        record.user or "-",
-        record.org or "-",
+def _key_row(key: Key, wide: bool = False) -> list[str]:
+    routes = ",".join(key.routes) if key.routes is not None else "*"
+    row = [
+        key.id,
+        key.prefix,
+        key.user_id or "-",
+        key.org_id or "-",
         routes or "(none)",
-        str(record.rpm) if record.rpm is not None else "-",
-        _when(record.created_at),
-        _when(record.revoked_at),
-        record.name or "",
+        str(key.rpm) if key.rpm is not None else "-",
+        _when(key.created_at),
+        _when(key.revoked_at),
     ]
+    if wide:
+        models = ",".join(key.models) if key.models is not None else "*"
+        row += [
+            key.role or "-",
+            models or "(none)",
+            _when(key.expires_at),
+            _when(key.last_used_at),
+        ]
+    return [*row, key.name or ""]
 
 
-def _table(rows: list[list[str]]) -> str:
-    header = ["ID", "PREFIX", "USER", "ORG", "ROUTES", "RPM", "CREATED", "REVOKED", "NAME"]
+def _table(rows: list[list[str]], wide: bool = False) -> str:
+    header = ["ID", "PREFIX", "USER", "ORG", "ROUTES", "RPM", "CREATED", "REVOKED"]
+    if wide:
+        header += ["ROLE", "MODELS", "EXPIRES", "LAST USED"]
+    header.append("NAME")  # last: a free text
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
@@ -351,7 +353,7 @@ def keys_create(
 
     allowed_models = [part.strip() for value in models for part in value.split(",") if part]
 
-    async def create(service: AdminService) -> tuple[KeyRecord, str]:
+    async def create(service: AdminService) -> KeySecret:
         from tokenrelay.admin.roles import CLI
         from tokenrelay.admin.schema import KeyCreate
 
@@ -364,10 +366,10 @@ def keys_create(
             models=allowed_models or None,
             expires_at=expires,
         )
-        created = await service.key_admin.create(CLI, body, rpm=rpm)
-        return await service.keys.find(created.key.id), created.secret
+        return await service.key_admin.create(CLI, body, rpm=rpm)
 
-    record, secret = _with_admin(url, create)
+    created = _with_admin(url, create)
+    key, secret = created.key, created.secret
     click.echo(
         "Copy the key now: tokenrelay stores only its SHA-256 hash and cannot show it again.",
         err=True,
@@ -375,29 +377,45 @@ def keys_create(
     if role == "admin":
         click.echo("This is an admin key: it may read every caller's usage.", err=True)
     if fmt == "json":
-        _echo_json({**_key_json(record), "secret": secret})
+        _echo_json({**_key_json(key), "secret": secret})
     else:
-        click.echo(_table([_key_row(record)]))
+        click.echo(_table([_key_row(key)]))
         click.echo(f"\n{secret}")
 
 
 @keys.command("list")
 @click.option("--active", is_flag=True, help="Leave revoked keys out.")
+@click.option("--wide", is_flag=True, help="Also show role, models, expiry and last use.")
 @_DATABASE
 @_CONFIG
 @_FORMAT
-def keys_list(active: bool, database_url: str | None, config: str | None, fmt: str) -> None:
-    """List keys: id, prefix, user, org, routes, rpm, created, revoked (never a secret)."""
+def keys_list(
+    active: bool, wide: bool, database_url: str | None, config: str | None, fmt: str
+) -> None:
+    """List keys: id, prefix, user, org, routes, rpm, created, revoked (never a secret), read
+    through the admin service like GET /admin/v1/keys; --format json has every field."""
     url = _database_url(database_url, config, must_exist=True)
 
-    async def list_keys(store: KeyStore) -> list[KeyRecord]:
-        return await store.list(include_revoked=not active)
+    async def list_keys(service: AdminService) -> list[Key]:
+        from tokenrelay.admin.roles import CLI
+        from tokenrelay.admin.rows import MAX_PAGE
 
-    records = _with_store(url, list_keys)
+        found: list[Key] = []
+        cursor = None
+        while True:
+            page = await service.key_admin.list(
+                CLI, include_revoked=not active, cursor=cursor, limit=MAX_PAGE
+            )
+            found += page.data
+            if page.next is None:
+                return found
+            cursor = page.next
+
+    found = _with_admin(url, list_keys)
     if fmt == "json":
-        _echo_json([_key_json(record) for record in records])
-    elif records:
-        click.echo(_table([_key_row(record) for record in records]))
+        _echo_json([_key_json(key) for key in found])
+    elif found:
+        click.echo(_table([_key_row(key, wide) for key in found], wide))
     else:
         click.echo("no keys", err=True)
 
@@ -412,22 +430,22 @@ def keys_revoke(key: str, database_url: str | None, config: str | None, fmt: str
     accepting it within their key cache TTL (5 s by default)."""
     url = _database_url(database_url, config, must_exist=True)
 
-    async def revoke(service: AdminService) -> tuple[KeyRecord, bool]:
+    async def revoke(service: AdminService) -> tuple[Key, bool]:
         from tokenrelay.admin.roles import CLI
 
-        before = await service.keys.find(key)
-        await service.key_admin.revoke(CLI, before.id)
-        return await service.keys.find(before.id), before.revoked_at is not None
+        before = await service.keys.find(key)  # by id, prefix or secret
+        after = await service.key_admin.revoke(CLI, before.id)
+        return after, before.revoked_at is not None
 
-    record, already = _with_admin(url, revoke)
+    revoked, already = _with_admin(url, revoke)
     if fmt == "json":
-        _echo_json(_key_json(record))
+        _echo_json(_key_json(revoked))
     elif already:
         click.echo(
-            f"{record.id} ({record.prefix}) was already revoked at {_when(record.revoked_at)}"
+            f"{revoked.id} ({revoked.prefix}) was already revoked at {_when(revoked.revoked_at)}"
         )
     else:
-        click.echo(f"revoked {record.id} ({record.prefix}, user {record.user or '-'})")
+        click.echo(f"revoked {revoked.id} ({revoked.prefix}, user {revoked.user_id or '-'})")
 
 
 # --- usage ---------------------------------------------------------------------------------------

@@ -28,13 +28,18 @@ from tokenrelay.admin.schema import (
     LimitsOut,
 )
 from tokenrelay.gate.keys import KeyRecord, KeyStore
+from tokenrelay.gate.last_used import LastUsed
 from tokenrelay.gate.policy import limits_as_dict
 from tokenrelay.model import GatewayError
 from tokenrelay.store import Database, Queries
 
 
-def key_out(record: KeyRecord) -> Key:
+def key_out(record: KeyRecord, last_used: LastUsed | None = None) -> Key:
+    """A key as the API shows it; with ``last_used``, uses not written yet count."""
     policy = record.policy
+    used = record.last_used_at
+    if last_used is not None:
+        used = last_used.seen(record.id, used)
     limits = limits_as_dict(policy.key)
     return Key(
         id=record.id,
@@ -51,6 +56,8 @@ def key_out(record: KeyRecord) -> Key:
         created_at=iso_now(record.created_at),
         revoked_at=iso(record.revoked_at),
         rotated_from=record.rotated_from,
+        last_used_at=iso(used),
+        rpm=record.rpm,
     )
 
 
@@ -159,11 +166,14 @@ class KeyAdmin:
         found = await self.keys.query(" AND ".join(where), params, limit=size + 1)
         more = len(found) > size
         found = found[:size]
-        return KeyPage(data=[key_out(r) for r in found], next=found[-1].id if more else None)
+        return KeyPage(
+            data=[key_out(r, self.keys.last_used) for r in found],
+            next=found[-1].id if more else None,
+        )
 
     async def get(self, caller: Caller, key_id: str) -> Key:
         require(caller, "key.read", "read keys")
-        return key_out(await self.record(caller, key_id))
+        return key_out(await self.record(caller, key_id), self.keys.last_used)
 
     async def update(self, caller: Caller, key_id: str, body: KeyPatch) -> Key:
         record = await self.record(caller, key_id)  # a 404 outside the caller's org first

@@ -169,6 +169,10 @@ class Key(msgspec.Struct, kw_only=True):
     created_at: Time
     revoked_at: Time | None
     rotated_from: str | None = None
+    # The latest request with the key, written in batches every few seconds
+    # (auth.key_last_used_interval), so up to that late; null: never used since recorded.
+    last_used_at: Time | None = None
+    rpm: int | None = None  # the CLI's older requests-per-minute limit of the key (--rpm)
 
 
 class KeySecret(msgspec.Struct, kw_only=True):
@@ -232,11 +236,17 @@ class RequestRow(msgspec.Struct, kw_only=True):
 
 
 class LimitState(msgspec.Struct, kw_only=True):
+    """One window of a limit now (a limit such as "10/minute;100/day" has one per window),
+    read without counting a request."""
+
     subject: str  # "key:<id>", "user:<id>", "org:<id>"
     kind: Literal["requests", "tokens", "concurrent_streams"]
-    limit: str
-    remaining: int | None  # None: not known without counting a request
-    reset_seconds: float | None
+    limit: str  # as configured
+    window_seconds: int | None  # None for concurrent streams, which have no window
+    quota: int  # units allowed in the window (streams at a time)
+    used: int | None  # None: the limiter (Redis) could not be read
+    remaining: int | None
+    reset_seconds: float | None  # until the oldest unit leaves the window; 0 when none is used
 
 
 class KeyLimits(msgspec.Struct, kw_only=True):

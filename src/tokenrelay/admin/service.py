@@ -28,7 +28,7 @@ class AdminService:
     def __init__(self, db: Database, keys: KeyStore, bootstrap_digest: str | None = None) -> None:
         self.db = db
         self.keys = keys
-        self.tenants = Tenants(db)
+        self.tenants = Tenants(db, changed=keys.forget)
         self.key_admin = KeyAdmin(db, keys)
         self.budgets = BudgetAdmin(db)
         # sha256 of the bootstrap admin key (``admin.bootstrap_key_env``), hashed at start-up
@@ -52,6 +52,7 @@ class AdminService:
         if key is None:
             raise GatewayError("authentication", "the API key is unknown or revoked", 401)
         refuse_unusable(key, token[:PREFIX_LENGTH])
+        self.keys.last_used.mark(key.id)
         role = _ROLES.get(key.role or "")
         if role is None:
             raise GatewayError(

@@ -9,6 +9,7 @@ An org admin may rename its org, change its metadata and lower its limits, never
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from msgspec import UNSET
@@ -83,8 +84,11 @@ def _rate(limit: str) -> float:
 
 
 class Tenants:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, changed: Callable[[], None] | None = None) -> None:
         self.db = db
+        # Called after an org or user changed: drops this instance's cached keys and JWT
+        # tenants, so it enforces the change at once (the others within the key cache TTL).
+        self.changed = changed
 
     # --- orgs ------------------------------------------------------------------------------------
 
@@ -173,6 +177,8 @@ class Tenants:
             assert row is not None
             after = out(row)
             await trail.record(tx, caller, f"{kind}.update", kind, ident, org_id, before, after)
+        if self.changed is not None:
+            self.changed()
         return after
 
     # --- users -----------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """Read-only views of a key: its recent requests from the ledger (what the audit log keeps: no
-prompt or answer text, which the ledger never holds) and its rate-limit state now."""
+prompt or answer text, which the ledger never holds) and its rate-limit state now, peeked from
+the limiter without counting a request."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from tokenrelay.admin.roles import Caller, require
 from tokenrelay.admin.rows import iso_now, page_size
 from tokenrelay.admin.schema import KeyLimits, LimitState, RequestPage, RequestRow
 from tokenrelay.gate.keys import KeyRecord
 from tokenrelay.metering.units import usd
-from tokenrelay.ratelimit import RateLimiter, Rule
+from tokenrelay.ratelimit import RateLimiter, Rule, Subject, WindowState, parse_limit
 from tokenrelay.store import Database
 
 
@@ -43,54 +46,54 @@ async def key_requests(
 
 
 async def key_limits(caller: Caller, key: KeyRecord, limiter: RateLimiter | None) -> KeyLimits:
-    """Each limit the admin API set on the key, its user and its org, with what is left now
-    where it can be read without counting (tokens; requests and streams show the limit)."""
+    """Every limit set on the key, its user and its org (and the key's ``rpm``), window by
+    window: used, remaining and reset now, read from the limiter without counting anything.
+    An in-process limiter answers for this instance only."""
     require(caller, "key.read", "read a key's limits")
-    states: list[LimitState] = []
-    for subject, limits in key.policy.scoped(key.id, key.user, key.org):
-        name = f"{subject.kind}:{subject.id}"
-        if limits.requests is not None:
-            states.append(
-                LimitState(
-                    subject=name,
-                    kind="requests",
-                    limit=limits.requests,
-                    remaining=None,
-                    reset_seconds=None,
-                )
-            )
-        if limits.tokens is not None:
-            remaining, reset = None, None
-            if limiter is not None:
-                decision = await limiter.check_tokens([Rule(subject, limits.tokens, "policy")])
-                remaining, reset = decision.remaining, decision.reset_after
-            states.append(
-                LimitState(
-                    subject=name,
-                    kind="tokens",
-                    limit=limits.tokens,
-                    remaining=remaining,
-                    reset_seconds=reset,
-                )
-            )
-        if limits.concurrent_streams is not None:
-            states.append(
-                LimitState(
-                    subject=name,
-                    kind="concurrent_streams",
-                    limit=str(limits.concurrent_streams),
-                    remaining=None,
-                    reset_seconds=None,
-                )
-            )
+    rules: list[tuple[str, Rule]] = []
+    caps: list[tuple[Subject, int]] = []
     if key.rpm is not None:
-        states.append(
-            LimitState(
-                subject=f"key:{key.id}",
-                kind="requests",
-                limit=f"{key.rpm}/minute",
-                remaining=None,
-                reset_seconds=None,
-            )
-        )
+        rules.append(("requests", Rule(Subject("key", key.id), f"{key.rpm}/minute")))
+    for subject, limits in key.policy.scoped(key.id, key.user, key.org):
+        if limits.requests is not None:
+            rules.append(("requests", Rule(subject, limits.requests, "policy")))
+        if limits.tokens is not None:
+            rules.append(("tokens", Rule(subject, limits.tokens, "policy")))
+        if limits.concurrent_streams is not None:
+            caps.append((subject, limits.concurrent_streams))
+    states: list[LimitState] = []
+    for kind, rule in rules:
+        name = f"{rule.subject.kind}:{rule.subject.id}"
+        found: list[WindowState] | None = None
+        if limiter is not None:
+            peek = limiter.peek_requests if kind == "requests" else limiter.peek_tokens
+            found = await peek(rule)
+        items = parse_limit(rule.limit)  # the limiter's windows, in the same order
+        windows: Sequence[WindowState | None] = found if found is not None else [None] * len(items)
+        for item, window in zip(items, windows, strict=True):
+            states.append(_state(name, kind, rule.limit, item.get_expiry(), item.amount, window))
+    for subject, cap in caps:
+        stream = await limiter.peek_streams(subject, cap, "policy") if limiter else None
+        name = f"{subject.kind}:{subject.id}"
+        states.append(_state(name, "concurrent_streams", str(cap), None, cap, stream))
     return KeyLimits(key_id=key.id, limits=states)
+
+
+def _state(
+    subject: str,
+    kind: str,
+    limit: str,
+    seconds: int | None,
+    quota: int,
+    window: WindowState | None,
+) -> LimitState:
+    return LimitState(
+        subject=subject,
+        kind=kind,  # type: ignore[arg-type]  # one of the three
+        limit=limit,
+        window_seconds=seconds,
+        quota=quota,
+        used=window.used if window else None,
+        remaining=window.remaining if window else None,
+        reset_seconds=round(window.reset_after, 3) if window else None,
+    )

@@ -180,7 +180,12 @@ class Gate:
 
         auth = self.settings.auth
         db = await asyncio.shield(self._open_database())
-        return KeyStore(db, ttl=auth.key_cache_ttl, negative_ttl=auth.key_negative_ttl)
+        return KeyStore(
+            db,
+            ttl=auth.key_cache_ttl,
+            negative_ttl=auth.key_negative_ttl,
+            last_used_interval=auth.key_last_used_interval,
+        )
 
     async def database(self) -> Database:
         """The database, opened now if it is not yet."""
@@ -192,6 +197,10 @@ class Gate:
         await self.limiter.close()
         if self.budgets is not None:
             await self.budgets.close()
+        keys = self.authenticator.keys
+        if keys is not None:  # the last uses not written yet
+            with contextlib.suppress(Exception):
+                await keys.last_used.close()
         if self._database is not None:
             if not self._database.done():
                 self._database.cancel()

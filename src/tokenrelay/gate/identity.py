@@ -52,6 +52,9 @@ class AuthSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Seconds after a key was last confirmed valid during which it is still accepted while the
     # database cannot be reached (callers keep service through a database outage); 0: never.
     key_stale_ttl: float = 300.0
+    # Seconds between writes of when keys were last used (one UPDATE per batch, never one per
+    # request; a crash loses at most this much); 0: not recorded.
+    key_last_used_interval: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     # Anonymous IPv6 callers share their limits per network of this prefix length (a /64 is
     # what one subscriber, host or VM usually gets); 128: per address.
     ipv6_prefix: Annotated[int, msgspec.Meta(ge=32, le=128)] = 64
@@ -255,6 +258,7 @@ class Authenticator:
         token = self._credential(headers)
         if token is not None and self._jwt is not None and token.count(".") == 2:
             user, org = self._jwt.authenticate(token)
+            await self.refuse_disabled(user, org)
             return Identity("jwt", ip, user=user, org=org)
         if token is not None and token.startswith(KEY_PREFIX):
             return await self._key_identity(token, ip)
@@ -302,6 +306,27 @@ class Authenticator:
         claims = self._jwt.verify(token)
         user, org = self._jwt.subject(claims)
         return claims, user, org
+
+    async def refuse_disabled(self, user: str | None, org: str | None) -> None:
+        """A 403 when the org or user a JWT names (or the user's org) is disabled through the
+        admin API, as for a key (``gate.tenants``: cached for ``key_cache_ttl``). Without a
+        database, or while it cannot be opened, nothing is disabled."""
+        keys = self.keys
+        if keys is None:
+            if self.open_keys is None:
+                return
+            try:
+                keys = await self._key_store()
+            except GatewayError:
+                return
+        which = await keys.tenants.disabled(user, org)
+        if which is not None:
+            whose = "organization" if which == "org" else "user"
+            raise GatewayError(
+                "permission",
+                f"the {whose} of this token is disabled; ask your administrator to enable it",
+                403,
+            )
 
     async def key_store(self) -> KeyStore:
         """The key store the gate checks keys with (opened now if need be)."""
@@ -355,6 +380,7 @@ class Authenticator:
                 f"the API key {shown}… is unknown or revoked; {self._what_to_send()}"
             )
         refuse_unusable(key, token[:PREFIX_LENGTH])
+        keys.last_used.mark(key.id)
         return Identity(
             "key",
             ip,

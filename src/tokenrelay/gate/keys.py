@@ -42,7 +42,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
+from tokenrelay.gate.last_used import LastUsed
 from tokenrelay.gate.policy import KeyPolicy, Limits, limits_from_json
+from tokenrelay.gate.tenants import TenantStates
 
 if TYPE_CHECKING:  # imported by whoever opens the database; not at start-up
     from tokenrelay.store.database import Database, Queries, Row
@@ -56,7 +58,8 @@ _ALPHABET = string.ascii_letters + string.digits
 _COLUMNS = "id, prefix, user_id, org_id, routes, rpm, name, created_at, revoked_at, admin"
 _KEY_COLUMNS = (
     "k.id, k.prefix, k.user_id, k.org_id, k.routes, k.rpm, k.name, k.created_at, k.revoked_at, "
-    "k.admin, k.role, k.models, k.expires_at, k.limits, k.metadata, k.rotated_from"
+    "k.admin, k.role, k.models, k.expires_at, k.limits, k.metadata, k.rotated_from, "
+    "k.last_used_at"
 )
 # A key with what the admin API stored about its user and organization (tokenrelay.admin), so
 # that one lookup, cached for ``ttl``, carries everything the gate enforces.
@@ -83,6 +86,7 @@ class KeyRecord(msgspec.Struct, frozen=True, kw_only=True):
     role: str | None = None  # admin, org_admin, reader (tokenrelay.admin.roles); None: ordinary
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     rotated_from: str | None = None  # the key this one replaced (POST /admin/v1/keys/{id}/rotate)
+    last_used_at: float | None = None  # as last written (``gate.last_used``: batched, seconds late)
     policy: KeyPolicy = msgspec.field(default_factory=KeyPolicy)  # models, expiry, limits
 
     @property
@@ -154,6 +158,7 @@ def _record(row: Row) -> KeyRecord:
         role=row.get("role"),
         metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
         rotated_from=row.get("rotated_from"),
+        last_used_at=float(row["last_used_at"]) if row.get("last_used_at") is not None else None,
         policy=policy,
     )
 
@@ -176,6 +181,7 @@ class KeyStore:
         retry_interval: float = 1.0,
         lookup_timeout: float = 5.0,
         max_entries: int = 10_000,
+        last_used_interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
@@ -199,6 +205,9 @@ class KeyStore:
         self._error = ""
         self._served_stale = 0
         self._refused = 0
+        # The orgs and users JWTs name, cached alike (keys carry their own in ``_hits``).
+        self.tenants = TenantStates(db, ttl=ttl, lookup_timeout=lookup_timeout, clock=clock)
+        self.last_used = LastUsed(db, last_used_interval)  # when each key was last used
 
     async def create(
         self,
@@ -437,10 +446,12 @@ class KeyStore:
         return record
 
     def forget(self, key_id: str | None = None) -> None:
-        """Drop cached answers: for one key id, or all of them."""
+        """Drop cached answers: for one key id, or all of them (and the orgs and users of
+        JWTs)."""
         if key_id is None:
             self._hits.clear()
             self._misses.clear()
+            self.tenants.forget()
             return
         for digest, (_, _, record) in builtins.list(self._hits.items()):
             if record.id == key_id:

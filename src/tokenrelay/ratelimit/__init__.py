@@ -25,6 +25,7 @@ from tokenrelay.ratelimit.model import (
     Rule,
     Subject,
     SubjectKind,
+    WindowState,
     parse_limit,
 )
 
@@ -36,5 +37,6 @@ __all__ = [
     "Rule",
     "Subject",
     "SubjectKind",
+    "WindowState",
     "parse_limit",
 ]

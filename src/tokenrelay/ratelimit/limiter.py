@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Coroutine, Iterable, Sequence
@@ -39,7 +40,14 @@ from tokenrelay.ratelimit.decide import (
     windows_of,
 )
 from tokenrelay.ratelimit.memory import MemoryStore
-from tokenrelay.ratelimit.model import Decision, LimitSettings, Rule, Subject, policy_name
+from tokenrelay.ratelimit.model import (
+    Decision,
+    LimitSettings,
+    Rule,
+    Subject,
+    WindowState,
+    policy_name,
+)
 
 if TYPE_CHECKING:
     from tokenrelay.ratelimit.shared import RedisHealth
@@ -208,6 +216,62 @@ class RateLimiter:
             if self._refresher is None or self._refresher.done():
                 self._refresher = asyncio.create_task(self._refresh(), name="ratelimit-leases")
         return lease
+
+    async def peek_requests(self, rule: Rule) -> list[WindowState] | None:
+        """Each window of a request rule as it stands, counting nothing (for the admin views,
+        never the hot path); ``None`` when Redis cannot say."""
+        windows = windows_of("req", rule.subject, rule.limit, rule.scope, "requests")
+        usage = await self._guard(self.store.peek(windows))
+        if usage is DOWN:
+            return None
+        return [
+            WindowState(
+                "requests",
+                w.policy,
+                w.limit,
+                w.seconds,
+                u.used,
+                max(0, w.limit - u.used),
+                max(0.0, u.reset_after),
+            )
+            for w, u in zip(windows, usage, strict=True)
+        ]
+
+    async def peek_tokens(self, rule: Rule) -> list[WindowState] | None:
+        """Each window of a token rule: the sliding-window estimate used, what is left, and
+        when it frees up (as a refusal would say); ``None`` when Redis cannot say."""
+        windows = token_windows([rule], None, "*")
+        usage = await self._guard(self.store.tokens(windows))
+        if usage is DOWN:
+            return None
+        states = []
+        for w, u in zip(windows, usage, strict=True):
+            decision = token_decision([w], [u])
+            used = math.floor(u.previous * u.closes_in / w.seconds + u.current)
+            states.append(
+                WindowState(
+                    "tokens",
+                    w.policy,
+                    w.limit,
+                    w.seconds,
+                    used,
+                    decision.remaining,
+                    decision.reset_after if used else 0.0,
+                )
+            )
+        return states
+
+    async def peek_streams(
+        self, subject: Subject, max_concurrent: int, scope: str = "*"
+    ) -> WindowState | None:
+        """The subject's stream slots in use under a cap, taking none; ``None`` when Redis
+        cannot say."""
+        held = await self._guard(self.store.held(f"{scope}/{subject.kind}/{key_id(subject)}"))
+        if held is DOWN:
+            return None
+        policy = policy_name("concurrent-requests", subject.kind, scope)
+        remaining = max(0, max_concurrent - held)
+        return WindowState("concurrent-requests", policy, max_concurrent, 0, held, remaining, 0.0)
 
     async def close(self) -> None:
         """Stop refreshing and disconnect. Slots still held are not released: they expire

@@ -83,6 +83,19 @@ class MemoryStore:
         logs.move_to_end(window.key)
         return True, [Usage(count + 1, reset_after)]
 
+    async def peek(self, windows: Sequence[Window]) -> list[Usage]:
+        """Read-only: no log is trimmed, created or moved (a report must not change expiry)."""
+        now = time.monotonic()
+        usage = []
+        for window in windows:
+            logs = self._logs.get(window.seconds)
+            log = logs.get(window.key) if logs is not None else None
+            cutoff = now - window.seconds
+            live = [hit for hit in log if hit > cutoff] if log else []
+            reset_after = live[0] + window.seconds - now if live else 0.0
+            usage.append(Usage(len(live), reset_after))
+        return usage
+
     async def tokens(self, windows: Sequence[Window]) -> list[TokenUsage]:
         now = time.monotonic()
         return [self._counter(window, now)[1] for window in windows]
@@ -135,6 +148,9 @@ class MemoryStore:
             self._streams[key] = held
         else:
             self._streams.pop(key, None)
+
+    async def held(self, key: str) -> int:
+        return self._streams.get(key, 0)
 
     async def close(self) -> None:
         pass

@@ -57,6 +57,20 @@ def parse_limit(limit: str) -> tuple[LimitItem, ...]:
     return tuple(items)
 
 
+class WindowState(NamedTuple):
+    """One window of a limit as it stands, read without counting (``RateLimiter.peek_*``):
+    ``used`` of ``limit`` units in the last ``seconds`` (0 for a concurrency cap, which has no
+    window), ``reset_after`` seconds until the oldest unit leaves it (0 when nothing is used)."""
+
+    unit: Unit
+    policy: str
+    limit: int
+    seconds: int
+    used: int
+    remaining: int
+    reset_after: float
+
+
 class LimitSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """How requests are limited and where the counters live. The issue's
     ``TOKENRELAY_ANONYMOUS_LIMIT`` and ``TOKENRELAY_REDIS_URL`` are ``anonymous_limit`` and

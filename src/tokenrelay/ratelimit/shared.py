@@ -109,6 +109,13 @@ end
 return restored
 """
 
+# KEYS[1]: a stream-slot set as above. Returns how many slots are live now (server clock).
+_HELD = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], string.format('(%d', now), '+inf')
+"""
+
 
 def storage_uri(url: str) -> str:
     """limits' scheme for a plain Redis URL (``redis://`` → ``async+redis://``)."""
@@ -203,6 +210,7 @@ class RedisStore:
         self._take = self.client.register_script(_TAKE)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._refresh = self.client.register_script(_REFRESH)
+        self._held = self.client.register_script(_HELD)
 
     async def take(self, windows: Sequence[Window]) -> tuple[bool, list[Usage]]:
         now = time.time()  # hits are stamped with the wall clock, as limits does
@@ -216,6 +224,18 @@ class RedisStore:
             count, oldest = int(found[2 * i]), float(found[2 * i + 1])
             usage.append(Usage(count + 1 if taken else count, oldest + w.seconds - now))
         return bool(taken), usage
+
+    async def peek(self, windows: Sequence[Window]) -> list[Usage]:
+        """limits' own read of a moving window (the lists ``take`` pushes to), which changes
+        nothing; one script call per window, concurrently."""
+        states = await _all(
+            [self.storage.get_moving_window(w.key, w.limit, w.seconds) for w in windows]
+        )
+        now = time.time()
+        return [
+            Usage(count, max(0.0, oldest + w.seconds - now) if count else 0.0)
+            for w, (oldest, count) in zip(windows, states, strict=True)
+        ]
 
     async def tokens(self, windows: Sequence[Window]) -> list[TokenUsage]:
         states = await _all([self.storage.get_sliding_window(w.key, w.seconds) for w in windows])
@@ -260,6 +280,9 @@ class RedisStore:
 
     async def release(self, key: str, lease: str) -> None:
         await self.client.zrem(self._slots(key), lease)
+
+    async def held(self, key: str) -> int:
+        return int(await self._held(keys=[self._slots(key)]))
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -230,6 +230,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        8,
+        "key_last_used",
+        # When a key was last used (Unix seconds), written in batches off the request path
+        # (tokenrelay.gate.last_used); NULL: not used since this column exists.
+        ("ALTER TABLE api_keys ADD COLUMN last_used_at DOUBLE PRECISION",),
+    ),
+    Migration(
         9,
         "ledger_guard",
         # The route's guard (tokenrelay.guard), as JSON: {"masked": {entity type: count},
