@@ -44,6 +44,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.model_list": "http",
     "tokenrelay.path_errors": "http",
     "tokenrelay.relay": "http",
+    "tokenrelay.relay_call": "http",
     "tokenrelay.response_store": "http",
     "tokenrelay.responses_api": "http",
     "tokenrelay.resume_http": "http",

@@ -24,7 +24,7 @@ import pytest_asyncio
 
 from tests.servers import ServeProcess, clean_environ, gateway_environ, gateway_server
 from tokenrelay.dialects.sse import SSEEvent, SSEParser
-from tokenrelay.relay import _Call
+from tokenrelay.relay_call import RelayCall
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -395,7 +395,7 @@ async def test_a_cancelled_relay_still_ends_its_stream_with_an_error_and_a_recor
         stream = await open_stream(http, gw.url, "openai", knobs(100, 20))
         await stream.read(until_texts=2)
         (call,) = gw.gateway.calls
-        assert isinstance(call, _Call) and call.task is not None
+        assert isinstance(call, RelayCall) and call.task is not None
         call.task.cancel()  # not through interrupt(): as uvicorn does it
         await asyncio.wait_for(stream.read(), 3)
         _, error = stream.error()

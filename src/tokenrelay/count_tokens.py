@@ -29,13 +29,8 @@ from typing import TYPE_CHECKING
 from tokenrelay.dialects import count_tokens as counts
 from tokenrelay.gate.identity import request_headers
 from tokenrelay.model import Error, GatewayError, Request
-from tokenrelay.relay import (
-    ClientGone,
-    RelayEndpoint,
-    ShuttingDown,
-    check_content_type,
-    read_body,
-)
+from tokenrelay.relay import ClientGone, RelayEndpoint, check_content_type, read_body
+from tokenrelay.relay_call import ShuttingDown
 from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
@@ -98,12 +93,12 @@ class CountTokensEndpoint(RelayEndpoint):
             self._measure(route_name, "refused")
             if admission is not None and not error.headers:
                 error.headers = admission.headers
-            await self._send_error(send, error, request_id)
+            await self.send_error(send, error, request_id)
             return
         self._measure(route_name, counted.source)
         head = [
             (b"content-type", b"application/json"),
-            *self._id_headers(request_id),
+            *self.id_headers(request_id),
             (b"x-tokenrelay-route", route_name.encode()),
             (ESTIMATE_HEADER, b"false" if counted.source == "upstream" else b"true"),
         ]

@@ -202,7 +202,7 @@ def _store(endpoint: RelayEndpoint) -> ResumeStore:
 
 async def _refuse(endpoint: RelayEndpoint, send: Send, error: GatewayError) -> None:
     """The error in the endpoint's dialect (a gate refusal keeps its own status: 401, 429)."""
-    await endpoint._send_error(send, error, "")
+    await endpoint.send_error(send, error, "")
 
 
 async def _replay(
