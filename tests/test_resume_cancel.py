@@ -303,3 +303,36 @@ async def test_redis_stopped_mid_stream_is_a_503_elsewhere_and_the_owner_still_r
         assert two.gateway.resume is not None
         assert two.gateway.resume.results["unavailable"] >= 3
     assert sim_requests(simulator) - before_sim == 1
+
+
+async def test_a_copy_that_lost_its_end_in_an_outage_is_marked_once_redis_is_back(
+    redis_server: RedisServer,
+) -> None:
+    """The stream ended while Redis was down: the mark (meta ``lost``, expiring with the
+    window) is written when Redis answers again, and nothing of the stream is kept after."""
+    from tokenrelay.resume.redis_mirror import RedisMirror
+    from tokenrelay.resume.settings import ResumeSettings, ResumeStoreSettings
+    from tokenrelay.resume.store import ResumeStore
+
+    mirror = RedisMirror(redis_server.url, "lost-test", timeout=0.5, max_events=100)
+    store = ResumeStore(ResumeStoreSettings(), mirror)
+    stream_id = secrets.token_hex(12)
+    tap = store.open(stream_id, "ip:1", "anthropic", None, ResumeSettings(grace=5, window=30))
+    tap.buffer.expire = lambda: None
+    tap.add(b"data: 1\n\ndata: 2\n\n")
+    await mirror.flush()
+    info = await store.info(stream_id)
+    assert info is not None and not info.copy_lost
+    redis_server.stop()
+    tap.add(b"data: 3\n\n")
+    store.end(tap)
+    await mirror.flush()  # fails: the copy misses event 3 and its end
+    assert mirror.dropped == 2
+    redis_server.start()
+    await mirror.flush()
+    del store.streams[stream_id]  # as another instance sees it: through Redis only
+    info = await store.info(stream_id)
+    assert info is not None and info.copy_lost
+    assert 0 < await mirror.redis.ttl(f"lost-test:resume:{stream_id}") <= 30
+    assert not mirror._meta and not mirror._holes and not mirror._unmarked
+    await store.close()

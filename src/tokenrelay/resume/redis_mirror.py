@@ -50,6 +50,7 @@ ORPHAN_AFTER = 60.0  # seconds without a new entry before a reader gives up on a
 MAX_CONNECTIONS = 16
 RETRY_AFTER = 1.0  # seconds between attempts to mark lost copies, and to listen for cancels
 CANCEL_TTL = 60  # seconds a cancel waits in its list for an owner that does not listen
+MAX_UNMARKED = 10_000  # lost copies remembered through an outage, to mark once Redis is back
 
 
 class RedisMirror:
@@ -152,6 +153,11 @@ class RedisMirror:
             for op in ops:  # each of these streams now has a hole in its copy
                 self._holes.add(op[1])
                 self._unmarked[op[1]] = self._unmarked.get(op[1], False) or op[0] == "end"
+            while len(self._unmarked) > MAX_UNMARKED:  # a long outage: forget the oldest (their
+                forgotten = next(iter(self._unmarked))  # readers elsewhere still see the hole)
+                del self._unmarked[forgotten]
+                self._holes.discard(forgotten)
+                self._meta.pop(forgotten, None)
             if not self._down:
                 self._down = True
                 log.error(
@@ -162,6 +168,7 @@ class RedisMirror:
             del self._unmarked[stream_id]
             if over:
                 self._holes.discard(stream_id)
+                self._meta.pop(stream_id, None)
         for stream_id in ended:
             if stream_id not in self._unmarked:
                 self._meta.pop(stream_id, None)
