@@ -39,6 +39,9 @@ async def gw(simulator: Any) -> AsyncIterator[RunningGateway]:
     environ = gateway_environ(simulator.url)
     environ["TOKENRELAY_ROUTES__PACED__TARGETS"] = msgspec.json.encode(PACED).decode()
     environ["TOKENRELAY_CORS__ALLOW_ORIGINS"] = f'["{OTHER_ORIGIN}"]'
+    # resumable: a dropped connection keeps generating 15 s, a Stop must not (docs/resume.md)
+    environ["TOKENRELAY_ROUTES__SLOWRESUME__TARGETS"] = environ["TOKENRELAY_ROUTES__SLOW__TARGETS"]
+    environ["TOKENRELAY_ROUTES__SLOWRESUME__RESUME__GRACE"] = "15"
     async with gateway_server(environ) as running:
         meter = running.gateway.meter
         assert meter is not None
@@ -147,6 +150,35 @@ async def test_stop_closes_the_upstream(page: Any, gw: RunningGateway, simulator
     assert disconnects[0]["at_monotonic"] - pressed < 1.0
     assert len(await page.text_content("#output")) > 20  # what arrived stays on screen
     assert await page.is_enabled("#go") and await page.is_disabled("#stop")
+
+
+async def test_stop_on_a_resumable_route_stops_the_upstream_too(
+    page: Any, gw: RunningGateway, simulator: Any
+) -> None:
+    """Aborting the fetch alone would leave the upstream generating for resume.grace (15 s):
+    client.js sends ``DELETE /v1/streams/{id}`` on Stop."""
+    await reset_stats(simulator)
+    await page.select_option("#route", "slowresume")
+    async with page.expect_request(lambda r: r.method == "DELETE") as deleting:
+        await page.click("#go")
+        await page.wait_for_function("document.getElementById('output').textContent.length > 20")
+        pressed = time.monotonic()
+        await page.click("#stop")
+    request = await deleting.value
+    response = await request.response()
+    assert response is not None and response.status == 204
+    stream_id = request.url.rpartition("/")[2]
+    assert await wait_status(page, "stopped") == "stopped"
+    disconnects: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 3
+    while not disconnects and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        disconnects = (await sim_stats(simulator))["disconnects"]
+    assert disconnects, "the upstream went on after Stop"
+    assert disconnects[0]["tokens_sent"] < 500
+    assert disconnects[0]["at_monotonic"] - pressed < 3.0  # not the 15 s grace
+    record = await gw.wait_record(stream_id)
+    assert record.outcome == "aborted" and record.route == "slowresume"
 
 
 async def test_failover_is_shown(page: Any) -> None:

@@ -219,6 +219,10 @@ async def test_cors_preflight_allows_the_configured_origin(
         allowed = response.headers["access-control-allow-headers"].lower()
         assert "authorization" in allowed and "x-stainless-os" in allowed
         assert response.headers["access-control-max-age"] == "600"
+    stop = {"origin": PAGE, "access-control-request-method": "DELETE"}  # a resumable's Stop
+    async with http.options(gw.url + "/v1/streams/" + "0" * 24, headers=stop) as response:
+        assert response.status == 200
+        assert "DELETE" in response.headers["access-control-allow-methods"]
     headers["origin"] = "https://evil.example.com"
     async with http.options(gw.url + "/v1/chat/completions", headers=headers) as response:
         assert response.status == 400

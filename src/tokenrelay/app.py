@@ -86,7 +86,7 @@ class Dispatch:
                 await relay(scope, receive, send)
                 return
         elif scope["type"] == "http" and resume_http.is_resume_path(scope["path"]):
-            if scope["method"] == "GET":  # a reconnect to a resumable stream (docs/resume.md)
+            if scope["method"] in ("GET", "DELETE"):  # a reconnect, or a Stop (docs/resume.md)
                 await self._resumes(scope, receive, send)
                 return
         elif scope["path"] in self._relays and upgrades.is_upgrade(scope):

@@ -24,6 +24,7 @@ EXPOSED_HEADERS = [
     "x-tokenrelay-dropped-tools",
     "x-tokenrelay-demo",
     "x-tokenrelay-error-type",
+    "x-tokenrelay-stream-id",
     "x-vercel-ai-ui-message-stream",
     "retry-after",
     "ratelimit",
@@ -66,7 +67,7 @@ def with_cors(app: ASGIApp, settings: CorsSettings) -> ASGIApp:
 
     options: dict[str, Any] = {
         "allow_origins": settings.allow_origins,
-        "allow_methods": ["GET", "POST", "OPTIONS"],
+        "allow_methods": ["GET", "POST", "DELETE", "OPTIONS"],
         # Any request header: the SDKs send their own (x-stainless-*, anthropic-version, ...).
         "allow_headers": ["*"],
         "allow_credentials": settings.allow_credentials,

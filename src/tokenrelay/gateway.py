@@ -201,6 +201,10 @@ class Gateway:
             reporters.append(self.cache.metrics)
         if self.audit is not None:
             reporters.append(metrics.AuditReporter(self.audit))
+        if self.resume is not None:
+            from tokenrelay.resume.metrics import ResumeReporter
+
+            reporters.append(ResumeReporter(self.resume))
         reporters.append(metrics.PoolReporter(self.pool))
         reporters.append(metrics.BalanceReporter(self.router.balancer))
         return reporters

@@ -124,8 +124,10 @@ class RelayCall:
                 outcome, error_type = await self._serve(route)
             except asyncio.CancelledError:
                 task.uncancel()
-                if gone.is_set():
-                    outcome, error_type = "aborted", "client_disconnected"
+                if gone.is_set():  # the client left, or (resumable) its owner stopped it
+                    tap = self.tap
+                    abort = tap.buffer.abort_type if tap is not None else "client_disconnected"
+                    outcome, error_type = "aborted", abort
                 else:
                     # Not the client: the server is shutting down and its grace is over (the
                     # gateway's drain interrupted us, or uvicorn cancelled us as a last resort).

@@ -3,7 +3,9 @@
 - the same POST path with ``Last-Event-ID`` (the body is read, not re-run);
 - ``GET /v1/streams/{stream id}`` with ``Last-Event-ID`` or ``?after=<seq>``;
 - ``GET /api/chat/{chat id}/stream``, the AI SDK's ``useChat({ resume: true })``: the caller's
-  stream still generating for that chat, replayed from its start, or 204 when there is none.
+  stream still generating for that chat, replayed from its start, or 204 when there is none;
+- ``DELETE /v1/streams/{stream id}`` (and ``DELETE /api/chat/{chat id}/stream``): the owner's
+  deliberate Stop, which stops the upstream at once, on whichever instance runs it.
 
 Replay sends the events after the one named, exactly once, then each new one as it comes. Only
 the caller who started a stream may resume it (anyone else gets 404). The reconnect counts
@@ -23,10 +25,11 @@ from tokenrelay.model import GatewayError
 from tokenrelay.relay import ClientGone, RelayEndpoint, read_body
 from tokenrelay.resume import StreamGone, owner_of, parse_event_id
 from tokenrelay.resume.ids import is_stream_id
+from tokenrelay.resume.info import StreamUnavailable
 from tokenrelay.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from tokenrelay.resume import ResumeStore
+    from tokenrelay.resume import ResumeStore, StreamInfo
 
 STREAMS = "/v1/streams/"
 CHAT = "/api/chat/"
@@ -66,6 +69,20 @@ def _unknown(stream_id: str) -> GatewayError:
         f"there is no stream {stream_id} to resume for this caller; send the request again",
         404,
     )
+
+
+def _unavailable(stream_id: str, detail: str) -> GatewayError:
+    return GatewayError(
+        "overloaded",
+        f"stream {stream_id} cannot be reached from this instance right now ({detail}); retry "
+        "in a moment (the instance running it can serve it), or send the request again",
+        503,
+        retry_after=1,
+    )
+
+
+# A refusal's status -> its result in tokenrelay_resume_total (a 204 "no stream" is not one).
+_RESULTS = {404: "not_found", 410: "expired", 503: "unavailable"}
 
 
 def _expired(stream_id: str, detail: str) -> GatewayError:
@@ -109,9 +126,11 @@ async def resume_post(endpoint: RelayEndpoint, scope: Scope, receive: Receive, s
                 f"it there or with GET {STREAMS}{stream_id}",
                 400,
             )
-        if info.expired:
-            raise _expired(stream_id, "its window is over")
+        _check(info)
     except ClientGone:
+        return
+    except StreamUnavailable as error:
+        await _refuse(endpoint, send, _unavailable(stream_id, str(error)))
         return
     except GatewayError as error:
         await _refuse(endpoint, send, error)
@@ -119,8 +138,16 @@ async def resume_post(endpoint: RelayEndpoint, scope: Scope, receive: Receive, s
     await _replay(endpoint, store, stream_id, after, scope, receive, send)
 
 
+def _check(info: StreamInfo) -> None:
+    """A stream the caller owns that cannot be replayed: over, or its copy here has a hole."""
+    if info.expired:
+        raise _expired(info.stream_id, "its window is over")
+    if info.copy_lost:
+        raise StreamUnavailable("its copy in Redis lost events in an outage")
+
+
 class ResumeEndpoint:
-    """``GET /v1/streams/{id}`` and ``GET /api/chat/{chat id}/stream``."""
+    """``GET`` and ``DELETE`` of ``/v1/streams/{id}`` and ``/api/chat/{chat id}/stream``."""
 
     def __init__(self, relays: dict[str, Any]) -> None:
         self.by_dialect = {
@@ -131,7 +158,9 @@ class ResumeEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
-        if path.startswith(CHAT):
+        if scope["method"] == "DELETE":
+            await cancel(self.by_dialect["openai"], scope, send)
+        elif path.startswith(CHAT):
             await self._chat(unquote(path[len(CHAT) : -len("/stream")]), scope, receive, send)
         else:
             await self._stream(path[len(STREAMS) :], scope, receive, send)
@@ -147,9 +176,11 @@ class ResumeEndpoint:
             if info is None or info.owner != owner_of(identity):
                 raise _unknown(stream_id)
             endpoint = self.by_dialect.get(info.dialect, endpoint)
-            if info.expired:
-                raise _expired(stream_id, "its window is over")
+            _check(info)
             after = _after(scope, stream_id)
+        except StreamUnavailable as error:
+            await _refuse(endpoint, send, _unavailable(stream_id, str(error)))
+            return
         except GatewayError as error:
             await _refuse(endpoint, send, error)
             return
@@ -166,10 +197,45 @@ class ResumeEndpoint:
                 await send({"type": "http.response.body", "body": b""})
                 return
             after = _after(scope, stream_id)
+        except StreamUnavailable as error:
+            await _refuse(endpoint, send, _unavailable(f"of chat {chat[:80]}", str(error)))
+            return
         except GatewayError as error:
             await _refuse(endpoint, send, error)
             return
         await _replay(endpoint, store, stream_id, after, scope, receive, send)
+
+
+async def cancel(endpoint: RelayEndpoint, scope: Scope, send: Send) -> None:
+    """``DELETE``: the owner stops its stream (idempotent: 204 again once it ended); anyone
+    else gets 404. The chat form stops the chat's running stream, or answers 204 when none."""
+    path: str = scope["path"]
+    stream_id: str | None = None
+    try:
+        identity = await _caller(endpoint, scope)
+        store = _store(endpoint)
+        if path.startswith(CHAT):
+            chat = unquote(path[len(CHAT) : -len("/stream")])
+            stream_id = await store.active_for_chat(owner_of(identity), chat)
+        else:
+            stream_id = path[len(STREAMS) :]
+            if not is_stream_id(stream_id):
+                raise _unknown(stream_id[:40])
+        if stream_id is not None:
+            info = await store.info(stream_id)
+            if info is None or info.owner != owner_of(identity):
+                raise _unknown(stream_id)
+            if not info.expired:
+                await store.cancel(stream_id)
+            store.count("cancelled")
+    except StreamUnavailable as error:
+        await _refuse(endpoint, send, _unavailable(stream_id or "", str(error)))
+        return
+    except GatewayError as error:
+        await _refuse(endpoint, send, error)
+        return
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _after(scope: Scope, stream_id: str) -> int:
@@ -202,6 +268,10 @@ def _store(endpoint: RelayEndpoint) -> ResumeStore:
 
 async def _refuse(endpoint: RelayEndpoint, send: Send, error: GatewayError) -> None:
     """The error in the endpoint's dialect (a gate refusal keeps its own status: 401, 429)."""
+    store = endpoint.gateway.resume
+    result = _RESULTS.get(error.status)
+    if store is not None and result is not None:
+        store.count(result)
     await endpoint.send_error(send, error, "")
 
 
@@ -223,6 +293,10 @@ async def _replay(
     except StreamGone as gone:
         await _refuse(endpoint, send, _expired(stream_id, str(gone)))
         return
+    except StreamUnavailable as error:
+        await _refuse(endpoint, send, _unavailable(stream_id, str(error)))
+        return
+    store.count("resumed")
     dialect = endpoint.dialect
     head = [
         (b"content-type", dialect.CONTENT_TYPE.encode()),
@@ -244,9 +318,10 @@ async def _replay(
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     except asyncio.CancelledError:
         task.uncancel()  # the client left; the stream goes on for the next reconnect
-    except StreamGone:
-        # a reader that fell behind the stream's byte bound: the stream ends here, and a
-        # reconnect from its last event gets the 410 that says why
+    except (StreamGone, StreamUnavailable):
+        # a reader that fell behind the stream's byte bound, or Redis failed under a reader on
+        # another instance: the stream ends here, and a reconnect from its last event gets the
+        # 410 or 503 that says why
         with contextlib.suppress(OSError, RuntimeError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from tokenrelay.resume.buffer import StreamBuffer, StreamGone, Tap
 from tokenrelay.resume.ids import owner_of, parse_event_id
-from tokenrelay.resume.info import StreamInfo
+from tokenrelay.resume.info import StreamInfo, StreamUnavailable
 from tokenrelay.resume.store import ResumeStore
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ __all__ = [
     "StreamBuffer",
     "StreamGone",
     "StreamInfo",
+    "StreamUnavailable",
     "Tap",
     "build_store",
     "owner_of",

@@ -40,6 +40,8 @@ class StreamBuffer:
         self.ended_at: float | None = None
         self.unread_end = False  # it ended while nobody was reading: someone missed the end
         self.readers = 1  # the client that started it
+        self.cancelled = False  # its owner stopped it (DELETE): nobody missed its end
+        self.abort_type = "client_disconnected"  # the record's error type when it is cut short
         self.expire: Callable[[], None] | None = None  # cancels the upstream (set by the relay)
         self.still_wanted: Callable[[], asyncio.Future[bool]] | None = None  # another instance?
         self._changed: asyncio.Event | None = None  # made when a reader waits
@@ -67,7 +69,7 @@ class StreamBuffer:
         if not self.done:
             self.done = True
             self.ended_at = now
-            self.unread_end = self.readers <= 0
+            self.unread_end = self.readers <= 0 and not self.cancelled
             self._cancel_timer()
             self._wake()
 
@@ -90,6 +92,22 @@ class StreamBuffer:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+
+    def cancel(self) -> bool:
+        """Its owner's deliberate Stop: the upstream stops now, whoever is reading. False when
+        it already ended (or is not the relay's to stop)."""
+        if self.done or self.expire is None:
+            return False
+        self.cancelled = True
+        self.abort_type = "client_cancelled"
+        self._cancel_timer()
+        self.expire()
+        return True
+
+    @property
+    def detached(self) -> bool:
+        """Still generating with nobody reading: the grace runs."""
+        return not self.done and self.readers <= 0
 
     # Who is reading: the upstream goes on while anyone is, or for ``grace`` seconds after.
 

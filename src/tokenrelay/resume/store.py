@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from tokenrelay.resume.settings import ResumeSettings, ResumeStoreSettings
 
 MAX_TOMBSTONES = 100_000
+# What came of a reconnect or a cancel, for tokenrelay_resume_total{result}.
+RESULTS = ("resumed", "not_found", "expired", "unavailable", "cancelled")
 
 
 class ResumeStore:
@@ -28,6 +30,9 @@ class ResumeStore:
         self._chats: dict[tuple[str, str], str] = {}
         self._tombstones: dict[str, tuple[str, str, float]] = {}  # id -> owner, dialect, until
         self.evicted = 0  # streams dropped before their window was over (the byte bound)
+        self.results: dict[str, int] = dict.fromkeys(RESULTS, 0)  # reconnects and cancels
+        if mirror is not None:
+            mirror.on_cancel = self.cancel_here
 
     # The producing side (the relay).
 
@@ -94,10 +99,34 @@ class ResumeStore:
     def size(self) -> int:
         return sum(buffer.size for buffer in self.streams.values())
 
+    @property
+    def detached(self) -> int:
+        """Streams generating with nobody reading them (their grace runs)."""
+        return sum(1 for buffer in self.streams.values() if buffer.detached)
+
+    def count(self, result: str) -> None:
+        self.results[result] += 1
+
+    # Cancelling (the owner's DELETE).
+
+    def cancel_here(self, stream_id: str) -> bool:
+        """Stop a stream this instance runs; False when it is not here or already ended."""
+        buffer = self.streams.get(stream_id)
+        return buffer is not None and buffer.cancel()
+
+    async def cancel(self, stream_id: str) -> None:
+        """Stop the stream wherever it runs: here at once, else (with Redis) its instance is
+        told and stops it within a Redis round trip. ``StreamUnavailable`` when Redis fails."""
+        if stream_id in self.streams:
+            self.cancel_here(stream_id)
+        elif self.mirror is not None:
+            await self.mirror.cancel(stream_id)
+
     # The resuming side (resume_http).
 
     async def info(self, stream_id: str) -> StreamInfo | None:
-        """The stream, here or (with Redis) on any instance; None when unknown."""
+        """The stream, here or (with Redis) on any instance; None when unknown;
+        ``StreamUnavailable`` when it is not here and Redis fails."""
         self.sweep()
         buffer = self.streams.get(stream_id)
         if buffer is not None:

@@ -115,12 +115,15 @@ export async function* readEvents(body) {
  * Stream an answer to `prompt` from the gateway's /api/generate.
  *
  * Options: route, signal (an AbortSignal: aborting closes the connection, and the gateway
- * closes the upstream), onText(delta, textSoFar), onError(StreamError), onDone(result),
+ * closes the upstream; on a resumable route, which would keep generating for a reconnect, it
+ * also sends the DELETE that stops it: see cancelStream), onText(delta, textSoFar),
+ * onError(StreamError), onDone(result),
  * onMeta(meta), baseUrl (another origin, which the gateway must allow with cors.allow_origins),
  * headers (e.g. {authorization: "Bearer trk_..."}), maxTokens, temperature.
  *
  * Resolves (never rejects) with {text, usage, finish, meta, error, aborted, status, requestId,
- * provider, model, attempts, firstTokenMs}; `error` is a StreamError or null.
+ * streamId, provider, model, attempts, firstTokenMs}; `error` is a StreamError or null;
+ * `streamId` is set on a resumable route.
  */
 export async function stream(prompt, options = {}) {
   const { route = "default", signal, onText, onError, onDone, onMeta } = options;
@@ -129,7 +132,8 @@ export async function stream(prompt, options = {}) {
   const started = now();
   const result = {
     text: "", usage: null, finish: null, meta: null, error: null, aborted: false,
-    status: 0, requestId: null, provider: null, model: null, attempts: null, firstTokenMs: null,
+    status: 0, requestId: null, streamId: null, provider: null, model: null, attempts: null,
+    firstTokenMs: null,
   };
   const fail = (error) => {
     result.error = error;
@@ -147,6 +151,7 @@ export async function stream(prompt, options = {}) {
     });
     result.status = response.status;
     result.requestId = response.headers.get("x-request-id");
+    result.streamId = response.headers.get("x-tokenrelay-stream-id"); // a resumable route's
     result.provider = response.headers.get("x-tokenrelay-provider");
     result.model = response.headers.get("x-tokenrelay-model");
     result.attempts = response.headers.get("x-tokenrelay-attempts");
@@ -188,10 +193,32 @@ export async function stream(prompt, options = {}) {
         { status: response.status, inBand: true, requestId: result.requestId }));
     }
   } catch (error) {
-    if (error?.name === "AbortError" || signal?.aborted) result.aborted = true;
-    else fail(new StreamError("network", `could not reach the gateway: ${error?.message ?? error}`, { requestId: result.requestId }));
+    if (error?.name === "AbortError" || signal?.aborted) {
+      result.aborted = true;
+      if (result.streamId) cancelStream(result.streamId, options); // Stop means stop
+    } else fail(new StreamError("network", `could not reach the gateway: ${error?.message ?? error}`, { requestId: result.requestId }));
   }
   return finish(result, onDone);
+}
+
+/**
+ * Stop a resumable stream for good (docs/resume.md). Aborting a fetch looks to the gateway like
+ * a dropped connection, which a resumable route keeps generating through for a reconnect; this
+ * DELETE says the stop is deliberate, so the upstream stops now. Only the caller who started the
+ * stream may stop it: pass the same `headers` (API key). Resolves true once the gateway agreed.
+ */
+export async function cancelStream(streamId, options = {}) {
+  const fetchImpl = options.fetch ?? globalThis.fetch.bind(globalThis);
+  try {
+    const response = await fetchImpl(`${options.baseUrl ?? ""}/v1/streams/${encodeURIComponent(streamId)}`, {
+      method: "DELETE",
+      headers: options.headers ?? {},
+      keepalive: true, // sent even when the page is being left
+    });
+    return response.status === 204;
+  } catch {
+    return false;
+  }
 }
 
 function finish(result, onDone) {
