@@ -73,6 +73,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.breaker": "side",
     "tokenrelay.cache": "side",  # the response cache: keys, entries, stores
     "tokenrelay.cooldown": "side",
+    "tokenrelay.durations": "side",
     "tokenrelay.gate": "side",
     "tokenrelay.guard": "side",
     "tokenrelay.inflight": "side",

@@ -25,6 +25,7 @@ from tokenrelay.balance_settings import GroupSettings, check_groups, expand_keys
 from tokenrelay.breaker import BreakerSettings
 from tokenrelay.cache.settings import CacheSettings, CacheStoreSettings
 from tokenrelay.cors import CorsSettings
+from tokenrelay.durations import seconds
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.guard.settings import GuardSettings
 from tokenrelay.http_limits import HttpSettings
@@ -216,9 +217,6 @@ class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shared_dir: str | None = None
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
 class ResponsesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Stored responses (``/v1/responses`` with ``store``, ``previous_response_id``, and
     ``GET``/``DELETE /v1/responses/{id}``; see ``tokenrelay.response_store``). Each is readable
@@ -236,19 +234,7 @@ class ResponsesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
     @property
     def retention_seconds(self) -> float:
-        value = self.retention
-        if isinstance(value, str):
-            text = value.strip().lower()
-            try:
-                value = float(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else float(text)
-            except ValueError:
-                raise ValueError(
-                    f"responses.retention {self.retention!r} is not a duration; write it like "
-                    "'30d', '12h' or a number of seconds"
-                ) from None
-        if value <= 0:
-            raise ValueError("responses.retention must be more than 0")
-        return float(value)
+        return seconds(self.retention, "responses.retention")
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -7,24 +7,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from tokenrelay.durations import seconds
+
 CacheMode = Literal["off", "on", "read_only", "write_only"]
 CacheScope = Literal["org", "key", "global"]
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def seconds(value: float | str, name: str) -> float:
-    """A duration given as seconds or as ``"90s"``, ``"30m"``, ``"1h"``, ``"7d"``."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        try:
-            value = float(text[:-1]) * _UNITS[text[-1]] if text[-1:] in _UNITS else float(text)
-        except ValueError:
-            raise ValueError(
-                f"{name} {value!r} is not a duration; write it like '1h', '30m' or seconds"
-            ) from None
-    if value <= 0:
-        raise ValueError(f"{name} must be more than 0")
-    return float(value)
 
 
 class SemanticCacheSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
