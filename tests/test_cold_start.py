@@ -129,3 +129,16 @@ def test_cli_and_serve_start_without_the_heavy_packages(tmp_path: Path) -> None:
     assert _loaded(serve, NOT_FOR_SERVE) == []
     # the screening's re tries are built only for a text the Aho-Corasick pass cannot settle
     assert result["tries"] == 0
+
+
+def test_the_ca_store_preloads_only_for_tls_upstreams() -> None:
+    from tokenrelay.cli import _calls_tls_upstreams
+    from tokenrelay.settings import load
+
+    key = {"TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "k"}
+    assert _calls_tls_upstreams(load(environ=key))  # the default base URL is https
+    local = {**key, "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "http://127.0.0.1:8000/v1"}
+    assert not _calls_tls_upstreams(load(environ=local))
+    remote = {**key, "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "https://llm.example/v1"}
+    assert _calls_tls_upstreams(load(environ=remote))
+    assert not _calls_tls_upstreams(load(environ={}))  # demo mode: the simulator, plain HTTP
