@@ -143,3 +143,4 @@ def test_the_ca_store_preloads_only_for_tls_upstreams() -> None:
     remote = {**key, "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "https://llm.example/v1"}
     assert _calls_tls_upstreams(load(environ=remote))
     assert not _calls_tls_upstreams(load(environ={}))  # demo mode: the simulator, plain HTTP
+    assert not _calls_tls_upstreams(load(environ={**key, "TOKENRELAY_WORKERS": "2"}))

@@ -64,8 +64,9 @@ def serve(
 
 
 def _calls_tls_upstreams(settings: Settings) -> bool:
-    """Whether a configured provider is reached over HTTPS (a default base URL is)."""
-    if settings.demo_mode:
+    """Whether this process will call a provider over HTTPS (a default base URL is); with
+    several workers it only supervises them (each spawned worker starts afresh)."""
+    if settings.demo_mode or settings.workers > 1:
         return False
     providers = settings.providers
     return any(
