@@ -84,6 +84,7 @@ async def gateway_server(
         app,
         lifespan="on",
         http="tokenrelay.http_edge:EdgeProtocol",  # as `tokenrelay serve`: the edge's bounds
+        ws="none",  # as `tokenrelay serve`: a WebSocket handshake reaches the app as a GET
         access_log=False,
         log_level="warning",
         proxy_headers=False,  # as `tokenrelay serve`: X-Forwarded-For is the gate's business

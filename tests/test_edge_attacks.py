@@ -451,3 +451,19 @@ async def test_pages_carry_security_headers(simulator: Any) -> None:
             assert headers["referrer-policy"] == "no-referrer"
         async with http.get(gw.url + "/client.js") as response:
             assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_a_websocket_handshake_under_the_serve_options_gets_426(simulator: Any) -> None:
+    """``tokenrelay serve`` runs uvicorn with no WebSocket protocol (``ws="none"``, off the
+    cold start), so a handshake on a relay path reaches the app as a GET and is refused with
+    426, as Codex needs (see tokenrelay.upgrades), even where a WebSocket library is installed."""
+    async with edge_server(environ(simulator)) as gw:
+        raw = await Raw.open(gw.port)
+        await raw.send(
+            b"GET /v1/responses HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\n"
+            b"upgrade: websocket\r\n"
+            b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        answer = await raw.answer(within=10)
+    assert answer.startswith(b"HTTP/1.1 426 "), answer[:200]
+    assert b"no WebSocket mode" in answer

@@ -33,7 +33,7 @@ def _lines() -> list[_Line]:
 
 def _tries(text: str) -> dict[str, list[int]]:
     places: dict[str, list[int]] = {}
-    for trie in (rules._WORDS, rules._NEEDLES):
+    for trie in rules._tries():
         for match in trie.finditer(text):
             places.setdefault(match.group(), []).append(match.start())
     return places

@@ -50,26 +50,42 @@ def serve(
             os.environ[f"TOKENRELAY_{name}"] = str(value)
     if config:
         os.environ["TOKENRELAY_CONFIG"] = os.path.abspath(config)
-    _preload_in_background()
-    from tokenrelay.server import run
     from tokenrelay.settings import ConfigError, load
 
     try:
         settings = load()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    if _calls_tls_upstreams(settings):
+        _load_ca_store_in_background()
+    from tokenrelay.server import run
+
     run(settings)
 
 
-def _preload_in_background() -> None:
-    """Load the CA store and the dialects while the main thread imports the server: loading
-    certificates runs mostly without the GIL, so on a second core it is off the start-up path
-    (spawn to first token, measured in BENCHMARKS.md)."""
+def _calls_tls_upstreams(settings: Settings) -> bool:
+    """Whether this process will call a provider over HTTPS (a default base URL is); with
+    several workers it only supervises them (each spawned worker starts afresh)."""
+    if settings.demo_mode or settings.workers > 1:
+        return False
+    providers = settings.providers
+    return any(
+        not (providers[name].base_url or "https:").startswith("http:")
+        for name in settings.configured_providers()
+    )
+
+
+def _load_ca_store_in_background() -> None:
+    """Load the CA store while the main thread imports and starts the server: loading
+    certificates runs mostly without the GIL, so on a second core it is off the path to the
+    first token, which would otherwise pay for it at its first TLS connect.
+
+    Only that, and only when an upstream uses TLS: a thread that imported modules too (the
+    dialects, as it once did) or loaded certificates nobody uses made the start slower, as
+    the two threads contend for the GIL and the import lock (BENCHMARKS.md, "Cold start")."""
     import threading
 
     def preload() -> None:
-        import tokenrelay.dialects.anthropic
-        import tokenrelay.dialects.openai  # noqa: F401
         from tokenrelay.http_client import default_ssl_context
 
         default_ssl_context()

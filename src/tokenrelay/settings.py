@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -444,6 +443,8 @@ def load(
     path = path or environ.get(ENV_PREFIX + "CONFIG")
     source = "defaults"
     if path:
+        import tomllib  # only with a config file: off the start-up path otherwise
+
         source = str(path)
         try:
             file_data = tomllib.loads(Path(path).read_text(encoding="utf-8"))

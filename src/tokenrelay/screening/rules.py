@@ -61,7 +61,9 @@ _INDEX = {rule.name: index for index, rule in enumerate(RULES)}
 
 # A question *about* injection that quotes an attack phrase ("what does 'ignore previous
 # instructions' do?") is discounted when every hit sits inside quotes.
-_DISCUSSION = re.compile(
+# Compiled on first use (``_cues``), as ``_TEMPLATE_TALK``: most texts never need them, and
+# compiling them at import sat on the path from ``tokenrelay serve`` to its first token.
+_DISCUSSION = (
     r"\b(?:prompt[ -]injections?|injections?|attacks?|jailbreak\w*|attackers?|red[ -]team\w*"
     r"|defen[dcs]\w*|protect\w*|detect\w*|guardrails?|classif\w*|security|examples?|phrases?"
     r"|such as|what does|mean|means|paper|research|course|lecture|blog|label\w*|dataset|logs?"
@@ -72,7 +74,7 @@ _DISCUSSION = re.compile(
     r"|fiction|limerick|fairy tale|fanfic|monologue|villain|hero|captain)\b"
 )
 # A text about chat templates and special tokens (a developer's question, not a fake turn).
-_TEMPLATE_TALK = re.compile(
+_TEMPLATE_TALK = (
     r"\b(?:chat[ _-]?templates?|templates?|tokeni[sz]\w*|special tokens?|tokens?|chatml|jinja"
     r"|fine-?tun\w*|stop tokens?|(?:prompt|chat) format|markers?|eos|bos|dataset|llama\.cpp"
     r"|vllm|hugging ?face|apply_chat_template|tiktoken|axolotl|sharegpt|alpaca|regex|parser"
@@ -134,8 +136,8 @@ _Entry = tuple[
 ]
 
 
-def _index() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, _Entry]]:
-    """The two tries, and what each string they can match stands for."""
+def _index() -> dict[str, _Entry]:
+    """What each anchor (each string the automata or tries can match) stands for."""
     owners: dict[str, set[_Owner]] = {}
     for index, rule in enumerate(RULES):
         for spec in rule.anchors:
@@ -173,16 +175,10 @@ def _index() -> tuple[re.Pattern[str], re.Pattern[str], dict[str, _Entry]]:
             max((lead for _, _, lead in rules), default=0),
             hints[0] if hints else 0,
         )
-    words = {anchor for anchor in owners if _word_start(anchor)}
-    needles = set(owners) - words
-    return (
-        re.compile(r"(?<!\w)(?:" + _trie(words) + ")"),
-        re.compile(_trie(needles)),
-        lookup,
-    )
+    return lookup
 
 
-_WORDS, _NEEDLES, _LOOKUP = _index()
+_LOOKUP = _index()
 _PATTERNS: list[re.Pattern[str] | None] = [None] * len(RULES)  # compiled on first use
 _ORDER = {index: (-rule.user, index) for index, rule in enumerate(RULES)}
 _NEEDS = [
@@ -301,7 +297,7 @@ def _find(text: str) -> dict[str, list[int]]:
 def _by_tries(text: str) -> dict[str, list[int]]:
     """``_find`` with the two ``re`` tries: where ``ahocorasick-rs`` is missing, or cannot say."""
     places: dict[str, list[int]] = {}
-    for trie in (_WORDS, _NEEDLES):
+    for trie in _tries():
         for match in trie.finditer(text):
             places.setdefault(match.group(), []).append(match.start())
     return places
@@ -313,6 +309,17 @@ _NEEDLE_LIST = sorted(anchor for anchor in _LOOKUP if not _word_start(anchor))
 _SPANNING = frozenset(
     index for index, anchor in enumerate(_WORD_LIST) if re.search(r"\W\w", anchor)
 )
+
+
+@cache
+def _tries() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """The two ``re`` tries (words at a word start, needles anywhere), built on first use: with
+    ``ahocorasick-rs`` only a rare text needs them, and building them is half of this module's
+    import time (on the path from ``tokenrelay serve`` to its first token)."""
+    return (
+        re.compile(r"(?<!\w)(?:" + _trie(_WORD_LIST) + ")"),
+        re.compile(_trie(_NEEDLE_LIST)),
+    )
 
 
 @cache
@@ -339,6 +346,8 @@ def prepare() -> None:
 def warm() -> None:
     """Compile every rule now (a benchmark, or a gateway warming up off its event loop)."""
     prepare()
+    _cues(_DISCUSSION)
+    _cues(_TEMPLATE_TALK)
     for rule in RULES:
         rule.pattern  # noqa: B018 - the property compiles and caches
 
@@ -412,7 +421,7 @@ def _weight(
     if rule.name.startswith(_DELIMITERS):
         if not talk:
             talk.append(
-                ("?" in text or bool(where.mentioned)) and bool(_TEMPLATE_TALK.search(text))
+                ("?" in text or bool(where.mentioned)) and bool(_cues(_TEMPLATE_TALK).search(text))
             )
         if talk[0]:
             return rule.user * TEMPLATE_FACTOR
@@ -424,10 +433,18 @@ def _load(index: int) -> re.Pattern[str]:
     return pattern
 
 
+@cache
+def _cues(source: str) -> re.Pattern[str]:
+    """``_DISCUSSION`` or ``_TEMPLATE_TALK``, compiled once, when first needed."""
+    return re.compile(source)
+
+
 def _discusses(text: str, where: Spans) -> bool:
     """Whether the text's own words (outside its quotes and fences) discuss what it quotes: a
     cue inside the quoted attack itself ("this example...") does not earn the discount."""
-    return any(not inside(where.mentioned, cue.start()) for cue in _DISCUSSION.finditer(text))
+    return any(
+        not inside(where.mentioned, cue.start()) for cue in _cues(_DISCUSSION).finditer(text)
+    )
 
 
 def _matches(anchors: _Anchors, text: str, name: str) -> list[int]:

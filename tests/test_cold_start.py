@@ -1,0 +1,146 @@
+"""What a start-up imports, checked in a fresh interpreter: the guard against cold-start
+regressions (issue 20; the times are in bench/cold_start.py and BENCHMARKS.md, never asserted
+here). Each package named below costs milliseconds to tens of milliseconds to import and is
+not needed before the first request of a gateway configured without it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# What ``tokenrelay.cli`` alone (``--help``, ``ask``) must leave out.
+NOT_FOR_CLI = (
+    "aiohttp",
+    "asyncio",
+    "genai_prices",
+    "httptools",
+    "msgspec",
+    "opentelemetry",
+    "psycopg",
+    "redis",
+    "starlette",
+    "tokenrelay.server",
+    "tokenrelay.settings",
+    "uvicorn",
+)
+# What ``serve`` must leave out up to a started gateway, with a provider configured, SQLite,
+# no Redis, no tracing, no config file and no cache: the pages (Starlette), the price table
+# (loaded in a thread a second later), the shared state, the demo simulator's server, a
+# WebSocket library some other package installed, and the ledger's database driver.
+NOT_FOR_SERVE = (
+    "aiohttp",
+    "aiosqlite",
+    "asyncpg",
+    "genai_prices",
+    "httpx",
+    "opentelemetry",
+    "psycopg",
+    "pydantic",
+    "redis",
+    "sqlite3",
+    "starlette",
+    "tokenrelay.cache.service",
+    "tokenrelay.endpoints",
+    "tokenrelay.shared_state",
+    "tokenrelay.simulator",
+    "tomllib",
+    "websockets",
+)
+
+_PROBE = r"""
+import json, sys
+
+import tokenrelay.cli
+
+after_cli = sorted(sys.modules)  # before anything else is imported
+
+import uvicorn
+import uvloop
+
+from tokenrelay.app import create_app
+from tokenrelay.screening import rules
+from tokenrelay.server import uvicorn_options
+from tokenrelay.settings import load
+
+settings = load()
+app = create_app(settings)
+
+
+async def start() -> None:
+    config = uvicorn.Config(app, **uvicorn_options(settings))
+    config.load()
+    await app.gateway.start()
+    started.extend(sorted(sys.modules))
+    await app.gateway.stop()
+
+
+started: list[str] = []
+uvloop.run(start())
+print(json.dumps({"cli": after_cli, "serve": started, "tries": rules._tries.cache_info().currsize}))
+"""
+
+
+def _probe(tmp_path: Path) -> dict[str, object]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TOKENRELAY_", "OPENAI_", "ANTHROPIC_", "GEMINI_"))
+    }
+    env.update(
+        {
+            "PYTHONPATH": SRC,
+            "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "test",
+            "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "http://127.0.0.1:9/v1",
+            "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
+            "TOKENRELAY_LOG_LEVEL": "warning",
+        }
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _loaded(modules: object, names: tuple[str, ...]) -> list[str]:
+    assert isinstance(modules, list)
+    return sorted(
+        {name for name in names for module in modules if module.split(".")[0] == name}
+        | {name for name in names if name in modules}
+    )
+
+
+def test_cli_and_serve_start_without_the_heavy_packages(tmp_path: Path) -> None:
+    result = _probe(tmp_path)
+    assert _loaded(result["cli"], NOT_FOR_CLI) == []
+    serve = result["serve"]
+    # the probe did reach a started gateway
+    assert isinstance(serve, list) and "tokenrelay.relay" in serve
+    assert _loaded(serve, NOT_FOR_SERVE) == []
+    # the screening's re tries are built only for a text the Aho-Corasick pass cannot settle
+    assert result["tries"] == 0
+
+
+def test_the_ca_store_preloads_only_for_tls_upstreams() -> None:
+    from tokenrelay.cli import _calls_tls_upstreams
+    from tokenrelay.settings import load
+
+    key = {"TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "k"}
+    assert _calls_tls_upstreams(load(environ=key))  # the default base URL is https
+    local = {**key, "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "http://127.0.0.1:8000/v1"}
+    assert not _calls_tls_upstreams(load(environ=local))
+    remote = {**key, "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "https://llm.example/v1"}
+    assert _calls_tls_upstreams(load(environ=remote))
+    assert not _calls_tls_upstreams(load(environ={}))  # demo mode: the simulator, plain HTTP
+    assert not _calls_tls_upstreams(load(environ={**key, "TOKENRELAY_WORKERS": "2"}))
