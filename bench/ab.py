@@ -27,9 +27,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import (  # noqa: E402  (bench/ is not a package)
+from run import (  # bench/ is not a package
     CHAT,
-    HEADERS,
     SCRATCH,
     SIM_KNOBS,
     Sample,
@@ -109,10 +108,11 @@ def report(results: dict[int, dict[str, Sample]], names: list[str]) -> str:
         for name in names:
             s = samples[name]
             rate = s.streams / s.wall
+            added = f"{pct(s.ttft, 50) - d50:+.2f} / {pct(s.ttft, 99) - d99:+.2f}"
+            per_stream_ms = s.cpu / max(1, s.streams) * 1000
             lines.append(
-                f"| {name} | {concurrency} | {pct(s.ttft, 50) - d50:+.2f} / {pct(s.ttft, 99) - d99:+.2f}"
-                f" | {rate:.0f} ({rate / rate_direct:.2f} x) | {s.cpu / max(1, s.streams) * 1000:.3f}"
-                f" | {s.cpu / max(1, s.tokens) * 1e6:.1f} | {s.failures} |"
+                f"| {name} | {concurrency} | {added} | {rate:.0f} ({rate / rate_direct:.2f} x)"
+                f" | {per_stream_ms:.3f} | {s.cpu / max(1, s.tokens) * 1e6:.1f} | {s.failures} |"
             )
     return "\n".join(lines)
 
@@ -158,14 +158,16 @@ def main() -> None:
             pid = stack.enter_context(process(command, env, url))
             running[name] = (url, pid)
         if args.spy:
-            spy = [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "-r", "250"]
-            spy += ["-p", str(running[args.spy][1]), "-o", args.spy_out]
+            spy = [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))]
+            spy += ["record", "--format", "raw", "-r", "250", "-o", args.spy_out]
+            spy += ["-p", str(running[args.spy][1])]
             stack.enter_context(spying(spy))
         load = os.getloadavg()
         results = asyncio.run(measure(sim_url + CHAT.path, running, levels, args.rounds))
     print(report(results, list(trees)))
     print(f"\nload average at start: {load[0]:.2f}; at end: {os.getloadavg()[0]:.2f}")
-    print(f"streams per path per level: {', '.join(str(max(20, c * 2) * args.rounds) for c in levels)}")
+    counts = ", ".join(str(max(20, c * 2) * args.rounds) for c in levels)
+    print(f"streams per path per level: {counts}")
 
 
 if __name__ == "__main__":
