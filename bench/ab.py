@@ -32,7 +32,6 @@ from run import (  # bench/ is not a package
     SCRATCH,
     SIM_KNOBS,
     Sample,
-    cpu_seconds,
     free_port,
     gateway_env,
     pct,
@@ -45,9 +44,11 @@ HERE = str(Path(__file__).parent.parent / "src")
 
 
 def gateway(
-    name: str, src: str, sim_url: str, profile: str | None
+    name: str, src: str, sim_url: str, profile: str | None, server: str = "uvicorn"
 ) -> tuple[list[str], dict[str, str], str]:
-    """The command, environment and URL of a gateway whose code comes from ``src``."""
+    """The command, environment and URL of a gateway whose code comes from ``src``, served by
+    ``tokenrelay serve`` (uvicorn and our edge) or, to measure the server, by Granian's ASGI
+    interface (one worker, uvloop; none of the edge's bounds)."""
     port = free_port()
     env = gateway_env(sim_url)
     env["PYTHONPATH"] = src
@@ -57,7 +58,27 @@ def gateway(
     if profile:
         run += ["-m", "cProfile", "-o", profile]
     command = [*run, "-m", "tokenrelay", "serve", "--port", str(port)]
+    if server == "granian":
+        granian = str(Path(sys.executable).with_name("granian"))
+        command = [granian, "--interface", "asgi", "--factory", "--loop", "uvloop"]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-ws"]
+        command += ["--log-level", "warning", "tokenrelay.app:create_app"]
     return command, env, f"http://127.0.0.1:{port}"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and its descendants (Granian serves from a worker process)."""
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            for child in children.read().split():
+                total += cpu_seconds(int(child))
+    except FileNotFoundError:
+        pass
+    return total
 
 
 async def measure(
@@ -69,7 +90,9 @@ async def measure(
     """Per level, a sample per path ("direct" and each gateway), rounds rotated."""
     results: dict[int, dict[str, Sample]] = {}
     paths = ["direct", *gateways]
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
+    ) as session:
         for url, _ in gateways.values():
             await run_batch(session, url + CHAT.path, 20, 10, Sample())
         await run_batch(session, direct_url, 20, 10, Sample())
@@ -132,6 +155,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True, help="the src directory of the other tree")
     parser.add_argument("--new", default=HERE, help="the src directory of this tree (default)")
+    parser.add_argument("--new-server", choices=["uvicorn", "granian"], default="uvicorn")
     parser.add_argument("--levels", default="1,50,200")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--profile", choices=["base", "new"], help="run that gateway in cProfile")
@@ -154,7 +178,8 @@ def main() -> None:
         running: dict[str, tuple[str, int]] = {}
         for name, src in trees.items():
             profile = args.profile_out if args.profile == name else None
-            command, env, url = gateway(name, src, sim_url, profile)
+            server = args.new_server if name == "new" else "uvicorn"
+            command, env, url = gateway(name, src, sim_url, profile, server)
             pid = stack.enter_context(process(command, env, url))
             running[name] = (url, pid)
         if args.spy:
