@@ -5,6 +5,10 @@ drifts on all three alike.
 
     .venv/bin/python bench/ab.py --base ../wt-base/src [--levels 1,50,200] [--rounds 4]
     .venv/bin/python bench/ab.py --base ../wt-base/src --profile new   # cProfile the gateway
+    .venv/bin/python bench/ab.py --base ../wt-base/src --spy new       # py-spy, if installed
+    .venv/bin/python bench/ab.py --base src --new src --new-server granian
+        # the server measured: the same tree under Granian's ASGI server (pip install granian;
+        # not a dependency)
 
 Prints the figures of issue 20's table for each tree: added time to first token (p50 / p99)
 per level, streams/s against direct, and the gateway's CPU per stream and per streamed token.
