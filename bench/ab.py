@@ -6,6 +6,7 @@ drifts on all three alike.
     .venv/bin/python bench/ab.py --base ../wt-base/src [--levels 1,50,200] [--rounds 4]
     .venv/bin/python bench/ab.py --base ../wt-base/src --profile new   # cProfile the gateway
     .venv/bin/python bench/ab.py --base ../wt-base/src --spy new       # py-spy, if installed
+    .venv/bin/python bench/ab.py --base ../wt-base/src --tokens 1      # per-request work alone
     .venv/bin/python bench/ab.py --base src --new src --new-server granian
         # the server measured: the same tree under Granian's ASGI server (pip install granian;
         # not a dependency)
@@ -160,6 +161,9 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the src directory of the other tree")
     parser.add_argument("--new", default=HERE, help="the src directory of this tree (default)")
     parser.add_argument("--new-server", choices=["uvicorn", "granian"], default="uvicorn")
+    parser.add_argument(
+        "--tokens", type=int, help="tokens per stream (default 64); 1 isolates per-request work"
+    )
     parser.add_argument("--levels", default="1,50,200")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--profile", choices=["base", "new"], help="run that gateway in cProfile")
@@ -173,6 +177,8 @@ def main() -> None:
     parser.add_argument("--spy-out", default="/tmp/tokenrelay-gateway.spy")
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
+    if args.tokens:
+        SIM_KNOBS["tokens"] = args.tokens  # the simulator's and the client's count
     sim_port = free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
     trees = {"base": os.path.abspath(args.base), "new": os.path.abspath(args.new)}
