@@ -91,9 +91,14 @@ class _Server(uvicorn.Server):
     uvicorn also re-raises SIGTERM after its graceful shutdown, so the process would end "killed
     by signal"; an orderly, drained stop exits 0 instead, as supervisors expect."""
 
+    # Set where this server owns its process (``run``, a worker): not for one started inside
+    # another program (the tests), whose objects must stay collectable.
+    owns_process = False
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        settle_garbage_collector()
+        if self.owns_process and self.started:
+            settle_garbage_collector()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         gateway = find_gateway(self.config.loaded_app)
@@ -145,7 +150,9 @@ class _WorkerProcess(multiprocess.Process):
     @property
     def server(self) -> uvicorn.Server:
         if self._server is None:
-            self._server = _Server(config=self.config)
+            server = _Server(config=self.config)
+            server.owns_process = True
+            self._server = server
         return self._server
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:
@@ -227,6 +234,7 @@ def run(settings: Settings) -> None:
 
     config = uvicorn.Config(create_app(settings), **options)  # type: ignore[arg-type]
     server = _Server(config)
+    server.owns_process = True
     server.run()
     if not server.started:
         sys.exit(3)  # could not bind or start; uvicorn has logged why
