@@ -1,6 +1,7 @@
-"""Where the gateway's time goes per streamed token, stage by stage, in one process.
+"""Where the gateway's time goes per streamed token, stage by stage, in one process; and, with
+``--request``, the per-request stages before the first byte goes upstream.
 
-    .venv/bin/python bench/hot_path.py
+    .venv/bin/python bench/hot_path.py [--request]
 
 Each stage runs on the same OpenAI chunk the simulator sends (and its Anthropic counterpart),
 many times, timed with ``perf_counter_ns``; the figure is the median of several repetitions, in
@@ -10,9 +11,12 @@ the upstream socket and writing the client's, is in the py-spy profile of BENCHM
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from tokenrelay.dialects import anthropic, openai
 from tokenrelay.dialects.sse import SSEParser
@@ -73,7 +77,79 @@ def stages() -> list[tuple[str, float]]:
     ]
 
 
+def request_stages() -> list[tuple[str, float]]:
+    """The gate, the parse, the route and the upstream request's body and headers, on a gateway
+    configured as ``bench/run.py``'s (in-process limiter, screen, ledger), warm, in a loop: the
+    work itself, without the cold caches of a request on an idle machine (see BENCHMARKS.md)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from run import BODY, HEADERS, gateway_env
+    from tokenrelay.gate.identity import request_headers
+    from tokenrelay.gateway import Gateway
+    from tokenrelay.settings import load
+
+    raw = [(b"host", b"gw"), (b"content-length", b"%d" % len(BODY))]
+    raw += [(name.encode(), value.encode()) for name, value in HEADERS.items()]
+    dialect = openai
+
+    async def measure() -> list[tuple[str, float]]:
+        gateway = Gateway(load(environ=gateway_env("http://127.0.0.1:9")))
+        await gateway.start()
+        try:
+            headers = request_headers(raw)
+            request = dialect.parse_request(BODY)
+            route = gateway.router.resolve(request)
+            admission = await gateway.gate.admit_caller(headers, "127.0.0.1")
+            target, provider = route.targets[0]
+
+            async def awaited(work: Callable[[], Awaitable[object]], n: int = 5_000) -> float:
+                times = []
+                for _ in range(5):
+                    started = time.perf_counter_ns()
+                    for _ in range(n):
+                        await work()
+                    times.append((time.perf_counter_ns() - started) / n / 1000)
+                return statistics.median(times)
+
+            return [
+                ("request headers", per_event_us(lambda: request_headers(raw), 20_000, 5)),
+                (
+                    "gate: identity + request limit",
+                    await awaited(lambda: gateway.gate.admit_caller(headers, "127.0.0.1")),
+                ),
+                ("parse (OpenAI request)", per_event_us(lambda: dialect.parse_request(BODY))),
+                ("route", per_event_us(lambda: gateway.router.resolve(request), 20_000, 5)),
+                (
+                    "gate: route access, limits, screen",
+                    await awaited(
+                        lambda: gateway.gate.admit_request(route, request, headers, admission)
+                    ),
+                ),
+                (
+                    "upstream body + headers",
+                    per_event_us(
+                        lambda: (
+                            provider.build_body(request, target),
+                            provider.build_headers(target, headers),
+                        ),
+                        20_000,
+                        5,
+                    ),
+                ),
+            ]
+        finally:
+            await gateway.stop()
+
+    return asyncio.run(measure())
+
+
 def main() -> None:
+    if "--request" in sys.argv:
+        rows = request_stages()
+        print("| per-request stage | µs per request |\n| --- | --- |")
+        for name, us in rows:
+            print(f"| {name} | {us:.2f} |")
+        print(f"| **before the first byte upstream** | **{sum(us for _, us in rows):.2f}** |")
+        return
     rows = stages()
     print("| stage | µs per event |\n| --- | --- |")
     for name, us in rows:

@@ -77,12 +77,15 @@ class Response:
     the connection, which is what tells the upstream to stop generating.
     """
 
-    __slots__ = ("_connection", "headers", "status")
+    __slots__ = ("_connection", "headers", "next_chunk", "status")
 
     def __init__(self, connection: _Connection) -> None:
         self._connection = connection
         self.status = connection.status
         self.headers = connection.headers
+        # What arrived since the last call, joined; None at the end. The relay's per-token
+        # loop awaits it directly: one async generator less between a chunk and the client.
+        self.next_chunk = connection.next_chunk
 
     @property
     def content_type(self) -> str:

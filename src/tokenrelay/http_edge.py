@@ -16,6 +16,10 @@ byte at a time, is held forever. Here:
 - beyond ``max_connections`` open connections in this process a new one is closed at once,
   before anything is read from it.
 
+And one saving: a response head marked ``BODY_FOLLOWS`` (a stream's, sent with its first token
+ready) goes out with its first body part in one ``write``, one syscall and one TCP segment
+instead of two.
+
 Errors written here are in the dialect of the request's path (``tokenrelay.path_errors``).
 """
 
@@ -29,10 +33,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from tokenrelay.http_limits import HttpSettings
 from tokenrelay.model import GatewayError
+from tokenrelay.types import BODY_FOLLOWS, Message
 
 if TYPE_CHECKING:
     from uvicorn.config import Config
@@ -199,6 +204,9 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._disarm()
         super().on_headers_complete()
+        cycle = self.cycle
+        if type(cycle) is RequestResponseCycle:  # its task has not run yet: send is looked up
+            cycle.__class__ = HeadWithBody
 
     def on_message_complete(self) -> None:
         if self._deadline is not None:
@@ -299,6 +307,61 @@ class EdgeProtocol(HttpToolsProtocol):
         self.transport.write_eof()
         self._lingering = True
         self._deadline = self.loop.call_later(_LINGER, self.transport.close)
+
+
+class HeadWithBody(RequestResponseCycle):
+    """uvicorn's request cycle, holding a ``BODY_FOLLOWS`` head until the first body part so
+    both leave in one write (the ASGI spec lets a server hold a head until its body)."""
+
+    _held: Message | None = None
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        held = self._held
+        if held is not None:
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()  # before the head is taken: cancelled here, it stays held
+            self._held = None
+            if message["type"] == "http.response.start":  # a 500 in place of the held head
+                await super().send(message)  # type: ignore[arg-type]
+                return
+            transport = self.transport
+            batch = self.transport = _Batch(transport)  # type: ignore[assignment]
+            try:
+                await super().send(held)  # type: ignore[arg-type]
+                await super().send(message)  # type: ignore[arg-type]
+            finally:
+                self.transport = transport
+                batch.flush()
+            return
+        if message.get(BODY_FOLLOWS) and not self.response_started and not self.disconnected:
+            self._held = message
+            return
+        await super().send(message)  # type: ignore[arg-type]
+
+
+class _Batch:
+    """Stands in for the transport while a held head and its first body part are written."""
+
+    __slots__ = ("parts", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def flush(self) -> None:
+        if self.parts:
+            self.transport.write(b"".join(self.parts))
+            self.parts = []
+
+    def close(self) -> None:  # a response that ends its connection: written, then closed
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
 
 
 def _too_large_head(limits: HttpSettings) -> GatewayError:

@@ -297,7 +297,8 @@ class Provider:
             parser = getattr(dialect, "FRAMER", SSEParser)()  # the dialect's framing
             reader = dialect.stream_reader()
             clock = watch.clock
-            async for chunk in response.chunks():
+            next_chunk = response.next_chunk
+            while (chunk := await next_chunk()) is not None:
                 watch.last = clock()
                 batch: list[Event] = []
                 try:

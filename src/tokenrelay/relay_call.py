@@ -22,7 +22,7 @@ from tokenrelay.gate.identity import request_headers
 from tokenrelay.metering.units import usd
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
-from tokenrelay.types import Receive, Scope, Send
+from tokenrelay.types import BODY_FOLLOWS, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.cache_relay import CachedCall
@@ -279,9 +279,7 @@ class RelayCall:
         tap = self._open_tap() if self.resume is not None else None
         if tap is not None:
             head.append((b"x-tokenrelay-stream-id", self.request_id.encode()))
-        await send({"type": "http.response.start", "status": 200, "headers": head})
-        self.head_sent = True
-        self.ttft_ms = elapsed_ms(self.started)
+        start: Message | None = {"type": "http.response.start", "status": 200, "headers": head}
         error: Error | None = None
         batch: list[Event] = opened.pending
         events = opened.events
@@ -302,6 +300,13 @@ class RelayCall:
                 data = writer.write(event)
                 if data:
                     out.append(data)
+            if start is not None:  # the first turn: the head, with the first part when ready
+                if out:
+                    start[BODY_FOLLOWS] = True  # one write for both (tokenrelay.http_edge)
+                await send(start)
+                start = None
+                self.head_sent = True
+                self.ttft_ms = elapsed_ms(self.started)
             if out:
                 body = b"".join(out) if tap is None else tap.add(b"".join(out))
                 await send({"type": "http.response.body", "body": body, "more_body": True})

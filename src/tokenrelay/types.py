@@ -14,3 +14,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# A key of an ``http.response.start`` message: its body's first part follows at once, so a
+# server may write the head with it in one ``write`` (``tokenrelay.http_edge`` does; any other
+# server ignores the key). Only for responses whose first part is ready: the head of one that
+# is not would wait for it.
+BODY_FOLLOWS = "tokenrelay.body_follows"
