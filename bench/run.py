@@ -245,7 +245,8 @@ async def compare(
     """Per level: direct, through the gateway's Chat Completions front, and (``also``) through
     another front of the gateway, interleaved round by round."""
     results = []
-    connector = aiohttp.TCPConnector(limit=0)
+    # keep-alive below the gateway's 5 s, so the client never reuses a connection it just closed
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=3)
     fronts: list[tuple[str, Front]] = [(direct_url, CHAT), (gateway_url + CHAT.path, CHAT)]
     if also is not None:
         fronts.append((gateway_url + also.path, also))
