@@ -194,8 +194,29 @@ def _supervise(config: uvicorn.Config) -> None:
         sys.exit(3)  # a worker could not start; it has logged why
 
 
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Soft RLIMIT_NOFILE up to the hard one: each stream holds two sockets (client and
+    upstream), and the usual soft 1024 caps a process near 500 streams. Returns (old, new)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open files limit %d (the hard limit; raise it to serve more streams)", soft)
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return None
+    log.info("open files limit raised from %d to %d (about %d streams)", soft, hard, hard // 2)
+    return soft, hard
+
+
 def run(settings: Settings) -> None:
     configure_logging(settings.log_level)
+    raise_open_files_limit()
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Each worker builds its own app from the same environment.

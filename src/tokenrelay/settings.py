@@ -214,6 +214,8 @@ class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Where workers share their numbers (``serve --workers N`` sets it, on /dev/shm when it
     # can); None: this process serves its own.
     shared_dir: str | None = None
+    # Seconds between event-loop lag samples (tokenrelay_event_loop_lag_seconds); 0: off.
+    loop_lag_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.1
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -1,0 +1,106 @@
+"""The event-loop lag monitor (``observe.loop_lag``) and what the slow-streams bench relies on:
+the lag shown in ``/metrics``, the simulator's drawn token gaps, the open files limit raised at
+``tokenrelay serve`` start."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.servers import gateway_environ, gateway_server
+from tokenrelay.observe.loop_lag import LoopLagMonitor, LoopLagReporter
+from tokenrelay.observe.prometheus import render
+from tokenrelay.simulator import SimulatorSettings, _validate
+
+ASYNC = pytest.mark.asyncio(loop_scope="session")
+
+
+@ASYNC
+async def test_a_blocked_loop_shows_as_lag() -> None:
+    monitor = LoopLagMonitor(interval=0.005)
+    try:
+        await asyncio.sleep(0.03)
+        time.sleep(0.06)  # a callback that hogs the loop, as a CPU-bound one would
+        await asyncio.sleep(0.02)
+    finally:
+        monitor.close()
+    child = monitor.histogram.labels()
+    assert monitor.samples >= 2
+    assert sum(child.counts) == monitor.samples
+    assert monitor.recent_max >= 0.05  # the 60 ms block, less at most one interval
+    page = render(LoopLagReporter(monitor)()).decode()
+    assert "tokenrelay_event_loop_lag_seconds_bucket{le=" in page
+    assert "tokenrelay_event_loop_lag_max_seconds " in page
+    samples = monitor.samples
+    await asyncio.sleep(0.02)
+    assert monitor.samples == samples  # closed: no more sampling
+
+
+def test_the_interval_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        LoopLagMonitor(0)
+
+
+@ASYNC
+async def test_the_gateway_reports_its_loop_lag(simulator: Any) -> None:
+    environ = {**gateway_environ(simulator.url), "TOKENRELAY_METRICS__LOOP_LAG_INTERVAL": "0.01"}
+    async with gateway_server(environ) as gw, aiohttp.ClientSession() as http:
+        await asyncio.sleep(0.1)
+        async with http.get(gw.url + "/metrics") as response:
+            page = await response.text()
+    count = next(
+        line for line in page.splitlines() if line.startswith("tokenrelay_event_loop_lag_seconds_count")
+    )
+    assert int(count.split()[-1]) >= 3
+    assert "tokenrelay_event_loop_lag_max_seconds " in page
+
+
+@ASYNC
+async def test_loop_lag_sampling_can_be_turned_off(simulator: Any) -> None:
+    environ = {**gateway_environ(simulator.url), "TOKENRELAY_METRICS__LOOP_LAG_INTERVAL": "0"}
+    async with gateway_server(environ) as gw, aiohttp.ClientSession() as http:
+        assert gw.gateway.metrics is not None and gw.gateway.metrics.loop_lag is None
+        async with http.get(gw.url + "/metrics") as response:
+            assert "event_loop_lag" not in await response.text()
+
+
+@ASYNC
+async def test_the_simulator_draws_each_token_gap_from_the_range(simulator: Any) -> None:
+    """tokens=6, gaps drawn from [10, 30] ms: the answer is complete and takes at least the
+    five smallest gaps (an upper bound would be a timing assertion on a shared box)."""
+    url = simulator.url + "/v1/chat/completions?tokens=6&token_delay_ms=10&token_delay_max_ms=30"
+    body = {"model": "gpt-5.5", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as http:
+        started = time.monotonic()
+        async with http.post(url, json=body) as response:
+            text = await response.text()
+        elapsed = time.monotonic() - started
+    assert text.count('"content":"') >= 6 and text.rstrip().endswith("data: [DONE]")
+    assert elapsed >= 0.05
+
+
+def test_the_simulator_refuses_a_bad_gap_range() -> None:
+    with pytest.raises(ValueError, match="token_delay_max_ms"):
+        _validate(SimulatorSettings(token_delay_max_ms=-1))
+
+
+def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
+    script = (
+        "import resource\n"
+        "from tokenrelay.server import raise_open_files_limit\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
+        "raise_open_files_limit()\n"
+        "print(*resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    soft, hard = result.stdout.split()
+    assert soft == hard
