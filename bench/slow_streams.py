@@ -1,0 +1,503 @@
+"""Ten thousand slow streams on one gateway process (issue 20): long generations, one token
+every 200-1000 ms, as reasoning models stream. Every stream must complete; the figures are the
+gateway's memory per stream over idle, its event-loop lag (its own monitor, from /metrics), its
+CPU, and whether the ledger, the metrics and a concurrency limit keep up.
+
+    .venv/bin/python bench/slow_streams.py                  # 10,000 streams (about 1.5 minutes)
+    .venv/bin/python bench/slow_streams.py --streams 1000   # the quick check
+    .venv/bin/python bench/slow_streams.py --quick          # the smoke test's few hundred
+
+Three kinds of process, as in production: the simulator (``tokenrelay simulate``), the gateway
+(``tokenrelay serve``, one worker, its ledger in a scratch SQLite file) and ``--clients`` client
+processes, each driving its share of the streams on raw asyncio connections (no HTTP library:
+it writes one request, counts the token markers in what it reads and keeps nothing else), with
+the starts spread over ``--ramp`` seconds. The gateway's cap on concurrent streams per caller is
+set to exactly ``--streams``; once they are all open, ``--extra`` more requests are sent and each
+must be refused (429, concurrency) while none of the others is.
+
+Memory: VmRSS of the gateway after a warm-up (idle), and VmHWM (the peak) at the end; per
+stream = (peak - idle) / streams. The open files limit of this process is raised (the hard one
+too, when root) so that the children inherit room for two sockets per stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+BODY = json.dumps(
+    {
+        "model": "gpt-5.5",
+        "stream": True,
+        "messages": [{"role": "user", "content": "Think it over slowly, then answer."}],
+    }
+).encode()
+MARKER, EMPTY = b'"content":"', b'"content":""'
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def raise_open_files(needed: int) -> tuple[int, int]:
+    """Soft (and, when permitted, hard) RLIMIT_NOFILE to at least ``needed``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
+            return needed, needed
+        except (ValueError, OSError):
+            pass
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+# --- one client process ------------------------------------------------------------------------
+
+
+class _Stream(asyncio.Protocol):
+    """One streaming request on its own connection (``connection: close``): the status line,
+    token markers counted across chunk edges, the end marker, and nothing kept."""
+
+    def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.done = done
+        self.status = 0
+        self.tokens = 0
+        self.empty = 0
+        self.tail = b""
+        self.first: float | None = None
+        self.finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if not self.status:
+            self.status = int(data[9:12])
+            self.first = time.perf_counter()
+        window = self.tail + data
+        self.tokens += window.count(MARKER)
+        self.empty += window.count(EMPTY)
+        self.tail = window[-(len(EMPTY) - 1) :]
+        if b"data: [DONE]" in window:
+            self.finished = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def _client(port: int, streams: int, ramp: float, deadline: float, tokens: int) -> dict:
+    loop = asyncio.get_running_loop()
+    request = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
+        f"content-type: application/json\r\nauthorization: Bearer bench\r\n"
+        f"connection: close\r\ncontent-length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+    outcomes: collections.Counter[str] = collections.Counter()
+    first_bytes: list[float] = []
+    durations: list[float] = []
+    start = time.perf_counter()
+
+    async def one(index: int) -> None:
+        await asyncio.sleep(ramp * index / max(1, streams))
+        began = time.perf_counter()
+        done: asyncio.Future[None] = loop.create_future()
+        stream = _Stream(request, done)
+        try:
+            transport, _ = await loop.create_connection(lambda: stream, "127.0.0.1", port)
+        except OSError as exc:
+            outcomes[f"connect: {exc.__class__.__name__}"] += 1
+            return
+        try:
+            await asyncio.wait_for(done, max(0.1, deadline - time.time()))
+        except TimeoutError:
+            transport.abort()
+            outcomes["timeout"] += 1
+            return
+        if stream.status != 200:
+            outcomes[f"status {stream.status}"] += 1
+        elif not stream.finished:
+            outcomes["cut short"] += 1
+        elif stream.tokens - stream.empty != tokens:
+            outcomes[f"{stream.tokens - stream.empty} tokens"] += 1
+        else:
+            outcomes["completed"] += 1
+            assert stream.first is not None
+            first_bytes.append(stream.first - began)
+            durations.append(time.perf_counter() - began)
+
+    await asyncio.gather(*(one(i) for i in range(streams)))
+    return {
+        "outcomes": dict(outcomes),
+        "first_bytes": first_bytes,
+        "durations": durations,
+        "wall": time.perf_counter() - start,
+    }
+
+
+def client_main(args: argparse.Namespace) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    result = asyncio.run(_client(args.port, args.streams, args.ramp, args.deadline, args.tokens))
+    json.dump(result, sys.stdout)
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise SystemExit(f"{url} did not come up")
+
+
+@contextmanager
+def process(command: Sequence[str], env: dict[str, str], url: str) -> Iterator[int]:
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_healthy(url, proc)
+        yield proc.pid
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def gateway_env(sim_url: str, scratch: str, cap: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENRELAY_", "OPENAI_"))}
+    env.pop("ANTHROPIC_API_KEY", None)
+    env.update(
+        {
+            "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": sim_url + "/v1",
+            "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "bench",
+            "TOKENRELAY_PROVIDERS__OPENAI__FORWARD_HEADERS": '["x-sim-"]',
+            "TOKENRELAY_PROVIDERS__ANTHROPIC__BASE_URL": sim_url,
+            "TOKENRELAY_PROVIDERS__ANTHROPIC__API_KEY": "bench",
+            "TOKENRELAY_LOG_LEVEL": "warning",
+            "TOKENRELAY_ANONYMOUS_LIMIT": "100000000/minute",
+            "TOKENRELAY_MAX_CONCURRENT_STREAMS": str(cap),
+            "TOKENRELAY_DATABASE_URL": f"sqlite:///{scratch}/bench.db",
+            # a stream's idle watch must outlast the longest gap between two tokens
+            "TOKENRELAY_HTTP__KEEP_ALIVE_TIMEOUT": "30",
+        }
+    )
+    return env
+
+
+def vm(pid: int, field: str) -> int:
+    """A /proc/<pid>/status field in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The /metrics page as {series line without value: value}."""
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        page = response.read().decode()
+    values: dict[str, float] = {}
+    for line in page.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def total(values: dict[str, float], prefix: str, contains: str = "") -> float:
+    return sum(v for k, v in values.items() if k.startswith(prefix) and contains in k)
+
+
+def lag_quantiles(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """p50 and p99 of the run's lag samples: the upper bound of the bucket that holds them."""
+    name = "tokenrelay_event_loop_lag_seconds_bucket"
+    bounds = []
+    for key, value in after.items():
+        if key.startswith(name):
+            le = re.search(r'le="([^"]+)"', key)
+            assert le is not None
+            bounds.append((float(le.group(1)), value - before.get(key, 0.0)))
+    bounds.sort()
+    count = bounds[-1][1] if bounds else 0
+    out = {"samples": count}
+    for q in (0.5, 0.99):
+        out[f"p{round(q * 100)}"] = next(
+            (bound for bound, cumulative in bounds if cumulative >= q * count), float("nan")
+        )
+    return out
+
+
+def ledger_rows(scratch: str) -> int:
+    with sqlite3.connect(f"{scratch}/bench.db") as db:
+        return int(db.execute("SELECT count(*) FROM ledger").fetchone()[0])
+
+
+def warm_up(url: str, count: int = 20) -> None:
+    """Short streams first, so lazy imports and the pools are in the idle figure."""
+    for _ in range(count):
+        request = urllib.request.Request(
+            url + "/v1/chat/completions",
+            data=BODY,
+            headers={
+                "content-type": "application/json",
+                "authorization": "Bearer bench",
+                "x-sim-tokens": "3",
+                "x-sim-token-delay-ms": "1",
+                "x-sim-token-delay-max-ms": "0",
+                "x-sim-ttft-ms": "1",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+
+
+def probe_the_cap(url: str, streams: int, extra: int, until: float) -> dict[str, Any]:
+    """Once all ``streams`` are open, ``extra`` more requests: each must get 429."""
+    while time.monotonic() < until:
+        if total(scrape(url), "tokenrelay_active_streams") >= streams:
+            break
+        time.sleep(0.5)
+    else:
+        return {"checked": False}
+    statuses: collections.Counter[int] = collections.Counter()
+    for _ in range(extra):
+        request = urllib.request.Request(
+            url + "/v1/chat/completions",
+            data=BODY,
+            headers={"content-type": "application/json", "authorization": "Bearer bench"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                statuses[response.status] += 1
+                response.read()
+        except urllib.error.HTTPError as exc:
+            statuses[exc.code] += 1
+    return {"checked": True, "statuses": dict(statuses)}
+
+
+class Sampler(threading.Thread):
+    """The gateway's VmRSS every ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every):
+            self.peak = max(self.peak, vm(self.pid, "VmRSS"))
+
+
+def run(args: argparse.Namespace) -> int:
+    scratch = tempfile.mkdtemp(prefix="tokenrelay-slow-")
+    limits = raise_open_files(2 * args.streams + 1024)
+    sim_port, gw_port = free_port(), free_port()
+    sim_url, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{gw_port}"
+    sim = [
+        *(sys.executable, "-m", "tokenrelay", "simulate", "--port", str(sim_port)),
+        *("--ttft-ms", str(args.ttft_ms), "--tokens", str(args.tokens)),
+        *("--token-delay-ms", str(args.delay_ms[0]), "--token-delay-max-ms", str(args.delay_ms[1])),
+    ]
+    gateway = [sys.executable, "-m", "tokenrelay", "serve", "--port", str(gw_port)]
+    env = dict(os.environ)
+    gw_env = gateway_env(sim_url, scratch, args.streams)
+    if args.gateway_src:  # another tree's gateway (the baseline), the same simulator and clients
+        gw_env["PYTHONPATH"] = args.gateway_src
+    gap = sum(args.delay_ms) / 2 / 1000
+    expected = args.ramp + args.ttft_ms / 1000 + args.tokens * gap
+    deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
+    with (
+        process(sim, env, sim_url),
+        process(gateway, gw_env, url) as pid,
+    ):
+        warm_up(url)
+        time.sleep(1.0)
+        idle = vm(pid, "VmRSS")
+        before = scrape(url)
+        cpu_before = cpu_seconds(pid)
+        sampler = Sampler(pid)
+        sampler.start()
+        started = time.monotonic()
+        shares = [
+            args.streams // args.clients + (i < args.streams % args.clients)
+            for i in range(args.clients)
+        ]
+        clients = [
+            subprocess.Popen(
+                [
+                    *(sys.executable, __file__, "--client", "--port", str(gw_port)),
+                    *("--streams", str(share), "--ramp", str(args.ramp)),
+                    *("--deadline", str(deadline), "--tokens", str(args.tokens)),
+                ],
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+            for share in shares
+        ]
+        cap = probe_the_cap(url, args.streams, args.extra, started + expected) if args.extra else {}
+        results = [
+            json.loads(client.communicate(timeout=deadline - time.time() + 30)[0])
+            for client in clients
+        ]
+        ended = time.monotonic()
+        cpu = cpu_seconds(pid) - cpu_before
+        sampler.stop.set()
+        peak = vm(pid, "VmHWM")
+        outcomes: collections.Counter[str] = collections.Counter()
+        first_bytes: list[float] = []
+        for result in results:
+            outcomes.update(result["outcomes"])
+            first_bytes += result["first_bytes"]
+        completed = outcomes.get("completed", 0)
+        # The ledger: every finished request's row, within a bounded delay after the run.
+        warm = total(before, "tokenrelay_requests_total")
+        want = warm + completed + args.extra
+        ledger_delay = float("nan")
+        while time.monotonic() < ended + 60:
+            after = scrape(url)
+            if total(after, "tokenrelay_ledger_written_rows_total") >= want:
+                ledger_delay = time.monotonic() - ended
+                break
+            time.sleep(0.2)
+        rows = ledger_rows(scratch)
+    lag = lag_quantiles(before, after)
+    requests_completed = total(after, "tokenrelay_requests_total", 'outcome="completed"') - total(
+        before, "tokenrelay_requests_total", 'outcome="completed"'
+    )
+    refused = total(after, "tokenrelay_rejections_total", 'reason="concurrency"')
+    per_stream = (peak - idle) * 1024 / args.streams
+    failed = args.streams - completed
+    print(
+        f"streams {args.streams}, {args.tokens} tokens each, one every {args.delay_ms[0]}-{args.delay_ms[1]} ms, "
+        f"starts spread over {args.ramp:g} s; {args.clients} client process(es); open files {limits[0]}"
+    )
+    print(f"load average {os.getloadavg()[0]:.2f}; run {ended - started:.1f} s")
+    print()
+    print(
+        "| streams | completed | failed | first byte p50 / p99 (ms) | idle RSS (MiB) | peak RSS (MiB) | per stream (KiB) | loop lag p50 / p99 / max (ms) | gateway CPU (s) | CPU per token (µs) | ledger rows (delay) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    fb = sorted(first_bytes) or [float("nan")]
+    p99 = fb[min(len(fb) - 1, int(len(fb) * 0.99))]
+    print(
+        f"| {args.streams} | {completed} | {failed} | {statistics.median(fb) * 1000:.1f} / {p99 * 1000:.1f} "
+        f"| {idle / 1024:.1f} | {peak / 1024:.1f} | {per_stream / 1024:.1f} "
+        f"| {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / {total(after, 'tokenrelay_event_loop_lag_max_seconds') * 1000:.1f} "
+        f"| {cpu:.1f} | {cpu / max(1, completed * args.tokens) * 1e6:.0f} | {rows} ({ledger_delay:.1f} s) |"
+    )
+    print()
+    problems = []
+    if failed:
+        problems.append(f"failed streams: {dict(outcomes)}")
+    if requests_completed != completed:
+        problems.append(
+            f"/metrics counts {requests_completed:g} completed, the clients {completed}"
+        )
+    if rows != want:
+        problems.append(f"ledger rows {rows}, expected {want:g}")
+    if args.extra:
+        if not cap.get("checked"):
+            problems.append("the concurrency cap was not probed: the streams never were all open")
+        elif cap["statuses"] != {429: args.extra} or refused != args.extra:
+            problems.append(
+                f"cap {args.streams}: extra requests got {cap['statuses']}, /metrics refused {refused:g}"
+            )
+        else:
+            print(
+                f"concurrency cap {args.streams}: all {args.extra} extra requests refused (429), no admitted stream refused"
+            )
+    print(
+        f"ledger: {rows} rows ({want:g} expected) {ledger_delay:.1f} s after the last stream; "
+        f"/metrics completed {requests_completed:g}; loop lag samples {lag['samples']:g}"
+    )
+    for problem in problems:
+        print("PROBLEM:", problem)
+    return 1 if problems else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--streams", type=int, default=10_000)
+    parser.add_argument("--tokens", type=int, default=60, help="tokens per stream")
+    parser.add_argument(
+        "--delay-ms",
+        type=lambda s: tuple(float(x) for x in s.split(",")),
+        default=(200.0, 1000.0),
+        help="min,max gap between tokens",
+    )
+    parser.add_argument("--ttft-ms", type=float, default=500)
+    parser.add_argument(
+        "--ramp", type=float, default=10.0, help="seconds over which the starts are spread"
+    )
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--extra",
+        type=int,
+        default=20,
+        help="requests over the cap, sent once all streams are open (0: no probe)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="300 streams of 12 tokens (smoke test)"
+    )
+    parser.add_argument("--gateway-src", help="PYTHONPATH of the gateway (a baseline tree's src)")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        client_main(args)
+        return
+    if args.quick:
+        args.streams, args.tokens, args.ramp, args.ttft_ms = 300, 12, 1.0, 200
+    sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()
