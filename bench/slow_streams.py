@@ -186,12 +186,27 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0)
 
 
 @contextmanager
-def process(command: Sequence[str], env: dict[str, str], url: str) -> Iterator[int]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def process(
+    command: Sequence[str], env: dict[str, str], url: str, log: str | None = None
+) -> Iterator[int]:
+    """A server child, its output to ``log`` (a pipe nobody reads would block it)."""
+    out = open(log or os.devnull, "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url, proc)
         yield proc.pid
+    except BaseException:
+        if log is not None:
+            with open(log, errors="replace") as text:
+                print(
+                    f"--- {command[3]} log (last lines) ---",
+                    *text.readlines()[-30:],
+                    sep="",
+                    file=sys.stderr,
+                )
+        raise
     finally:
+        out.close()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
@@ -214,8 +229,8 @@ def gateway_env(sim_url: str, scratch: str, cap: int) -> dict[str, str]:
             "TOKENRELAY_ANONYMOUS_LIMIT": "100000000/minute",
             "TOKENRELAY_MAX_CONCURRENT_STREAMS": str(cap),
             "TOKENRELAY_DATABASE_URL": f"sqlite:///{scratch}/bench.db",
-            # a stream's idle watch must outlast the longest gap between two tokens
-            "TOKENRELAY_HTTP__KEEP_ALIVE_TIMEOUT": "30",
+            # the edge's cap on open client connections (1000 by default) must fit them all
+            "TOKENRELAY_HTTP__MAX_CONNECTIONS": str(cap + 256),
         }
     )
     return env
@@ -264,6 +279,9 @@ def lag_quantiles(before: dict[str, float], after: dict[str, float]) -> dict[str
     bounds.sort()
     count = bounds[-1][1] if bounds else 0
     out = {"samples": count}
+    out["max"] = next(
+        (bounds[i][0] for i in range(len(bounds)) if bounds[i][1] >= count), float("nan")
+    )
     for q in (0.5, 0.99):
         out[f"p{round(q * 100)}"] = next(
             (bound for bound, cumulative in bounds if cumulative >= q * count), float("nan")
@@ -298,8 +316,11 @@ def warm_up(url: str, count: int = 20) -> None:
 def probe_the_cap(url: str, streams: int, extra: int, until: float) -> dict[str, Any]:
     """Once all ``streams`` are open, ``extra`` more requests: each must get 429."""
     while time.monotonic() < until:
-        if total(scrape(url), "tokenrelay_active_streams") >= streams:
-            break
+        try:
+            if total(scrape(url), "tokenrelay_active_streams") >= streams:
+                break
+        except OSError as exc:  # reported, and the run goes on
+            print(f"probe: /metrics failed: {exc!r}", file=sys.stderr)
         time.sleep(0.5)
     else:
         return {"checked": False}
@@ -326,16 +347,28 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.every = pid, every
         self.peak = 0
+        self.files = 0
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(self.every):
-            self.peak = max(self.peak, vm(self.pid, "VmRSS"))
+            try:
+                self.peak = max(self.peak, vm(self.pid, "VmRSS"))
+                self.files = max(self.files, len(os.listdir(f"/proc/{self.pid}/fd")))
+            except (OSError, KeyError):  # the gateway is gone: the run reports why
+                return
 
 
 def run(args: argparse.Namespace) -> int:
     scratch = tempfile.mkdtemp(prefix="tokenrelay-slow-")
     limits = raise_open_files(2 * args.streams + 1024)
+    if limits[0] < 2 * args.streams + 64:
+        raise SystemExit(
+            f"{args.streams} streams need about {2 * args.streams + 64} open files in the gateway "
+            f"(a client and an upstream socket each) and the hard limit here is {limits[0]}, "
+            f"which only root with CAP_SYS_RESOURCE may raise: run at most "
+            f"--streams {(limits[0] - 64) // 2} here, or raise it (ulimit -Hn, LimitNOFILE)"
+        )
     sim_port, gw_port = free_port(), free_port()
     sim_url, url = f"http://127.0.0.1:{sim_port}", f"http://127.0.0.1:{gw_port}"
     sim = [
@@ -352,11 +385,12 @@ def run(args: argparse.Namespace) -> int:
     expected = args.ramp + args.ttft_ms / 1000 + args.tokens * gap
     deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
     with (
-        process(sim, env, sim_url),
-        process(gateway, gw_env, url) as pid,
+        process(sim, env, sim_url, f"{scratch}/simulator.log"),
+        process(gateway, gw_env, url, f"{scratch}/gateway.log") as pid,
     ):
         warm_up(url)
-        time.sleep(1.0)
+        scrape(url)  # the pages' imports, the first render
+        time.sleep(3.0)  # the price table loads a second after start-up, in a thread
         idle = vm(pid, "VmRSS")
         before = scrape(url)
         cpu_before = cpu_seconds(pid)
@@ -386,6 +420,7 @@ def run(args: argparse.Namespace) -> int:
         ]
         ended = time.monotonic()
         cpu = cpu_seconds(pid) - cpu_before
+        after_run = scrape(url)  # the lag of the run, before the ledger's wait
         sampler.stop.set()
         peak = vm(pid, "VmHWM")
         outcomes: collections.Counter[str] = collections.Counter()
@@ -396,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
         completed = outcomes.get("completed", 0)
         # The ledger: every finished request's row, within a bounded delay after the run.
         warm = total(before, "tokenrelay_requests_total")
-        want = warm + completed + args.extra
+        want = warm + completed + (args.extra if cap.get("checked") else 0)
         ledger_delay = float("nan")
         while time.monotonic() < ended + 60:
             after = scrape(url)
@@ -405,7 +440,7 @@ def run(args: argparse.Namespace) -> int:
                 break
             time.sleep(0.2)
         rows = ledger_rows(scratch)
-    lag = lag_quantiles(before, after)
+    lag = lag_quantiles(before, after_run)
     requests_completed = total(after, "tokenrelay_requests_total", 'outcome="completed"') - total(
         before, "tokenrelay_requests_total", 'outcome="completed"'
     )
@@ -416,7 +451,10 @@ def run(args: argparse.Namespace) -> int:
         f"streams {args.streams}, {args.tokens} tokens each, one every {args.delay_ms[0]}-{args.delay_ms[1]} ms, "
         f"starts spread over {args.ramp:g} s; {args.clients} client process(es); open files {limits[0]}"
     )
-    print(f"load average {os.getloadavg()[0]:.2f}; run {ended - started:.1f} s")
+    print(
+        f"load average {os.getloadavg()[0]:.2f}; run {ended - started:.1f} s; "
+        f"gateway open files at most {sampler.files}"
+    )
     print()
     print(
         "| streams | completed | failed | first byte p50 / p99 (ms) | idle RSS (MiB) | peak RSS (MiB) | per stream (KiB) | loop lag p50 / p99 / max (ms) | gateway CPU (s) | CPU per token (µs) | ledger rows (delay) |"
@@ -427,7 +465,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"| {args.streams} | {completed} | {failed} | {statistics.median(fb) * 1000:.1f} / {p99 * 1000:.1f} "
         f"| {idle / 1024:.1f} | {peak / 1024:.1f} | {per_stream / 1024:.1f} "
-        f"| {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / {total(after, 'tokenrelay_event_loop_lag_max_seconds') * 1000:.1f} "
+        f"| {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / {total(after_run, 'tokenrelay_event_loop_lag_max_seconds') * 1000:.1f} "
         f"| {cpu:.1f} | {cpu / max(1, completed * args.tokens) * 1e6:.0f} | {rows} ({ledger_delay:.1f} s) |"
     )
     print()
@@ -465,7 +503,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--streams", type=int, default=10_000)
-    parser.add_argument("--tokens", type=int, default=60, help="tokens per stream")
+    parser.add_argument("--tokens", type=int, default=100, help="tokens per stream")
     parser.add_argument(
         "--delay-ms",
         type=lambda s: tuple(float(x) for x in s.split(",")),
@@ -474,7 +512,7 @@ def main() -> None:
     )
     parser.add_argument("--ttft-ms", type=float, default=500)
     parser.add_argument(
-        "--ramp", type=float, default=10.0, help="seconds over which the starts are spread"
+        "--ramp", type=float, default=30.0, help="seconds over which the starts are spread"
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(

@@ -104,3 +104,55 @@ def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
     )
     soft, hard = result.stdout.split()
     assert soft == hard
+
+
+# --- what a stream in flight holds ---------------------------------------------------------------
+
+
+def test_a_long_generation_is_kept_as_a_few_joined_strings() -> None:
+    """Ten thousand slow streams each hold their text so far: piece by piece, a token's str
+    costs ten times its characters, so the accumulator joins them as it goes."""
+    from tokenrelay.model import FOLD_PIECES, Accumulator, TextDelta, ThinkingDelta, Usage
+
+    accumulator = Accumulator()
+    words = [f" w{i}" for i in range(1000)]
+    for i, word in enumerate(words):
+        accumulator.add(ThinkingDelta(f"t{i};"))
+        accumulator.add(TextDelta(word))
+    accumulator.add(Usage(input_tokens=3, output_tokens=2000))
+    assert len(accumulator._text) <= 1000 // FOLD_PIECES + FOLD_PIECES + 1
+    assert len(accumulator._thinking) <= 1000 // FOLD_PIECES + FOLD_PIECES + 1
+    completion = accumulator.result()
+    assert completion.text == "".join(words)
+    assert completion.thinking == "".join(f"t{i};" for i in range(1000))
+    assert accumulator.content_events == 2000
+    assert completion.usage.output_tokens == 2000
+
+
+def test_the_openai_writer_builds_its_rarer_chunks_when_needed() -> None:
+    """The writer keeps the text chunk's pieces only; the thinking, other-choice, tool-call and
+    usage chunks it builds on first use are byte for byte what they were."""
+    from tokenrelay.dialects.openai import OpenAIWriter
+    from tokenrelay.model import Finish, TextDelta, ThinkingDelta, ToolCallDelta, Usage
+
+    writer = OpenAIWriter("chatcmpl-1", "gpt-5.5", include_usage=True)
+    out = b"".join(
+        [
+            writer.write(ThinkingDelta("hmm")),
+            writer.write(TextDelta("Hi")),
+            writer.write(TextDelta(" there", choice=1)),
+            writer.write(ToolCallDelta(index=0, id="call_1", name="f", arguments='{"a"')),
+            writer.write(ToolCallDelta(index=0, arguments=":1}")),
+            writer.write(Usage(input_tokens=5, output_tokens=4)),
+            writer.write(Finish("stop")),
+            writer.close(),
+        ]
+    ).decode()
+    envelope = '"id":"chatcmpl-1","object":"chat.completion.chunk","created":'
+    lines = [line for line in out.split("\n\n") if line]
+    assert all(envelope in line for line in lines[:-1]) and lines[-1] == "data: [DONE]"
+    assert '"delta":{"reasoning_content":"hmm"}' in out
+    assert '{"index":1,"delta":{"content":" there"}' in out
+    assert '"tool_calls":[{"index":0,"id":"call_1","type":"function"' in out
+    assert '"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":4' in out
+    assert out.count('"finish_reason":"stop"') == 2  # choice 0, and choice 1 closed at the end
