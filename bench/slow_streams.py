@@ -414,6 +414,7 @@ def run(args: argparse.Namespace) -> int:
             for share in shares
         ]
         cap = probe_the_cap(url, args.streams, args.extra, started + expected) if args.extra else {}
+        all_open = vm(pid, "VmRSS") if cap.get("checked") else 0  # every stream open, none ended
         results = [
             json.loads(client.communicate(timeout=deadline - time.time() + 30)[0])
             for client in clients
@@ -455,6 +456,11 @@ def run(args: argparse.Namespace) -> int:
         f"load average {os.getloadavg()[0]:.2f}; run {ended - started:.1f} s; "
         f"gateway open files at most {sampler.files}"
     )
+    if all_open:
+        print(
+            f"RSS with every stream open: {all_open / 1024:.1f} MiB, "
+            f"{(all_open - idle) / args.streams:.1f} KiB per stream over idle"
+        )
     print()
     print(
         "| streams | completed | failed | first byte p50 / p99 (ms) | idle RSS (MiB) | peak RSS (MiB) | per stream (KiB) | loop lag p50 / p99 / max (ms) | gateway CPU (s) | CPU per token (µs) | ledger rows (delay) |"
