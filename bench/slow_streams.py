@@ -155,6 +155,7 @@ async def _client(port: int, streams: int, ramp: float, deadline: float, tokens:
         "first_bytes": first_bytes,
         "durations": durations,
         "wall": time.perf_counter() - start,
+        "cpu": time.process_time(),
     }
 
 
@@ -340,6 +341,52 @@ def probe_the_cap(url: str, streams: int, extra: int, until: float) -> dict[str,
     return {"checked": True, "statuses": dict(statuses)}
 
 
+class Timeline(threading.Thread):
+    """/metrics every ``every`` seconds: streams open, the loop's lag and the full collections
+    of each interval (where in the run a lag came from)."""
+
+    def __init__(self, url: str, every: float = 5.0) -> None:
+        super().__init__(daemon=True)
+        self.url, self.every = url, every
+        self.rows: list[tuple[float, float, dict[str, float], float, float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        try:
+            last = scrape(self.url)
+        except OSError:
+            return
+        while not self.stop.wait(self.every):
+            try:
+                now = scrape(self.url)
+            except OSError:
+                continue
+            gc_count = "tokenrelay_gc_full_pause_seconds_count"
+            gc_sum = "tokenrelay_gc_full_pause_seconds_sum"
+            self.rows.append(
+                (
+                    time.monotonic() - started,
+                    total(now, "tokenrelay_active_streams"),
+                    lag_quantiles(last, now),
+                    now.get(gc_count, 0.0) - last.get(gc_count, 0.0),
+                    now.get(gc_sum, 0.0) - last.get(gc_sum, 0.0),
+                )
+            )
+            last = now
+
+    def show(self) -> None:
+        print(
+            "| s | streams open | lag p50 / p99 / max (ms, bucket bounds) | full collections (s) |"
+        )
+        print("| --- | --- | --- | --- |")
+        for at, open_, lag, collections, paused in self.rows:
+            print(
+                f"| {at:.0f} | {open_:.0f} | {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / "
+                f"{lag['max'] * 1000:g} | {collections:g} ({paused:.2f}) |"
+            )
+
+
 class Sampler(threading.Thread):
     """The gateway's VmRSS every ``every`` seconds."""
 
@@ -385,7 +432,7 @@ def run(args: argparse.Namespace) -> int:
     expected = args.ramp + args.ttft_ms / 1000 + args.tokens * gap
     deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
     with (
-        process(sim, env, sim_url, f"{scratch}/simulator.log"),
+        process(sim, env, sim_url, f"{scratch}/simulator.log") as sim_pid,
         process(gateway, gw_env, url, f"{scratch}/gateway.log") as pid,
     ):
         warm_up(url)
@@ -393,9 +440,12 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(3.0)  # the price table loads a second after start-up, in a thread
         idle = vm(pid, "VmRSS")
         before = scrape(url)
-        cpu_before = cpu_seconds(pid)
+        cpu_before, sim_cpu_before = cpu_seconds(pid), cpu_seconds(sim_pid)
         sampler = Sampler(pid)
         sampler.start()
+        timeline = Timeline(url)
+        if args.timeline:
+            timeline.start()
         started = time.monotonic()
         shares = [
             args.streams // args.clients + (i < args.streams % args.clients)
@@ -421,8 +471,10 @@ def run(args: argparse.Namespace) -> int:
         ]
         ended = time.monotonic()
         cpu = cpu_seconds(pid) - cpu_before
+        sim_cpu = cpu_seconds(sim_pid) - sim_cpu_before
         after_run = scrape(url)  # the lag of the run, before the ledger's wait
         sampler.stop.set()
+        timeline.stop.set()
         peak = vm(pid, "VmHWM")
         outcomes: collections.Counter[str] = collections.Counter()
         first_bytes: list[float] = []
@@ -455,6 +507,11 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"load average {os.getloadavg()[0]:.2f}; run {ended - started:.1f} s; "
         f"gateway open files at most {sampler.files}"
+    )
+    client_cpu = sum(result["cpu"] for result in results)
+    print(
+        f"CPU seconds over the run: gateway {cpu:.1f}, simulator {sim_cpu:.1f}, "
+        f"clients {client_cpu:.1f} (2 cores: {2 * (ended - started):.0f})"
     )
     if all_open:
         print(
@@ -499,6 +556,17 @@ def run(args: argparse.Namespace) -> int:
         f"ledger: {rows} rows ({want:g} expected) {ledger_delay:.1f} s after the last stream; "
         f"/metrics completed {requests_completed:g}; loop lag samples {lag['samples']:g}"
     )
+    gc_count = total(after_run, "tokenrelay_gc_full_pause_seconds_count") - total(
+        before, "tokenrelay_gc_full_pause_seconds_count"
+    )
+    gc_sum = total(after_run, "tokenrelay_gc_full_pause_seconds_sum") - total(
+        before, "tokenrelay_gc_full_pause_seconds_sum"
+    )
+    if gc_count:
+        print(f"full garbage collections in the run: {gc_count:g}, {gc_sum:.2f} s in all")
+    if args.timeline:
+        print()
+        timeline.show()
     for problem in problems:
         print("PROBLEM:", problem)
     return 1 if problems else 0
@@ -509,7 +577,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--streams", type=int, default=10_000)
-    parser.add_argument("--tokens", type=int, default=100, help="tokens per stream")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per stream")
     parser.add_argument(
         "--delay-ms",
         type=lambda s: tuple(float(x) for x in s.split(",")),
@@ -518,7 +586,7 @@ def main() -> None:
     )
     parser.add_argument("--ttft-ms", type=float, default=500)
     parser.add_argument(
-        "--ramp", type=float, default=30.0, help="seconds over which the starts are spread"
+        "--ramp", type=float, default=60.0, help="seconds over which the starts are spread"
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(
@@ -529,6 +597,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--quick", action="store_true", help="300 streams of 12 tokens (smoke test)"
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="/metrics every 5 s: lag and collections per interval",
     )
     parser.add_argument("--gateway-src", help="PYTHONPATH of the gateway (a baseline tree's src)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)

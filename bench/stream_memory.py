@@ -93,15 +93,37 @@ async def main(args: argparse.Namespace) -> None:
                 )
 
         gc.callbacks.append(timed)
-        tracemalloc.start(args.depth)
+        if args.trace:
+            tracemalloc.start(args.depth)
         gc.collect()
-        idle = tracemalloc.take_snapshot()
+        idle = tracemalloc.take_snapshot() if args.trace else None
         load_ = clients(args.streams, 3.0)
         while len(gateway.calls) < args.streams:
             await asyncio.sleep(0.1)
         await asyncio.sleep(2.0)  # a few tokens through every stream
-        gc.collect()
-        busy = tracemalloc.take_snapshot()
+        repeats = []
+        for _ in range(3):
+            started, cpu = time.perf_counter(), time.process_time()
+            gc.collect()
+            repeats.append((time.perf_counter() - started, time.process_time() - cpu))
+        print("full collections (wall, cpu) s:", repeats, gc.get_stats())
+        if os.environ.get("GC_TYPES"):
+            import collections as _c
+
+            objs = gc.get_objects()
+            print(_c.Counter(type(o).__qualname__ for o in objs).most_common(25))
+            sized = sorted(
+                (
+                    (len(o), type(o).__name__, repr(o)[:120])
+                    for o in objs
+                    if isinstance(o, (dict, list, set, tuple))
+                ),
+                reverse=True,
+            )[:10]
+            for item in sized:
+                print(item)
+        full_pause = repeats[-1][0]
+        busy = tracemalloc.take_snapshot() if args.trace else None
         traced = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         load_.kill()
@@ -114,8 +136,12 @@ async def main(args: argparse.Namespace) -> None:
     full = [pause for generation, pause, _ in pauses if generation == 2]
     print(
         f"gc while opening: {len(pauses)} collections, {len(full)} full, longest full "
-        f"{max(full, default=0) * 1000:.0f} ms (with tracemalloc on), objects now {len(gc.get_objects())}"
+        f"{max(full, default=0) * 1000:.0f} ms; a full collection with every stream open: "
+        f"{full_pause * 1000:.0f} ms over {len(gc.get_objects())} tracked objects"
+        + (" (tracemalloc on)" if args.trace else "")
     )
+    if idle is None or busy is None:
+        return
     stats = busy.compare_to(idle, args.group)
     grown = sum(stat.size_diff for stat in stats)
     count = sum(stat.count_diff for stat in stats)
@@ -136,6 +162,7 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--group", default="lineno", choices=["lineno", "filename", "traceback"])
+    parser.add_argument("--no-trace", dest="trace", action="store_false", help="gc pauses only")
     try:
         import uvloop
 

@@ -40,6 +40,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.endpoints": "http",
     "tokenrelay.gemini_front": "http",
     "tokenrelay.gateway": "http",  # the composition root: only the HTTP layer knows it
+    "tokenrelay.gc_schedule": "http",  # the server's garbage-collection clock
     "tokenrelay.http_edge": "http",
     "tokenrelay.model_list": "http",
     "tokenrelay.path_errors": "http",

@@ -156,3 +156,28 @@ def test_the_openai_writer_builds_its_rarer_chunks_when_needed() -> None:
     assert '"tool_calls":[{"index":0,"id":"call_1","type":"function"' in out
     assert '"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":4' in out
     assert out.count('"finish_reason":"stop"') == 2  # choice 0, and choice 1 closed at the end
+
+
+@ASYNC
+async def test_full_collections_run_on_a_clock_and_close_restores_cpython_s_own() -> None:
+    import gc
+
+    from tokenrelay.gc_schedule import install
+
+    before = gc.get_threshold()
+    assert install(0) is None  # 0: CPython's own schedule
+    schedule = install(0.02)
+    assert schedule is not None
+    try:
+        young, middle, oldest = gc.get_threshold()
+        assert (young, middle) == before[:2] and oldest > 1_000_000  # no automatic full one
+        assert gc.get_freeze_count() > 0  # start-up's objects, never scanned again
+        await asyncio.sleep(0.15)
+        assert schedule.collections >= 2
+    finally:
+        schedule.close()
+        gc.unfreeze()
+    assert gc.get_threshold() == before
+    collections = schedule.collections
+    await asyncio.sleep(0.05)
+    assert schedule.collections == collections

@@ -28,6 +28,7 @@ from tokenrelay.settings import Settings
 
 if TYPE_CHECKING:
     from tokenrelay.gateway import Gateway
+    from tokenrelay.gc_schedule import FullCollections
 
 log = logging.getLogger("tokenrelay.server")
 # After the drain, what uvicorn still waits for anything else open (a page download, a stream
@@ -85,7 +86,19 @@ class _Server(uvicorn.Server):
     uvicorn also re-raises SIGTERM after its graceful shutdown, so the process would end "killed
     by signal"; an orderly, drained stop exits 0 instead, as supervisors expect."""
 
+    _collections: FullCollections | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        gateway = find_gateway(self.config.loaded_app)
+        if gateway is not None and self.started:  # full collections on a clock (gc_schedule)
+            from tokenrelay.gc_schedule import install
+
+            self._collections = install(gateway.settings.gc_full_interval)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._collections is not None:
+            self._collections.close()
         gateway = find_gateway(self.config.loaded_app)
         if gateway is not None and not self.force_exit:
             log.info("shutting down: no new connections; draining the streams in flight")

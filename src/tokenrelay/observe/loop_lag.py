@@ -7,12 +7,19 @@ a handful of callbacks a second, whatever the load (nothing per stream or per to
 timers have a one-millisecond resolution, so lags under a millisecond read as 0 to 1 ms.
 ``/metrics`` shows a histogram (``tokenrelay_event_loop_lag_seconds``) and the largest lag of
 the last window (``tokenrelay_event_loop_lag_max_seconds``), read through ``LoopLagReporter``.
+
+The usual cause of a long lag in a process holding thousands of streams is a full garbage
+collection (``gc_schedule``), so their pauses are shown beside it
+(``tokenrelay_gc_full_pause_seconds``): a ``gc.callbacks`` hook, two calls per collection that
+return at once for the young generations.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from time import perf_counter
+from typing import Any
 
 from tokenrelay.observe.prometheus import Gauge, Histogram, Metric
 
@@ -82,11 +89,39 @@ class LoopLagMonitor:
             self._handle = None
 
 
+class FullCollectionPauses:
+    """How long each collection of the oldest generation took, until ``close()``."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(
+            "tokenrelay_gc_full_pause_seconds",
+            "How long each full garbage collection stopped the process (every stream waits).",
+            (),
+            LAG_BUCKETS,
+        )
+        self._started = 0.0
+        gc.callbacks.append(self._hook)
+
+    def _hook(self, phase: str, info: dict[str, Any]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = perf_counter()
+        elif self._started:
+            self.histogram.observe(value=perf_counter() - self._started)
+            self._started = 0.0
+
+    def close(self) -> None:
+        if self._hook in gc.callbacks:
+            gc.callbacks.remove(self._hook)
+
+
 class LoopLagReporter:
     """The monitor's numbers for ``/metrics`` (a ``metrics.Reporter``)."""
 
-    def __init__(self, monitor: LoopLagMonitor) -> None:
+    def __init__(self, monitor: LoopLagMonitor, pauses: FullCollectionPauses | None = None) -> None:
         self.monitor = monitor
+        self.pauses = pauses
         self.max = Gauge(
             "tokenrelay_event_loop_lag_max_seconds",
             "The largest event-loop lag of the last one to two minutes.",
@@ -95,4 +130,7 @@ class LoopLagReporter:
 
     def __call__(self) -> list[Metric]:
         self.max.set(value=self.monitor.recent_max)
-        return [self.monitor.histogram, self.max]
+        families: list[Metric] = [self.monitor.histogram, self.max]
+        if self.pauses is not None:
+            families.append(self.pauses.histogram)
+        return families
