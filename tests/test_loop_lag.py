@@ -181,3 +181,29 @@ async def test_full_collections_run_on_a_clock_and_close_restores_cpython_s_own(
     collections = schedule.collections
     await asyncio.sleep(0.05)
     assert schedule.collections == collections
+
+
+@ASYNC
+async def test_the_edge_s_lighter_event_wakes_every_waiter_and_can_be_cleared() -> None:
+    from tokenrelay.edge_slim import Pipeline, Signal
+
+    signal = Signal()
+    assert not signal.is_set()
+    first = asyncio.ensure_future(signal.wait())
+    second = asyncio.ensure_future(signal.wait())
+    await asyncio.sleep(0)
+    assert not first.done() and not second.done()
+    signal.set()
+    assert await first and await second
+    assert await signal.wait()  # set: returns at once
+    signal.clear()
+    waiting = asyncio.ensure_future(signal.wait())
+    await asyncio.sleep(0)
+    waiting.cancel()  # a cancelled waiter leaves nothing behind
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert signal._waiters is None
+    queue = Pipeline()
+    queue.appendleft("a")
+    queue.appendleft("b")
+    assert queue.pop() == "a" and queue.pop() == "b" and not queue

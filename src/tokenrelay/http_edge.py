@@ -29,9 +29,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from tokenrelay.edge_slim import LazyFlowControl, Pipeline, Signal
 from tokenrelay.http_limits import HttpSettings
 from tokenrelay.model import GatewayError
 
@@ -45,38 +45,6 @@ _LOG_EVERY = 10.0  # seconds between two warnings about refused connections
 # After a refusal, what the client still sends is read and dropped this long before the close:
 # closing with unread bytes would reset the connection, and the client would lose the answer.
 _LINGER = 2.0
-
-
-class _LazyFlowControl(FlowControl):
-    """uvicorn's write flow control, with its ``asyncio.Event`` (600 bytes, for its deque of
-    waiters) made only when a write first has to wait: every open connection holds one, and
-    most never fill the socket's buffer."""
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        self.read_paused = False
-        self.write_paused = False
-        self._is_writable_event: asyncio.Event | None = None  # type: ignore[assignment]
-
-    async def drain(self) -> None:
-        event = self._is_writable_event
-        if event is None:
-            event = self._is_writable_event = asyncio.Event()
-            if not self.write_paused:
-                event.set()
-        await event.wait()
-
-    def pause_writing(self) -> None:
-        if not self.write_paused:
-            self.write_paused = True
-            if self._is_writable_event is not None:
-                self._is_writable_event.clear()
-
-    def resume_writing(self) -> None:
-        if self.write_paused:
-            self.write_paused = False
-            if self._is_writable_event is not None:
-                self._is_writable_event.set()
 
 
 class _Refusal(Exception):
@@ -131,6 +99,7 @@ class EdgeProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.pipeline = Pipeline()  # type: ignore[assignment]  # (edge_slim: no empty deque)
         self.limits = _settings_of(config)
         self._max_head = self.limits.max_header_bytes
         self._max_headers = self.limits.max_headers
@@ -150,7 +119,7 @@ class EdgeProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)  # type: ignore[arg-type]
-        self.flow = _LazyFlowControl(transport)  # type: ignore[arg-type]
+        self.flow = LazyFlowControl(transport)  # type: ignore[arg-type]  # (edge_slim)
         self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -233,6 +202,12 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._deadline is not None:
             self._disarm()
         super().on_headers_complete()
+        cycle = self.cycle  # its message Event, lighter (edge_slim); nothing waits on it yet
+        if cycle is not None and type(cycle.message_event) is asyncio.Event:
+            signal = Signal()
+            if cycle.message_event.is_set():
+                signal.set()
+            cycle.message_event = signal  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._deadline is not None:
