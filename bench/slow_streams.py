@@ -62,7 +62,7 @@ def free_port() -> int:
 
 def raise_open_files(needed: int) -> tuple[int, int]:
     """Soft (and, when permitted, hard) RLIMIT_NOFILE to at least ``needed``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < needed:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (needed, needed))
@@ -380,10 +380,10 @@ class Timeline(threading.Thread):
             "| s | streams open | lag p50 / p99 / max (ms, bucket bounds) | full collections (s) |"
         )
         print("| --- | --- | --- | --- |")
-        for at, open_, lag, collections, paused in self.rows:
+        for at, open_, lag, full, paused in self.rows:
             print(
                 f"| {at:.0f} | {open_:.0f} | {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / "
-                f"{lag['max'] * 1000:g} | {collections:g} ({paused:.2f}) |"
+                f"{lag['max'] * 1000:g} | {full:g} ({paused:.2f}) |"
             )
 
 
@@ -428,6 +428,9 @@ def run(args: argparse.Namespace) -> int:
     gw_env = gateway_env(sim_url, scratch, args.streams)
     if args.gateway_src:  # another tree's gateway (the baseline), the same simulator and clients
         gw_env["PYTHONPATH"] = args.gateway_src
+    for setting in args.gateway_env:  # e.g. TOKENRELAY_GC_FULL_INTERVAL=0
+        name, _, value = setting.partition("=")
+        gw_env[name] = value
     gap = sum(args.delay_ms) / 2 / 1000
     expected = args.ramp + args.ttft_ms / 1000 + args.tokens * gap
     deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
@@ -501,8 +504,9 @@ def run(args: argparse.Namespace) -> int:
     per_stream = (peak - idle) * 1024 / args.streams
     failed = args.streams - completed
     print(
-        f"streams {args.streams}, {args.tokens} tokens each, one every {args.delay_ms[0]}-{args.delay_ms[1]} ms, "
-        f"starts spread over {args.ramp:g} s; {args.clients} client process(es); open files {limits[0]}"
+        f"streams {args.streams}, {args.tokens} tokens each, one every "
+        f"{args.delay_ms[0]:g}-{args.delay_ms[1]:g} ms, starts spread over {args.ramp:g} s; "
+        f"{args.clients} client process(es); open files {limits[0]}"
     )
     print(
         f"load average {os.getloadavg()[0]:.2f}; run {ended - started:.1f} s; "
@@ -520,16 +524,21 @@ def run(args: argparse.Namespace) -> int:
         )
     print()
     print(
-        "| streams | completed | failed | first byte p50 / p99 (ms) | idle RSS (MiB) | peak RSS (MiB) | per stream (KiB) | loop lag p50 / p99 / max (ms) | gateway CPU (s) | CPU per token (µs) | ledger rows (delay) |"
+        "| streams | completed | failed | first byte p50 / p99 (ms) | idle RSS (MiB) "
+        "| peak RSS (MiB) | per stream (KiB) | loop lag p50 / p99 / max (ms) | gateway CPU (s) "
+        "| CPU per token (µs) | ledger rows (delay) |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     fb = sorted(first_bytes) or [float("nan")]
     p99 = fb[min(len(fb) - 1, int(len(fb) * 0.99))]
+    lag_max = total(after_run, "tokenrelay_event_loop_lag_max_seconds")
+    per_token = cpu / max(1, completed * args.tokens)
     print(
-        f"| {args.streams} | {completed} | {failed} | {statistics.median(fb) * 1000:.1f} / {p99 * 1000:.1f} "
+        f"| {args.streams} | {completed} | {failed} "
+        f"| {statistics.median(fb) * 1000:.1f} / {p99 * 1000:.1f} "
         f"| {idle / 1024:.1f} | {peak / 1024:.1f} | {per_stream / 1024:.1f} "
-        f"| {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / {total(after_run, 'tokenrelay_event_loop_lag_max_seconds') * 1000:.1f} "
-        f"| {cpu:.1f} | {cpu / max(1, completed * args.tokens) * 1e6:.0f} | {rows} ({ledger_delay:.1f} s) |"
+        f"| {lag['p50'] * 1000:g} / {lag['p99'] * 1000:g} / {lag_max * 1000:.1f} "
+        f"| {cpu:.1f} | {per_token * 1e6:.0f} | {rows} ({ledger_delay:.1f} s) |"
     )
     print()
     problems = []
@@ -546,11 +555,13 @@ def run(args: argparse.Namespace) -> int:
             problems.append("the concurrency cap was not probed: the streams never were all open")
         elif cap["statuses"] != {429: args.extra} or refused != args.extra:
             problems.append(
-                f"cap {args.streams}: extra requests got {cap['statuses']}, /metrics refused {refused:g}"
+                f"cap {args.streams}: extra requests got {cap['statuses']}, "
+                f"/metrics refused {refused:g}"
             )
         else:
             print(
-                f"concurrency cap {args.streams}: all {args.extra} extra requests refused (429), no admitted stream refused"
+                f"concurrency cap {args.streams}: all {args.extra} extra requests refused (429), "
+                "no admitted stream refused"
             )
     print(
         f"ledger: {rows} rows ({want:g} expected) {ledger_delay:.1f} s after the last stream; "
@@ -602,6 +613,9 @@ def main() -> None:
         "--timeline",
         action="store_true",
         help="/metrics every 5 s: lag and collections per interval",
+    )
+    parser.add_argument(
+        "--gateway-env", action="append", default=[], help="NAME=value for the gateway (repeat)"
     )
     parser.add_argument("--gateway-src", help="PYTHONPATH of the gateway (a baseline tree's src)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)

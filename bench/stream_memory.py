@@ -30,7 +30,6 @@ async def main(args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(BENCH))
     from slow_streams import free_port, gateway_env, process, raise_open_files
-
     from tokenrelay.app import create_app
     from tokenrelay.settings import load
 

@@ -26,7 +26,7 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     monitor = LoopLagMonitor(interval=0.005)
     try:
         await asyncio.sleep(0.03)
-        time.sleep(0.06)  # a callback that hogs the loop, as a CPU-bound one would
+        time.sleep(0.06)  # noqa: ASYNC251 (a callback hogging the loop is the point)
         await asyncio.sleep(0.02)
     finally:
         monitor.close()
@@ -55,7 +55,9 @@ async def test_the_gateway_reports_its_loop_lag(simulator: Any) -> None:
         async with http.get(gw.url + "/metrics") as response:
             page = await response.text()
     count = next(
-        line for line in page.splitlines() if line.startswith("tokenrelay_event_loop_lag_seconds_count")
+        line
+        for line in page.splitlines()
+        if line.startswith("tokenrelay_event_loop_lag_seconds_count")
     )
     assert int(count.split()[-1]) >= 3
     assert "tokenrelay_event_loop_lag_max_seconds " in page

@@ -110,6 +110,11 @@ class Response:
         body = b"".join(out)
         return body if limit is None else body[:limit]
 
+    def forget_headers(self) -> None:
+        """Drop the head's headers once nothing needs them: a stream that lasts minutes would
+        hold them all along (an OpenAI answer's are 2-3 KB, rate-limit and tracing headers)."""
+        self.headers = self._connection.headers = {}
+
     def fail(self, error: BaseException) -> None:
         """End the body with ``error`` (the idle watch's timeout)."""
         self._connection.fail(error)

@@ -91,6 +91,19 @@ class _RefusedConnections:
 class EdgeProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the bounds of the module's docstring."""
 
+    # Its own attributes in slots: the instance dict uvicorn's fill (about 40 keys) then stays
+    # at its size instead of doubling, 1.5 KB less on every open connection.
+    __slots__ = (
+        "_deadline",
+        "_head_bytes",
+        "_header_count",
+        "_in_head",
+        "_lingering",
+        "_max_head",
+        "_max_headers",
+        "limits",
+    )
+
     def __init__(
         self,
         config: Config,

@@ -240,9 +240,7 @@ def _carries_key(headers: Any, key: str) -> bool:
 
 
 def _maybe_slow(knobs: SimulatorSettings) -> SimulatorSettings:
-    """``token_delay_max_ms`` (above ``token_delay_ms``) draws each gap between tokens uniformly from
-that range (long, slow generations: a reasoning model's one token every 200-1000 ms).
-``slow_fraction`` of requests, drawn at random, get ``slow_ttft_ms`` as their ttft_ms."""
+    """``slow_fraction`` of requests, drawn at random, get ``slow_ttft_ms`` as their ttft_ms."""
     if knobs.slow_fraction and random.random() < knobs.slow_fraction:
         return msgspec.structs.replace(knobs, ttft_ms=knobs.slow_ttft_ms)
     return knobs

@@ -660,7 +660,8 @@ class OpenAIWriter:
         if choice:
             if self._open_choices is not None and self._open_choices.get(choice):
                 return b""
-            out = self._role(choice)
+            out = self._role(choice)  # which makes _open_choices
+            assert self._open_choices is not None
             self._open_choices[choice] = True
         elif self._finished:
             return b""

@@ -32,12 +32,12 @@ class LoopLagMonitor:
     """Samples the running loop's lag every ``interval`` seconds until ``close()``."""
 
     __slots__ = (
+        "_due",
         "_handle",
         "_loop",
         "_window_max",
-        "_window_start",
         "_window_prev",
-        "_due",
+        "_window_start",
         "histogram",
         "interval",
         "samples",
