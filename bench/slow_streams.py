@@ -3,8 +3,9 @@ every 200-1000 ms, as reasoning models stream. Every stream must complete; the f
 gateway's memory per stream over idle, its event-loop lag (its own monitor, from /metrics), its
 CPU, and whether the ledger, the metrics and a concurrency limit keep up.
 
-    .venv/bin/python bench/slow_streams.py                  # 10,000 streams (about 1.5 minutes)
+    .venv/bin/python bench/slow_streams.py                  # 10,000 streams (about 3.5 minutes)
     .venv/bin/python bench/slow_streams.py --streams 1000   # the quick check
+    .venv/bin/python bench/slow_streams.py --timeline       # and the lag per 5 s of the run
     .venv/bin/python bench/slow_streams.py --quick          # the smoke test's few hundred
 
 Three kinds of process, as in production: the simulator (``tokenrelay simulate``), the gateway
@@ -17,7 +18,7 @@ must be refused (429, concurrency) while none of the others is.
 
 Memory: VmRSS of the gateway after a warm-up (idle), and VmHWM (the peak) at the end; per
 stream = (peak - idle) / streams. The open files limit of this process is raised (the hard one
-too, when root) so that the children inherit room for two sockets per stream.
+too, where CAP_SYS_RESOURCE allows) so the children inherit room for two sockets per stream.
 """
 
 from __future__ import annotations

@@ -42,7 +42,9 @@ async def main(args: argparse.Namespace) -> None:
         *("--ttft-ms", "50", "--tokens", "100000", "--token-delay-ms", "200"),
         *("--token-delay-max-ms", "1000"),
     ]
-    with process(simulator, dict(os.environ), sim_url):
+    # The simulator of this checkout (its slow knobs), whichever tree's gateway is measured.
+    sim_env = {**os.environ, "PYTHONPATH": str(BENCH.parent / "src")}
+    with process(simulator, sim_env, sim_url):
         environ = gateway_env(sim_url, scratch, args.streams + 10)
         settings = load(environ=environ)
         app = create_app(settings)
