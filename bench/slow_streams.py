@@ -10,11 +10,10 @@ CPU, and whether the ledger, the metrics and a concurrency limit keep up.
 
 Three kinds of process, as in production: the simulator (``tokenrelay simulate``), the gateway
 (``tokenrelay serve``, one worker, its ledger in a scratch SQLite file) and ``--clients`` client
-processes, each driving its share of the streams on raw asyncio connections (no HTTP library:
-it writes one request, counts the token markers in what it reads and keeps nothing else), with
-the starts spread over ``--ramp`` seconds. The gateway's cap on concurrent streams per caller is
-set to exactly ``--streams``; once they are all open, ``--extra`` more requests are sent and each
-must be refused (429, concurrency) while none of the others is.
+processes (``bench/slow_client.py``), each driving its share of the streams on raw asyncio
+connections, with the starts spread over ``--ramp`` seconds. The gateway's cap on concurrent
+streams per caller is set to exactly ``--streams``; once they are all open, ``--extra`` more
+requests are sent and each must be refused (429, concurrency) while none of the others is.
 
 Memory: VmRSS of the gateway after a warm-up (idle), and VmHWM (the peak) at the end; per
 stream = (peak - idle) / streams. The open files limit of this process is raised (the hard one
@@ -24,7 +23,6 @@ too, where CAP_SYS_RESOURCE allows) so the children inherit room for two sockets
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import json
 import os
@@ -43,16 +41,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-BODY = json.dumps(
-    {
-        "model": "gpt-5.5",
-        "stream": True,
-        "messages": [{"role": "user", "content": "Think it over slowly, then answer."}],
-    }
-).encode()
-MARKER, EMPTY = b'"content":"', b'"content":""'
+from slow_client import BODY
+
+CLIENT = Path(__file__).parent / "slow_client.py"
 
 
 def free_port() -> int:
@@ -72,103 +66,6 @@ def raise_open_files(needed: int) -> tuple[int, int]:
             pass
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-# --- one client process ------------------------------------------------------------------------
-
-
-class _Stream(asyncio.Protocol):
-    """One streaming request on its own connection (``connection: close``): the status line,
-    token markers counted across chunk edges, the end marker, and nothing kept."""
-
-    def __init__(self, request: bytes, done: asyncio.Future[None]) -> None:
-        self.request = request
-        self.done = done
-        self.status = 0
-        self.tokens = 0
-        self.empty = 0
-        self.tail = b""
-        self.first: float | None = None
-        self.finished = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self.request)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        if not self.status:
-            self.status = int(data[9:12])
-            self.first = time.perf_counter()
-        window = self.tail + data
-        self.tokens += window.count(MARKER)
-        self.empty += window.count(EMPTY)
-        self.tail = window[-(len(EMPTY) - 1) :]
-        if b"data: [DONE]" in window:
-            self.finished = True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-async def _client(port: int, streams: int, ramp: float, deadline: float, tokens: int) -> dict:
-    loop = asyncio.get_running_loop()
-    request = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        f"content-type: application/json\r\nauthorization: Bearer bench\r\n"
-        f"connection: close\r\ncontent-length: {len(BODY)}\r\n\r\n"
-    ).encode() + BODY
-    outcomes: collections.Counter[str] = collections.Counter()
-    first_bytes: list[float] = []
-    durations: list[float] = []
-    start = time.perf_counter()
-
-    async def one(index: int) -> None:
-        await asyncio.sleep(ramp * index / max(1, streams))
-        began = time.perf_counter()
-        done: asyncio.Future[None] = loop.create_future()
-        stream = _Stream(request, done)
-        try:
-            transport, _ = await loop.create_connection(lambda: stream, "127.0.0.1", port)
-        except OSError as exc:
-            outcomes[f"connect: {exc.__class__.__name__}"] += 1
-            return
-        try:
-            await asyncio.wait_for(done, max(0.1, deadline - time.time()))
-        except TimeoutError:
-            transport.abort()
-            outcomes["timeout"] += 1
-            return
-        if stream.status != 200:
-            outcomes[f"status {stream.status}"] += 1
-        elif not stream.finished:
-            outcomes["cut short"] += 1
-        elif stream.tokens - stream.empty != tokens:
-            outcomes[f"{stream.tokens - stream.empty} tokens"] += 1
-        else:
-            outcomes["completed"] += 1
-            assert stream.first is not None
-            first_bytes.append(stream.first - began)
-            durations.append(time.perf_counter() - began)
-
-    await asyncio.gather(*(one(i) for i in range(streams)))
-    return {
-        "outcomes": dict(outcomes),
-        "first_bytes": first_bytes,
-        "durations": durations,
-        "wall": time.perf_counter() - start,
-        "cpu": time.process_time(),
-    }
-
-
-def client_main(args: argparse.Namespace) -> None:
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    result = asyncio.run(_client(args.port, args.streams, args.ramp, args.deadline, args.tokens))
-    json.dump(result, sys.stdout)
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -458,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         clients = [
             subprocess.Popen(
                 [
-                    *(sys.executable, __file__, "--client", "--port", str(gw_port)),
+                    *(sys.executable, str(CLIENT), "--port", str(gw_port)),
                     *("--streams", str(share), "--ramp", str(args.ramp)),
                     *("--deadline", str(deadline), "--tokens", str(args.tokens)),
                 ],
@@ -619,13 +516,7 @@ def main() -> None:
         "--gateway-env", action="append", default=[], help="NAME=value for the gateway (repeat)"
     )
     parser.add_argument("--gateway-src", help="PYTHONPATH of the gateway (a baseline tree's src)")
-    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.client:
-        client_main(args)
-        return
     if args.quick:
         args.streams, args.tokens, args.ramp, args.ttft_ms = 300, 12, 1.0, 200
     sys.exit(run(args))

@@ -67,7 +67,7 @@ async def main(args: argparse.Namespace) -> None:
 
         def clients(streams: int, ramp: float) -> subprocess.Popen[bytes]:
             command = [
-                *(sys.executable, str(BENCH / "slow_streams.py"), "--client"),
+                *(sys.executable, str(BENCH / "slow_client.py")),
                 *("--port", str(port), "--streams", str(streams), "--ramp", str(ramp)),
                 *("--deadline", str(time.time() + 600), "--tokens", "0"),
             ]
