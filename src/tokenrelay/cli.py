@@ -147,6 +147,9 @@ def ask(prompt: str, url: str, route: str, max_tokens: int | None, api_key: str 
 @click.option("--ttft-ms", type=float, help="Delay before the first token.")
 @click.option("--tokens", type=int, help="Tokens per answer.")
 @click.option("--token-delay-ms", type=float, help="Delay between tokens.")
+@click.option(
+    "--token-delay-max-ms", type=float, help="Draw each delay from [token-delay-ms, this]."
+)
 @click.option("--text", help="Fixed answer text instead of the generated one.")
 @click.option(
     "--fault",

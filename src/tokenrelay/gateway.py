@@ -285,6 +285,8 @@ class Gateway:
     async def stop(self) -> None:
         if self._pricing is not None:
             self._pricing.cancel()
+        if self.metrics is not None:
+            self.metrics.stop_sampling()
         if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
             await self.ledger.close(timeout=5.0)
         await self.responses.close()  # writes the responses still pending, before the gate

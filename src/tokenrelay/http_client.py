@@ -4,7 +4,7 @@ response body handed over chunk by chunk the moment it arrives.
 Every token of every stream crosses this code, so it is built for that one job: a request is a
 POST whose head and body go out in a single ``write``; the response is parsed by ``httptools``
 (llhttp, the parser Node.js uses, in C), which also undoes chunked encoding; body chunks wait in a
-small deque until the relay asks for them, and reading pauses when a slow client lets more than
+small list until the relay asks for them, and reading pauses when a slow client lets more than
 ``HIGH_WATER`` bytes pile up, so nothing is buffered without bound. aiohttp, which this replaces on
 the stream path, cost about a third of the gateway's CPU per streamed token in its request setup,
 ``StreamReader`` and flow-control layers (see BENCHMARKS.md), and 0.2 s of import at start-up.
@@ -18,7 +18,6 @@ sent again once on a new connection, but only when not a byte of the answer had 
 from __future__ import annotations
 
 import asyncio
-import collections
 import socket
 import ssl
 import time
@@ -114,6 +113,11 @@ class Response:
         body = b"".join(out)
         return body if limit is None else body[:limit]
 
+    def forget_headers(self) -> None:
+        """Drop the head's headers once nothing needs them: a stream that lasts minutes would
+        hold them all along (an OpenAI answer's are 2-3 KB, rate-limit and tracing headers)."""
+        self.headers = self._connection.headers = {}
+
     def fail(self, error: BaseException) -> None:
         """End the body with ``error`` (the idle watch's timeout)."""
         self._connection.fail(error)
@@ -126,7 +130,31 @@ class Response:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection and the response being read on it."""
+    """One keep-alive connection and the response being read on it. Every stream in flight holds
+    one, so it has slots, and its body chunks wait in a list (an empty deque is 600 bytes)."""
+
+    __slots__ = (
+        "_buffered",
+        "_error",
+        "_framed",
+        "_head",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_pool",
+        "_waiter",
+        "chunks",
+        "closed",
+        "complete",
+        "got_bytes",
+        "headers",
+        "headers_done",
+        "idle_since",
+        "keep_alive",
+        "key",
+        "status",
+        "transport",
+    )
 
     def __init__(self, pool: UpstreamPool, key: tuple[str, str, int]) -> None:
         self._pool = pool
@@ -136,7 +164,7 @@ class _Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.chunks: collections.deque[bytes] = collections.deque()
+        self.chunks: list[bytes] = []
         self._buffered = 0
         self._paused = False
         self._head: asyncio.Future[None] | None = None
@@ -147,6 +175,8 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = False  # any byte of the current response (for the one safe resend)
         self.idle_since = 0.0
         self.keep_alive = True
+        self.headers_done = False
+        self._framed = True  # content-length or chunked: the body's end is known without a close
 
     # --- asyncio.Protocol -----------------------------------------------------------------------
 
@@ -175,9 +205,6 @@ class _Connection(asyncio.Protocol):
                 self.fail(UpstreamError(f"the upstream closed the connection{reason}"))
 
     # --- httptools callbacks ---------------------------------------------------------------------
-
-    headers_done = False
-    _framed = True  # content-length or chunked: the end of the body is known without a close
 
     def on_header(self, name: bytes, value: bytes) -> None:
         key = name.decode("latin-1").lower()
@@ -243,8 +270,9 @@ class _Connection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        data = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
-        self.chunks.clear()
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
         self._buffered = 0
         if self._paused and self.transport is not None:
             self._paused = False

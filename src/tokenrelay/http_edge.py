@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from tokenrelay.edge_slim import LazyFlowControl, Pipeline, Signal
 from tokenrelay.http_limits import HttpSettings
 from tokenrelay.model import GatewayError
 from tokenrelay.types import BODY_FOLLOWS, Message
@@ -95,6 +96,19 @@ class _RefusedConnections:
 class EdgeProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` with the bounds of the module's docstring."""
 
+    # Its own attributes in slots: the instance dict uvicorn's fill (about 40 keys) then stays
+    # at its size instead of doubling, 1.5 KB less on every open connection.
+    __slots__ = (
+        "_deadline",
+        "_head_bytes",
+        "_header_count",
+        "_in_head",
+        "_lingering",
+        "_max_head",
+        "_max_headers",
+        "limits",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -103,6 +117,7 @@ class EdgeProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.pipeline = Pipeline()  # type: ignore[assignment]  # (edge_slim: no empty deque)
         self.limits = _settings_of(config)
         self._max_head = self.limits.max_header_bytes
         self._max_headers = self.limits.max_headers
@@ -122,6 +137,7 @@ class EdgeProtocol(HttpToolsProtocol):
             transport.close()
             return
         super().connection_made(transport)  # type: ignore[arg-type]
+        self.flow = LazyFlowControl(transport)  # type: ignore[arg-type]  # (edge_slim)
         self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -207,6 +223,12 @@ class EdgeProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if type(cycle) is RequestResponseCycle:  # its task has not run yet: send is looked up
             cycle.__class__ = HeadWithBody
+        # its message Event, lighter (edge_slim); nothing waits on it yet
+        if cycle is not None and type(cycle.message_event) is asyncio.Event:
+            signal = Signal()
+            if cycle.message_event.is_set():
+                signal.set()
+            cycle.message_event = signal  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         if self._deadline is not None:

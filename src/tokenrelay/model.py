@@ -457,17 +457,38 @@ def merge_usage(old: Usage, new: Usage) -> Usage:
 
 # Choices an upstream may number; more is a broken upstream, not a reason to allocate.
 MAX_CHOICES = 128
+# Text pieces kept apart before they are joined into one string: a token's own str object costs
+# about 55 bytes for its 4 characters, so a long generation held piece by piece costs ten times
+# its text in memory for every stream in flight (see BENCHMARKS.md, "Ten thousand slow streams").
+FOLD_PIECES = 16
+
+
+def _fold(pieces: list[str], start: int) -> int:
+    """Join the pieces from ``start`` into one; returns where the next unjoined piece goes."""
+    pieces[start:] = ["".join(pieces[start:])]
+    return start + 1
 
 
 class Accumulator:
     """Folds stream events into a ``Completion``; the gateway keeps one per request for metering."""
 
-    __slots__ = ("_choices", "_logprobs", "_text", "_thinking", "completion", "content_events")
+    __slots__ = (
+        "_choices",
+        "_logprobs",
+        "_text",
+        "_text_joined",
+        "_thinking",
+        "_thinking_joined",
+        "completion",
+        "content_events",
+    )
 
     def __init__(self) -> None:
         self.completion = Completion()
-        self._text: list[str] = []
+        self._text: list[str] = []  # joined pieces, then up to FOLD_PIECES loose ones
+        self._text_joined = 0
         self._thinking: list[str] = []
+        self._thinking_joined = 0
         self._logprobs: dict[str, Any] | None = None
         self._choices: dict[int, Accumulator] | None = None  # choices after the first
         self.content_events = 0
@@ -478,7 +499,10 @@ class Accumulator:
             if event.choice:
                 self._other(event.choice, msgspec.structs.replace(event, choice=0))
                 return
-            self._text.append(event.text)
+            text = self._text
+            text.append(event.text)
+            if len(text) - self._text_joined > FOLD_PIECES:
+                self._text_joined = _fold(text, self._text_joined)
             if event.logprobs is not None:
                 self._add_logprobs(event.logprobs)
             self.content_events += 1
@@ -486,7 +510,10 @@ class Accumulator:
             if event.choice:
                 self._other(event.choice, msgspec.structs.replace(event, choice=0))
                 return
-            self._thinking.append(event.text)
+            thinking = self._thinking
+            thinking.append(event.text)
+            if len(thinking) - self._thinking_joined > FOLD_PIECES:
+                self._thinking_joined = _fold(thinking, self._thinking_joined)
             if event.signature:
                 completion.thinking_signature = event.signature
             self.content_events += 1

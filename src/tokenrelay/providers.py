@@ -294,6 +294,7 @@ class Provider:
                 yield self._screened_all(dialect.parse_response(raw).events(), headers)
                 finished = True
                 return
+            response.forget_headers()  # a 200 stream's are read by nothing from here on
             parser = getattr(dialect, "FRAMER", SSEParser)()  # the dialect's framing
             reader = dialect.stream_reader()
             clock = watch.clock

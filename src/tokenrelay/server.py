@@ -29,6 +29,7 @@ from tokenrelay.settings import Settings
 
 if TYPE_CHECKING:
     from tokenrelay.gateway import Gateway
+    from tokenrelay.gc_schedule import FullCollections
 
 log = logging.getLogger("tokenrelay.server")
 # After the drain, what uvicorn still waits for anything else open (a page download, a stream
@@ -98,13 +99,22 @@ class _Server(uvicorn.Server):
     # Set where this server owns its process (``run``, a worker): not for one started inside
     # another program (the tests), whose objects must stay collectable.
     owns_process = False
+    _collections: FullCollections | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self.owns_process and self.started:
-            settle_garbage_collector()
+        if not (self.owns_process and self.started):
+            return
+        settle_garbage_collector()
+        gateway = find_gateway(self.config.loaded_app)
+        if gateway is not None:  # and the oldest generation on a clock (gc_schedule)
+            from tokenrelay.gc_schedule import install
+
+            self._collections = install(gateway.settings.gc_full_interval)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._collections is not None:
+            self._collections.close()
         gateway = find_gateway(self.config.loaded_app)
         if gateway is not None and not self.force_exit:
             log.info("shutting down: no new connections; draining the streams in flight")
@@ -226,8 +236,29 @@ def _supervise(config: uvicorn.Config) -> None:
         sys.exit(3)  # a worker could not start; it has logged why
 
 
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Soft RLIMIT_NOFILE up to the hard one: each stream holds two sockets (client and
+    upstream), and the usual soft 1024 caps a process near 500 streams. Returns (old, new)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        log.info("open files limit %d (the hard limit; raise it to serve more streams)", soft)
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. macOS refuses RLIM_INFINITY
+        log.warning("cannot raise the open files limit from %d to %d: %s", soft, hard, exc)
+        return None
+    log.info("open files limit raised from %d to %d (about %d streams)", soft, hard, hard // 2)
+    return soft, hard
+
+
 def run(settings: Settings) -> None:
     configure_logging(settings.log_level)
+    raise_open_files_limit()
     options = uvicorn_options(settings)
     if settings.workers > 1:
         # Each worker builds its own app from the same environment.

@@ -214,6 +214,8 @@ class MetricsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Where workers share their numbers (``serve --workers N`` sets it, on /dev/shm when it
     # can); None: this process serves its own.
     shared_dir: str | None = None
+    # Seconds between event-loop lag samples (tokenrelay_event_loop_lag_seconds); 0: off.
+    loop_lag_interval: Annotated[float, msgspec.Meta(ge=0)] = 0.1
 
 
 class ResponsesSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -244,6 +246,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_bytes: int = 1_048_576
     idle_timeout: float = 60.0  # no upstream event for this long ends a stream
     shutdown_grace: float = 30.0
+    # Seconds between full garbage collections under `serve` (0: CPython's own schedule, which
+    # stalls a process holding thousands of streams every few seconds; see gc_schedule).
+    gc_full_interval: Annotated[float, msgspec.Meta(ge=0)] = 60.0
     demo: bool | None = None  # None: demo mode exactly when no provider is configured
     allow_provider_models: bool = True  # let `model` name a provider model, not only a route
     # ... under this policy (an allow-list, caps, screening); see ProviderModelSettings.

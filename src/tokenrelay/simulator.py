@@ -17,6 +17,8 @@ OpenAI); ``error_after`` streams ``fault_after`` tokens then an in-band overload
 answers; ``hang_mid`` goes silent after ``fault_after`` tokens; ``reset`` aborts the TCP
 connection with an RST after ``fault_after`` tokens; ``corrupt_frame`` sends, after
 ``fault_after`` tokens, a frame whose CRC does not match (Bedrock; a torn event elsewhere).
+``token_delay_max_ms`` (above ``token_delay_ms``) draws each gap between tokens uniformly from
+that range (long, slow generations: a reasoning model's one token every 200-1000 ms).
 ``slow_fraction`` of requests, drawn at random, wait ``slow_ttft_ms`` instead of ``ttft_ms``
 before their first token (a primary that is slow now and then, for hedging). ``served_model``
 names another model in the answer than the one asked for (an alias resolved to a dated
@@ -106,6 +108,9 @@ class SimulatorSettings(msgspec.Struct, kw_only=True):
     ttft_ms: float = 150
     tokens: int = 60
     token_delay_ms: float = 25
+    # > token_delay_ms: each gap is drawn uniformly from [token_delay_ms, token_delay_max_ms]
+    # (slow reasoning models: one token every 200-1000 ms)
+    token_delay_max_ms: float = 0
     text: str | None = None
     fault: str | None = None
     fault_after: int = 3
@@ -194,6 +199,7 @@ _KNOBS: dict[str, tuple[Callable[[str], object], str]] = {
     "ttft_ms": (_float, "a number of milliseconds >= 0"),
     "tokens": (_int, "an integer >= 0"),
     "token_delay_ms": (_float, "a number of milliseconds >= 0"),
+    "token_delay_max_ms": (_float, "a number of milliseconds >= 0 (0: every gap token_delay_ms)"),
     "text": (_optional, "a string"),
     "fault": (_fault, "one of " + ", ".join(FAULTS) + " (or empty for none)"),
     "fault_after": (_int, "an integer >= 0"),
@@ -935,6 +941,8 @@ class _Simulator:
         sleep = asyncio.sleep
         send = response.write
         step = knobs.token_delay_ms / 1000
+        spread = max(0.0, knobs.token_delay_max_ms / 1000 - step)
+        uniform = random.random
         written = 0
         try:
             if fault == "hang_before_first_byte":
@@ -950,7 +958,7 @@ class _Simulator:
                 await sleep(wait if wait > 0 else 0)
                 await send(write(event))
                 written += 1
-                due += step
+                due += step + spread * uniform() if spread else step
             if fault is None:
                 if not events:  # nothing to say (tokens=0): the end still comes after ttft
                     await sleep(max(0.0, due - loop.time()))

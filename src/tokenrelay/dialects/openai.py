@@ -541,11 +541,12 @@ class OpenAIWriter:
     The first choice without log probabilities is that fast path; log probabilities and the
     choices after the first (a client's ``n`` > 1) take ``_piece``, which builds each chunk."""
 
+    # A writer lives as long as its stream (ten thousand at once on one process), so it keeps
+    # only the text chunk's pieces; the rest is built when first needed.
     __slots__ = (
-        "_choices_head",
         "_closed",
+        "_envelope",
         "_finished",
-        "_head",
         "_include_usage",
         "_open_choices",
         "_started",
@@ -555,7 +556,6 @@ class OpenAIWriter:
         "_thinking_head",
         "_tools_started",
         "_usage",
-        "_usage_head",
     )
 
     def __init__(self, id: str, model: str, include_usage: bool) -> None:
@@ -563,23 +563,23 @@ class OpenAIWriter:
             {"id": id, "object": "chat.completion.chunk", "created": int(time.time())}
         )
         envelope = envelope[:-1] + b',"model":' + _encode(model) + b',"system_fingerprint":null'
-        self._usage_head = b"data: " + envelope + b',"choices":[],"usage":'
-        self._choices_head = b"data: " + envelope + b',"choices":[{"index":'
-        self._head = self._choices_head + b'0,"delta":'
+        self._envelope = b"data: " + envelope
         self._tail_end = b',"finish_reason":null}]' + (
             b',"usage":null}\n\n' if include_usage else b"}\n\n"
         )
         self._tail = b',"logprobs":null' + self._tail_end
-        self._text_head = self._head + b'{"content":'
-        self._thinking_head = self._head + b'{"reasoning_content":'
+        self._text_head = self._envelope + b',"choices":[{"index":0,"delta":{"content":'
+        self._thinking_head: bytes | None = None
         self._include_usage = include_usage
-        self._usage = Usage()
-        self._tools_started: set[tuple[int, int]] = set()
+        self._usage = _NO_USAGE
+        self._tools_started: set[tuple[int, int]] | None = None
         self._started = self._finished = self._closed = False
-        self._open_choices: dict[int, bool] = {}  # later choices: started -> finished
+        self._open_choices: dict[int, bool] | None = None  # later choices: started -> finished
 
     def _role(self, choice: int = 0) -> bytes:
         if choice:
+            if self._open_choices is None:
+                self._open_choices = {}
             if choice in self._open_choices:
                 return b""
             self._open_choices[choice] = False
@@ -594,9 +594,7 @@ class OpenAIWriter:
         self, choice: int, delta: bytes, logprobs: Any = None, finish: str | None = None
     ) -> bytes:
         """One choice's chunk, for every case off the fast path."""
-        head = (
-            self._head if choice == 0 else self._choices_head + str(choice).encode() + b',"delta":'
-        )
+        head = self._envelope + b',"choices":[{"index":' + str(choice).encode() + b',"delta":'
         tail = (
             self._tail if logprobs is None else b',"logprobs":' + _encode(logprobs) + self._tail_end
         )
@@ -623,7 +621,12 @@ class OpenAIWriter:
             if event.choice:
                 delta = b'{"reasoning_content":' + _encode(event.text) + b"}"
                 return self._role(event.choice) + self._piece(event.choice, delta)
-            return self._role() + self._thinking_head + _encode(event.text) + b"}" + self._tail
+            head = self._thinking_head
+            if head is None:
+                head = self._thinking_head = (
+                    self._envelope + b',"choices":[{"index":0,"delta":{"reasoning_content":'
+                )
+            return self._role() + head + _encode(event.text) + b"}" + self._tail
         if isinstance(event, ToolCallDelta):
             return self._tool_call(event)
         if isinstance(event, Usage):
@@ -638,6 +641,8 @@ class OpenAIWriter:
     def _tool_call(self, event: ToolCallDelta) -> bytes:
         piece: dict[str, Any] = {"index": event.index}
         key = (event.choice, event.index)
+        if self._tools_started is None:
+            self._tools_started = set()
         if key not in self._tools_started:
             self._tools_started.add(key)
             piece["id"] = event.id
@@ -653,9 +658,10 @@ class OpenAIWriter:
     def _finish(self, event: Finish) -> bytes:
         choice = event.choice
         if choice:
-            if self._open_choices.get(choice):
+            if self._open_choices is not None and self._open_choices.get(choice):
                 return b""
-            out = self._role(choice)
+            out = self._role(choice)  # which makes _open_choices
+            assert self._open_choices is not None
             self._open_choices[choice] = True
         elif self._finished:
             return b""
@@ -669,13 +675,17 @@ class OpenAIWriter:
         if self._closed:
             return b""
         out = b"" if self._finished else self._finish(Finish())
-        for choice, finished in list(self._open_choices.items()):
+        for choice, finished in list((self._open_choices or {}).items()):
             if not finished:
                 out += self._finish(Finish(choice=choice))
         self._closed = True
         if self._include_usage:
-            out += self._usage_head + _encode(_usage_json(self._usage)) + b"}\n\n"
+            usage = _encode(_usage_json(self._usage))
+            out += self._envelope + b',"choices":[],"usage":' + usage + b"}\n\n"
         return out + DONE
+
+
+_NO_USAGE = Usage()  # frozen: one for every writer that has seen none yet
 
 
 def stream_writer(request: Request, *, id: str, model: str) -> OpenAIWriter:

@@ -51,6 +51,7 @@ from tokenrelay.observe.prometheus import (
 from tokenrelay.records import CACHE_PROVIDER
 
 if TYPE_CHECKING:
+    from tokenrelay.observe.loop_lag import FullCollectionPauses, LoopLagMonitor
     from tokenrelay.observe.snapshots import Snapshots
     from tokenrelay.records import StreamRecord
     from tokenrelay.settings import MetricsSettings
@@ -353,6 +354,15 @@ class GatewayMetrics:
 
             self.snapshots = Snapshots(shared_dir)
             self._schedule()
+        self.loop_lag: LoopLagMonitor | None = None
+        self.gc_pauses: FullCollectionPauses | None = None
+        lag_interval = settings.loop_lag_interval if settings is not None else 0
+        if lag_interval > 0 and _loop_running():
+            from tokenrelay.observe import loop_lag
+
+            self.loop_lag = loop_lag.LoopLagMonitor(lag_interval)
+            self.gc_pauses = loop_lag.FullCollectionPauses()
+            self.reporters.append(loop_lag.LoopLagReporter(self.loop_lag, self.gc_pauses))
 
     # --- per request ---------------------------------------------------------------------------
 
@@ -583,6 +593,14 @@ class GatewayMetrics:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.stop_sampling()
+
+    def stop_sampling(self) -> None:
+        """The loop-lag timer and the collection hook off (the gateway is stopping)."""
+        if self.loop_lag is not None:
+            self.loop_lag.close()
+        if self.gc_pauses is not None:
+            self.gc_pauses.close()
         self.write_snapshot(running=False)
 
     async def _read_breaker(self) -> None:
@@ -598,6 +616,15 @@ class GatewayMetrics:
         for key, state in states.items():
             provider, _, model = key.partition(":")
             self.breaker.set(provider, self._bounded(model), value=BREAKER_STATES.get(state, 0))
+
+
+def _loop_running() -> bool:
+    """Whether a loop runs here to sample (a test may build the metrics outside one)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 # --- the reporters: each reads one component's own numbers at scrape time -------------------
