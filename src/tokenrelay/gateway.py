@@ -186,27 +186,35 @@ class Gateway:
 
     def _reporters(self) -> list[Reporter]:
         """Each component's own numbers for ``/metrics``, in the order they are shown."""
-        from tokenrelay.observe import metrics
+        from tokenrelay.observe.reporters import (
+            AuditReporter,
+            BalanceReporter,
+            BudgetReporter,
+            LedgerReporter,
+            LimiterReporter,
+            PoolReporter,
+            SharedStateReporter,
+        )
 
         reporters: list[Reporter] = []
         if self.ledger is not None:
-            reporters.append(metrics.LedgerReporter(self.ledger))
-        reporters.append(metrics.LimiterReporter(self.gate.limiter))
+            reporters.append(LedgerReporter(self.ledger))
+        reporters.append(LimiterReporter(self.gate.limiter))
         if self.shared is not None:
-            reporters.append(metrics.SharedStateReporter(self.shared))
+            reporters.append(SharedStateReporter(self.shared))
         if self.gate.budgets is not None:
-            reporters.append(metrics.BudgetReporter(self.gate.budgets.metrics))
+            reporters.append(BudgetReporter(self.gate.budgets.metrics))
         reporters.append(self.responses.metrics)  # stored /v1/responses answers
         if self.cache is not None:
             reporters.append(self.cache.metrics)
         if self.audit is not None:
-            reporters.append(metrics.AuditReporter(self.audit))
+            reporters.append(AuditReporter(self.audit))
         if self.resume is not None:
             from tokenrelay.resume.metrics import ResumeReporter
 
             reporters.append(ResumeReporter(self.resume))
-        reporters.append(metrics.PoolReporter(self.pool))
-        reporters.append(metrics.BalanceReporter(self.router.balancer))
+        reporters.append(PoolReporter(self.pool))
+        reporters.append(BalanceReporter(self.router.balancer))
         return reporters
 
     def _start_metering(self) -> None:
