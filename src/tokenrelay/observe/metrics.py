@@ -16,7 +16,8 @@ How it stays off the stream's path:
 - Gauges that describe the present (streams open, breaker states, the ledger's backlog, pooled
   upstream connections) are read when ``/metrics`` is asked, by reporters (``observe.reporters``):
   small objects that each hold one component's families and read that component's own counters
-  (``Gateway`` builds the list; this module never sees the gateway). Nothing is maintained for them in between.
+  (``Gateway`` builds the list; this module never sees the gateway). Nothing is maintained for
+  them in between.
 
 Several workers (``tokenrelay serve --workers N``) serve one page: the supervisor makes a
 directory (``metrics.shared_dir``) and each worker writes its families there as a compact
