@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
@@ -186,27 +186,35 @@ class Gateway:
 
     def _reporters(self) -> list[Reporter]:
         """Each component's own numbers for ``/metrics``, in the order they are shown."""
-        from tokenrelay.observe import metrics
+        from tokenrelay.observe.reporters import (
+            AuditReporter,
+            BalanceReporter,
+            BudgetReporter,
+            LedgerReporter,
+            LimiterReporter,
+            PoolReporter,
+            SharedStateReporter,
+        )
 
         reporters: list[Reporter] = []
         if self.ledger is not None:
-            reporters.append(metrics.LedgerReporter(self.ledger))
-        reporters.append(metrics.LimiterReporter(self.gate.limiter))
+            reporters.append(LedgerReporter(self.ledger))
+        reporters.append(LimiterReporter(self.gate.limiter))
         if self.shared is not None:
-            reporters.append(metrics.SharedStateReporter(self.shared))
+            reporters.append(SharedStateReporter(self.shared))
         if self.gate.budgets is not None:
-            reporters.append(metrics.BudgetReporter(self.gate.budgets.metrics))
+            reporters.append(BudgetReporter(self.gate.budgets.metrics))
         reporters.append(self.responses.metrics)  # stored /v1/responses answers
         if self.cache is not None:
             reporters.append(self.cache.metrics)
         if self.audit is not None:
-            reporters.append(metrics.AuditReporter(self.audit))
+            reporters.append(AuditReporter(self.audit))
         if self.resume is not None:
             from tokenrelay.resume.metrics import ResumeReporter
 
             reporters.append(ResumeReporter(self.resume))
-        reporters.append(metrics.PoolReporter(self.pool))
-        reporters.append(metrics.BalanceReporter(self.router.balancer))
+        reporters.append(PoolReporter(self.pool))
+        reporters.append(BalanceReporter(self.router.balancer))
         return reporters
 
     def _start_metering(self) -> None:
@@ -283,29 +291,47 @@ class Gateway:
                 await asyncio.wait_for(idle.wait(), min(left, 0.1))
 
     async def stop(self) -> None:
+        """Close every component, each within ``STOP_STEP_SECONDS``: one that hangs (a database
+        or Redis that stopped answering) is named in the log and passed over, so a shutdown
+        always ends; what it held stays where it is safe (ledger rows stay spooled)."""
         if self._pricing is not None:
             self._pricing.cancel()
         if self.metrics is not None:
             self.metrics.stop_sampling()
         if self.ledger is not None:  # before the gate closes its database; rows left stay spooled
-            await self.ledger.close(timeout=5.0)
-        await self.responses.close()  # writes the responses still pending, before the gate
-        await self.guards.aclose()
+            await _within("the ledger writer", self.ledger.close(timeout=5.0), 6.0)
+        # the responses still pending are written before the gate closes the database
+        await _within("the response store", self.responses.close())
+        await _within("the guards", self.guards.aclose())
         if self.cache is not None:  # the answers still being stored, briefly
-            await self.cache.close()
+            await _within("the response cache", self.cache.close())
         if self.audit is not None:
-            await asyncio.to_thread(self.audit.close)
+            await _within("the audit log", asyncio.to_thread(self.audit.close))
         if self._gate is not None:
-            await self._gate.close()
+            await _within("the gate", self._gate.close())
         if self.shared is not None:
-            await self.shared.close()
+            await _within("the shared state", self.shared.close())
         if self.resume is not None:
-            await self.resume.close()
-        await self.pool.close()
+            await _within("the resume store", self.resume.close())
+        await _within("the upstream pool", self.pool.close())
         if self.tracer is not None:  # exports the spans still batched
-            await asyncio.to_thread(self.tracer.shutdown)
+            await _within("the tracer", asyncio.to_thread(self.tracer.shutdown))
         if self.simulator is not None:
-            await self.simulator.stop()
+            await _within("the simulator", self.simulator.stop())
+
+
+# How long each component may take to close at shutdown before it is passed over.
+STOP_STEP_SECONDS = 5.0
+
+
+async def _within(name: str, closing: Awaitable[None], seconds: float | None = None) -> None:
+    """Await one component's close, at most ``seconds`` (``STOP_STEP_SECONDS``); a slow one is
+    logged, not waited for."""
+    seconds = STOP_STEP_SECONDS if seconds is None else seconds
+    try:
+        await asyncio.wait_for(closing, seconds)
+    except TimeoutError:
+        log.warning("shutdown: %s did not close within %g s; going on without it", name, seconds)
 
 
 def _caches(settings: Settings) -> bool:

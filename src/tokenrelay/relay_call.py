@@ -16,6 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
+from tokenrelay.edge_slim import Signal
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission
 from tokenrelay.gate.identity import request_headers
@@ -69,7 +70,36 @@ class Front(Protocol):
 
 
 class RelayCall:
-    """One request in flight; its fields become the ``StreamRecord`` when it ends."""
+    """One request in flight; its fields become the ``StreamRecord`` when it ends. Slotted: a
+    process holds one per open stream (thousands of slow ones), ~0.9 KB less each."""
+
+    __slots__ = (
+        "accumulator",
+        "admission",
+        "attempts",
+        "cached",
+        "emitted",
+        "endpoint",
+        "finished",
+        "gone",
+        "guard",
+        "head_sent",
+        "opened",
+        "receive",
+        "request",
+        "request_id",
+        "resume",
+        "route",
+        "scope",
+        "send",
+        "started",
+        "status",
+        "tap",
+        "task",
+        "trace",
+        "ttft_ms",
+        "writer",
+    )
 
     def __init__(
         self,
@@ -104,7 +134,7 @@ class RelayCall:
         self.trace: RequestTrace | None = None  # its spans, when tracing is on
         self.resume: ResumeSettings | None = None  # the route's, when its streams resume
         self.tap: Tap | None = None  # a resumable stream's ids and kept events
-        self.gone = asyncio.Event()
+        self.gone = Signal()  # set when the client left (or its owner stopped the stream)
         self.guard: RequestGuard | None = None  # masking, output rules, canary: when any
         self.cached: CachedCall | None = None  # the response cache's part, on a route with one
 
@@ -195,7 +225,7 @@ class RelayCall:
         except (OSError, RuntimeError):
             pass  # the client is gone too, or the response could not be ended; the record says so
 
-    async def _watch_disconnect(self, task: asyncio.Task[Any], gone: asyncio.Event) -> None:
+    async def _watch_disconnect(self, task: asyncio.Task[Any], gone: Signal) -> None:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
