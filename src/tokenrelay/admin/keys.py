@@ -10,6 +10,7 @@ row exists, the key must agree with it (a user's key is in the user's org).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from msgspec import UNSET
@@ -235,6 +236,8 @@ class KeyAdmin:
         ends = at + body.overlap_seconds
         if old.expires_at is not None:
             ends = min(ends, old.expires_at)
+        # Whole seconds: the old key ends at the very time ``old_key_expires_at`` shows.
+        ends = float(math.floor(ends))
         policy = old.policy
         async with self.db.transaction() as tx:
             new_id, secret = await self.keys.create(
