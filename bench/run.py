@@ -72,7 +72,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -86,15 +86,31 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0)
 
 
 @contextmanager
-def process(command: Sequence[str], env: dict[str, str], url: str) -> Iterator[int]:
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def process(
+    command: Sequence[str], env: dict[str, str], url: str, log: str | None = None
+) -> Iterator[int]:
+    """A server child, its output to ``log`` (a pipe nobody reads would block it); on a failure
+    the log's last lines are printed."""
+    out = open(log or os.devnull, "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_healthy(url, proc)
         yield proc.pid
+    except BaseException:
+        if log is not None:
+            with open(log, errors="replace") as text:
+                print(
+                    f"--- {command[3]} log (last lines) ---",
+                    *text.readlines()[-30:],
+                    sep="",
+                    file=sys.stderr,
+                )
+        raise
     finally:
+        out.close()
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

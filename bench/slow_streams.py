@@ -28,8 +28,6 @@ import json
 import os
 import re
 import resource
-import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -39,20 +37,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from run import free_port, process
 from slow_client import BODY
 
 CLIENT = Path(__file__).parent / "slow_client.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def raise_open_files(needed: int) -> tuple[int, int]:
@@ -69,49 +60,6 @@ def raise_open_files(needed: int) -> tuple[int, int]:
 
 
 # --- the run -----------------------------------------------------------------------------------
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args!r} exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"{url} did not come up")
-
-
-@contextmanager
-def process(
-    command: Sequence[str], env: dict[str, str], url: str, log: str | None = None
-) -> Iterator[int]:
-    """A server child, its output to ``log`` (a pipe nobody reads would block it)."""
-    out = open(log or os.devnull, "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_healthy(url, proc)
-        yield proc.pid
-    except BaseException:
-        if log is not None:
-            with open(log, errors="replace") as text:
-                print(
-                    f"--- {command[3]} log (last lines) ---",
-                    *text.readlines()[-30:],
-                    sep="",
-                    file=sys.stderr,
-                )
-        raise
-    finally:
-        out.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def gateway_env(sim_url: str, scratch: str, cap: int) -> dict[str, str]:
