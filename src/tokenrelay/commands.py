@@ -1,5 +1,6 @@
-"""``tokenrelay serve | ask | simulate | keys``. Subcommands import what they need when they run, so
-``--help`` and ``ask`` stay fast."""
+"""``tokenrelay serve | ask | simulate | keys | usage`` on click. Subcommands import what they need
+when they run, so ``--help`` and ``ask`` stay fast; a well-formed ``serve`` starts without click
+(``cli``, ``serve_command``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import click
+
+from tokenrelay import serve_command
 
 if TYPE_CHECKING:
     from tokenrelay.admin.schema import Key, KeySecret
@@ -25,12 +28,21 @@ def main() -> None:
     """tokenrelay: stream LLM answers token by token, with failover, limits and metering."""
 
 
+def _serve_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``serve``'s options as click options, from the one table ``serve_command`` reads too."""
+    for option in reversed(serve_command.OPTIONS):
+        kind = {
+            "text": None,
+            "int": int,
+            "file": click.Path(dir_okay=False),
+            "choice": click.Choice(option.choices),
+        }[option.kind]
+        command = click.option(option.flag, option.dest, type=kind, help=option.help)(command)
+    return command
+
+
 @main.command()
-@click.option("--host", help="Address to listen on (default 127.0.0.1).")
-@click.option("--port", type=int, help="Port to listen on (default 8787).")
-@click.option("--config", "config", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option("--workers", type=int, help="Worker processes sharing the port (default 1).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@_serve_options
 def serve(
     host: str | None,
     port: int | None,
@@ -39,58 +51,12 @@ def serve(
     log_level: str | None,
 ) -> None:
     """Run the gateway. With no provider keys set it runs in demo mode on built-in simulators."""
-    # Options travel as environment variables so every worker process reads the same settings.
-    for name, value in (
-        ("HOST", host),
-        ("PORT", port),
-        ("WORKERS", workers),
-        ("LOG_LEVEL", log_level),
-    ):
-        if value is not None:
-            os.environ[f"TOKENRELAY_{name}"] = str(value)
-    if config:
-        os.environ["TOKENRELAY_CONFIG"] = os.path.abspath(config)
-    from tokenrelay.settings import ConfigError, load
+    from tokenrelay.settings import ConfigError
 
     try:
-        settings = load()
+        serve_command.serve(host, port, config, workers, log_level)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    if _calls_tls_upstreams(settings):
-        _load_ca_store_in_background()
-    from tokenrelay.server import run
-
-    run(settings)
-
-
-def _calls_tls_upstreams(settings: Settings) -> bool:
-    """Whether this process will call a provider over HTTPS (a default base URL is); with
-    several workers it only supervises them (each spawned worker starts afresh)."""
-    if settings.demo_mode or settings.workers > 1:
-        return False
-    providers = settings.providers
-    return any(
-        not (providers[name].base_url or "https:").startswith("http:")
-        for name in settings.configured_providers()
-    )
-
-
-def _load_ca_store_in_background() -> None:
-    """Load the CA store while the main thread imports and starts the server: loading
-    certificates runs mostly without the GIL, so on a second core it is off the path to the
-    first token, which would otherwise pay for it at its first TLS connect.
-
-    Only that, and only when an upstream uses TLS: a thread that imported modules too (the
-    dialects, as it once did) or loaded certificates nobody uses made the start slower, as
-    the two threads contend for the GIL and the import lock (BENCHMARKS.md, "Cold start")."""
-    import threading
-
-    def preload() -> None:
-        from tokenrelay.http_client import default_ssl_context
-
-        default_ssl_context()
-
-    threading.Thread(target=preload, name="preload", daemon=True).start()
 
 
 @main.command()
