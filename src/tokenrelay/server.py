@@ -9,6 +9,7 @@ cutting each stream short with no error event.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -36,6 +37,9 @@ _FINISH_WAIT = 2.0
 # flight had their live objects scanned and promoted over and over (see BENCHMARKS.md,
 # "Speed, round two").
 _GC_YOUNG_THRESHOLD = 7_000
+# Seconds after the server is up when the collector is settled (and, under ``tokenrelay serve``,
+# enabled again: ``serve_command`` turns it off for the start, whose objects all live on).
+_SETTLE_AFTER = 1.0
 
 
 def configure_logging(level: str) -> None:
@@ -94,12 +98,24 @@ class _Server(Server):
     # another program (the tests), whose objects must stay collectable.
     owns_process = False
     _collections: FullCollections | None = None
+    _settling: asyncio.TimerHandle | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not (self.owns_process and self.started):
             return
+        # A full collection of what start-up built takes 5-10 ms: not between the first
+        # request and its answer (BENCHMARKS.md, "Cold start").
+        self._settling = asyncio.get_running_loop().call_later(_SETTLE_AFTER, self._settle)
+
+    def _settle(self) -> None:
+        self._settling = None
         settle_garbage_collector()
+        log.debug(
+            "garbage collector settled: %d start-up objects frozen, collecting: %s",
+            gc.get_freeze_count(),
+            gc.isenabled(),
+        )
         gateway = find_gateway(self.config.loaded_app)
         if gateway is not None:  # and the oldest generation on a clock (gc_schedule)
             from tokenrelay.gc_schedule import install
@@ -107,6 +123,8 @@ class _Server(Server):
             self._collections = install(gateway.settings.gc_full_interval)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
         if self._collections is not None:
             self._collections.close()
         gateway = find_gateway(self.config.loaded_app)
@@ -144,11 +162,13 @@ def settle_garbage_collector() -> None:
     """Once the server is up: what start-up built (modules, settings, the app) moves out of the
     collector's sight for good (``gc.freeze``), so a full collection under load no longer walks
     it (one took 38 ms at c=200, a stall every stream in flight felt), and the young generation
-    is collected ten times less often."""
+    is collected ten times less often. The collector runs again from here if the start had it
+    off (``tokenrelay serve``)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
+    gc.enable()
 
 
 def raise_open_files_limit() -> tuple[int, int] | None:
