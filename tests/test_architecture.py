@@ -54,6 +54,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.serve_command": "http",
     "tokenrelay.server": "http",
     "tokenrelay.simulator": "http",
+    "tokenrelay.simulator_web": "http",  # aiohttp.web without aiohttp's client
     "tokenrelay.upgrades": "http",
     "tokenrelay.usage_http": "http",
     "tokenrelay.uvicorn_parts": "http",  # uvicorn's server without its command line
@@ -69,6 +70,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.hedging": "core",
     "tokenrelay.http_client": "core",
     "tokenrelay.http_limits": "core",  # the HTTP edge's settings (and CORS'), read by settings
+    "tokenrelay.lean_imports": "core",  # a package without its __init__, for the start
     "tokenrelay.model": "core",
     "tokenrelay.providers": "core",
     "tokenrelay.router": "core",

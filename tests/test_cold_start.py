@@ -106,7 +106,7 @@ print(json.dumps({"cli": after_cli, "serve": started, "tries": tries}))
 """
 
 
-def _probe(tmp_path: Path, probe: str = _SERVE_PROBE) -> Any:
+def _probe(tmp_path: Path, probe: str = _SERVE_PROBE, demo: bool = False) -> Any:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -115,12 +115,13 @@ def _probe(tmp_path: Path, probe: str = _SERVE_PROBE) -> Any:
     env.update(
         {
             "PYTHONPATH": SRC,
-            "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "test",
-            "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "http://127.0.0.1:9/v1",
             "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
             "TOKENRELAY_LOG_LEVEL": "warning",
         }
     )
+    if not demo:
+        env["TOKENRELAY_PROVIDERS__OPENAI__API_KEY"] = "test"
+        env["TOKENRELAY_PROVIDERS__OPENAI__BASE_URL"] = "http://127.0.0.1:9/v1"
     done = subprocess.run(
         [sys.executable, "-c", probe],
         env=env,
@@ -169,3 +170,12 @@ def test_the_ca_store_preloads_only_for_tls_upstreams() -> None:
     assert _calls_tls_upstreams(load(environ=remote))
     assert not _calls_tls_upstreams(load(environ={}))  # demo mode: the simulator, plain HTTP
     assert not _calls_tls_upstreams(load(environ={**key, "TOKENRELAY_WORKERS": "2"}))
+
+
+def test_demo_mode_serves_its_simulator_without_aiohttp_s_client(tmp_path: Path) -> None:
+    serve = _probe(tmp_path, demo=True)["serve"]
+    assert "aiohttp.web" in serve  # the probe did start the demo simulator
+    # aiohttp's client (its connector loads two SSL contexts at import), click, uvicorn's
+    # supervisors: none of them serves a demo gateway's first request
+    left_out = ("aiohttp.client", "aiohttp.connector", "click", "multiprocessing")
+    assert [name for name in left_out if name in serve] == []
