@@ -54,9 +54,10 @@ def serve(
     from tokenrelay.settings import ConfigError
 
     try:
-        serve_command.serve(host, port, config, workers, log_level)
+        settings = serve_command.settings_for(host, port, config, workers, log_level)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    serve_command.serve(settings)
 
 
 @main.command()

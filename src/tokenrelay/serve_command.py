@@ -88,19 +88,20 @@ def _completing() -> bool:
     return any(name.startswith("_") and name.endswith("_COMPLETE") for name in os.environ)
 
 
-def serve(
+def settings_for(
     host: str | None = None,
     port: int | None = None,
     config: str | None = None,
     workers: int | None = None,
     log_level: str | None = None,
-) -> None:
-    """Run the gateway. With no provider keys set it runs in demo mode on built-in simulators.
+) -> Settings:
+    """The settings ``serve`` runs with: the options over the environment and the config file.
+    Raises ``settings.ConfigError`` for settings it cannot use (the command reports it).
 
-    Raises ``settings.ConfigError`` for settings it cannot use, before anything starts."""
-    # The start allocates some 100,000 objects that all live as long as the process: the
-    # collector's 70-odd passes over them while modules import cost 10-20 ms of the cold start.
-    # The server collects once and freezes them, a second after it is up (server._Server).
+    The collector goes off here, for the whole start: it allocates some 100,000 objects that
+    all live as long as the process, and its 70-odd passes over them while modules import
+    cost 10-20 ms of the cold start. The server collects once and freezes them, a second
+    after it is up (``server._Server``)."""
     gc.disable()
     # Options travel as environment variables so every worker process reads the same settings.
     for name, value in (
@@ -115,7 +116,11 @@ def serve(
         os.environ["TOKENRELAY_CONFIG"] = os.path.abspath(config)
     from tokenrelay.settings import load
 
-    settings = load()
+    return load()
+
+
+def serve(settings: Settings) -> None:
+    """Run the gateway. With no provider keys set it runs in demo mode on built-in simulators."""
     if calls_tls_upstreams(settings):
         _load_ca_store_in_background()
     if settings.workers > 1:
