@@ -30,7 +30,8 @@ def register_lazily(name: str, **known: object) -> bool:
 
     def lookup(attribute: str) -> object:
         # PEP 562: called for a name the package does not have yet
-        if importlib.util.find_spec(f"{name}.{attribute}") is not None:
+        submodule = attribute.isidentifier() and not attribute.startswith("__")
+        if submodule and importlib.util.find_spec(f"{name}.{attribute}") is not None:
             return importlib.import_module(f"{name}.{attribute}")  # ``from aiohttp import web``
         del package.__dict__["__getattr__"]
         loader.exec_module(package)
