@@ -35,6 +35,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.admin_openapi": "http",
     "tokenrelay.app": "http",
     "tokenrelay.cli": "http",
+    "tokenrelay.commands": "http",  # the command line on click (cli starts serve without it)
     "tokenrelay.client": "http",
     "tokenrelay.count_tokens": "http",
     "tokenrelay.endpoints": "http",
@@ -50,10 +51,14 @@ LAYERS: dict[str, str] = {
     "tokenrelay.response_store": "http",
     "tokenrelay.responses_api": "http",
     "tokenrelay.resume_http": "http",
+    "tokenrelay.serve_command": "http",
     "tokenrelay.server": "http",
     "tokenrelay.simulator": "http",
+    "tokenrelay.simulator_web": "http",  # aiohttp.web without aiohttp's client
     "tokenrelay.upgrades": "http",
     "tokenrelay.usage_http": "http",
+    "tokenrelay.uvicorn_parts": "http",  # uvicorn's server without its command line
+    "tokenrelay.workers": "http",
     # Core: the vocabulary, the dialects, routing, failover, the providers and their transport.
     "tokenrelay": "core",
     "tokenrelay.cache_relay": "core",  # a request's cache lookup, capture and store
@@ -65,6 +70,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.hedging": "core",
     "tokenrelay.http_client": "core",
     "tokenrelay.http_limits": "core",  # the HTTP edge's settings (and CORS'), read by settings
+    "tokenrelay.lean_imports": "core",  # a package without its __init__, for the start
     "tokenrelay.model": "core",
     "tokenrelay.providers": "core",
     "tokenrelay.router": "core",

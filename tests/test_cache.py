@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from tests.servers import RunningGateway, clean_environ, gateway_environ, gateway_server
 from tokenrelay import dialects
-from tokenrelay.cli import main
+from tokenrelay.commands import main
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.gate.keys import KeyStore
 from tokenrelay.model import Accumulator, Completion

@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
-# What ``tokenrelay.cli`` alone (``--help``, ``ask``) must leave out.
+# What the command line on click (``--help``, ``ask``: ``tokenrelay.commands``) must leave out.
 NOT_FOR_CLI = (
     "aiohttp",
     "asyncio",
@@ -36,8 +37,10 @@ NOT_FOR_SERVE = (
     "aiohttp",
     "aiosqlite",
     "asyncpg",
+    "click",  # the other commands' command line, and uvicorn's (tokenrelay.uvicorn_parts)
     "genai_prices",
     "httpx",
+    "multiprocessing",  # uvicorn's supervisors: only with several workers
     "opentelemetry",
     "psycopg",
     "pydantic",
@@ -45,9 +48,11 @@ NOT_FOR_SERVE = (
     "sqlite3",
     "starlette",
     "tokenrelay.cache.service",
+    "tokenrelay.commands",
     "tokenrelay.endpoints",
     "tokenrelay.shared_state",
     "tokenrelay.simulator",
+    "tokenrelay.workers",
     "tomllib",
     "websockets",
 )
@@ -55,37 +60,53 @@ NOT_FOR_SERVE = (
 _PROBE = r"""
 import json, sys
 
+import tokenrelay.commands
+
+print(json.dumps(sorted(sys.modules)))
+"""
+
+# ``tokenrelay serve`` as the command runs it, up to a started gateway (the server's run
+# stops short of binding a port).
+_SERVE_PROBE = r"""
+import json, sys
+
 import tokenrelay.cli
 
 after_cli = sorted(sys.modules)  # before anything else is imported
 
-import uvicorn
-import uvloop
-
-from tokenrelay.app import create_app
-from tokenrelay.screening import rules
-from tokenrelay.server import uvicorn_options
-from tokenrelay.settings import load
-
-settings = load()
-app = create_app(settings)
+import tokenrelay.server
 
 
-async def start() -> None:
-    config = uvicorn.Config(app, **uvicorn_options(settings))
-    config.load()
-    await app.gateway.start()
-    started.extend(sorted(sys.modules))
-    await app.gateway.stop()
+def started_gateway(settings) -> None:
+    import uvloop
+
+    from tokenrelay.app import create_app
+    from tokenrelay.uvicorn_parts import Config
+
+    app = create_app(settings)
+
+    async def start() -> None:
+        config = Config(app, **tokenrelay.server.uvicorn_options(settings))
+        config.load()
+        await app.gateway.start()
+        started.extend(sorted(sys.modules))
+        await app.gateway.stop()
+
+    uvloop.run(start())
 
 
 started: list[str] = []
-uvloop.run(start())
-print(json.dumps({"cli": after_cli, "serve": started, "tries": rules._tries.cache_info().currsize}))
+tokenrelay.server.run = started_gateway
+sys.argv = ["tokenrelay", "serve", "--log-level", "warning"]
+tokenrelay.cli.main()
+from tokenrelay.screening import rules
+
+tries = rules._tries.cache_info().currsize
+print(json.dumps({"cli": after_cli, "serve": started, "tries": tries}))
 """
 
 
-def _probe(tmp_path: Path) -> dict[str, object]:
+def _probe(tmp_path: Path, probe: str = _SERVE_PROBE, demo: bool = False) -> Any:
     env = {
         k: v
         for k, v in os.environ.items()
@@ -94,14 +115,15 @@ def _probe(tmp_path: Path) -> dict[str, object]:
     env.update(
         {
             "PYTHONPATH": SRC,
-            "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "test",
-            "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": "http://127.0.0.1:9/v1",
             "TOKENRELAY_DATABASE_URL": f"sqlite:///{tmp_path}/ledger.db",
             "TOKENRELAY_LOG_LEVEL": "warning",
         }
     )
+    if not demo:
+        env["TOKENRELAY_PROVIDERS__OPENAI__API_KEY"] = "test"
+        env["TOKENRELAY_PROVIDERS__OPENAI__BASE_URL"] = "http://127.0.0.1:9/v1"
     done = subprocess.run(
-        [sys.executable, "-c", _PROBE],
+        [sys.executable, "-c", probe],
         env=env,
         capture_output=True,
         text=True,
@@ -109,8 +131,7 @@ def _probe(tmp_path: Path) -> dict[str, object]:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _loaded(modules: object, names: tuple[str, ...]) -> list[str]:
@@ -121,9 +142,14 @@ def _loaded(modules: object, names: tuple[str, ...]) -> list[str]:
     )
 
 
-def test_cli_and_serve_start_without_the_heavy_packages(tmp_path: Path) -> None:
+def test_the_command_line_starts_without_the_heavy_packages(tmp_path: Path) -> None:
+    assert _loaded(_probe(tmp_path, _PROBE), NOT_FOR_CLI) == []
+
+
+def test_serve_starts_without_the_heavy_packages(tmp_path: Path) -> None:
     result = _probe(tmp_path)
-    assert _loaded(result["cli"], NOT_FOR_CLI) == []
+    # the entry point alone: not even click (serve's options are read without it)
+    assert _loaded(result["cli"], (*NOT_FOR_CLI, "click", "tokenrelay.commands")) == []
     serve = result["serve"]
     # the probe did reach a started gateway
     assert isinstance(serve, list) and "tokenrelay.relay" in serve
@@ -133,7 +159,7 @@ def test_cli_and_serve_start_without_the_heavy_packages(tmp_path: Path) -> None:
 
 
 def test_the_ca_store_preloads_only_for_tls_upstreams() -> None:
-    from tokenrelay.cli import _calls_tls_upstreams
+    from tokenrelay.serve_command import calls_tls_upstreams as _calls_tls_upstreams
     from tokenrelay.settings import load
 
     key = {"TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "k"}
@@ -144,3 +170,12 @@ def test_the_ca_store_preloads_only_for_tls_upstreams() -> None:
     assert _calls_tls_upstreams(load(environ=remote))
     assert not _calls_tls_upstreams(load(environ={}))  # demo mode: the simulator, plain HTTP
     assert not _calls_tls_upstreams(load(environ={**key, "TOKENRELAY_WORKERS": "2"}))
+
+
+def test_demo_mode_serves_its_simulator_without_aiohttp_s_client(tmp_path: Path) -> None:
+    serve = _probe(tmp_path, demo=True)["serve"]
+    assert "aiohttp.web" in serve  # the probe did start the demo simulator
+    # aiohttp's client (its connector loads two SSL contexts at import), click, uvicorn's
+    # supervisors: none of them serves a demo gateway's first request
+    left_out = ("aiohttp.client", "aiohttp.connector", "click", "multiprocessing")
+    assert [name for name in left_out if name in serve] == []

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from tokenrelay.cli import main
+from tokenrelay.commands import main
 from tokenrelay.gate.keys import hash_key
 
 

@@ -224,7 +224,7 @@ def test_the_cost_of_a_merged_scrape(capsys: pytest.CaptureFixture[str]) -> None
 
 def test_a_directory_the_operator_gives_starts_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     """A previous run's snapshots would add its counts to this run's forever."""
-    from tokenrelay.server import METRICS_DIR_ENV, _metrics_dir
+    from tokenrelay.workers import METRICS_DIR_ENV, _metrics_dir
 
     with tempfile.TemporaryDirectory() as directory:
         for name in ("123.snap", "456.snap.1.tmp"):

@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from tests.pg_server import machine_database
-from tokenrelay.cli import main
+from tokenrelay.commands import main
 from tokenrelay.gate.identity import AuthSettings
 from tokenrelay.gate.keys import KeyStore
 from tokenrelay.metering.reports import make_query, parse_time, usage

@@ -30,7 +30,6 @@ import msgspec
 from tokenrelay.balance import Balancer, Group
 from tokenrelay.breaker import CircuitBreaker
 from tokenrelay.dialects.responses.hosted import HostedPolicy
-from tokenrelay.hedging import Contender, Outcome, Stream, race
 from tokenrelay.latency import LatencyStats
 from tokenrelay.model import (
     CONTENT_EVENTS,
@@ -49,6 +48,7 @@ from tokenrelay.records import Attempt, AttemptOutcome
 from tokenrelay.settings import RouteSettings, TargetSettings
 
 if TYPE_CHECKING:
+    from tokenrelay.hedging import Outcome, Stream
     from tokenrelay.observe.tracing import AttemptTrace, RequestTrace
 
 # Errors that would fail the same way on any target: return them to the client at once.
@@ -407,6 +407,8 @@ class Failover:
         winner the walk goes on at the backup's second try (its first was the hedge), unless
         the backup is not worth one: it refused our key, or it missed its deadline and another
         target is left."""
+        from tokenrelay.hedging import Contender, race  # only a route that hedges: not at start
+
         backup = self.targets[after]
         retry_backup = True
 

@@ -9,23 +9,18 @@ cutting each stream short with no error event.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
-import os
-import shutil
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import uvicorn
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import multiprocess
-
 from tokenrelay.settings import Settings
+from tokenrelay.uvicorn_parts import Config, Server
 
 if TYPE_CHECKING:
     from tokenrelay.gateway import Gateway
@@ -42,6 +37,9 @@ _FINISH_WAIT = 2.0
 # flight had their live objects scanned and promoted over and over (see BENCHMARKS.md,
 # "Speed, round two").
 _GC_YOUNG_THRESHOLD = 7_000
+# Seconds after the server is up when the collector is settled (and, under ``tokenrelay serve``,
+# enabled again: ``serve_command`` turns it off for the start, whose objects all live on).
+_SETTLE_AFTER = 1.0
 
 
 def configure_logging(level: str) -> None:
@@ -90,7 +88,7 @@ def find_gateway(app: object) -> Gateway | None:
     return None
 
 
-class _Server(uvicorn.Server):
+class _Server(Server):
     """Drains the gateway before uvicorn's own shutdown (see the module's docstring).
 
     uvicorn also re-raises SIGTERM after its graceful shutdown, so the process would end "killed
@@ -100,12 +98,24 @@ class _Server(uvicorn.Server):
     # another program (the tests), whose objects must stay collectable.
     owns_process = False
     _collections: FullCollections | None = None
+    _settling: asyncio.TimerHandle | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if not (self.owns_process and self.started):
             return
+        # A full collection of what start-up built takes 5-10 ms: not between the first
+        # request and its answer (BENCHMARKS.md, "Cold start").
+        self._settling = asyncio.get_running_loop().call_later(_SETTLE_AFTER, self._settle)
+
+    def _settle(self) -> None:
+        self._settling = None
         settle_garbage_collector()
+        log.debug(
+            "garbage collector settled: %d start-up objects frozen, collecting: %s",
+            gc.get_freeze_count(),
+            gc.isenabled(),
+        )
         gateway = find_gateway(self.config.loaded_app)
         if gateway is not None:  # and the oldest generation on a clock (gc_schedule)
             from tokenrelay.gc_schedule import install
@@ -113,6 +123,8 @@ class _Server(uvicorn.Server):
             self._collections = install(gateway.settings.gc_full_interval)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._settling is not None:
+            self._settling.cancel()
         if self._collections is not None:
             self._collections.close()
         gateway = find_gateway(self.config.loaded_app)
@@ -150,90 +162,13 @@ def settle_garbage_collector() -> None:
     """Once the server is up: what start-up built (modules, settings, the app) moves out of the
     collector's sight for good (``gc.freeze``), so a full collection under load no longer walks
     it (one took 38 ms at c=200, a stall every stream in flight felt), and the young generation
-    is collected ten times less often."""
+    is collected ten times less often. The collector runs again from here if the start had it
+    off (``tokenrelay serve``)."""
     gc.collect()
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
-
-
-class _WorkerProcess(multiprocess.Process):
-    """A worker when ``workers > 1``: it runs ``_Server``, so it drains as a single process does,
-    and sets up the gateway's logging, which a spawned process starts without."""
-
-    @property
-    def server(self) -> uvicorn.Server:
-        if self._server is None:
-            server = _Server(config=self.config)
-            server.owns_process = True
-            self._server = server
-        return self._server
-
-    def target(self, sockets: list[socket.socket] | None = None) -> None:
-        configure_logging(str(self.config.log_level or "info"))
-        try:
-            super().target(sockets)
-        finally:
-            # The last counts, so the merged /metrics keeps them after this worker is gone.
-            gateway = find_gateway(self.config.loaded_app) if self.config.loaded else None
-            if gateway is not None and gateway.metrics is not None:
-                try:
-                    gateway.metrics.close()
-                except Exception:  # the exit goes on; the last periodic snapshot stands
-                    log.exception("metrics: cannot write this worker's last snapshot")
-
-
-def _run_workers(config: uvicorn.Config) -> None:
-    """What ``uvicorn.run(..., workers=N)`` does, with ``_WorkerProcess`` as the worker. The
-    supervisor SIGTERMs every worker on SIGTERM or SIGINT and waits for them to drain.
-
-    The workers share their metrics through a directory made here (``metrics.shared_dir``,
-    passed in the environment each spawned worker reads its settings from)."""
-    with _metrics_dir() as shared_dir:
-        os.environ[METRICS_DIR_ENV] = shared_dir
-        try:
-            _supervise(config)
-        finally:
-            os.environ.pop(METRICS_DIR_ENV, None)
-
-
-METRICS_DIR_ENV = "TOKENRELAY_METRICS__SHARED_DIR"
-
-
-@contextlib.contextmanager
-def _metrics_dir() -> Iterator[str]:
-    """A private directory for the workers' metric snapshots, on a memory file system when
-    there is one (``/dev/shm``), removed when the supervisor ends. One set by the operator
-    (``TOKENRELAY_METRICS__SHARED_DIR``) is emptied of old snapshots and left in place."""
-    given = os.environ.get(METRICS_DIR_ENV)
-    if given:
-        from tokenrelay.observe.snapshots import clear
-
-        clear(given)  # a previous run's workers: this supervisor's counts start at zero
-        yield given
-        return
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
-    path = tempfile.mkdtemp(prefix="tokenrelay-metrics-", dir=base)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _supervise(config: uvicorn.Config) -> None:
-    sock = config.bind_socket()
-    # The supervisor builds each worker (at start, on a restart, on SIGTTIN) from its module's
-    # `Process`, with no hook to give it another class; the swap lasts while it runs.
-    original = multiprocess.Process
-    multiprocess.Process = _WorkerProcess  # type: ignore[misc]
-    try:
-        supervisor = multiprocess.Multiprocess(config, sockets=[sock])
-        supervisor.run()
-    finally:
-        multiprocess.Process = original  # type: ignore[misc]
-        sock.close()
-    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
-        sys.exit(3)  # a worker could not start; it has logged why
+    gc.enable()
 
 
 def raise_open_files_limit() -> tuple[int, int] | None:
@@ -257,17 +192,12 @@ def raise_open_files_limit() -> tuple[int, int] | None:
 
 
 def run(settings: Settings) -> None:
+    """Serve in this process (``workers = 1``; several: ``tokenrelay.workers.run``)."""
     configure_logging(settings.log_level)
     raise_open_files_limit()
-    options = uvicorn_options(settings)
-    if settings.workers > 1:
-        # Each worker builds its own app from the same environment.
-        factory = "tokenrelay.app:create_app"
-        _run_workers(uvicorn.Config(factory, factory=True, workers=settings.workers, **options))  # type: ignore[arg-type]
-        return
     from tokenrelay.app import create_app
 
-    config = uvicorn.Config(create_app(settings), **options)  # type: ignore[arg-type]
+    config = Config(create_app(settings), **uvicorn_options(settings))  # type: ignore[arg-type]
     server = _Server(config)
     server.owns_process = True
     server.run()

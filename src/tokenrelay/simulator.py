@@ -721,7 +721,7 @@ class _Simulator:
     def _error(
         self, flavor: _Flavor, error: GatewayError, request_id: str, retry_after: float | None
     ) -> web.Response:
-        from aiohttp import web
+        from tokenrelay.simulator_web import web
 
         if flavor is self.gemini and error.status == 529:  # Google says overloaded with a 503
             error = GatewayError(error.type, error.message, 503, retry_after=error.retry_after)
@@ -872,7 +872,7 @@ class _Simulator:
         request_id: str,
         message_id: str,
     ) -> web.StreamResponse:
-        from aiohttp import web
+        from tokenrelay.simulator_web import web
 
         fault = knobs.fault
         try:
@@ -916,7 +916,7 @@ class _Simulator:
         request_id: str,
         message_id: str,
     ) -> web.StreamResponse:
-        from aiohttp import web
+        from tokenrelay.simulator_web import web
 
         fault = knobs.fault
         events = plan.events
@@ -1001,13 +1001,13 @@ def _reset(http: web.Request) -> None:
 
 
 def _raw_json(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> web.Response:
-    from aiohttp import web
+    from tokenrelay.simulator_web import web
 
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
 def _json(body: bytes, headers: Mapping[str, str] | None = None, status: int = 200) -> web.Response:
-    from aiohttp import web
+    from tokenrelay.simulator_web import web
 
     return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
@@ -1027,7 +1027,7 @@ def create_app(settings: SimulatorSettings | None = None) -> web.Application:
 
 
 def _build(settings: SimulatorSettings | None) -> tuple[web.Application, _Simulator]:
-    from aiohttp import web
+    from tokenrelay.simulator_web import web
 
     simulator = _Simulator(settings or SimulatorSettings())
     app = web.Application(client_max_size=_MAX_BODY)
@@ -1090,7 +1090,7 @@ async def start(
     shutdown_timeout: float = 2.0,
 ) -> RunningSimulator:
     """Serve the simulator on ``host:port`` (port 0: a free one) in the running event loop."""
-    from aiohttp import web
+    from tokenrelay.simulator_web import web
 
     app, simulator = _build(settings)
     runner = web.AppRunner(

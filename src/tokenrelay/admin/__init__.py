@@ -1,2 +1,2 @@
 """Administration of orgs, users, keys and budgets (no HTTP: ``tokenrelay.admin_http`` serves it,
-``tokenrelay.cli`` calls it too), with who may do what (``roles``) and the audit trail."""
+``tokenrelay.commands`` calls it too), with who may do what (``roles``) and the audit trail."""

@@ -158,21 +158,44 @@ def _index() -> dict[str, _Entry]:
         for word in vocabulary:
             owners.setdefault(word, set()).add((marker, len(word), 0))
     # A match is the longest anchor at its place; it stands for every anchor that prefixes it.
+    # One pass over each anchor's owners (this runs at start-up, before the first request).
     lookup: dict[str, _Entry] = {}
     for anchor in owners:
         found: set[_Owner] = set()
         for end in range(1, len(anchor) + 1):
-            found |= owners.get(anchor[:end], set())
-        rules = [owner for owner in found if owner[0] >= 0]
-        also = [(_ALSO - index, length) for index, length, _ in found if index <= _ALSO]
-        hints = [index for index, size, _ in found if _ALSO < index < 0 and size == len(anchor)]
+            prefix = owners.get(anchor[:end])
+            if prefix:
+                found |= prefix
+        anywhere: set[int] = set()
+        whole: set[tuple[int, int]] = set()
+        leads: set[tuple[int, int]] = set()
+        also: set[int] = set()
+        also_whole: set[tuple[int, int]] = set()
+        hints: list[int] = []
+        longest = 0
+        for index, length, before in found:
+            if index >= 0:  # a rule
+                if length:
+                    whole.add((index, length))
+                else:
+                    anywhere.add(index)
+                if before:
+                    leads.add((index, before))
+                    longest = max(longest, before)
+            elif index <= _ALSO:  # a rule's ``also`` gate
+                if length:
+                    also_whole.add((_ALSO - index, length))
+                else:
+                    also.add(_ALSO - index)
+            elif length == len(anchor):  # a hint marker, as a whole word
+                hints.append(index)
         lookup[anchor] = (
-            tuple(sorted({index for index, length, _ in rules if not length})),
-            tuple(sorted({(index, length) for index, length, _ in rules if length})),
-            tuple(sorted({(index, lead) for index, _, lead in rules if lead})),
-            frozenset(index for index, length in also if not length),
-            tuple(sorted({(index, length) for index, length in also if length})),
-            max((lead for _, _, lead in rules), default=0),
+            tuple(sorted(anywhere)),
+            tuple(sorted(whole)),
+            tuple(sorted(leads)),
+            frozenset(also),
+            tuple(sorted(also_whole)),
+            longest,
             hints[0] if hints else 0,
         )
     return lookup
