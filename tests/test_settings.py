@@ -94,3 +94,23 @@ def test_missing_and_broken_files(tmp_path: Path) -> None:
     broken.write_text("port = = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(broken, environ={})
+
+
+@pytest.mark.parametrize(
+    ("environ", "says"),
+    [
+        ({"TOKENRELAY_LOG_LEVEL": "loud"}, "log_level 'loud' is not one of critical"),
+        ({"TOKENRELAY_ROUTES": "["}, "routes must be a table"),
+        ({"TOKENRELAY_PROVIDERS": "[1, 2]"}, "providers must be a table"),
+        ({"TOKENRELAY_PROVIDER_MODELS": "7"}, "provider_models must be a table"),
+    ],
+)
+def test_a_malformed_environment_is_a_config_error_not_a_traceback(
+    environ: dict[str, str], says: str
+) -> None:
+    with pytest.raises(ConfigError, match=says):
+        load(environ=environ)
+
+
+def test_log_level_takes_any_case() -> None:
+    assert load(environ={"TOKENRELAY_LOG_LEVEL": "DEBUG"}).log_level == "DEBUG"

@@ -42,6 +42,10 @@ DEFAULT_OPENAI_MODEL = "gpt-5.5"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 
+# What `log_level` accepts (uvicorn's names; "trace" is uvicorn's level below debug).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
 class ConfigError(Exception):
     """A setting that cannot be used; the message names the file or variable to fix."""
 
@@ -419,6 +423,9 @@ def _comma_list(table: dict[str, Any], key: str) -> None:
 
 
 def _normalize(data: dict[str, Any]) -> dict[str, Any]:
+    for table in ("providers", "routes", "provider_models"):
+        if not isinstance(data.get(table) or {}, dict):  # TOKENRELAY_ROUTES='[' is a string
+            raise ConfigError(f"{table} must be a table (a JSON object in the environment)")
     policy = data.get("provider_models")
     if isinstance(policy, dict) and isinstance(policy.get("allow"), str):  # "claude-*,gpt-*"
         policy["allow"] = [part.strip() for part in policy["allow"].split(",") if part.strip()]
@@ -492,6 +499,9 @@ def _limit_strings(settings: Settings) -> list[tuple[str, str]]:
 
 
 def _check(settings: Settings) -> None:
+    if settings.log_level.lower() not in LOG_LEVELS:
+        levels = ", ".join(LOG_LEVELS)
+        raise ConfigError(f"log_level {settings.log_level!r} is not one of {levels}")
     usable = settings.configured_providers()
     for name, provider in settings.providers.items():
         if settings.demo_mode or (name in _BUILTIN and name not in usable):
