@@ -66,6 +66,36 @@ def test_masking_is_linear_time() -> None:
     assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no digits, no at sign, no key",
+        "a key sk-ant-abcdefghijklmnop12 here",
+        "rk_live_abcdefghijklmnop and trk_abcdefghijklmn",
+        "ask-me-anything about sk-abcdefghijklmnopq",
+        "mail bob@example.com",
+        "call \u0660\u0661\u0662\u0663\u0664\u0665\u0666"  # Arabic-Indic digits
+        " or \uff10\uff16\uff11\uff12\uff13\uff14\uff15",  # fullwidth ones
+        "IBAN GB82 WEST 1234 5698 7654 32",
+        "\ue000 a mark \ue001 sent by the client 4111 1111 1111 1111",
+    ],
+)
+def test_skipped_matchers_could_not_have_matched(text: str) -> None:
+    """``_marks`` skips a matcher whose item the text cannot hold: the same result as all."""
+    from tokenrelay.observe import audit
+
+    def every_matcher(text: str) -> str:
+        text = audit._EMAIL.sub(audit._email, text)
+        text = audit._KEY.sub(audit._key, text)
+        text = audit._IBAN.sub(audit._iban, text)
+        text = audit._CARD.sub(audit._card, text)
+        return audit._PHONE.sub(audit._phone, text)
+
+    assert audit._marks(text) == every_matcher(text)
+    normalized, _ = audit._normalized(text.translate(audit._NEUTRAL))
+    assert audit._marks(normalized) == every_matcher(normalized)
+
+
 def test_keyed_hash_correlates_only_under_the_same_secret() -> None:
     key = SECRET.encode()
     one = fingerprint("What is SSE?", key, 50)
