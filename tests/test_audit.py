@@ -219,6 +219,21 @@ def test_settings() -> None:
         msgspec.convert({"prefix_chars": -1}, AuditSettings)
 
 
+def test_one_log_hashes_each_prompt_afresh_under_its_secret() -> None:
+    """The log keys its HMAC once and copies it per prompt: no prompt leaks into the next."""
+    log = AuditLog(AuditSettings(secret=SECRET), stream=io.BytesIO())
+    try:
+        for text in ("first", "second", "first", "", "ünï\ud800code"):
+            data = text.encode("utf-8", "surrogatepass")
+            expected = hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()
+            assert log.fingerprint(text).hmac == expected
+            assert fingerprint(text, SECRET.encode(), 50).hmac == expected
+        log.secret = b"another secret of enough length"  # a new key is a new keyed state
+        assert log.fingerprint("first").hmac == fingerprint("first", log.secret, 50).hmac
+    finally:
+        log.close()
+
+
 def test_a_random_secret_is_announced(caplog: pytest.LogCaptureFixture) -> None:
     first = AuditLog(AuditSettings(), stream=io.BytesIO())
     second = AuditLog(AuditSettings(), stream=io.BytesIO())

@@ -339,9 +339,17 @@ _encoder = msgspec.json.Encoder()
 
 def fingerprint(text: str, secret: bytes, prefix_chars: int) -> PromptInfo:
     """A prompt as the audit may keep it."""
-    digest = hmac.new(secret, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return _fingerprint(text, hmac.new(secret, digestmod=hashlib.sha256), prefix_chars)
+
+
+def _fingerprint(text: str, keyed: hmac.HMAC, prefix_chars: int) -> PromptInfo:
+    """``fingerprint`` from an HMAC already keyed with the secret (not updated): a copy of its
+    state costs less than keying a new one per request (OpenSSL 3 looks the digest up anew
+    each time, and that lookup is most of an HMAC of a short prompt)."""
+    mac = keyed.copy()
+    mac.update(text.encode("utf-8", "surrogatepass"))
     prefix = masked_prefix(text, prefix_chars) if prefix_chars > 0 else None
-    return PromptInfo(len(text), digest, prefix)
+    return PromptInfo(len(text), mac.hexdigest(), prefix)
 
 
 def prompt_of(request: Request | None) -> str | None:
@@ -455,6 +463,8 @@ class AuditLog:
                     "process and will not correlate across restarts or workers; set "
                     "TOKENRELAY_AUDIT__SECRET"
                 )
+        self._keyed: hmac.HMAC | None = None  # keyed with ``_keyed_with``, never updated
+        self._keyed_with = b""
         self._owned: IO[bytes] | None = None
         # A deque the event loop appends to (thread-safe, no lock, no wake-up per line) and the
         # writer thread drains every POLL_SECONDS, or at once on flush and close.
@@ -479,7 +489,11 @@ class AuditLog:
         return self._owned
 
     def fingerprint(self, text: str) -> PromptInfo:
-        return fingerprint(text, self.secret, self.settings.prefix_chars)
+        keyed = self._keyed
+        if keyed is None or self._keyed_with != self.secret:
+            keyed = self._keyed = hmac.new(self.secret, digestmod=hashlib.sha256)
+            self._keyed_with = self.secret
+        return _fingerprint(text, keyed, self.settings.prefix_chars)
 
     def line(
         self, record: StreamRecord, prompt_text: str | None, cost_nanousd: int | None
