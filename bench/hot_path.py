@@ -1,5 +1,7 @@
 """Where the gateway's time goes per streamed token, stage by stage, in one process; and, with
-``--request``, the per-request stages before the first byte goes upstream.
+``--request``, the per-request stages before the first byte goes upstream, and the record's
+listeners after the stream (the meter with its audit line and spool write, metrics). With
+``PYTHONPATH=../wt-base/src`` the same stages time another tree.
 
     .venv/bin/python bench/hot_path.py [--request]
 
