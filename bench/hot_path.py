@@ -1,5 +1,7 @@
 """Where the gateway's time goes per streamed token, stage by stage, in one process; and, with
-``--request``, the per-request stages before the first byte goes upstream.
+``--request``, the per-request stages before the first byte goes upstream, and the record's
+listeners after the stream (the meter with its audit line and spool write, metrics). With
+``PYTHONPATH=../wt-base/src`` the same stages time another tree.
 
     .venv/bin/python bench/hot_path.py [--request]
 
@@ -12,11 +14,13 @@ the upstream socket and writing the client's, is in the py-spy profile of BENCHM
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from tokenrelay.dialects import anthropic, openai
 from tokenrelay.dialects.sse import SSEParser
@@ -92,7 +96,10 @@ def request_stages() -> list[tuple[str, float]]:
     dialect = openai
 
     async def measure() -> list[tuple[str, float]]:
-        gateway = Gateway(load(environ=gateway_env("http://127.0.0.1:9")))
+        environ = gateway_env("http://127.0.0.1:9")
+        environ["TOKENRELAY_AUDIT__DESTINATION"] = os.devnull  # the line is built, then dropped
+        environ["TOKENRELAY_AUDIT__SECRET"] = "bench-" + "x" * 32
+        gateway = Gateway(load(environ=environ))
         await gateway.start()
         try:
             headers = request_headers(raw)
@@ -110,6 +117,7 @@ def request_stages() -> list[tuple[str, float]]:
                     times.append((time.perf_counter_ns() - started) / n / 1000)
                 return statistics.median(times)
 
+            listeners = await _listener_stage(gateway, request, route, admission)
             return [
                 ("request headers", per_event_us(lambda: request_headers(raw), 20_000, 5)),
                 (
@@ -135,6 +143,7 @@ def request_stages() -> list[tuple[str, float]]:
                         5,
                     ),
                 ),
+                listeners,
             ]
         finally:
             await gateway.stop()
@@ -142,13 +151,56 @@ def request_stages() -> list[tuple[str, float]]:
     return asyncio.run(measure())
 
 
+async def _listener_stage(
+    gateway: Any, request: Request, route: Any, admission: Any
+) -> tuple[str, float]:
+    """The record's listeners (meter: usage, price, ledger spool line, budget, audit line;
+    stored responses; metrics) on a completed one-token stream's record, priced."""
+    from tokenrelay.model import Finish, Usage
+    from tokenrelay.records import Attempt, StreamRecord
+
+    await gateway.meter.pricer.load()
+    accumulator = Accumulator()
+    for event in (TextDelta("hi"), Usage(12, 1, model="gpt-5.5"), Finish("stop")):
+        accumulator.add(event)
+    completion = accumulator.result()
+    target, provider = route.targets[0]
+
+    def emit() -> None:
+        record = StreamRecord(
+            request_id="0123456789abcdef01234567",
+            dialect="openai",
+            route=route.name,
+            outcome="completed",
+            status=200,
+            provider=provider.name,
+            model=target.model,
+            usage=completion.usage,
+            content_events=1,
+            finish_reason="stop",
+            ttft_ms=21.5,
+            duration_ms=22.4,
+            attempts=[Attempt(provider.name, target.model, "ok", 200, 21.0)],
+            metadata=request.metadata,
+        )
+        record.request = request
+        record.completion = completion
+        record.identity = admission.identity
+        record.verdict = admission.verdict
+        gateway.listeners.emit(record)
+
+    return "the record's listeners (after the stream)", per_event_us(emit, 5_000, 5)
+
+
 def main() -> None:
     if "--request" in sys.argv:
         rows = request_stages()
+        *before, after = rows
         print("| per-request stage | µs per request |\n| --- | --- |")
-        for name, us in rows:
+        for name, us in before:
             print(f"| {name} | {us:.2f} |")
-        print(f"| **before the first byte upstream** | **{sum(us for _, us in rows):.2f}** |")
+        print(f"| **before the first byte upstream** | **{sum(us for _, us in before):.2f}** |")
+        print(f"| {after[0]} | {after[1]:.2f} |")
         return
     rows = stages()
     print("| stage | µs per event |\n| --- | --- |")

@@ -66,6 +66,36 @@ def test_masking_is_linear_time() -> None:
     assert time.perf_counter() - started < 0.5
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no digits, no at sign, no key",
+        "a key sk-ant-abcdefghijklmnop12 here",
+        "rk_live_abcdefghijklmnop and trk_abcdefghijklmn",
+        "ask-me-anything about sk-abcdefghijklmnopq",
+        "mail bob@example.com",
+        "call \u0660\u0661\u0662\u0663\u0664\u0665\u0666"  # Arabic-Indic digits
+        " or \uff10\uff16\uff11\uff12\uff13\uff14\uff15",  # fullwidth ones
+        "IBAN GB82 WEST 1234 5698 7654 32",
+        "\ue000 a mark \ue001 sent by the client 4111 1111 1111 1111",
+    ],
+)
+def test_skipped_matchers_could_not_have_matched(text: str) -> None:
+    """``_marks`` skips a matcher whose item the text cannot hold: the same result as all."""
+    from tokenrelay.observe import audit
+
+    def every_matcher(text: str) -> str:
+        text = audit._EMAIL.sub(audit._email, text)
+        text = audit._KEY.sub(audit._key, text)
+        text = audit._IBAN.sub(audit._iban, text)
+        text = audit._CARD.sub(audit._card, text)
+        return audit._PHONE.sub(audit._phone, text)
+
+    assert audit._marks(text) == every_matcher(text)
+    normalized, _ = audit._normalized(text.translate(audit._NEUTRAL))
+    assert audit._marks(normalized) == every_matcher(normalized)
+
+
 def test_keyed_hash_correlates_only_under_the_same_secret() -> None:
     key = SECRET.encode()
     one = fingerprint("What is SSE?", key, 50)
@@ -187,6 +217,21 @@ def test_settings() -> None:
         msgspec.convert({"secret": "short"}, AuditSettings)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"prefix_chars": -1}, AuditSettings)
+
+
+def test_one_log_hashes_each_prompt_afresh_under_its_secret() -> None:
+    """The log keys its HMAC once and copies it per prompt: no prompt leaks into the next."""
+    log = AuditLog(AuditSettings(secret=SECRET), stream=io.BytesIO())
+    try:
+        for text in ("first", "second", "first", "", "ünï\ud800code"):
+            data = text.encode("utf-8", "surrogatepass")
+            expected = hmac.new(SECRET.encode(), data, hashlib.sha256).hexdigest()
+            assert log.fingerprint(text).hmac == expected
+            assert fingerprint(text, SECRET.encode(), 50).hmac == expected
+        log.secret = b"another secret of enough length"  # a new key is a new keyed state
+        assert log.fingerprint("first").hmac == fingerprint("first", log.secret, 50).hmac
+    finally:
+        log.close()
 
 
 def test_a_random_secret_is_announced(caplog: pytest.LogCaptureFixture) -> None:

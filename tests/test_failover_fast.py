@@ -231,3 +231,22 @@ async def test_the_router_resolves_a_name_and_walks_its_route() -> None:
     assert stream.provider is providers["openai"]
     endpoint = providers["anthropic"].calls[0].endpoint
     assert endpoint is not None and endpoint.url == "http://anthropic.invalid/v1/messages"
+
+
+def test_a_provider_model_resolves_to_one_route_kept_for_its_name() -> None:
+    """A provider model asked for by name is resolved once and kept (every request naming it
+    gets the same route, as a configured route's do); a refused name is never kept."""
+    from tokenrelay.model import GatewayError
+
+    router = Router(load(environ={}), {"openai": FakeProvider("openai", [])})
+    first = router.resolve(request("gpt-5.5"))
+    again = router.resolve(request("gpt-5.5"))
+    assert again is first and not first.configured
+    assert [(t.provider, t.model) for t, _ in first.targets] == [("openai", "gpt-5.5")]
+    assert router.resolve(request("gpt-5.4-mini")) is not first
+    with pytest.raises(GatewayError) as refused:
+        router.resolve(request("gpt-nope-not-allowed"))
+    assert refused.value.status == 404
+    with pytest.raises(GatewayError):
+        router.resolve(request("gpt-nope-not-allowed"))  # refused again, not a kept route
+    assert router.lookup("gpt-5.5") is first

@@ -32,3 +32,25 @@ def test_times_are_utc_iso() -> None:
     assert iso_time(1_700_000_000.25, ms=True) == "2023-11-14T22:13:20.250Z"
     assert iso_day(0) == "1970-01-01"
     assert iso_day(20_000) == "2024-10-04"
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        1_700_000_000.9999995,  # rounds up into the next second, as datetime does
+        1_700_000_000.9999994,
+        1_700_000_001.0000005,  # half to even: stays in its second
+        1_700_000_000.0,
+        0.5,
+        -0.25,
+    ],
+)
+def test_time_text_is_datetimes_at_second_edges(timestamp: float) -> None:
+    """``iso_time`` keeps the second's text between calls; the split must stay datetime's."""
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    expected = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    for _ in range(2):  # the second time from the kept text
+        assert iso_time(timestamp) == expected + "Z"
+        assert iso_time(timestamp, ms=True) == f"{expected}.{moment.microsecond // 1000:03d}Z"

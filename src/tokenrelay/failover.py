@@ -29,6 +29,7 @@ import msgspec
 
 from tokenrelay.balance import Balancer, Group
 from tokenrelay.breaker import CircuitBreaker
+from tokenrelay.deadline import Deadline
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.latency import LatencyStats
 from tokenrelay.model import (
@@ -448,7 +449,7 @@ async def attempt(
     content event; a slow but healthy generation is never cut off after that."""
     events = provider.stream(body, headers, endpoint)
     try:
-        async with asyncio.timeout(limit):
+        async with Deadline(limit):
             pending, error = await _until_content(events)
     except TimeoutError:
         await events.aclose()

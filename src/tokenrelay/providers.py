@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from tokenrelay import dialects, transports
+from tokenrelay.deadline import Deadline
 from tokenrelay.dialects.eventstream import FramingError
 from tokenrelay.dialects.responses import hosted
 from tokenrelay.dialects.responses.hosted import HostedPolicy
@@ -264,7 +265,7 @@ class Provider:
         if self.transport.SIGNS:
             headers = self.transport.sign(self.settings, "POST", url, dict(headers), body)
         try:
-            async with asyncio.timeout(self._idle_timeout):
+            async with Deadline(self._idle_timeout):
                 response = await self._pool.post(
                     url, body, headers, connect_timeout=self.settings.connect_timeout
                 )

@@ -129,7 +129,10 @@ class Listeners:
 
 
 def log_record(record: StreamRecord) -> None:
-    """One compact line per request (never the prompt or the answer)."""
+    """One compact line per request (never the prompt or the answer); its arguments are not
+    even formatted when the level leaves it out."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     usage = record.usage
     log.info(
         "%s %s route=%s provider=%s model=%s status=%d ttft_ms=%s duration_ms=%.1f "

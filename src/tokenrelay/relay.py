@@ -165,6 +165,7 @@ class RelayEndpoint:
         call.cached = cached
         call.trace = trace
         call.guard = guard
+        call.client_headers = headers
         await call.run(route)
 
     def caller_scope(self, scope: Scope) -> Scope:

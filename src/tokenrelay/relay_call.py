@@ -78,6 +78,7 @@ class RelayCall:
         "admission",
         "attempts",
         "cached",
+        "client_headers",
         "emitted",
         "endpoint",
         "finished",
@@ -137,6 +138,8 @@ class RelayCall:
         self.gone = Signal()  # set when the client left (or its owner stopped the stream)
         self.guard: RequestGuard | None = None  # masking, output rules, canary: when any
         self.cached: CachedCall | None = None  # the response cache's part, on a route with one
+        # The scope's headers as the endpoint read them for the gate (not built twice).
+        self.client_headers: dict[str, str] | None = None
 
     async def run(self, route: Route) -> None:
         task = self.task = asyncio.current_task()
@@ -245,7 +248,9 @@ class RelayCall:
 
     async def _serve(self, route: Route) -> tuple[Outcome, str | None]:
         endpoint = self.endpoint
-        headers = _client_headers(self.scope)
+        headers = self.client_headers
+        if headers is None:
+            headers = _client_headers(self.scope)
         cached = self.cached
         hit = await cached.open(route) if cached is not None else None
         try:

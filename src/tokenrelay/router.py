@@ -32,6 +32,7 @@ _PROVIDER_MODELS = (
     (re.compile(r"gemini-"), "gemini"),
 )
 MAX_NAME_CHARS = 256
+MAX_PROVIDER_ROUTES = 1024  # provider-model routes kept resolved (see ``Router.__init__``)
 # Letters, digits and the punctuation model names use (claude-sonnet-4-5@20250929,
 # ollama/llama3.2:8b, ft:gpt-4o:org+x): nothing a header, a log line or SQL could trip on.
 _NAME = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_NAME_CHARS}}}")
@@ -52,6 +53,10 @@ class Router:
         self.latency = latency or LocalLatencyStats()
         self.balancer = balancer or Balancer(self.latency)
         self.routes = {name: self._route(name, route) for name, route in settings.routes.items()}
+        # Provider models asked for by name, as resolved: the same route for every request
+        # naming one (they are as immutable as the configured ones). Clients pick the names,
+        # so the dict is bounded; a refused name is never kept.
+        self._provider_routes: dict[str, Route] = {}
 
     def _route(self, name: str, route: RouteSettings) -> Route:
         """A configured route with the targets whose provider is configured, and its groups."""
@@ -97,6 +102,17 @@ class Router:
         """A one-target route under the ``provider_models`` policy, for a model of a configured
         provider that the policy's ``allow`` patterns admit; a refused name is a 404 that says
         which setting to change."""
+        known = self._provider_routes.get(model)
+        if known is not None:
+            return known
+        route = self._new_provider_route(model)
+        if route is not None:
+            if len(self._provider_routes) >= MAX_PROVIDER_ROUTES:
+                self._provider_routes.clear()
+            self._provider_routes[model] = route
+        return route
+
+    def _new_provider_route(self, model: str) -> Route | None:
         if not self._settings.allow_provider_models:
             return None
         provider_name, sep, rest = model.partition("/")

@@ -282,25 +282,52 @@ def _rate(price: Any, prompt: int) -> Decimal:
     return Decimal(price.base)
 
 
+# A table entry's rates as ``_table_cost`` uses them (input, output, cache read, cache write),
+# or None for an entry it defers to genai-prices; keyed by the entry's id, which the entry
+# itself (kept in the value, and alive in the loaded snapshot anyway) holds for us.
+_Rates = tuple[Any, Any, Any, Any]
+_rates: dict[int, tuple[Any, _Rates | None]] = {}
+
+
+def _rates_of(price: Any) -> _Rates | None:
+    """What ``_table_cost`` needs of ``price``, worked out once per table entry: which keys
+    it has is the same on every request priced at it."""
+    known = _rates.get(id(price))
+    if known is not None and known[0] is price:
+        return known[1]
+    keys = [key for key, value in vars(price).items() if value is not None]
+    rates: _Rates | None = None
+    if "input_mtok" in keys and "output_mtok" in keys and _SIMPLE_KEYS.issuperset(keys):
+        read, write = (
+            getattr(price, "cache_read_mtok", None),
+            getattr(price, "cache_write_mtok", None),
+        )
+        rates = (price.input_mtok, price.output_mtok, read, write)
+    if len(_rates) >= _CACHE_LIMIT:
+        _rates.clear()
+    _rates[id(price)] = (price, rates)
+    return rates
+
+
 def _table_cost(price: Any, usage: Usage) -> Decimal | None:
     """genai-prices' arithmetic for a text model's table entry, or ``None`` to defer to it.
 
     As genai-prices does: a cache count is priced at its own rate only when the table has one,
     and otherwise stays in the input count at the input rate."""
-    keys = [key for key, value in vars(price).items() if value is not None]
-    if "input_mtok" not in keys or "output_mtok" not in keys or not _SIMPLE_KEYS.issuperset(keys):
+    rates = _rates_of(price)
+    if rates is None:
         return None
+    input_rate, output_rate, read_rate, write_rate = rates
     prompt = usage.input_tokens or 0
     fresh = prompt
     total = Decimal(0)
-    for count, key in (
-        (usage.cache_read_tokens or 0, "cache_read_mtok"),
-        (usage.cache_write_tokens or 0, "cache_write_mtok"),
+    for count, rate in (
+        (usage.cache_read_tokens or 0, read_rate),
+        (usage.cache_write_tokens or 0, write_rate),
     ):
-        rate = getattr(price, key, None)
         if rate is not None:
             fresh -= count
             total += count * _rate(rate, prompt)
-    total += fresh * _rate(price.input_mtok, prompt)
-    total += (usage.output_tokens or 0) * _rate(price.output_mtok, prompt)
+    total += fresh * _rate(input_rate, prompt)
+    total += (usage.output_tokens or 0) * _rate(output_rate, prompt)
     return total / MILLION

@@ -193,18 +193,16 @@ class Decision:
             out.append((b"ratelimit-policy", policy.encode()))
             out.append((b"ratelimit", state.encode()))
             if self.unit != "concurrent-requests":
-                noun = self.unit
+                names = _VENDOR_NAMES[self.unit]
                 limit, remaining = str(self.limit).encode(), str(self.remaining).encode()
-                reset_at = time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(math.ceil(time.time() + self.reset_after))
-                )
+                reset_at = _rfc3339(math.ceil(time.time() + self.reset_after))
                 out += [
-                    (f"x-ratelimit-limit-{noun}".encode(), limit),
-                    (f"x-ratelimit-remaining-{noun}".encode(), remaining),
-                    (f"x-ratelimit-reset-{noun}".encode(), go_duration(self.reset_after).encode()),
-                    (f"anthropic-ratelimit-{noun}-limit".encode(), limit),
-                    (f"anthropic-ratelimit-{noun}-remaining".encode(), remaining),
-                    (f"anthropic-ratelimit-{noun}-reset".encode(), reset_at.encode()),
+                    (names[0], limit),
+                    (names[1], remaining),
+                    (names[2], go_duration(self.reset_after).encode()),
+                    (names[3], limit),
+                    (names[4], remaining),
+                    (names[5], reset_at),
                 ]
         if not self.allowed and self.retry_after is not None:
             out.append((b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()))
@@ -220,12 +218,41 @@ def policy_name(unit: Unit, kind: SubjectKind, scope: str, window: int | None = 
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:*-]")
+# OpenAI's and Anthropic's header names per unit, encoded once (every response carries them).
+_VENDOR_NAMES = {
+    noun: tuple(
+        name.encode()
+        for name in (
+            f"x-ratelimit-limit-{noun}",
+            f"x-ratelimit-remaining-{noun}",
+            f"x-ratelimit-reset-{noun}",
+            f"anthropic-ratelimit-{noun}-limit",
+            f"anthropic-ratelimit-{noun}-remaining",
+            f"anthropic-ratelimit-{noun}-reset",
+        )
+    )
+    for noun in ("requests", "tokens")
+}
 
 
+@lru_cache(maxsize=256)  # policy names come from the configuration: a few
 def _sf_string(text: str) -> str:
     """A structured-field String (RFC 9651 3.3.3); route names are reduced to a safe alphabet
     so no escaping is ever needed."""
     return '"' + _UNSAFE.sub("_", text) + '"'
+
+
+_last_reset: tuple[int, bytes] = (-1, b"")
+
+
+def _rfc3339(second: int) -> bytes:
+    """A Unix second as ``2026-11-01T12:00:00Z``; the last one is kept, as the requests of one
+    second share their reset times."""
+    global _last_reset
+    if _last_reset[0] != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        _last_reset = (second, text.encode())
+    return _last_reset[1]
 
 
 def go_duration(seconds: float) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -85,10 +85,14 @@ class Screen:
                 settings.classifier_url, timeout=settings.classifier_timeout
             )
         self.classifier = classifier
+        # The rules' scorer, imported here (off the cold start of a gateway that screens
+        # nothing) and kept, so a request does not pay an import statement.
+        self._score: Callable[[str, Source], tuple[float, tuple[str, ...]]] | None = None
         if settings.mode != "off":
-            from tokenrelay.screening.rules import prepare
+            from tokenrelay.screening.rules import prepare, score
 
             prepare()
+            self._score = score
         self._cache: dict[tuple[Source, int, int], tuple[float, tuple[str, ...]]] = {}
 
     def check_length(self, texts: Sequence[ScreenText], *, param: str = "messages") -> None:
@@ -104,7 +108,11 @@ class Screen:
         started = time.perf_counter()
         if self.settings.mode == "off":
             return Verdict(0.0, False, (), 0.0)
-        from tokenrelay.screening.rules import score
+        score = self._score
+        if score is None:
+            from tokenrelay.screening import rules
+
+            score = rules.score
 
         best, names, source = 0.0, tuple[str, ...](), None
         for item in texts:
