@@ -16,7 +16,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tokenrelay.edge_slim import Signal
+from tokenrelay.edge.signal import Signal
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission
 from tokenrelay.gate.identity import request_headers
