@@ -16,10 +16,11 @@ import statistics
 import time
 from typing import Any
 
-from tokenrelay.edge.protocol import EdgeProtocol
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
+
+from tokenrelay.edge.protocol import EdgeProtocol
 
 REQUEST = (
     b"POST /v1/messages HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\n"

@@ -70,11 +70,13 @@ class Cycle:
         "response_complete",
         "response_started",
         "scope",
+        "transport",
         "waiting_for_100",
     )
 
     def __init__(self, conn: Connection, scope: Scope, keep_alive: bool, expect_100: bool) -> None:
         self.conn = conn
+        self.transport = conn.transport  # the connection's, for good
         self.scope = scope
         self.keep_alive = keep_alive
         self.waiting_for_100 = expect_100
@@ -139,17 +141,17 @@ class Cycle:
             if not self.response_started:
                 await self.send_500_response()
             else:
-                self.conn.transport.close()
+                self.transport.close()
         else:
             if result is not None:
                 log.error("ASGI callable should return None, but returned '%s'.", result)
-                self.conn.transport.close()
+                self.transport.close()
             elif not self.response_started and not self.disconnected:
                 log.error("ASGI callable returned without starting response.")
                 await self.send_500_response()
             elif not self.response_complete and not self.disconnected:
                 log.error("ASGI callable returned without completing response.")
-                self.conn.transport.close()
+                self.transport.close()
         finally:
             self.on_gone = None
 
@@ -158,8 +160,8 @@ class Cycle:
             await self.send(dict(message))
 
     async def receive(self) -> Message:
-        if self.waiting_for_100 and not self.conn.transport.is_closing():
-            self.conn.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if self.waiting_for_100 and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self.waiting_for_100 = False
         if not self.disconnected and not self.response_complete:
             self.conn.resume_reading()
@@ -205,7 +207,7 @@ class Cycle:
         if message.get(BODY_FOLLOWS):
             self.held = message
             return
-        conn.transport.write(self._start(message))
+        self.transport.write(self._start(message))
 
     def _start(self, message: Message) -> bytes:
         """The head's bytes; from here on the response is started."""
@@ -225,7 +227,7 @@ class Cycle:
         return head.data
 
     def _write_body(self, body: bytes, more_body: bool, head: bytes) -> None:
-        transport = self.conn.transport
+        transport = self.transport
         if self.head_only:  # a HEAD request's answer: the head alone
             self.expected = 0
             if head:
