@@ -1,18 +1,24 @@
 """Our HTTP/1.1 protocol (``tokenrelay.edge``) over real sockets, in what uvicorn's did for us
 before: pipelined requests answered in order, Expect: 100-continue, HEAD, chunked request
-bodies, and a client that leaves told to the relay by a callback (no task per stream) that
-stops the upstream at once."""
+bodies, a 500 for an app that fails, writes that wait for a slow reader; and a client that
+leaves told to the relay by a callback (no task per stream) that stops the upstream at once."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
+import uvicorn
 
+from tests.servers import _QuietServer
 from tests.test_edge_attacks import Raw, edge_server, environ, parse
+from tokenrelay.edge.protocol import EdgeProtocol
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -155,3 +161,72 @@ async def test_a_client_that_leaves_stops_the_upstream_without_a_watcher_task(
     stats = simulator.stats()
     assert len(stats["disconnects"]) == before + 1
     assert stats["tokens_sent"] - sent < 400  # the upstream stopped generating
+
+
+# --- under a bare ASGI app --------------------------------------------------------------------
+
+
+class _Pausing(EdgeProtocol):
+    """The edge, noting each time the transport asked it to stop writing."""
+
+    __slots__ = ()
+    pauses: ClassVar[list[int]] = []
+
+    def pause_writing(self) -> None:
+        self.pauses.append(1)
+        super().pause_writing()
+
+
+@contextlib.asynccontextmanager
+async def bare_server(app: Any, protocol: type[EdgeProtocol] = EdgeProtocol) -> AsyncIterator[int]:
+    """``app`` under uvicorn's Server with the edge's protocol (defaults for its bounds)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, http=protocol, lifespan="off", log_level="critical")
+    server = _QuietServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+async def test_an_app_that_fails_before_its_head_gets_a_500() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raise RuntimeError("broken on purpose")
+
+    async with bare_server(app) as port:
+        raw = await Raw.open(port)
+        await raw.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        status, headers, body = parse(await raw.answer(within=10))
+    assert (status, body) == (500, b"Internal Server Error")
+    assert headers["connection"] == "close"
+
+
+async def test_a_client_that_reads_slowly_pauses_the_writer_and_loses_nothing() -> None:
+    part = bytes(range(256)) * 256  # 64 KiB
+    parts = 128  # 8 MiB: far beyond the socket buffers and the transport's high-water mark
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        length = str(len(part) * parts).encode()
+        headers = [(b"content-length", length)]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for _ in range(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    _Pausing.pauses.clear()
+    async with bare_server(app, _Pausing) as port:
+        raw = await Raw.open(port)
+        await raw.send(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        await asyncio.sleep(0.3)  # not reading: the server's writes back up
+        status, _, body = parse(await raw.answer(within=20))
+    assert status == 200 and _Pausing.pauses
+    assert body == part * parts
