@@ -54,7 +54,7 @@ async def main(args: argparse.Namespace) -> None:
         config = uvicorn.Config(
             app,
             lifespan="on",
-            http="tokenrelay.http_edge:EdgeProtocol",
+            http="tokenrelay.edge.protocol:EdgeProtocol",
             access_log=False,
             log_level="warning",
             proxy_headers=False,

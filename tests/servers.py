@@ -83,7 +83,7 @@ async def gateway_server(
     config = uvicorn.Config(
         app,
         lifespan="on",
-        http="tokenrelay.http_edge:EdgeProtocol",  # as `tokenrelay serve`: the edge's bounds
+        http="tokenrelay.edge.protocol:EdgeProtocol",  # as `tokenrelay serve`: the edge's bounds
         ws="none",  # as `tokenrelay serve`: a WebSocket handshake reaches the app as a GET
         access_log=False,
         log_level="warning",

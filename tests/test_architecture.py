@@ -42,8 +42,7 @@ LAYERS: dict[str, str] = {
     "tokenrelay.gemini_front": "http",
     "tokenrelay.gateway": "http",  # the composition root: only the HTTP layer knows it
     "tokenrelay.gc_schedule": "http",  # the server's garbage-collection clock
-    "tokenrelay.http_edge": "http",
-    "tokenrelay.edge_slim": "http",  # lighter stand-ins for uvicorn's per-connection objects
+    "tokenrelay.edge": "http",  # our HTTP/1.1 server protocol, run by uvicorn's Server
     "tokenrelay.model_list": "http",
     "tokenrelay.path_errors": "http",
     "tokenrelay.relay": "http",

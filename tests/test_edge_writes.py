@@ -4,16 +4,13 @@ stream through the edge arrives whole."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
 import msgspec
 import pytest
-from uvicorn.protocols.http.flow_control import FlowControl
 
 from tests.test_edge_attacks import Raw, edge_server, environ
-from tokenrelay.http_edge import HeadWithBody
+from tokenrelay.edge.cycle import Cycle
 from tokenrelay.types import BODY_FOLLOWS
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -38,22 +35,28 @@ class Recording:
         return self.closed
 
 
-def cycle(transport: Recording, keep_alive: bool = True) -> HeadWithBody:
+class Connection:
+    """What a cycle needs of its connection, with the transport above."""
+
+    def __init__(self, transport: Recording) -> None:
+        self.transport = transport
+        self.write_paused = False
+        self.default_headers: list[tuple[bytes, bytes]] = []
+        self.completed = 0
+
+    async def drain(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def on_response_complete(self) -> None:
+        self.completed += 1
+
+
+def cycle(transport: Recording, keep_alive: bool = True) -> Cycle:
     scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
-    log = logging.getLogger("test")
-    return HeadWithBody(
-        scope,  # type: ignore[arg-type]
-        transport,  # type: ignore[arg-type]
-        FlowControl(transport),  # type: ignore[arg-type]
-        log,
-        log,
-        False,
-        [],
-        asyncio.Event(),
-        False,
-        keep_alive,
-        lambda: None,
-    )
+    return Cycle(Connection(transport), scope, keep_alive, False)  # type: ignore[arg-type]
 
 
 async def test_a_marked_head_leaves_with_the_first_part_in_one_write() -> None:
@@ -80,7 +83,7 @@ async def test_a_held_head_whose_app_failed_gives_way_to_the_500() -> None:
     transport = Recording()
     answer = cycle(transport)
     await answer.send({**START, BODY_FOLLOWS: True})
-    await answer.send_500_response()  # what uvicorn does when the app raises before a body
+    await answer.send_500_response()  # what the edge does when the app raises before a body
     assert transport.writes[0].startswith(b"HTTP/1.1 500 ")
     assert b"x/y" not in b"".join(transport.writes)
 

@@ -187,7 +187,7 @@ async def test_full_collections_run_on_a_clock_and_close_restores_cpython_s_own(
 
 @ASYNC
 async def test_the_edge_s_lighter_event_wakes_every_waiter_and_can_be_cleared() -> None:
-    from tokenrelay.edge_slim import Pipeline, Signal
+    from tokenrelay.edge.signal import Signal
 
     signal = Signal()
     assert not signal.is_set()
@@ -205,7 +205,3 @@ async def test_the_edge_s_lighter_event_wakes_every_waiter_and_can_be_cleared() 
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert signal._waiters is None
-    queue = Pipeline()
-    queue.appendleft("a")
-    queue.appendleft("b")
-    assert queue.pop() == "a" and queue.pop() == "b" and not queue

@@ -400,7 +400,7 @@ async def test_a_plain_get_on_responses_is_still_405(gw: RunningGateway) -> None
 
 
 def test_tokenrelay_serve_answers_the_upgrade_426_without_a_warning() -> None:
-    """Through ``tokenrelay serve``'s own HTTP edge (``http_edge``), in demo mode."""
+    """Through ``tokenrelay serve``'s own HTTP edge (``tokenrelay.edge``), in demo mode."""
     import socket
 
     from tests.servers import ServeProcess, clean_environ

@@ -1,4 +1,4 @@
-"""The settings of the HTTP edge (``tokenrelay.http_edge``), apart from the protocol so that
+"""The settings of the HTTP edge (``tokenrelay.edge.protocol``), apart from the protocol so that
 reading settings does not import uvicorn."""
 
 from __future__ import annotations

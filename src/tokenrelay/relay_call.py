@@ -2,11 +2,11 @@
 content event, then write every upstream event to the client the moment it arrives, and leave
 its record when it ends, however it ends.
 
-A client that goes away cancels the call at once (a watcher task listens for
-``http.disconnect``), which closes the upstream connection so nothing keeps generating (a route
-whose streams resume detaches instead, for ``resume.grace`` seconds). A server shutting down
-cancels it too, once its grace is over; then the client gets an explicit error in its dialect and
-the request still gets its record.
+A client that goes away cancels the call at once (our edge calls back, ``types.ON_DISCONNECT``;
+under another server a watcher task listens for ``http.disconnect``), which closes the upstream
+connection so nothing keeps generating (a route whose streams resume detaches instead, for
+``resume.grace`` seconds). A server shutting down cancels it too, once its grace is over; then
+the client gets an explicit error in its dialect and the request still gets its record.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from tokenrelay.edge_slim import Signal
+from tokenrelay.edge.signal import Signal
 from tokenrelay.failover import Route, RouteFailed
 from tokenrelay.gate.gatekeeper import Admission
 from tokenrelay.gate.identity import request_headers
 from tokenrelay.metering.units import usd
 from tokenrelay.model import Accumulator, Error, Event, GatewayError, Request, Usage
 from tokenrelay.records import Attempt, Outcome, StreamRecord
-from tokenrelay.types import BODY_FOLLOWS, Message, Receive, Scope, Send
+from tokenrelay.types import BODY_FOLLOWS, ON_DISCONNECT, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from tokenrelay.cache_relay import CachedCall
@@ -148,7 +148,14 @@ class RelayCall:
         gone = self.gone
         if route.settings.resume.grace > 0:
             self.resume = route.settings.resume
-        watcher = asyncio.create_task(self._watch_disconnect(task, gone))
+        # Told of a disconnect by our edge (no task per stream), or else by a watcher task.
+        extensions = self.scope.get("extensions")
+        on_disconnect = extensions.get(ON_DISCONNECT) if extensions else None
+        watcher: asyncio.Task[None] | None = None
+        if on_disconnect is not None:
+            on_disconnect(self._client_left)
+        else:
+            watcher = asyncio.create_task(self._watch_disconnect())
         outcome: Outcome = "error"
         error_type: str | None = None
         gateway.calls.add(self)  # no await since the endpoint checked `draining`
@@ -174,7 +181,8 @@ class RelayCall:
                 await self._fail_internally()
             finally:
                 self.finished = True
-                watcher.cancel()
+                if watcher is not None:
+                    watcher.cancel()
                 if self.opened is not None:
                     self.opened.release()  # a balanced group's stream is no longer in flight
                     await self.opened.events.aclose()
@@ -228,17 +236,21 @@ class RelayCall:
         except (OSError, RuntimeError):
             pass  # the client is gone too, or the response could not be ended; the record says so
 
-    async def _watch_disconnect(self, task: asyncio.Task[Any], gone: Signal) -> None:
+    async def _watch_disconnect(self) -> None:
+        """A server without ``ON_DISCONNECT`` says it only to ``receive()``."""
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
                 break
-        if not self.finished:
+        self._client_left()
+
+    def _client_left(self) -> None:
+        if not self.finished and self.task is not None:
             if self.tap is not None:  # the upstream goes on, resume.grace seconds unread
                 self.tap.buffer.leave()
                 return
-            gone.set()
-            task.cancel()
+            self.gone.set()
+            self.task.cancel()
 
     def _grace_over(self) -> None:
         """Nobody reconnected within the route's resume.grace: end it as a client abort."""

@@ -56,8 +56,8 @@ def uvicorn_options(settings: Settings) -> dict[str, object]:
         "port": settings.port,
         "loop": "uvloop" if sys.platform != "win32" else "asyncio",
         # httptools, bounded: header size and count, header/body read timeouts, a cap on
-        # open connections (see tokenrelay.http_edge); a string, so spawned workers import it.
-        "http": "tokenrelay.http_edge:EdgeProtocol",
+        # open connections (see tokenrelay.edge.protocol); a string, so spawned workers import it.
+        "http": "tokenrelay.edge.protocol:EdgeProtocol",
         # No WebSocket protocol: the gateway serves none (a handshake on a relay path is
         # answered 426 as a plain GET, see tokenrelay.upgrades), and uvicorn's "auto" would
         # import the websockets library at start-up whenever some other package installed it.
