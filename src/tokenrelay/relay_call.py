@@ -349,7 +349,7 @@ class RelayCall:
                     out.append(data)
             if start is not None:  # the first turn: the head, with the first part when ready
                 if out:
-                    start[BODY_FOLLOWS] = True  # one write for both (tokenrelay.http_edge)
+                    start[BODY_FOLLOWS] = True  # one write for both (tokenrelay.edge)
                 await send(start)
                 start = None
                 self.head_sent = True
