@@ -160,6 +160,7 @@ class RelayEndpoint:
                 trace.end(record)
             await self.send_error(send, error, request_id)
             return
+        del headers, body  # this frame lasts as long as the stream: the call keeps what it needs
         call = RelayCall(self, scope, receive, send, request, route_name, request_id, started)
         call.admission = admission
         call.cached = cached

@@ -32,6 +32,8 @@ _PROVIDER_MODELS = (
     (re.compile(r"gemini-"), "gemini"),
 )
 MAX_NAME_CHARS = 256
+# Provider-model routes kept built, by name; the names are the clients', so the cache is bounded.
+_MAX_PROVIDER_ROUTES = 1024
 # Letters, digits and the punctuation model names use (claude-sonnet-4-5@20250929,
 # ollama/llama3.2:8b, ft:gpt-4o:org+x): nothing a header, a log line or SQL could trip on.
 _NAME = re.compile(rf"[A-Za-z0-9._:/@+-]{{1,{MAX_NAME_CHARS}}}")
@@ -52,6 +54,7 @@ class Router:
         self.latency = latency or LocalLatencyStats()
         self.balancer = balancer or Balancer(self.latency)
         self.routes = {name: self._route(name, route) for name, route in settings.routes.items()}
+        self._provider_routes: dict[str, Route] = {}
 
     def _route(self, name: str, route: RouteSettings) -> Route:
         """A configured route with the targets whose provider is configured, and its groups."""
@@ -94,6 +97,18 @@ class Router:
             return None
 
     def _provider_route(self, model: str) -> Route | None:
+        """A provider model's route, built once per name (a route is shared by its requests
+        as a configured one is: thousands of open streams need not hold one each)."""
+        route = self._provider_routes.get(model)
+        if route is None:
+            route = self._build_provider_route(model)
+            if route is not None:
+                if len(self._provider_routes) >= _MAX_PROVIDER_ROUTES:  # names are the client's
+                    self._provider_routes.clear()
+                self._provider_routes[model] = route
+        return route
+
+    def _build_provider_route(self, model: str) -> Route | None:
         """A one-target route under the ``provider_models`` policy, for a model of a configured
         provider that the policy's ``allow`` patterns admit; a refused name is a 404 that says
         which setting to change."""
