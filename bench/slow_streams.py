@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from run import free_port, process
 from slow_client import BODY
 
 CLIENT = Path(__file__).parent / "slow_client.py"
+WINDOW = 30.0  # seconds of loop lag reported from the moment every stream is open
 
 
 def raise_open_files(needed: int) -> tuple[int, int]:
@@ -108,6 +110,12 @@ def scrape(url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def scrape_into(url: str, into: list[dict[str, float]]) -> None:
+    """A scrape appended to ``into``; nothing when the gateway is gone (a short run)."""
+    with contextlib.suppress(OSError):
+        into.append(scrape(url))
 
 
 def total(values: dict[str, float], prefix: str, contains: str = "") -> float:
@@ -278,7 +286,10 @@ def run(args: argparse.Namespace) -> int:
         name, _, value = setting.partition("=")
         gw_env[name] = value
     gap = sum(args.delay_ms) / 2 / 1000
-    expected = args.ramp + args.ttft_ms / 1000 + args.tokens * gap
+    lifetime = args.ttft_ms / 1000 + args.tokens * gap  # a stream's, on average
+    if args.ramp is None:  # steady state: streams arrive as fast as they end, no faster
+        args.ramp = lifetime
+    expected = args.ramp + lifetime
     deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
     with (
         process(sim, env, sim_url, f"{scratch}/simulator.log") as sim_pid,
@@ -314,6 +325,13 @@ def run(args: argparse.Namespace) -> int:
         ]
         cap = probe_the_cap(url, args.streams, args.extra, started + expected) if args.extra else {}
         all_open = vm(pid, "VmRSS") if cap.get("checked") else 0  # every stream open, none ended
+        # the loop's lag over the WINDOW seconds from the moment every stream was open
+        window: list[dict[str, float]] = []
+        if all_open:
+            window.append(scrape(url))
+            later = threading.Timer(WINDOW, scrape_into, (url, window))
+            later.daemon = True
+            later.start()
         results = [
             json.loads(client.communicate(timeout=deadline - time.time() + 30)[0])
             for client in clients
@@ -343,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         rows = ledger_rows(scratch)
     lag = lag_quantiles(before, after_run)
+    peak_lag = lag_quantiles(window[0], window[1]) if len(window) == 2 else None
     requests_completed = total(after, "tokenrelay_requests_total", 'outcome="completed"') - total(
         before, "tokenrelay_requests_total", 'outcome="completed"'
     )
@@ -351,7 +370,9 @@ def run(args: argparse.Namespace) -> int:
     failed = args.streams - completed
     print(
         f"streams {args.streams}, {args.tokens} tokens each, one every "
-        f"{args.delay_ms[0]:g}-{args.delay_ms[1]:g} ms, starts spread over {args.ramp:g} s; "
+        f"{args.delay_ms[0]:g}-{args.delay_ms[1]:g} ms, starts spread over {args.ramp:g} s "
+        f"({args.streams / args.ramp:.0f} new streams/s; a stream lasts {lifetime:.0f} s, so "
+        f"{args.streams / lifetime:.0f}/s is the steady state for {args.streams} open); "
         f"{args.clients} client process(es); open files {limits[0]}"
     )
     print(
@@ -421,6 +442,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if gc_count:
         print(f"full garbage collections in the run: {gc_count:g}, {gc_sum:.2f} s in all")
+    if peak_lag is not None:
+        print(
+            f"loop lag in the {WINDOW:g} s from the moment all {args.streams} were open: "
+            f"p50 / p99 / max {peak_lag['p50'] * 1000:g} / {peak_lag['p99'] * 1000:g} / "
+            f"{peak_lag['max'] * 1000:g} ms (bucket bounds; {peak_lag['samples']:g} samples)"
+        )
     if args.timeline:
         print()
         timeline.show()
@@ -443,7 +470,11 @@ def main() -> None:
     )
     parser.add_argument("--ttft-ms", type=float, default=500)
     parser.add_argument(
-        "--ramp", type=float, default=60.0, help="seconds over which the starts are spread"
+        "--ramp",
+        type=lambda s: None if s == "steady" else float(s),
+        default=60.0,
+        help="seconds over which the starts are spread; 'steady': a stream's lifetime, so new "
+        "streams arrive at the rate they end in the steady state (the 60 s default is twice it)",
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(
