@@ -218,3 +218,25 @@ async def test_the_edge_s_lighter_event_wakes_every_waiter_and_can_be_cleared() 
     queue.appendleft("a")
     queue.appendleft("b")
     assert queue.pop() == "a" and queue.pop() == "b" and not queue
+
+
+@ASYNC
+async def test_full_collections_that_find_nothing_come_less_often(monkeypatch: Any) -> None:
+    import gc
+
+    from tokenrelay import gc_schedule
+
+    found = iter([0, 0, 0, 0, gc_schedule.QUIET, 0])  # the first: start-up's own collection
+    monkeypatch.setattr(gc, "collect", lambda *_: next(found, 0))
+    schedule = gc_schedule.FullCollections(60.0)
+    try:
+        waits = []
+        for _ in range(5):
+            schedule._collect()
+            waits.append(schedule.wait)
+        # doubled while quiet, never past STRETCH intervals; garbage brings the interval back
+        assert waits == [120.0, 240.0, 300.0, 60.0, 120.0]
+        assert schedule.found == 0
+    finally:
+        schedule.close()
+        gc.unfreeze()
