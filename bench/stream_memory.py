@@ -68,7 +68,7 @@ async def main(args: argparse.Namespace) -> None:
     import uvicorn
 
     sys.path.insert(0, str(BENCH))
-    from slow_streams import free_port, gateway_env, process, raise_open_files
+    from slow_streams import free_port, gateway_env, process, raise_open_files, warm_up
     from tokenrelay.app import create_app
     from tokenrelay.settings import load
 
@@ -195,6 +195,17 @@ async def main(args: argparse.Namespace) -> None:
             f"after the {n} streams ended (their clients gone: the abort path): young "
             f"collections freed {young / n:.1f} cyclic objects per stream, a full collection "
             f"then {left} in all ({left / n:.1f} per stream)"
+        )
+        # and streams that complete (short ones, one after another): their cycles, if any
+        completed = 200
+        mark = len(pauses)
+        await asyncio.to_thread(warm_up, f"http://127.0.0.1:{port}", completed)
+        await asyncio.sleep(1.0)
+        young = sum(found for generation, _, found in pauses[mark:] if generation < 2)
+        left = gc.collect()
+        print(
+            f"after {completed} streams completed: young collections freed {young} objects, "
+            f"a full collection then {left}"
         )
         server.should_exit = True
         await task
