@@ -132,6 +132,17 @@ async def main(args: argparse.Namespace) -> None:
                     (info["generation"], time.perf_counter() - began[0], info["collected"])
                 )
 
+        schedule = None
+        if args.serve_gc:  # the collector as `tokenrelay serve` sets it
+            from tokenrelay.gc_schedule import install
+            from tokenrelay.server import settle_garbage_collector
+
+            settle_garbage_collector()
+            schedule = install(3600.0)  # no timed full collection within the bench
+            if args.gc_middle is not None:
+                young, _, oldest = gc.get_threshold()
+                gc.set_threshold(young, args.gc_middle, oldest)
+            print("collector thresholds:", gc.get_threshold())
         gc.callbacks.append(timed)
         if args.trace:
             tracemalloc.start(args.depth)
@@ -139,9 +150,10 @@ async def main(args: argparse.Namespace) -> None:
         idle_types = tracked_types()
         idle_ids = {id(o) for o in gc.get_objects()} if args.holders else set()
         idle = tracemalloc.take_snapshot() if args.trace else None
-        load_ = clients(args.streams, 3.0)
+        load_ = clients(args.streams, args.ramp)
         while len(gateway.calls) < args.streams:
             await asyncio.sleep(0.1)
+        opening = pauses[:]
         await asyncio.sleep(2.0)  # a few tokens through every stream
         busy_types = tracked_types()
         repeats = []
@@ -210,6 +222,15 @@ async def main(args: argparse.Namespace) -> None:
         server.should_exit = True
         await task
     gc.callbacks.remove(timed)
+    for generation in (0, 1):
+        times = [pause for g, pause, _ in opening if g == generation]
+        print(
+            f"generation {generation} collections while the streams opened: {len(times)}, "
+            f"longest {max(times, default=0) * 1000:.1f} ms, "
+            f"{sum(times) * 1000:.0f} ms in all"
+        )
+    if args.serve_gc and schedule is not None:
+        schedule.close()
     full = [pause for generation, pause, _ in pauses if generation == 2]
     print(
         f"gc while opening: {len(pauses)} collections, {len(full)} full, longest full "
@@ -245,6 +266,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--garbage", action="store_true", help="what the collection after the streams found"
     )
+    parser.add_argument("--ramp", type=float, default=3.0, help="seconds to open them over")
+    parser.add_argument(
+        "--serve-gc", action="store_true", help="the collector as under `serve` (gc_schedule)"
+    )
+    parser.add_argument("--gc-middle", type=int, help="with --serve-gc: generation 1's threshold")
     parser.add_argument("--no-trace", dest="trace", action="store_false", help="gc pauses only")
     try:
         import uvloop
