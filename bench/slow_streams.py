@@ -287,8 +287,10 @@ def run(args: argparse.Namespace) -> int:
         gw_env[name] = value
     gap = sum(args.delay_ms) / 2 / 1000
     lifetime = args.ttft_ms / 1000 + args.tokens * gap  # a stream's, on average
+    steady = args.ramp is None
     if args.ramp is None:  # steady state: streams arrive as fast as they end, no faster
         args.ramp = lifetime
+        args.extra = 0  # never all open at once: the cap cannot be probed
     expected = args.ramp + lifetime
     deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
     with (
@@ -323,12 +325,24 @@ def run(args: argparse.Namespace) -> int:
             )
             for share in shares
         ]
-        cap = probe_the_cap(url, args.streams, args.extra, started + expected) if args.extra else {}
-        all_open = vm(pid, "VmRSS") if cap.get("checked") else 0  # every stream open, none ended
-        # the loop's lag over the WINDOW seconds from the moment every stream was open
-        window: list[dict[str, float]] = []
-        if all_open:
+        window: list[dict[str, float]] = []  # /metrics at the peak and WINDOW seconds later
+        if steady:  # the first streams end as the last start: the peak is the ramp's end
+            cap: dict[str, Any] = {}
+            time.sleep(max(0.0, started + args.ramp - time.monotonic()))
             window.append(scrape(url))
+            peak_open = total(window[0], "tokenrelay_active_streams")
+            all_open = vm(pid, "VmRSS")
+        else:
+            cap = (
+                probe_the_cap(url, args.streams, args.extra, started + expected)
+                if args.extra
+                else {}
+            )
+            all_open = vm(pid, "VmRSS") if cap.get("checked") else 0  # all open, none ended
+            peak_open = float(args.streams)
+            if all_open:
+                window.append(scrape(url))
+        if window:
             later = threading.Timer(WINDOW, scrape_into, (url, window))
             later.daemon = True
             later.start()
@@ -366,7 +380,8 @@ def run(args: argparse.Namespace) -> int:
         before, "tokenrelay_requests_total", 'outcome="completed"'
     )
     refused = total(after, "tokenrelay_rejections_total", 'reason="concurrency"')
-    per_stream = (peak - idle) * 1024 / args.streams
+    # a steady ramp never has them all open: its peak is over the most open at once
+    per_stream = (peak - idle) * 1024 / (peak_open if steady and peak_open else args.streams)
     failed = args.streams - completed
     print(
         f"streams {args.streams}, {args.tokens} tokens each, one every "
@@ -386,8 +401,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if all_open:
         print(
-            f"RSS with every stream open: {all_open / 1024:.1f} MiB, "
-            f"{(all_open - idle) / args.streams:.1f} KiB per stream over idle"
+            f"RSS with {peak_open:.0f} streams open ("
+            + ("the ramp's end" if steady else "every stream")
+            + f"): {all_open / 1024:.1f} MiB, "
+            f"{(all_open - idle) / peak_open:.1f} KiB per stream over idle"
         )
     print()
     print(
@@ -444,7 +461,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"full garbage collections in the run: {gc_count:g}, {gc_sum:.2f} s in all")
     if peak_lag is not None:
         print(
-            f"loop lag in the {WINDOW:g} s from the moment all {args.streams} were open: "
+            f"loop lag in the {WINDOW:g} s from the moment {peak_open:.0f} were open: "
             f"p50 / p99 / max {peak_lag['p50'] * 1000:g} / {peak_lag['p99'] * 1000:g} / "
             f"{peak_lag['max'] * 1000:g} ms (bucket bounds; {peak_lag['samples']:g} samples)"
         )
