@@ -1,7 +1,7 @@
 """Idle timeouts for thousands of upstream streams on one timer of the event loop.
 
 A stream that sends nothing for ``idle`` seconds is ended with a ``TimeoutError``. Each stream's
-``IdleWatch`` only stores the time of its last chunk; a ``IdleWatches`` keeps the watches in a
+``IdleWatch`` only stores the time of its last chunk; an ``IdleWatches`` keeps the watches in a
 heap by when they would expire and arms one loop timer for the earliest. When it fires, a watch
 whose stream sent something since is put back at its new due time, one that did not is failed:
 the same moment a timer per stream would have fired (the last chunk + ``idle``), without a
