@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -44,6 +45,7 @@ from run import free_port, process
 from slow_client import BODY
 
 CLIENT = Path(__file__).parent / "slow_client.py"
+WINDOW = 30.0  # seconds of loop lag reported from the moment every stream is open
 
 
 def raise_open_files(needed: int) -> tuple[int, int]:
@@ -108,6 +110,12 @@ def scrape(url: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             values[name] = float(value)
     return values
+
+
+def scrape_into(url: str, into: list[dict[str, float]]) -> None:
+    """A scrape appended to ``into``; nothing when the gateway is gone (a short run)."""
+    with contextlib.suppress(OSError):
+        into.append(scrape(url))
 
 
 def total(values: dict[str, float], prefix: str, contains: str = "") -> float:
@@ -278,7 +286,12 @@ def run(args: argparse.Namespace) -> int:
         name, _, value = setting.partition("=")
         gw_env[name] = value
     gap = sum(args.delay_ms) / 2 / 1000
-    expected = args.ramp + args.ttft_ms / 1000 + args.tokens * gap
+    lifetime = args.ttft_ms / 1000 + args.tokens * gap  # a stream's, on average
+    steady = args.ramp is None
+    if args.ramp is None:  # steady state: streams arrive as fast as they end, no faster
+        args.ramp = lifetime
+        args.extra = 0  # never all open at once: the cap cannot be probed
+    expected = args.ramp + lifetime
     deadline = time.time() + expected * 2 + 30  # every stream ends by then, or counts as failed
     with (
         process(sim, env, sim_url, f"{scratch}/simulator.log") as sim_pid,
@@ -312,8 +325,27 @@ def run(args: argparse.Namespace) -> int:
             )
             for share in shares
         ]
-        cap = probe_the_cap(url, args.streams, args.extra, started + expected) if args.extra else {}
-        all_open = vm(pid, "VmRSS") if cap.get("checked") else 0  # every stream open, none ended
+        window: list[dict[str, float]] = []  # /metrics at the peak and WINDOW seconds later
+        if steady:  # the first streams end as the last start: the peak is the ramp's end
+            cap: dict[str, Any] = {}
+            time.sleep(max(0.0, started + args.ramp - time.monotonic()))
+            window.append(scrape(url))
+            peak_open = total(window[0], "tokenrelay_active_streams")
+            all_open = vm(pid, "VmRSS")
+        else:
+            cap = (
+                probe_the_cap(url, args.streams, args.extra, started + expected)
+                if args.extra
+                else {}
+            )
+            all_open = vm(pid, "VmRSS") if cap.get("checked") else 0  # all open, none ended
+            peak_open = float(args.streams)
+            if all_open:
+                window.append(scrape(url))
+        if window:
+            later = threading.Timer(WINDOW, scrape_into, (url, window))
+            later.daemon = True
+            later.start()
         results = [
             json.loads(client.communicate(timeout=deadline - time.time() + 30)[0])
             for client in clients
@@ -343,15 +375,19 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         rows = ledger_rows(scratch)
     lag = lag_quantiles(before, after_run)
+    peak_lag = lag_quantiles(window[0], window[1]) if len(window) == 2 else None
     requests_completed = total(after, "tokenrelay_requests_total", 'outcome="completed"') - total(
         before, "tokenrelay_requests_total", 'outcome="completed"'
     )
     refused = total(after, "tokenrelay_rejections_total", 'reason="concurrency"')
-    per_stream = (peak - idle) * 1024 / args.streams
+    # a steady ramp never has them all open: its peak is over the most open at once
+    per_stream = (peak - idle) * 1024 / (peak_open if steady and peak_open else args.streams)
     failed = args.streams - completed
     print(
         f"streams {args.streams}, {args.tokens} tokens each, one every "
-        f"{args.delay_ms[0]:g}-{args.delay_ms[1]:g} ms, starts spread over {args.ramp:g} s; "
+        f"{args.delay_ms[0]:g}-{args.delay_ms[1]:g} ms, starts spread over {args.ramp:g} s "
+        f"({args.streams / args.ramp:.0f} new streams/s; a stream lasts {lifetime:.0f} s, so "
+        f"{args.streams / lifetime:.0f}/s is the steady state for {args.streams} open); "
         f"{args.clients} client process(es); open files {limits[0]}"
     )
     print(
@@ -365,8 +401,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if all_open:
         print(
-            f"RSS with every stream open: {all_open / 1024:.1f} MiB, "
-            f"{(all_open - idle) / args.streams:.1f} KiB per stream over idle"
+            f"RSS with {peak_open:.0f} streams open ("
+            + ("the ramp's end" if steady else "every stream")
+            + f"): {all_open / 1024:.1f} MiB, "
+            f"{(all_open - idle) / peak_open:.1f} KiB per stream over idle"
         )
     print()
     print(
@@ -421,6 +459,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if gc_count:
         print(f"full garbage collections in the run: {gc_count:g}, {gc_sum:.2f} s in all")
+    if peak_lag is not None:
+        print(
+            f"loop lag in the {WINDOW:g} s from the moment {peak_open:.0f} were open: "
+            f"p50 / p99 / max {peak_lag['p50'] * 1000:g} / {peak_lag['p99'] * 1000:g} / "
+            f"{peak_lag['max'] * 1000:g} ms (bucket bounds; {peak_lag['samples']:g} samples)"
+        )
     if args.timeline:
         print()
         timeline.show()
@@ -443,7 +487,11 @@ def main() -> None:
     )
     parser.add_argument("--ttft-ms", type=float, default=500)
     parser.add_argument(
-        "--ramp", type=float, default=60.0, help="seconds over which the starts are spread"
+        "--ramp",
+        type=lambda s: None if s == "steady" else float(s),
+        default=60.0,
+        help="seconds over which the starts are spread; 'steady': a stream's lifetime, so new "
+        "streams arrive at the rate they end in the steady state (the 60 s default is twice it)",
     )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument(

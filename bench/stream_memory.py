@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import gc
 import os
 import socket
@@ -25,11 +26,49 @@ from pathlib import Path
 BENCH = Path(__file__).parent
 
 
+def holders(kind: str, old: set[int], limit: int = 40) -> list[tuple[str, int]]:
+    """What holds the new tracked objects of type ``kind``: the holder's type and, for a slot
+    or attribute, its name (a list held by a protocol's ``headers`` shows as
+    ``EdgeProtocol.headers``); ``old`` are the ids of the objects there before the streams."""
+    found: collections.Counter[str] = collections.Counter()
+    new = [o for o in gc.get_objects() if type(o).__qualname__ == kind and id(o) not in old]
+    for obj in new:
+        for holder in gc.get_referrers(obj):
+            if holder is new:
+                continue
+            found[_holder_name(holder, obj)] += 1
+    return found.most_common(limit)
+
+
+def _holder_name(holder: object, obj: object) -> str:
+    name = type(holder).__qualname__
+    frame = getattr(holder, "cr_frame", None) or getattr(holder, "ag_frame", None)
+    if frame is not None:  # a suspended coroutine's local
+        for key, value in frame.f_locals.items():
+            if value is obj:
+                return f"{name} {frame.f_code.co_qualname}:{key}"
+        return f"{name} {frame.f_code.co_qualname}"
+    if isinstance(holder, dict):
+        for key, value in holder.items():
+            if value is obj:
+                return f"{name}[{key!r}]"
+        return name + "(value)"
+    for attr in getattr(type(holder), "__slots__", ()) or getattr(holder, "__dict__", ()):
+        if getattr(holder, attr, None) is obj:
+            return f"{name}.{attr}"
+    return name
+
+
+def tracked_types() -> collections.Counter[str]:
+    """The objects the collector tracks, counted by type (frozen ones are not among them)."""
+    return collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+
+
 async def main(args: argparse.Namespace) -> None:
     import uvicorn
 
     sys.path.insert(0, str(BENCH))
-    from slow_streams import free_port, gateway_env, process, raise_open_files
+    from slow_streams import free_port, gateway_env, process, raise_open_files, warm_up
     from tokenrelay.app import create_app
     from tokenrelay.settings import load
 
@@ -93,52 +132,110 @@ async def main(args: argparse.Namespace) -> None:
                     (info["generation"], time.perf_counter() - began[0], info["collected"])
                 )
 
+        schedule = None
+        if args.serve_gc:  # the collector as `tokenrelay serve` sets it
+            from tokenrelay.gc_schedule import install
+            from tokenrelay.server import settle_garbage_collector
+
+            settle_garbage_collector()
+            schedule = install(3600.0)  # no timed full collection within the bench
+            if args.gc_middle is not None:
+                young, _, oldest = gc.get_threshold()
+                gc.set_threshold(young, args.gc_middle, oldest)
+            print("collector thresholds:", gc.get_threshold())
         gc.callbacks.append(timed)
         if args.trace:
             tracemalloc.start(args.depth)
         gc.collect()
+        idle_types = tracked_types()
+        idle_ids = {id(o) for o in gc.get_objects()} if args.holders else set()
         idle = tracemalloc.take_snapshot() if args.trace else None
-        load_ = clients(args.streams, 3.0)
+        load_ = clients(args.streams, args.ramp)
         while len(gateway.calls) < args.streams:
             await asyncio.sleep(0.1)
+        opening = pauses[:]
         await asyncio.sleep(2.0)  # a few tokens through every stream
+        busy_types = tracked_types()
         repeats = []
         for _ in range(3):
             started, cpu = time.perf_counter(), time.process_time()
-            gc.collect()
-            repeats.append((time.perf_counter() - started, time.process_time() - cpu))
-        print("full collections (wall, cpu) s:", repeats, gc.get_stats())
-        if os.environ.get("GC_TYPES"):
-            import collections as _c
-
-            objs = gc.get_objects()
-            print(_c.Counter(type(o).__qualname__ for o in objs).most_common(25))
-            sized = sorted(
-                (
-                    (len(o), type(o).__name__, repr(o)[:120])
-                    for o in objs
-                    if isinstance(o, (dict, list, set, tuple))
-                ),
-                reverse=True,
-            )[:10]
-            for item in sized:
-                print(item)
+            found = gc.collect()
+            repeats.append((time.perf_counter() - started, time.process_time() - cpu, found))
+        print(
+            "full collections with every stream open (wall s, cpu s, unreachable found):",
+            [(round(w, 4), round(c, 4), f) for w, c, f in repeats],
+        )
+        grown_types = busy_types - idle_types
+        n = args.streams
+        print(
+            f"tracked objects: {sum(idle_types.values())} idle, {sum(busy_types.values())} with "
+            f"{n} streams open: {sum(grown_types.values()) / n:.1f} per stream; by type:"
+        )
+        print(", ".join(f"{name} {count / n:.2f}" for name, count in grown_types.most_common(60)))
+        for kind in args.holders:
+            print(f"held new {kind} objects:", holders(kind, idle_ids))
         full_pause = repeats[-1][0]
         busy = tracemalloc.take_snapshot() if args.trace else None
         traced = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         load_.kill()
         load_.wait()
+        ending = len(pauses)
         while gateway.calls:
             await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the records written, the connections closed
+        young = sum(found for generation, _, found in pauses[ending:] if generation < 2)
+        if args.garbage:  # what the cycles are made of
+            gc.set_debug(gc.DEBUG_SAVEALL)
+        left = gc.collect()
+        if args.garbage:
+            gc.set_debug(0)
+            kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+            print("the full collection's garbage, per stream:")
+            print(", ".join(f"{kind} {count / n:.2f}" for kind, count in kinds.most_common(30)))
+            for obj in gc.garbage:
+                if isinstance(obj, BaseException):
+                    frames = []
+                    tb = obj.__traceback__
+                    while tb is not None:
+                        frames.append(tb.tb_frame.f_code.co_qualname)
+                        tb = tb.tb_next
+                    print("e.g.", type(obj).__qualname__, "through", frames)
+                    break
+            gc.garbage.clear()
+        print(
+            f"after the {n} streams ended (their clients gone: the abort path): young "
+            f"collections freed {young / n:.1f} cyclic objects per stream, a full collection "
+            f"then {left} in all ({left / n:.1f} per stream)"
+        )
+        # and streams that complete (short ones, one after another): their cycles, if any
+        completed = 200
+        mark = len(pauses)
+        await asyncio.to_thread(warm_up, f"http://127.0.0.1:{port}", completed)
+        await asyncio.sleep(1.0)
+        young = sum(found for generation, _, found in pauses[mark:] if generation < 2)
+        left = gc.collect()
+        print(
+            f"after {completed} streams completed: young collections freed {young} objects, "
+            f"a full collection then {left}"
+        )
         server.should_exit = True
         await task
     gc.callbacks.remove(timed)
+    for generation in (0, 1):
+        times = [pause for g, pause, _ in opening if g == generation]
+        print(
+            f"generation {generation} collections while the streams opened: {len(times)}, "
+            f"longest {max(times, default=0) * 1000:.1f} ms, "
+            f"{sum(times) * 1000:.0f} ms in all"
+        )
+    if args.serve_gc and schedule is not None:
+        schedule.close()
     full = [pause for generation, pause, _ in pauses if generation == 2]
     print(
         f"gc while opening: {len(pauses)} collections, {len(full)} full, longest full "
         f"{max(full, default=0) * 1000:.0f} ms; a full collection with every stream open: "
-        f"{full_pause * 1000:.0f} ms over {len(gc.get_objects())} tracked objects"
+        f"{full_pause * 1000:.0f} ms over {sum(busy_types.values())} tracked objects"
         + (" (tracemalloc on)" if args.trace else "")
     )
     if idle is None or busy is None:
@@ -163,6 +260,17 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--group", default="lineno", choices=["lineno", "filename", "traceback"])
+    parser.add_argument(
+        "--holders", action="append", default=[], help="what holds the new objects of a type"
+    )
+    parser.add_argument(
+        "--garbage", action="store_true", help="what the collection after the streams found"
+    )
+    parser.add_argument("--ramp", type=float, default=3.0, help="seconds to open them over")
+    parser.add_argument(
+        "--serve-gc", action="store_true", help="the collector as under `serve` (gc_schedule)"
+    )
+    parser.add_argument("--gc-middle", type=int, help="with --serve-gc: generation 1's threshold")
     parser.add_argument("--no-trace", dest="trace", action="store_false", help="gc pauses only")
     try:
         import uvloop

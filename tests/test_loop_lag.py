@@ -114,7 +114,14 @@ def test_serve_raises_the_open_files_limit_to_the_hard_one() -> None:
 def test_a_long_generation_is_kept_as_a_few_joined_strings() -> None:
     """Ten thousand slow streams each hold their text so far: piece by piece, a token's str
     costs ten times its characters, so the accumulator joins them as it goes."""
-    from tokenrelay.model import FOLD_PIECES, Accumulator, TextDelta, ThinkingDelta, Usage
+    from tokenrelay.model import (
+        FOLD_CHARS,
+        FOLD_PIECES,
+        Accumulator,
+        TextDelta,
+        ThinkingDelta,
+        Usage,
+    )
 
     accumulator = Accumulator()
     words = [f" w{i}" for i in range(1000)]
@@ -122,8 +129,10 @@ def test_a_long_generation_is_kept_as_a_few_joined_strings() -> None:
         accumulator.add(ThinkingDelta(f"t{i};"))
         accumulator.add(TextDelta(word))
     accumulator.add(Usage(input_tokens=3, output_tokens=2000))
-    assert len(accumulator._text) <= 1000 // FOLD_PIECES + FOLD_PIECES + 1
-    assert len(accumulator._thinking) <= 1000 // FOLD_PIECES + FOLD_PIECES + 1
+    # the text so far as one string, and at most one loose piece per FOLD_CHARS characters
+    assert len(accumulator._text) <= 2 + max(FOLD_PIECES, len("".join(words)) // FOLD_CHARS)
+    thinking = accumulator._thinking
+    assert thinking is not None and len(thinking) <= 2 + max(FOLD_PIECES, 6000 // FOLD_CHARS)
     completion = accumulator.result()
     assert completion.text == "".join(words)
     assert completion.thinking == "".join(f"t{i};" for i in range(1000))
@@ -205,3 +214,25 @@ async def test_the_edge_s_lighter_event_wakes_every_waiter_and_can_be_cleared() 
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert signal._waiters is None
+
+
+@ASYNC
+async def test_full_collections_that_find_nothing_come_less_often(monkeypatch: Any) -> None:
+    import gc
+
+    from tokenrelay import gc_schedule
+
+    found = iter([0, 0, 0, 0, gc_schedule.QUIET, 0])  # the first: start-up's own collection
+    monkeypatch.setattr(gc, "collect", lambda *_: next(found, 0))
+    schedule = gc_schedule.FullCollections(60.0)
+    try:
+        waits = []
+        for _ in range(5):
+            schedule._collect()
+            waits.append(schedule.wait)
+        # doubled while quiet, never past STRETCH intervals; garbage brings the interval back
+        assert waits == [120.0, 240.0, 300.0, 60.0, 120.0]
+        assert schedule.found == 0
+    finally:
+        schedule.close()
+        gc.unfreeze()

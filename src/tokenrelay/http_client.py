@@ -160,7 +160,7 @@ class _Connection(asyncio.Protocol):
         self._pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -188,6 +188,7 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        assert self._parser is not None  # until the connection is lost
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -203,6 +204,11 @@ class _Connection(asyncio.Protocol):
             else:
                 reason = f": {exc}" if exc else ""
                 self.fail(UpstreamError(f"the upstream closed the connection{reason}"))
+        # The parser holds this protocol's callbacks and the transport holds the protocol: both
+        # cycles are broken here, so a closed connection is freed at once, not by the next full
+        # collection (an hour-long stream's connection is in the oldest generation by then).
+        self._parser = None
+        self.transport = None
 
     # --- httptools callbacks ---------------------------------------------------------------------
 
@@ -213,9 +219,11 @@ class _Connection(asyncio.Protocol):
         self.headers[key] = text if previous is None else f"{previous}, {text}"
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # it is the one calling
+        self.status = parser.get_status_code()
         self.headers_done = True
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = parser.should_keep_alive()
         headers = self.headers
         self._framed = "content-length" in headers or "chunked" in headers.get(
             "transfer-encoding", ""

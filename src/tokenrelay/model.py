@@ -460,13 +460,17 @@ MAX_CHOICES = 128
 # Text pieces kept apart before they are joined into one string: a token's own str object costs
 # about 55 bytes for its 4 characters, so a long generation held piece by piece costs ten times
 # its text in memory for every stream in flight (see BENCHMARKS.md, "Ten thousand slow streams").
-FOLD_PIECES = 16
+# The loose pieces are joined into the text so far; as it grows, more of them may wait (one per
+# FOLD_CHARS characters), so the copying stays proportional to the text, not to its square.
+FOLD_PIECES = 8
+FOLD_CHARS = 256
 
 
-def _fold(pieces: list[str], start: int) -> int:
-    """Join the pieces from ``start`` into one; returns where the next unjoined piece goes."""
-    pieces[start:] = ["".join(pieces[start:])]
-    return start + 1
+def _fold(pieces: list[str]) -> int:
+    """Join all ``pieces`` into one; returns how many may be held before the next fold."""
+    joined = "".join(pieces)
+    pieces[:] = (joined,)
+    return max(FOLD_PIECES, len(joined) // FOLD_CHARS) + 1
 
 
 class Accumulator:
@@ -476,19 +480,19 @@ class Accumulator:
         "_choices",
         "_logprobs",
         "_text",
-        "_text_joined",
+        "_text_room",
         "_thinking",
-        "_thinking_joined",
+        "_thinking_room",
         "completion",
         "content_events",
     )
 
     def __init__(self) -> None:
         self.completion = Completion()
-        self._text: list[str] = []  # joined pieces, then up to FOLD_PIECES loose ones
-        self._text_joined = 0
-        self._thinking: list[str] = []
-        self._thinking_joined = 0
+        self._text: list[str] = []  # the text joined so far, then the loose pieces
+        self._text_room = FOLD_PIECES  # pieces held before they are joined (``_fold``)
+        self._thinking: list[str] | None = None  # made by the first thinking piece
+        self._thinking_room = FOLD_PIECES
         self._logprobs: dict[str, Any] | None = None
         self._choices: dict[int, Accumulator] | None = None  # choices after the first
         self.content_events = 0
@@ -501,8 +505,8 @@ class Accumulator:
                 return
             text = self._text
             text.append(event.text)
-            if len(text) - self._text_joined > FOLD_PIECES:
-                self._text_joined = _fold(text, self._text_joined)
+            if len(text) > self._text_room:
+                self._text_room = _fold(text)
             if event.logprobs is not None:
                 self._add_logprobs(event.logprobs)
             self.content_events += 1
@@ -511,9 +515,11 @@ class Accumulator:
                 self._other(event.choice, msgspec.structs.replace(event, choice=0))
                 return
             thinking = self._thinking
+            if thinking is None:
+                thinking = self._thinking = []
             thinking.append(event.text)
-            if len(thinking) - self._thinking_joined > FOLD_PIECES:
-                self._thinking_joined = _fold(thinking, self._thinking_joined)
+            if len(thinking) > self._thinking_room:
+                self._thinking_room = _fold(thinking)
             if event.signature:
                 completion.thinking_signature = event.signature
             self.content_events += 1
@@ -574,7 +580,7 @@ class Accumulator:
     def result(self) -> Completion:
         completion = self.completion
         completion.text = "".join(self._text)
-        completion.thinking = "".join(self._thinking)
+        completion.thinking = "".join(self._thinking) if self._thinking is not None else ""
         completion.logprobs = self._logprobs
         if self._choices:
             others = self._choices

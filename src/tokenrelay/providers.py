@@ -24,7 +24,8 @@ from tokenrelay.dialects.responses import hosted
 from tokenrelay.dialects.responses.hosted import HostedPolicy
 from tokenrelay.dialects.sse import SSEParser
 from tokenrelay.gate.keys import KEY_PREFIX
-from tokenrelay.http_client import ConnectTimeout, Response, UpstreamPool
+from tokenrelay.http_client import ConnectTimeout, UpstreamPool
+from tokenrelay.idle_watch import IdleWatches
 from tokenrelay.model import Error, Event, Request, Untranslatable
 from tokenrelay.transports.base import CredentialsError
 
@@ -94,6 +95,7 @@ class Provider:
         self._alternative = self._endpoint(alternative) if alternative is not None else None
         self._pool = pool
         self._idle_timeout = idle_timeout
+        self._idle_watches: IdleWatches | None = None  # this loop's, made by the first stream
         self._forward = tuple(prefix.lower() for prefix in settings.forward_headers)
         self._headers = self._base_headers()
         self._tokens = self.transport.token_source(settings)  # expiring credentials, if any
@@ -281,8 +283,10 @@ class Provider:
                 Error("upstream_unavailable", f"could not reach {self.name}: {_describe(exc)}", 502)
             ]
             return
+        del body  # sent: a long prompt is not held for the whole answer
         finished = False
-        watch = _IdleWatch(response, self._idle_timeout)
+        watches = self._watches()
+        watch = watches.watch(response)
         try:
             if response.status != 200:
                 raw = await response.read(_MAX_ERROR_BODY)
@@ -298,7 +302,7 @@ class Provider:
             response.forget_headers()  # a 200 stream's are read by nothing from here on
             parser = getattr(dialect, "FRAMER", SSEParser)()  # the dialect's framing
             reader = dialect.stream_reader()
-            clock = watch.clock
+            clock = watches.clock
             next_chunk = response.next_chunk
             while (chunk := await next_chunk()) is not None:
                 watch.last = clock()
@@ -320,6 +324,10 @@ class Provider:
                 if reader.done:
                     finished = True
                     return
+                # nothing of this chunk is held while the next is awaited (seconds, on a slow
+                # stream, and thousands of them at once)
+                chunk = items = sse = None
+                del batch
             yield [
                 Error(
                     "upstream_unavailable", f"{self.name} closed the stream before it finished", 502
@@ -336,11 +344,19 @@ class Provider:
                 )
             ]
         finally:
-            watch.cancel()
+            watches.end(watch)
             if finished:
                 self._pool.recycle(response)
             else:
                 response.close()  # a half-read response is never reused
+
+    def _watches(self) -> IdleWatches:
+        """The idle timer of this loop's streams (one for all of them, ``idle_watch``)."""
+        loop = asyncio.get_running_loop()
+        watches = self._idle_watches
+        if watches is None or watches.loop is not loop:
+            watches = self._idle_watches = IdleWatches(loop, self._idle_timeout)
+        return watches
 
     def _screened(self, error: Error, headers: Mapping[str, str]) -> Error:
         """An upstream's error as the rest of the gateway may pass it on: our secrets masked
@@ -374,31 +390,6 @@ class Provider:
                     if len(secret) >= 8:
                         text = text.replace(secret, "[redacted]")
         return _CREDENTIALS.sub(lambda match: match.group(1) + "[redacted]", text)
-
-
-class _IdleWatch:
-    """Ends a stream that goes quiet for ``idle`` seconds. A chunk only stores the time; the one
-    timer re-arms itself lazily, which costs far less than re-scheduling a timeout per chunk."""
-
-    __slots__ = ("_handle", "_idle", "_loop", "_response", "clock", "last")
-
-    def __init__(self, response: Response, idle: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._response = response
-        self._idle = idle
-        self.clock = self._loop.time
-        self.last = self.clock()
-        self._handle = self._loop.call_at(self.last + idle, self._check)
-
-    def _check(self) -> None:
-        due = self.last + self._idle
-        if self.clock() >= due:
-            self._response.fail(TimeoutError())
-        else:
-            self._handle = self._loop.call_at(due, self._check)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
 
 
 def _joined(ours: str, theirs: str) -> str:

@@ -165,7 +165,8 @@ class RelayEndpoint:
         call.cached = cached
         call.trace = trace
         call.guard = guard
-        call.client_headers = headers
+        call.client_headers = headers  # for the route walk, which lets go of them
+        del headers, body  # this frame lasts as long as the stream: the call keeps what it needs
         await call.run(route)
 
     def caller_scope(self, scope: Scope) -> Scope:

@@ -258,16 +258,20 @@ class RelayCall:
             self.gone.set()
             self.task.cancel()
 
+    def _take_client_headers(self) -> dict[str, str]:
+        """The headers the endpoint decoded for the gate (else decoded now), for the route walk
+        alone: no field or frame of an open stream keeps them."""
+        headers, self.client_headers = self.client_headers, None
+        return headers if headers is not None else _client_headers(self.scope)
+
     async def _serve(self, route: Route) -> tuple[Outcome, str | None]:
         endpoint = self.endpoint
-        headers = self.client_headers
-        if headers is None:
-            headers = _client_headers(self.scope)
         cached = self.cached
         hit = await cached.open(route) if cached is not None else None
         try:
+            # the decoded headers are the walk's only: no frame of this call holds them after
             opened = hit or await endpoint.gateway.router.open_stream(
-                route, self.request, headers, self.trace
+                route, self.request, self._take_client_headers(), self.trace
             )
         except RouteFailed as error:
             self.attempts = error.attempts
@@ -307,6 +311,7 @@ class RelayCall:
             headers.append((b"x-tokenrelay-demo", b"true"))
         if self.admission is not None:
             headers.extend(self.admission.headers)
+            self.admission.headers.clear()  # the head's only: not held for the whole stream
         if self.cached is not None:
             headers.append(self.cached.header)
         return headers
@@ -320,13 +325,12 @@ class RelayCall:
         )
         accumulate = self.accumulator.add
         send = self.send
-        head = self._head(dialect.CONTENT_TYPE.encode(), opened)
-        head.extend(_STREAM_HEADERS)
-        head.extend(getattr(dialect, "STREAM_HEADERS", ()))
         tap = self._open_tap() if self.resume is not None else None
-        if tap is not None:
-            head.append((b"x-tokenrelay-stream-id", self.request_id.encode()))
-        start: Message | None = {"type": "http.response.start", "status": 200, "headers": head}
+        start: Message | None = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": self._stream_head(dialect, opened, tap),
+        }
         error: Error | None = None
         batch: list[Event] = opened.pending
         events = opened.events
@@ -360,6 +364,10 @@ class RelayCall:
                 out = []
             if error is not None:
                 break
+            # what was just sent is not held while the next batch is awaited (seconds, on a
+            # slow stream, and thousands of them at once)
+            body = data = b""
+            del batch
             try:
                 batch = await anext(events)
             except StopAsyncIteration:
@@ -376,6 +384,17 @@ class RelayCall:
         last = writer.close() if tap is None else tap.add(writer.close())
         await send({"type": "http.response.body", "body": last, "more_body": False})
         return result
+
+    def _stream_head(
+        self, dialect: Dialect, opened: OpenStream, tap: Tap | None
+    ) -> list[tuple[bytes, bytes]]:
+        """A stream's response headers (built here so no frame of the stream keeps them)."""
+        head = self._head(dialect.CONTENT_TYPE.encode(), opened)
+        head.extend(_STREAM_HEADERS)
+        head.extend(getattr(dialect, "STREAM_HEADERS", ()))
+        if tap is not None:
+            head.append((b"x-tokenrelay-stream-id", self.request_id.encode()))
+        return head
 
     def _open_tap(self) -> Tap | None:
         """Ids on this stream's events and a copy kept for a reconnect (docs/resume.md); SSE
