@@ -39,6 +39,32 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
+        if self._started and not (self._partial or self._data or self._after_cr or self._event):
+            events = self._whole_frames(chunk)
+            if events is not None:
+                return events
+        return self._feed(chunk)
+
+    def _whole_frames(self, chunk: bytes) -> list[SSEEvent] | None:
+        """The common case, taken without walking lines: the chunk is whole ``data: ...\n\n``
+        frames and nothing else (no CR, comment, field or event name). ``None`` otherwise, with
+        nothing changed, for ``_feed``; both give the same events (tests/test_sse_fast.py)."""
+        if chunk[-2:] != b"\n\n" or chunk[:6] != b"data: " or b"\r" in chunk:
+            return None
+        if self._retry is not None:  # a ``retry`` line still waiting for its event's data
+            return None
+        last_id = self._id
+        if chunk.count(b"\n") == 2:  # one frame: the usual network chunk
+            return [SSEEvent("message", chunk[6:-2].decode("utf-8", "replace"), last_id, None)]
+        frames = chunk[:-2].split(b"\n\n")
+        events = []
+        for data in frames:
+            if data[:6] != b"data: " or b"\n" in data:
+                return None
+            events.append(SSEEvent("message", data[6:].decode("utf-8", "replace"), last_id, None))
+        return events
+
+    def _feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._after_cr and chunk[:1] == b"\n":
             chunk = chunk[1:]  # the LF of a CRLF whose CR ended the previous chunk
         self._after_cr = chunk[-1:] == b"\r"
