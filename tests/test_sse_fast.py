@@ -51,6 +51,7 @@ def test_fast_path_gives_the_events_of_the_line_path(
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     got, want = _both(chunks)
     assert got == want
+    assert all(type(event) is SSEEvent for events in got for event in events)
 
 
 def test_awkward_inputs_parse_as_the_grammar_says() -> None:

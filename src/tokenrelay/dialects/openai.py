@@ -746,6 +746,21 @@ class OpenAIReader:
         """``_events`` for a typed chunk without a finish reason (every token's), else ``None``:
         the same events in the same order, with no dict built per chunk."""
         choices = chunk.choices or ()
+        if len(choices) == 1 and self._model is not None:  # every token after the first
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                not choice.finish_reason
+                and choice.index == 0
+                and type(choice.index) is int
+                and choice.logprobs is None
+                and delta is not None
+                and delta.tool_calls is None
+                and delta.reasoning_content is None
+                and delta.reasoning is None
+            ):  # text only, or nothing
+                text = delta.content or delta.refusal
+                return [TextDelta(text)] if text and type(text) is str else []
         for choice in choices:
             if choice.finish_reason:
                 return None  # once a stream: the dict path reads the rest of the choice

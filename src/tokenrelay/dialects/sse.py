@@ -22,6 +22,10 @@ class SSEEvent(NamedTuple):
     retry: int | None = None
 
 
+# An event built as the tuple it is: ``SSEEvent(...)`` runs a Python-level ``__new__`` per event.
+_new_event = tuple.__new__
+
+
 class SSEParser:
     """Feed it raw bytes as they arrive; it returns each event the moment its blank line lands."""
 
@@ -37,31 +41,34 @@ class SSEParser:
         self._started = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        if not chunk:
-            return []
-        if self._started and not (self._partial or self._data or self._after_cr or self._event):
+        if (
+            chunk.endswith(b"\n\n")
+            and chunk.startswith(b"data: ")
+            and self._started
+            and not (self._partial or self._data or self._after_cr or self._event)
+            and self._retry is None  # else a ``retry`` line still waits for its event's data
+            and b"\r" not in chunk
+        ):  # whole ``data:`` frames, the usual chunk: without walking its lines
+            end = chunk.find(b"\n")
+            if end == len(chunk) - 2:  # one frame
+                data = chunk[6:end].decode("utf-8", "replace")
+                return [_new_event(SSEEvent, ("message", data, self._id, None))]
             events = self._whole_frames(chunk)
             if events is not None:
                 return events
-        return self._feed(chunk)
+        return self._feed(chunk) if chunk else []
 
     def _whole_frames(self, chunk: bytes) -> list[SSEEvent] | None:
-        """The common case, taken without walking lines: the chunk is whole ``data: ...\n\n``
-        frames and nothing else (no CR, comment, field or event name). ``None`` otherwise, with
-        nothing changed, for ``_feed``; both give the same events (tests/test_sse_fast.py)."""
-        if chunk[-2:] != b"\n\n" or chunk[:6] != b"data: " or b"\r" in chunk:
-            return None
-        if self._retry is not None:  # a ``retry`` line still waiting for its event's data
-            return None
+        """Several whole ``data: ...\n\n`` frames and nothing else (no comment, field or event
+        name), or ``None`` with nothing changed, for ``_feed``; both give the same events
+        (tests/test_sse_fast.py)."""
         last_id = self._id
-        if chunk.count(b"\n") == 2:  # one frame: the usual network chunk
-            return [SSEEvent("message", chunk[6:-2].decode("utf-8", "replace"), last_id, None)]
-        frames = chunk[:-2].split(b"\n\n")
         events = []
-        for data in frames:
-            if data[:6] != b"data: " or b"\n" in data:
+        for frame in chunk[:-2].split(b"\n\n"):
+            if not frame.startswith(b"data: ") or b"\n" in frame:
                 return None
-            events.append(SSEEvent("message", data[6:].decode("utf-8", "replace"), last_id, None))
+            data = frame[6:].decode("utf-8", "replace")
+            events.append(_new_event(SSEEvent, ("message", data, last_id, None)))
         return events
 
     def _feed(self, chunk: bytes) -> list[SSEEvent]:
