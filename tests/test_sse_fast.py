@@ -29,6 +29,10 @@ _PIECES = [
     b"[DONE]",
     b"data: a\n\ndata: b\n\n",
     b"data: one\ndata: two\n\n",
+    b"event: content_block_delta\ndata: {}\n\n",
+    b"event: \ndata: x\n\n",
+    b"event:  spaced\ndata:  two spaces\n\n",
+    b"event: e\n\n",
 ]
 
 
@@ -72,4 +76,7 @@ def test_awkward_inputs_parse_as_the_grammar_says() -> None:
     assert parser.feed(b"data: x\ndata: y\n\n") == [SSEEvent("message", "x\ny", "9")]
     assert parser.feed(b": ping\n\ndata: z\n\n") == [SSEEvent("message", "z", "9")]
     assert parser.feed(b"data: \n\n") == [SSEEvent("message", "", "9")]
+    assert parser.feed(b"event: ping\ndata: {}\n\n") == [SSEEvent("ping", "{}", "9")]
+    assert parser.feed(b"event: \ndata: {}\n\n") == [SSEEvent("message", "{}", "9")]
+    assert parser.feed(b"event: a\ndata: {}\nid: 3\n\n") == [SSEEvent("a", "{}", "3")]
     assert not parser.pending

@@ -43,19 +43,25 @@ class SSEParser:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if (
             chunk.endswith(b"\n\n")
-            and chunk.startswith(b"data: ")
             and self._started
             and not (self._partial or self._data or self._after_cr or self._event)
             and self._retry is None  # else a ``retry`` line still waits for its event's data
             and b"\r" not in chunk
-        ):  # whole ``data:`` frames, the usual chunk: without walking its lines
+        ):  # whole frames, the usual chunk: without walking its lines
             end = chunk.find(b"\n")
-            if end == len(chunk) - 2:  # one frame
-                data = chunk[6:end].decode("utf-8", "replace")
-                return [_new_event(SSEEvent, ("message", data, self._id, None))]
-            events = self._whole_frames(chunk)
-            if events is not None:
-                return events
+            if chunk.startswith(b"data: "):
+                if end == len(chunk) - 2:  # one frame
+                    data = chunk[6:end].decode("utf-8", "replace")
+                    return [_new_event(SSEEvent, ("message", data, self._id, None))]
+                events = self._whole_frames(chunk)
+                if events is not None:
+                    return events
+            elif chunk.startswith(b"event: "):  # one named frame (Anthropic's every event)
+                data_end = chunk.find(b"\n", end + 1)
+                if data_end == len(chunk) - 2 and chunk.startswith(b"data: ", end + 1):
+                    name = chunk[7:end].decode("utf-8", "replace") or "message"
+                    data = chunk[end + 7 : data_end].decode("utf-8", "replace")
+                    return [_new_event(SSEEvent, (name, data, self._id, None))]
         return self._feed(chunk) if chunk else []
 
     def _whole_frames(self, chunk: bytes) -> list[SSEEvent] | None:
