@@ -306,17 +306,21 @@ class Provider:
             next_chunk = response.next_chunk
             while (chunk := await next_chunk()) is not None:
                 watch.last = clock()
-                batch: list[Event] = []
                 try:
                     items = parser.feed(chunk)
                 except FramingError as exc:  # binary framing: a corrupt frame ends the stream
+                    batch = []
                     for item in exc.frames:  # after the good ones before it
                         batch.extend(reader.feed(item))
                     reason = f"{self.name} sent a corrupt stream ({exc}); it was ended here"
                     yield [*batch, Error("upstream_unavailable", reason, 502)]
                     return
-                for sse in items:
-                    batch.extend(reader.feed(sse))
+                if len(items) == 1:  # a chunk per token, as most upstreams send: its list as is
+                    batch = reader.feed(items[0])
+                else:
+                    batch = []
+                    for sse in items:
+                        batch.extend(reader.feed(sse))
                 if reader.done:  # an upstream's error event ends its stream: it is in here
                     batch = self._screened_all(batch, headers)
                 if batch:

@@ -359,7 +359,9 @@ class RelayCall:
                 self.head_sent = True
                 self.ttft_ms = elapsed_ms(self.started)
             if out:
-                body = b"".join(out) if tap is None else tap.add(b"".join(out))
+                body = out[0] if len(out) == 1 else b"".join(out)  # one part a token, mostly
+                if tap is not None:
+                    body = tap.add(body)
                 await send({"type": "http.response.body", "body": body, "more_body": True})
                 out = []
             if error is not None:

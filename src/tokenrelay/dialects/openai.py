@@ -18,6 +18,8 @@ import msgspec
 
 from tokenrelay.dialects import passthrough, retry_after_seconds
 from tokenrelay.dialects.body import decode_body
+from tokenrelay.dialects.openai_chunk import NO_DELTA as _NO_DELTA
+from tokenrelay.dialects.openai_chunk import Chunk, decode_chunk
 from tokenrelay.dialects.sse import DONE, SSEEvent, frame
 from tokenrelay.model import (
     ERROR_STATUS,
@@ -711,6 +713,18 @@ class OpenAIReader:
             self.done = True
             return []
         try:
+            chunk = decode_chunk(sse.data)
+        except msgspec.DecodeError:  # not JSON, or not of the usual shape: the dict path decides
+            pass
+        else:
+            if not (chunk.error or chunk.usage is not None):
+                try:
+                    events = self._chunk_events(chunk)
+                except (AttributeError, TypeError):  # as the dict path: a field's wrong type
+                    events = None
+                if events is not None:
+                    return events
+        try:
             data = _decode(sse.data)
         except msgspec.DecodeError:
             self.done = True
@@ -727,6 +741,55 @@ class OpenAIReader:
             self.done = True
             message = f"the upstream sent a malformed chunk: {sse.data[:200]!r}"
             return [Error("upstream_unavailable", message, 502)]
+
+    def _chunk_events(self, chunk: Chunk) -> list[Event] | None:
+        """``_events`` for a typed chunk without a finish reason (every token's), else ``None``:
+        the same events in the same order, with no dict built per chunk."""
+        choices = chunk.choices or ()
+        if len(choices) == 1 and self._model is not None:  # every token after the first
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                not choice.finish_reason
+                and choice.index == 0
+                and type(choice.index) is int
+                and choice.logprobs is None
+                and delta is not None
+                and delta.tool_calls is None
+                and delta.reasoning_content is None
+                and delta.reasoning is None
+            ):  # text only, or nothing
+                text = delta.content or delta.refusal
+                return [TextDelta(text)] if text and type(text) is str else []
+        for choice in choices:
+            if choice.finish_reason:
+                return None  # once a stream: the dict path reads the rest of the choice
+        events: list[Event] = []
+        served = chunk.model
+        if self._model is None and isinstance(served, str) and served:
+            events.append(Usage(model=served))
+        for choice in choices:
+            index = choice.index
+            if index != 0 and (type(index) is not int or not 0 < index < MAX_CHOICES):
+                continue
+            delta = choice.delta or _NO_DELTA
+            reasoning = delta.reasoning_content or delta.reasoning
+            if reasoning and isinstance(reasoning, str):
+                events.append(ThinkingDelta(reasoning, None, index))
+            text = delta.content or delta.refusal
+            logprobs = choice.logprobs
+            if logprobs is not None and type(logprobs) is not dict:
+                logprobs = None
+            if text and isinstance(text, str):
+                events.append(TextDelta(text, index, logprobs))
+            elif logprobs and (logprobs.get("content") or logprobs.get("refusal")):
+                events.append(TextDelta("", index, logprobs))
+            calls = delta.tool_calls
+            if calls:
+                events.extend(self._tool_call(c, index) for c in calls if isinstance(c, dict))
+        if isinstance(served, str) and served and self._model is None:
+            self._model = served
+        return events
 
     def _events(self, data: dict[str, Any]) -> list[Event]:
         events: list[Event] = []
