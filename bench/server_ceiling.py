@@ -33,20 +33,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from run import CHAT, Sample, free_port, gateway_env, pct, process, run_batch, simulator_command
 
 SERVERS = ("edge", "httptools", "granian-rsgi", "granian-asgi")
+# Not measured unless named in --servers: Granian's RSGI with its Rust task implementation
+# (``--task-impl rust``) in place of asyncio's tasks.
+VARIANTS = {"granian-rsgi-rust": ["--task-impl", "rust"]}
 
 # --- the measurement -----------------------------------------------------------------------------
 
 
 def server_command(kind: str, port: int) -> list[str]:
-    if kind.startswith("granian"):
-        granian = str(Path(sys.executable).with_name("granian"))
-        interface, target = ("rsgi", "rsgi_app") if kind == "granian-rsgi" else ("asgi", "asgi_app")
-        return [
-            *(granian, "--interface", interface, "--loop", "uvloop", "--workers", "1", "--no-ws"),
-            *("--http", "1", "--host", "127.0.0.1", "--port", str(port)),
-            *("--log-level", "warning", "--no-access-log", f"ceiling_app:{target}"),
-        ]
-    return [sys.executable, str(Path(__file__).with_name("ceiling_app.py")), kind, str(port)]
+    if not kind.startswith("granian"):
+        return [sys.executable, str(Path(__file__).with_name("ceiling_app.py")), kind, str(port)]
+    interface = "rsgi" if kind.startswith("granian-rsgi") else "asgi"
+    command = [str(Path(sys.executable).with_name("granian")), *VARIANTS.get(kind, [])]
+    command += ["--interface", interface, "--loop", "uvloop", "--workers", "1", "--no-ws"]
+    command += ["--http", "1", "--host", "127.0.0.1", "--port", str(port)]
+    return [*command, "--log-level", "warning", "--no-access-log", f"ceiling_app:{interface}_app"]
 
 
 Rounds = dict[int, dict[str, list[Sample]]]
@@ -139,6 +140,28 @@ def report(results: Rounds, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def against(results: Rounds, names: list[str]) -> str:
+    """Each server's CPU per stream over the first one's (``edge``) round by round: rounds are
+    run back to back, so this ratio drifts less with the machine than either figure alone."""
+    first, others = names[0], names[1:]
+    lines = [
+        f"| server | c | CPU per stream / {first}'s, same round | lower than {first}'s in"
+        f" | added TTFT p50 minus {first}'s (ms) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for concurrency, paths in results.items():
+        for name in others:
+            pairs = list(zip(paths[name], paths[first], strict=True))
+            ratios = [s.cpu / s.streams / (b.cpu / b.streams) for s, b in pairs]
+            lower = sum(ratio < 1 for ratio in ratios)
+            ttft = [pct(s.ttft, 50) - pct(b.ttft, 50) for s, b in pairs]
+            lines.append(
+                f"| {name} | {concurrency} | {spread(ratios, '.2f')} | {lower} of {len(pairs)}"
+                f" | {spread(ttft, '+.2f')} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", default="50,200")
@@ -172,6 +195,9 @@ def main() -> None:
         load = os.getloadavg()
         results = asyncio.run(measure(sim_url + CHAT.path, running, levels, rounds))
     print(report(results, names))
+    if len(names) > 1:
+        print()
+        print(against(results, names))
     print(f"\nload average at start: {load[0]:.2f}; at end: {os.getloadavg()[0]:.2f}")
     counts = ", ".join(f"c={c}: {max(20, c * 2)} x {rounds}" for c in levels)
     print(f"streams per server per level (per round x rounds): {counts}")
