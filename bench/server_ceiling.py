@@ -10,7 +10,9 @@ Servers: ``edge`` (uvicorn's Server and ``tokenrelay.edge.protocol:EdgeProtocol`
 ``granian-asgi`` (Granian, one worker, uvloop; skipped with a message when granian is not
 installed: it is not a dependency, ``pip install granian==2.8.9`` to measure it). Figures per
 round, then the median and range over rounds: added TTFT p50 / p99 against direct, streams/s as
-a ratio to direct, the server's CPU (its threads and child processes) per stream and per token.
+a ratio to direct, the server's CPU (its threads and child processes) per stream and per token;
+then each server's CPU per stream over the edge's in the same round, the steadiest comparison on
+a shared machine. Results and conclusion: BENCHMARKS.md, "The server under the stream path".
 
 The relay apps are in ``ceiling_app.py`` (kept apart so the servers import nothing of the bench).
 """
@@ -41,6 +43,7 @@ VARIANTS = {"granian-rsgi-rust": ["--task-impl", "rust"]}
 
 
 def server_command(kind: str, port: int) -> list[str]:
+    """uvicorn through ``ceiling_app.py``; Granian through its CLI (its worker is a child)."""
     if not kind.startswith("granian"):
         return [sys.executable, str(Path(__file__).with_name("ceiling_app.py")), kind, str(port)]
     interface = "rsgi" if kind.startswith("granian-rsgi") else "asgi"
