@@ -365,7 +365,9 @@ def run(args: argparse.Namespace) -> int:
         completed = outcomes.get("completed", 0)
         # The ledger: every finished request's row, within a bounded delay after the run.
         warm = total(before, "tokenrelay_requests_total")
-        want = warm + completed + (args.extra if cap.get("checked") else 0)
+        # a request refused with a status (a 503 when the breaker opens) has its row too
+        answered = sum(n for outcome, n in outcomes.items() if outcome.startswith("status "))
+        want = warm + completed + answered + (args.extra if cap.get("checked") else 0)
         ledger_delay = float("nan")
         while time.monotonic() < ended + 60:
             after = scrape(url)
