@@ -14,6 +14,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
 
 import msgspec
 import uvicorn
@@ -111,6 +112,21 @@ def clean_environ(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(extra)
     return env
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """A bench/ script run to its end in a clean environment (its smoke mode, as a test runs it),
+    its output captured."""
+    return subprocess.run(
+        [sys.executable, str(BENCH_DIR / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_environ(),
+    )
 
 
 class ServeProcess:

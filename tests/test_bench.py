@@ -3,23 +3,11 @@ speed lives in BENCHMARKS.md, not in tests)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.servers import clean_environ
-
-BENCH = Path(__file__).parent.parent / "bench" / "run.py"
+from tests.servers import run_bench
 
 
 def test_bench_quick_run_completes_with_no_failed_stream() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--levels", "1,10"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=clean_environ(),
-    )
+    result = run_bench("run.py", "--quick", "--levels", "1,10")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1") and "|" in line]
     assert len(rows) == 2  # concurrency 1 and 10
@@ -29,13 +17,7 @@ def test_bench_quick_run_completes_with_no_failed_stream() -> None:
 
 
 def test_bench_measures_the_responses_front_in_the_same_run() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--levels", "1", "--front", "responses"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=clean_environ(),
-    )
+    result = run_bench("run.py", "--quick", "--levels", "1", "--front", "responses")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "TTFT p50 direct / chat / responses (ms)" in result.stdout
     rows = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]

@@ -5,23 +5,12 @@ two servers are expected only where it is installed, and skipped with a message 
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
-from pathlib import Path
 
-from tests.servers import clean_environ
-
-BENCH = Path(__file__).parent.parent / "bench" / "server_ceiling.py"
+from tests.servers import run_bench
 
 
 def test_server_ceiling_quick_run_relays_every_stream_on_every_server() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=clean_environ(),
-    )
+    result = run_bench("server_ceiling.py", "--quick", timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = [[c.strip() for c in line.strip("|").split("|")] for line in result.stdout.splitlines()]
     rows = {cells[0]: cells for cells in table if len(cells) == 8}  # the first table's rows

@@ -3,23 +3,11 @@ seconds; no timing or memory figure asserted: those live in BENCHMARKS.md)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-from tests.servers import clean_environ
-
-BENCH = Path(__file__).parent.parent / "bench" / "slow_streams.py"
+from tests.servers import run_bench
 
 
 def test_slow_streams_quick_run_completes_every_stream_and_keeps_the_books() -> None:
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=clean_environ(),
-    )
+    result = run_bench("slow_streams.py", "--quick", timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     row = next(line for line in result.stdout.splitlines() if line.startswith("| 300 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
