@@ -773,20 +773,14 @@ class OpenAIReader:
             if index != 0 and (type(index) is not int or not 0 < index < MAX_CHOICES):
                 continue
             delta = choice.delta or _NO_DELTA
-            reasoning = delta.reasoning_content or delta.reasoning
-            if reasoning and isinstance(reasoning, str):
-                events.append(ThinkingDelta(reasoning, None, index))
-            text = delta.content or delta.refusal
-            logprobs = choice.logprobs
-            if logprobs is not None and type(logprobs) is not dict:
-                logprobs = None
-            if text and isinstance(text, str):
-                events.append(TextDelta(text, index, logprobs))
-            elif logprobs and (logprobs.get("content") or logprobs.get("refusal")):
-                events.append(TextDelta("", index, logprobs))
-            calls = delta.tool_calls
-            if calls:
-                events.extend(self._tool_call(c, index) for c in calls if isinstance(c, dict))
+            self._delta_events(
+                events,
+                index,
+                delta.reasoning_content or delta.reasoning,
+                delta.content or delta.refusal,
+                choice.logprobs,
+                delta.tool_calls,
+            )
         if isinstance(served, str) and served and self._model is None:
             self._model = served
         return events
@@ -805,22 +799,14 @@ class OpenAIReader:
             if index != 0 and (type(index) is not int or not 0 < index < MAX_CHOICES):
                 continue
             delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if reasoning and isinstance(reasoning, str):
-                events.append(ThinkingDelta(reasoning, None, index))
-            text = delta.get("content") or delta.get("refusal")
-            logprobs = choice.get("logprobs")
-            if logprobs is not None and type(logprobs) is not dict:
-                logprobs = None
-            if text and isinstance(text, str):
-                events.append(TextDelta(text, index, logprobs))
-            elif logprobs and (logprobs.get("content") or logprobs.get("refusal")):
-                # log probabilities without text; an empty role chunk's are not content, which
-                # would end the wait for a first token before there is one
-                events.append(TextDelta("", index, logprobs))
-            calls = delta.get("tool_calls")
-            if calls:
-                events.extend(self._tool_call(c, index) for c in calls if isinstance(c, dict))
+            self._delta_events(
+                events,
+                index,
+                delta.get("reasoning_content") or delta.get("reasoning"),
+                delta.get("content") or delta.get("refusal"),
+                choice.get("logprobs"),
+                delta.get("tool_calls"),
+            )
             reason = choice.get("finish_reason")
             if reason:
                 finish = _finish_of(reason, choice, index)
@@ -831,6 +817,29 @@ class OpenAIReader:
         if finishes:
             events.extend(finishes)
         return events
+
+    def _delta_events(
+        self,
+        events: list[Event],
+        index: int,
+        reasoning: Any,
+        text: Any,
+        logprobs: Any,
+        calls: Any,
+    ) -> None:
+        """One choice's delta as events, from either decoding of a chunk (typed or dict)."""
+        if reasoning and isinstance(reasoning, str):
+            events.append(ThinkingDelta(reasoning, None, index))
+        if logprobs is not None and type(logprobs) is not dict:
+            logprobs = None
+        if text and isinstance(text, str):
+            events.append(TextDelta(text, index, logprobs))
+        elif logprobs and (logprobs.get("content") or logprobs.get("refusal")):
+            # log probabilities without text; an empty role chunk's are not content, which
+            # would end the wait for a first token before there is one
+            events.append(TextDelta("", index, logprobs))
+        if calls:
+            events.extend(self._tool_call(c, index) for c in calls if isinstance(c, dict))
 
     def _tool_call(self, call: dict[str, Any], choice: int) -> ToolCallDelta:
         function = call.get("function") or {}
