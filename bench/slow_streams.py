@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from run import free_port, process
+from run import gateway_env as run_gateway_env
 from slow_client import BODY
 
 CLIENT = Path(__file__).parent / "slow_client.py"
@@ -65,17 +66,11 @@ def raise_open_files(needed: int) -> tuple[int, int]:
 
 
 def gateway_env(sim_url: str, scratch: str, cap: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENRELAY_", "OPENAI_"))}
-    env.pop("ANTHROPIC_API_KEY", None)
+    """bench/run.py's gateway (the same providers and gate), with a cap on concurrent streams,
+    its own ledger and room for every stream's connection."""
+    env = run_gateway_env(sim_url)
     env.update(
         {
-            "TOKENRELAY_PROVIDERS__OPENAI__BASE_URL": sim_url + "/v1",
-            "TOKENRELAY_PROVIDERS__OPENAI__API_KEY": "bench",
-            "TOKENRELAY_PROVIDERS__OPENAI__FORWARD_HEADERS": '["x-sim-"]',
-            "TOKENRELAY_PROVIDERS__ANTHROPIC__BASE_URL": sim_url,
-            "TOKENRELAY_PROVIDERS__ANTHROPIC__API_KEY": "bench",
-            "TOKENRELAY_LOG_LEVEL": "warning",
-            "TOKENRELAY_ANONYMOUS_LIMIT": "100000000/minute",
             "TOKENRELAY_MAX_CONCURRENT_STREAMS": str(cap),
             "TOKENRELAY_DATABASE_URL": f"sqlite:///{scratch}/bench.db",
             # the edge's cap on open client connections (1000 by default) must fit them all
