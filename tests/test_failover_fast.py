@@ -250,3 +250,19 @@ def test_a_provider_model_resolves_to_one_route_kept_for_its_name() -> None:
     with pytest.raises(GatewayError):
         router.resolve(request("gpt-nope-not-allowed"))  # refused again, not a kept route
     assert router.lookup("gpt-5.5") is first
+
+
+def test_kept_provider_routes_stay_bounded_whatever_names_clients_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The names are the clients': an allow pattern admits endlessly many, so the kept routes
+    are bounded (cleared when full), and a name still resolves after the clearing."""
+    from tokenrelay import router as router_module
+
+    monkeypatch.setattr(router_module, "MAX_PROVIDER_ROUTES", 8)
+    router = Router(load(environ={}), {"openai": FakeProvider("openai", [])})
+    for n in range(50):
+        router.resolve(request(f"gpt-5.5-probe-{n}"))
+        assert len(router._provider_routes) <= 8
+    route = router.resolve(request("gpt-5.5-probe-0"))
+    assert [(t.provider, t.model) for t, _ in route.targets] == [("openai", "gpt-5.5-probe-0")]
